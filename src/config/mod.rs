@@ -1,0 +1,422 @@
+//! Configuration: YAML files → raw serde structs → validated [`Config`].
+//!
+//! Loading is pure (it reads files, never the network) and reports every problem it
+//! finds at once, each with file, line, column and key path. Building the runtime
+//! objects from a [`Config`] is the job of `source::build`, `sink::build` and
+//! `state::open`.
+
+pub mod env;
+pub mod error;
+pub mod yaml;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+pub use error::{ConfigError, ConfigErrors};
+pub use yaml::{Glob, HumanDuration, Name};
+
+use crate::sink::SinkConfig;
+use crate::source::SourceConfig;
+use crate::state::StateConfig;
+
+/// Where `highwater` looks for its config when neither `--config` nor
+/// `HIGHWATER_CONFIG` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "config/highwater.yaml";
+
+/// The daemon's own file (`config/highwater.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonFile {
+    /// Directory of watcher files (`*.yaml`, `*.yml`; one watcher each). Relative paths
+    /// here and everywhere in the config are relative to the working directory.
+    #[serde(default = "default_watchers_dir")]
+    pub watchers_dir: PathBuf,
+    /// Where `process_state` lives.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Settings every watcher gets unless its own file says otherwise.
+    #[serde(default)]
+    pub defaults: WatcherDefaults,
+    /// How long shutdown waits for deliveries in flight before it leaves them pending.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: HumanDuration,
+}
+
+fn default_watchers_dir() -> PathBuf {
+    PathBuf::from("watchers")
+}
+
+fn default_shutdown_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+/// What a watcher does when its sink refuses a batch for good (a 4xx other than 408
+/// and 429, a body the receiver rejects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Hold the watcher and keep retrying slowly, loudly: nothing moves past the batch.
+    Block,
+    /// Keep the batch under a `dead_letter/<batch id>` key, move the watermark on;
+    /// `highwater state replay` sends it again later.
+    DeadLetter,
+}
+
+/// Delivery retry timing: exponential from `initial` to `max`, with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// First delay after a failed attempt.
+    #[serde(default = "default_retry_initial")]
+    pub initial: HumanDuration,
+    /// Longest delay between attempts (also the pace of a blocked watcher).
+    #[serde(default = "default_retry_max")]
+    pub max: HumanDuration,
+}
+
+fn default_retry_initial() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+
+fn default_retry_max() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig { initial: default_retry_initial(), max: default_retry_max() }
+    }
+}
+
+/// Watcher settings with daemon-wide defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatcherDefaults {
+    /// Time between polls (each sleep gets up to 10 % jitter so watchers spread out).
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: HumanDuration,
+    /// Most items one poll returns, and so the size of one outbox batch.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// What to do with a batch the sink refuses for good.
+    #[serde(default = "default_policy")]
+    pub on_permanent_failure: FailurePolicy,
+    /// Delivery retry timing.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+fn default_poll_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+fn default_batch_size() -> usize {
+    100
+}
+
+fn default_policy() -> FailurePolicy {
+    FailurePolicy::Block
+}
+
+impl Default for WatcherDefaults {
+    fn default() -> Self {
+        WatcherDefaults {
+            poll_interval: default_poll_interval(),
+            batch_size: default_batch_size(),
+            on_permanent_failure: default_policy(),
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+/// One watcher file, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatcherFile {
+    /// Groups watchers (a team, a pipeline); defaults to `default`.
+    #[serde(default)]
+    pub namespace: Option<Name>,
+    /// The watcher's name, unique within its namespace; defaults to the file name
+    /// without its extension.
+    #[serde(default)]
+    pub name: Option<Name>,
+    /// Where new items come from.
+    pub source: SourceConfig,
+    /// Where their events go.
+    pub sink: SinkConfig,
+    /// Overrides `defaults.poll_interval`.
+    #[serde(default)]
+    pub poll_interval: Option<HumanDuration>,
+    /// Overrides `defaults.batch_size`.
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// Overrides `defaults.on_permanent_failure`.
+    #[serde(default)]
+    pub on_permanent_failure: Option<FailurePolicy>,
+    /// Overrides `defaults.retry`.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+}
+
+/// A validated watcher, ready to build.
+#[derive(Debug, Clone)]
+pub struct WatcherConfig {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its source.
+    pub source: SourceConfig,
+    /// Its sink.
+    pub sink: SinkConfig,
+    /// Time between polls.
+    pub poll_interval: Duration,
+    /// Most items per poll and per batch.
+    pub batch_size: usize,
+    /// What a permanent sink failure does.
+    pub on_permanent_failure: FailurePolicy,
+    /// Delivery retry timing.
+    pub retry: RetryConfig,
+}
+
+impl WatcherConfig {
+    /// `namespace/name`, as logs and the CLI show it.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The daemon file it was loaded from.
+    pub file: PathBuf,
+    /// The daemon settings.
+    pub daemon: DaemonFile,
+    /// Every watcher, in file-name order.
+    pub watchers: Vec<WatcherConfig>,
+}
+
+/// Loads and validates the config at `path`, expanding `${VAR}` from the process
+/// environment.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_with_env(path, &|name| std::env::var(name).ok())
+}
+
+/// [`load`] with an explicit environment, for tests.
+pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let daemon_text = read_expanded(path, env, &mut errors);
+    let daemon: Option<DaemonFile> = daemon_text.as_deref().and_then(|text| {
+        // An empty file means "all defaults".
+        let text = if text.trim().is_empty() { "{}" } else { text };
+        yaml::parse(path, text).map_err(|e| errors.push(e)).ok()
+    });
+    let Some(daemon) = daemon else {
+        return Err(ConfigErrors(errors));
+    };
+    let daemon_text = daemon_text.unwrap_or_default();
+    validate_defaults(path, &daemon_text, &daemon.defaults, &mut errors);
+
+    let files = match watcher_files(&daemon.watchers_dir) {
+        Ok(files) => files,
+        Err(message) => {
+            errors.push(ConfigError {
+                file: path.to_path_buf(),
+                line: yaml::locate(&daemon_text, "watchers_dir"),
+                column: None,
+                key: Some("watchers_dir".into()),
+                message,
+            });
+            Vec::new()
+        }
+    };
+
+    let mut watchers = Vec::new();
+    let mut seen: BTreeMap<(String, String), PathBuf> = BTreeMap::new();
+    for file in files {
+        let Some(text) = read_expanded(&file, env, &mut errors) else { continue };
+        let raw: WatcherFile = match yaml::parse(&file, &text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let Some(watcher) = validate_watcher(&file, &text, raw, &daemon.defaults, &mut errors) else { continue };
+        let key = (watcher.namespace.clone(), watcher.name.clone());
+        if let Some(first) = seen.get(&key) {
+            errors.push(ConfigError {
+                file: file.clone(),
+                line: yaml::locate(&text, "name"),
+                column: None,
+                key: Some("name".into()),
+                message: format!(
+                    "watcher {}/{} is already defined in {}",
+                    watcher.namespace,
+                    watcher.name,
+                    first.display()
+                ),
+            });
+            continue;
+        }
+        seen.insert(key, file.clone());
+        watchers.push(watcher);
+    }
+
+    if errors.is_empty() {
+        Ok(Config { file: path.to_path_buf(), daemon, watchers })
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Loads only the daemon file (for `highwater state`, which must work while a watcher
+/// file is broken).
+pub fn load_daemon(path: &Path) -> Result<DaemonFile, ConfigErrors> {
+    let mut errors = Vec::new();
+    let env = |name: &str| std::env::var(name).ok();
+    let parsed = read_expanded(path, &env, &mut errors).and_then(|text| {
+        let text = if text.trim().is_empty() { "{}".to_string() } else { text };
+        yaml::parse(path, &text).map_err(|e| errors.push(e)).ok()
+    });
+    parsed.ok_or(ConfigErrors(errors))
+}
+
+/// Reads a file and expands its variables, recording any failure.
+fn read_expanded(path: &Path, env: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<ConfigError>) -> Option<String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            errors.push(ConfigError::file(path, format!("cannot read: {e}")));
+            return None;
+        }
+    };
+    match env::expand(&text, env) {
+        Ok(text) => Some(text),
+        Err(env_errors) => {
+            errors.extend(env_errors.into_iter().map(|e| ConfigError {
+                file: path.to_path_buf(),
+                line: Some(e.line),
+                column: Some(e.column),
+                key: None,
+                message: e.message,
+            }));
+            None
+        }
+    }
+}
+
+/// The watcher files in `dir`: `*.yaml` and `*.yml`, not hidden, sorted by name.
+pub fn watcher_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read watchers directory {}: {e}", dir.display()))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot read watchers directory {}: {e}", dir.display()))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        if is_yaml && !name.starts_with('.') && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// A problem found after parsing, placed with [`yaml::locate`].
+fn located(file: &Path, text: &str, key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        file: file.to_path_buf(),
+        line: yaml::locate(text, key),
+        column: None,
+        key: Some(key.to_string()),
+        message: message.into(),
+    }
+}
+
+fn validate_defaults(file: &Path, text: &str, d: &WatcherDefaults, errors: &mut Vec<ConfigError>) {
+    check_common(file, text, "defaults.", d.poll_interval.0, d.batch_size, &d.retry, errors);
+}
+
+/// Checks shared by the defaults and each watcher.
+fn check_common(
+    file: &Path,
+    text: &str,
+    prefix: &str,
+    poll_interval: Duration,
+    batch_size: usize,
+    retry: &RetryConfig,
+    errors: &mut Vec<ConfigError>,
+) {
+    if poll_interval < Duration::from_millis(10) {
+        errors.push(located(file, text, &format!("{prefix}poll_interval"), "must be at least 10ms"));
+    }
+    if !(1..=100_000).contains(&batch_size) {
+        errors.push(located(file, text, &format!("{prefix}batch_size"), "must be between 1 and 100000"));
+    }
+    if retry.initial.0.is_zero() {
+        errors.push(located(file, text, &format!("{prefix}retry.initial"), "must be more than zero"));
+    }
+    if retry.initial > retry.max {
+        errors.push(located(file, text, &format!("{prefix}retry.max"), "must not be shorter than retry.initial"));
+    }
+}
+
+fn validate_watcher(
+    file: &Path,
+    text: &str,
+    raw: WatcherFile,
+    defaults: &WatcherDefaults,
+    errors: &mut Vec<ConfigError>,
+) -> Option<WatcherConfig> {
+    let before = errors.len();
+    let name = match raw.name {
+        Some(name) => Some(name.0),
+        None => {
+            let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            match Name::new(&stem) {
+                Ok(name) => Some(name.0),
+                Err(message) => {
+                    errors.push(ConfigError::file(file, format!("the file name cannot be the watcher name ({message}); set `name:`")));
+                    None
+                }
+            }
+        }
+    };
+    let poll_interval = raw.poll_interval.unwrap_or(defaults.poll_interval).0;
+    let batch_size = raw.batch_size.unwrap_or(defaults.batch_size);
+    let retry = raw.retry.unwrap_or(defaults.retry);
+    check_common(file, text, "", poll_interval, batch_size, &retry, errors);
+    for (key, message) in raw.source.validate() {
+        errors.push(located(file, text, &format!("source.{key}"), message));
+    }
+    for (key, message) in raw.sink.validate() {
+        errors.push(located(file, text, &format!("sink.{key}"), message));
+    }
+    if errors.len() != before {
+        return None;
+    }
+    Some(WatcherConfig {
+        file: file.to_path_buf(),
+        namespace: raw.namespace.map_or_else(|| "default".to_string(), |n| n.0),
+        name: name?,
+        source: raw.source,
+        sink: raw.sink,
+        poll_interval,
+        batch_size,
+        on_permanent_failure: raw.on_permanent_failure.unwrap_or(defaults.on_permanent_failure),
+        retry,
+    })
+}
+
+/// `Deserialize` for tagged config enums; see [`yaml::Tagged`].
+pub fn deserialize_tagged<'de, D: Deserializer<'de>, T: yaml::Tagged>(deserializer: D) -> Result<T, D::Error> {
+    yaml::deserialize_tagged(deserializer)
+}

@@ -1,0 +1,26 @@
+//! highwater: a daemon that watches places where data lands (local directories, S3
+//! prefixes, Postgres tables) and sends one event per new item, once, to a sink.
+//!
+//! # Layout
+//!
+//! - [`config`]: YAML → raw structs → validated [`config::Config`]; every error at once.
+//! - [`event`]: the one event shape and deterministic event ids.
+//! - [`source`]: the `Source` trait and the sources (`local_dir`).
+//! - [`sink`]: the `Sink` trait, delivery outcomes, and the sinks (`stdout`, `file`).
+//! - [`state`]: the `process_state` store (SQLite).
+//! - [`watcher`]: the one loop: outbox, deliver, commit.
+//! - [`daemon`]: one task per watcher, signals, clean shutdown.
+//! - [`backoff`]: exponential backoff with jitter.
+//! - [`telemetry`]: per-watcher counters and state.
+//! - [`cli`]: the subcommands and exit codes.
+
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod event;
+pub mod sink;
+pub mod source;
+pub mod state;
+pub mod telemetry;
+pub mod watcher;

@@ -1,0 +1,75 @@
+//! The `file` sink: JSON lines appended to a file, synced to disk before acknowledging.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::{Delivery, Sink};
+use crate::event::Event;
+
+/// `sink: {type: file}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// The file to append to; created (with its directory) if missing. It is opened
+    /// for every batch, so moving it away (log rotation) starts a new file.
+    pub path: PathBuf,
+}
+
+impl FileSinkConfig {
+    /// Cross-key checks.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        if self.path.as_os_str().is_empty() {
+            vec![("path".into(), "must not be empty".into())]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// Appends events to a file.
+pub struct FileSink {
+    config: FileSinkConfig,
+}
+
+impl FileSink {
+    /// Builds the sink; the file is opened at the first delivery.
+    pub fn new(config: FileSinkConfig) -> Self {
+        FileSink { config }
+    }
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    async fn deliver(&mut self, events: &[Event]) -> Delivery {
+        let mut buffer = Vec::new();
+        for event in events {
+            if let Err(e) = serde_json::to_writer(&mut buffer, event) {
+                return Delivery::permanent(format!("cannot encode event {}: {e}", event.id));
+            }
+            buffer.push(b'\n');
+        }
+        let path = self.config.path.clone();
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)?;
+            }
+            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+            file.write_all(&buffer)?;
+            // Acknowledging means the events survive a power cut.
+            file.sync_data()
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Delivery::Acknowledged,
+            Ok(Err(e)) => Delivery::retry(format!("cannot append to {}: {e}", self.config.path.display())),
+            Err(e) => Delivery::retry(format!("file sink task failed: {e}")),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The `Sink` trait every sink implements, the one place that classifies delivery
+//! failures, and the sinks themselves.
+//!
+//! Sinks only deliver: they never touch the store or a source.
+
+pub mod file;
+pub mod stdout;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::event::Event;
+
+/// A sink's answer to one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Every event of the batch is durably with the receiver: the watermark may move.
+    Acknowledged,
+    /// Try again later (connection error, timeout, 408, 429, 5xx). `after` is the
+    /// receiver's own hint (Retry-After), when it gave one.
+    RetryLater {
+        /// Why, for logs and metrics. Never holds a secret.
+        reason: String,
+        /// The receiver's requested delay, if any.
+        after: Option<Duration>,
+    },
+    /// Retrying the same batch will not help (other 4xx, a body the receiver rejects):
+    /// the watcher's `on_permanent_failure` policy decides.
+    Permanent {
+        /// Why, for logs, metrics and the dead-letter record. Never holds a secret.
+        reason: String,
+    },
+}
+
+impl Delivery {
+    /// A retriable failure without a delay hint.
+    pub fn retry(reason: impl Into<String>) -> Self {
+        Delivery::RetryLater { reason: reason.into(), after: None }
+    }
+
+    /// A permanent failure.
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Delivery::Permanent { reason: reason.into() }
+    }
+}
+
+/// Classifies an HTTP status the way every HTTP sink must: 2xx acknowledged; 408, 429
+/// and 5xx retried; every other status permanent. Kept here so webhook-like sinks
+/// agree on it.
+pub fn classify_http_status(status: u16, retry_after: Option<Duration>, what: &str) -> Delivery {
+    match status {
+        200..=299 => Delivery::Acknowledged,
+        408 | 429 | 500..=599 => Delivery::RetryLater {
+            reason: format!("{what} answered HTTP {status}"),
+            after: retry_after,
+        },
+        _ => Delivery::permanent(format!("{what} answered HTTP {status}")),
+    }
+}
+
+/// A destination for events.
+#[async_trait]
+pub trait Sink: Send {
+    /// The sink kind, as in the config's `type`.
+    fn kind(&self) -> &'static str;
+
+    /// Delivers a batch, in order. Answer `Acknowledged` only once every event is
+    /// durably with the receiver. A batch may be delivered again after a crash or a
+    /// retry; the events then carry the same ids.
+    async fn deliver(&mut self, events: &[Event]) -> Delivery;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_statuses_are_classified_once() {
+        assert_eq!(classify_http_status(200, None, "x"), Delivery::Acknowledged);
+        assert_eq!(classify_http_status(204, None, "x"), Delivery::Acknowledged);
+        for retried in [408, 429, 500, 502, 503, 504] {
+            assert!(matches!(
+                classify_http_status(retried, None, "x"),
+                Delivery::RetryLater { .. }
+            ));
+        }
+        for permanent in [400, 401, 403, 404, 409, 422, 301] {
+            assert!(matches!(
+                classify_http_status(permanent, None, "x"),
+                Delivery::Permanent { .. }
+            ));
+        }
+    }
+}
+
+/// A failure to build a sink from its config.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct BuildError {
+    /// What is wrong; never a secret.
+    pub message: String,
+}
+
+/// Where a watcher's events go (`sink:` in a watcher file, tagged by `type`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkConfig {
+    /// One JSON line per event on standard output.
+    Stdout(stdout::StdoutConfig),
+    /// JSON lines appended to a file, synced before acknowledging.
+    File(file::FileSinkConfig),
+}
+
+impl crate::config::yaml::Tagged for SinkConfig {
+    const WHAT: &'static str = "sink";
+    const VARIANTS: &'static [&'static str] = &["stdout", "file"];
+    fn from_tag<'de, A: serde::de::MapAccess<'de>>(tag: &str, rest: A) -> Result<Self, A::Error> {
+        use crate::config::yaml::variant;
+        match tag {
+            "stdout" => Ok(SinkConfig::Stdout(variant(rest)?)),
+            "file" => Ok(SinkConfig::File(variant(rest)?)),
+            other => Err(serde::de::Error::unknown_variant(other, Self::VARIANTS)),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SinkConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        crate::config::yaml::deserialize_tagged(deserializer)
+    }
+}
+
+impl SinkConfig {
+    /// The `type` value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::File(_) => "file",
+        }
+    }
+
+    /// One line for `highwater watchers` (never a secret).
+    pub fn describe(&self) -> String {
+        match self {
+            SinkConfig::Stdout(_) => "stdout".to_string(),
+            SinkConfig::File(c) => format!("file {}", c.path.display()),
+        }
+    }
+
+    /// Checks that need more than one key; `(key under sink, message)` pairs.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        match self {
+            SinkConfig::Stdout(_) => Vec::new(),
+            SinkConfig::File(c) => c.validate(),
+        }
+    }
+
+    /// Builds the runtime sink. Cheap and local: nothing is contacted until the first
+    /// delivery.
+    pub fn build(&self) -> Result<Box<dyn Sink>, BuildError> {
+        match self {
+            SinkConfig::Stdout(_) => Ok(Box::new(stdout::StdoutSink)),
+            SinkConfig::File(c) => Ok(Box::new(file::FileSink::new(c.clone()))),
+        }
+    }
+}

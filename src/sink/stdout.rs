@@ -1,0 +1,40 @@
+//! The `stdout` sink: one JSON line per event on standard output.
+
+use std::io::Write;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::{Delivery, Sink};
+use crate::event::Event;
+
+/// `sink: {type: stdout}`; it has no options.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutConfig {}
+
+/// Writes events to standard output. Logs go to standard error, so the two never mix.
+pub struct StdoutSink;
+
+#[async_trait]
+impl Sink for StdoutSink {
+    fn kind(&self) -> &'static str {
+        "stdout"
+    }
+
+    async fn deliver(&mut self, events: &[Event]) -> Delivery {
+        let mut buffer = Vec::new();
+        for event in events {
+            if let Err(e) = serde_json::to_writer(&mut buffer, event) {
+                return Delivery::permanent(format!("cannot encode event {}: {e}", event.id));
+            }
+            buffer.push(b'\n');
+        }
+        // One locked write per batch keeps lines of concurrent watchers whole.
+        let mut out = std::io::stdout().lock();
+        match out.write_all(&buffer).and_then(|()| out.flush()) {
+            Ok(()) => Delivery::Acknowledged,
+            Err(e) => Delivery::retry(format!("cannot write to standard output: {e}")),
+        }
+    }
+}

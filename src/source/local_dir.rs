@@ -1,0 +1,463 @@
+//! The `local_dir` source: new and changed files under a directory.
+//!
+//! A file's place in time is its *change time*: the later of its modification time and
+//! its inode change time. The inode change time moves when a file is created, renamed
+//! or moved into the directory, and cannot be set by the writer, so a file copied with
+//! its old modification time kept (`cp -p`, `rsync -t`, an SFTP client) still counts as
+//! new when it lands.
+//!
+//! The watermark holds the newest change time announced, plus the files announced
+//! within the look-back window before it (path, modification time and size), so that
+//! files sharing a timestamp and files that land late inside the window are announced
+//! exactly once. The window's memory is capped; when the cap bites, the oldest part of
+//! the window is dropped and its floor recorded.
+
+use std::collections::{BTreeMap, BinaryHeap};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Found, Polled, Source, SourceError};
+use crate::config::{Glob, HumanDuration};
+use crate::event::{Change, FileItem, Item};
+
+/// `source: {type: local_dir}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalDirConfig {
+    /// The directory to watch. It must exist when the watcher polls.
+    pub path: PathBuf,
+    /// Only files whose path relative to `path` matches (`*.csv`, `**/*.parquet`).
+    /// `*` stays within one directory; `**` crosses directories. Default: every file.
+    #[serde(default)]
+    pub glob: Option<Glob>,
+    /// Descend into subdirectories.
+    #[serde(default = "yes")]
+    pub recursive: bool,
+    /// Also announce hidden files and files in hidden directories (names starting with
+    /// `.`). Off by default: uploaders (rsync, many SFTP clients) write to a hidden
+    /// temporary name and rename when done.
+    #[serde(default)]
+    pub include_hidden: bool,
+    /// A file is announced only once it has not changed for this long, so a file still
+    /// being written is not announced half-done.
+    #[serde(default = "default_min_age")]
+    pub min_age: HumanDuration,
+    /// How far behind the newest announced file to keep looking for files that land late.
+    #[serde(default = "default_lookback")]
+    pub lookback: HumanDuration,
+    /// Which changes become events: `created`, `updated` (the same path with a new size
+    /// or modification time).
+    #[serde(default = "default_events")]
+    pub events: Vec<Change>,
+    /// Most files remembered inside the look-back window (bounds the watermark's size).
+    #[serde(default = "default_max_remembered")]
+    pub max_remembered: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_min_age() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+
+fn default_lookback() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
+}
+
+fn default_events() -> Vec<Change> {
+    vec![Change::Created, Change::Updated]
+}
+
+fn default_max_remembered() -> usize {
+    100_000
+}
+
+impl LocalDirConfig {
+    /// One line for `highwater watchers`.
+    pub fn describe(&self) -> String {
+        let glob = self.glob.as_ref().map_or("every file", |g| g.pattern.as_str());
+        format!("local_dir {} ({glob}{})", self.path.display(), if self.recursive { ", recursive" } else { "" })
+    }
+
+    /// Cross-key checks.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        if self.path.as_os_str().is_empty() {
+            errors.push(("path".into(), "must not be empty".into()));
+        }
+        if self.events.contains(&Change::Deleted) {
+            errors.push(("events".into(), "local_dir announces `created` and `updated` only".into()));
+        }
+        if self.events.is_empty() {
+            errors.push(("events".into(), "must name at least one of created, updated".into()));
+        }
+        if self.max_remembered == 0 {
+            errors.push(("max_remembered".into(), "must be at least 1".into()));
+        }
+        errors
+    }
+}
+
+/// The stored watermark.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Mark {
+    /// Newest change time announced, nanoseconds since the epoch.
+    high_ns: i64,
+    /// Files changed at or before this are not looked at again (set when the
+    /// remembered set overflowed); None while it never did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    floor_ns: Option<i64>,
+    /// Files announced inside the look-back window: relative path → [change time,
+    /// modification time, size].
+    #[serde(default)]
+    seen: BTreeMap<String, (i64, i64, u64)>,
+}
+
+/// A file that may be announced, ordered by (change time, path): the delivery order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    changed_ns: i64,
+    relative: String,
+    mtime_ns: i64,
+    size: u64,
+    change: Change,
+}
+
+/// The runtime `local_dir` source.
+pub struct LocalDir {
+    config: LocalDirConfig,
+}
+
+impl LocalDir {
+    /// Builds the source; nothing is touched until the first poll.
+    pub fn new(config: LocalDirConfig) -> Self {
+        LocalDir { config }
+    }
+}
+
+fn nanos(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+fn duration_ns(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Source for LocalDir {
+    fn kind(&self) -> &'static str {
+        "local_dir"
+    }
+
+    async fn poll(&mut self, watermark: Option<&serde_json::Value>, limit: usize) -> Result<Polled, SourceError> {
+        let mark: Option<Mark> = match watermark {
+            None => None,
+            Some(value) => Some(serde_json::from_value(value.clone()).map_err(|e| {
+                SourceError::needs_attention(format!(
+                    "stored watermark is not a local_dir watermark ({e}); reset it with `highwater state reset`"
+                ))
+            })?),
+        };
+        let config = self.config.clone();
+        let now_ns = nanos(SystemTime::now());
+        tokio::task::spawn_blocking(move || scan(&config, mark, limit, now_ns))
+            .await
+            .map_err(|e| SourceError::transient(format!("directory scan task failed: {e}")))?
+    }
+
+    fn summarize(&self, watermark: &serde_json::Value) -> serde_json::Value {
+        match serde_json::from_value::<Mark>(watermark.clone()) {
+            Ok(mark) if mark == Mark::default() => serde_json::Value::Null,
+            Ok(mark) => serde_json::json!({
+                "changed": DateTime::<Utc>::from_timestamp_nanos(mark.high_ns)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                "remembered": mark.seen.len(),
+            }),
+            Err(_) => watermark.clone(),
+        }
+    }
+}
+
+/// One full poll: walk the directory, keep the `limit` oldest candidates, build the
+/// next watermark. Memory is bounded by `limit` and the remembered set, not by the size
+/// of the directory.
+fn scan(config: &LocalDirConfig, mark: Option<Mark>, limit: usize, now_ns: i64) -> Result<Polled, SourceError> {
+    let root = &config.path;
+    match std::fs::metadata(root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(SourceError::needs_attention(format!("{} is not a directory", root.display()))),
+        Err(e) => return Err(SourceError::needs_attention(format!("cannot read directory {}: {e}", root.display()))),
+    }
+    let lookback_ns = duration_ns(config.lookback.0);
+    let settled_before = now_ns.saturating_sub(duration_ns(config.min_age.0));
+    let horizon = mark.as_ref().map(|m| {
+        let window = m.high_ns.saturating_sub(lookback_ns);
+        m.floor_ns.map_or(window, |floor| window.max(floor.saturating_add(1)))
+    });
+    let empty = BTreeMap::new();
+    let seen = mark.as_ref().map_or(&empty, |m| &m.seen);
+
+    // A max-heap of the `limit` smallest candidates: the largest is popped when full.
+    let mut heap: BinaryHeap<Candidate> = BinaryHeap::new();
+    let mut overflow = false;
+    let mut dirs = vec![PathBuf::new()];
+    while let Some(relative_dir) = dirs.pop() {
+        let dir = root.join(&relative_dir);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if relative_dir.as_os_str().is_empty() => {
+                return Err(SourceError::needs_attention(format!("cannot read directory {}: {e}", dir.display())));
+            }
+            Err(e) => {
+                // One unreadable subdirectory must not hide the rest of the tree.
+                tracing::warn!(directory = %dir.display(), error = %e, "Skipping unreadable directory.");
+                continue;
+            }
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    tracing::warn!(directory = %dir.display(), error = %e, "Skipping unreadable directory entry.");
+                    continue;
+                }
+            };
+            let file_name = entry.file_name();
+            let Some(file_name) = file_name.to_str() else {
+                tracing::warn!(directory = %dir.display(), name = ?entry.file_name(), "Skipping a file whose name is not UTF-8.");
+                continue;
+            };
+            if !config.include_hidden && file_name.starts_with('.') {
+                continue;
+            }
+            let relative_path = relative_dir.join(file_name);
+            // Follows symlinks: a link to a file is announced as that file.
+            let meta = match std::fs::metadata(entry.path()) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    tracing::debug!(path = %entry.path().display(), error = %e, "Skipping a file that vanished or cannot be read.");
+                    continue;
+                }
+            };
+            if meta.is_dir() {
+                if config.recursive {
+                    dirs.push(relative_path);
+                }
+                continue;
+            }
+            if !meta.is_file() {
+                continue;
+            }
+            let relative = relative_path.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/");
+            if let Some(glob) = &config.glob
+                && !glob.is_match(&relative)
+            {
+                continue;
+            }
+            let mtime_ns = meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec());
+            let ctime_ns = meta.ctime().saturating_mul(1_000_000_000).saturating_add(meta.ctime_nsec());
+            let changed_ns = mtime_ns.max(ctime_ns);
+            if changed_ns > settled_before {
+                continue; // still settling; the next poll sees it
+            }
+            if horizon.is_some_and(|h| changed_ns < h) {
+                continue;
+            }
+            let change = match seen.get(&relative) {
+                Some(&(_, seen_mtime, seen_size)) if seen_mtime == mtime_ns && seen_size == meta.len() => continue,
+                Some(_) => Change::Updated,
+                None => Change::Created,
+            };
+            if !config.events.contains(&change) {
+                continue;
+            }
+            heap.push(Candidate { changed_ns, relative, mtime_ns, size: meta.len(), change });
+            if heap.len() > limit {
+                heap.pop();
+                overflow = true;
+            }
+        }
+    }
+
+    let chosen = heap.into_sorted_vec();
+    let mut next = mark.unwrap_or_default();
+    let mut items = Vec::with_capacity(chosen.len());
+    for c in chosen {
+        next.high_ns = next.high_ns.max(c.changed_ns);
+        next.seen.insert(c.relative.clone(), (c.changed_ns, c.mtime_ns, c.size));
+        let modified = DateTime::<Utc>::from_timestamp_nanos(c.mtime_ns);
+        items.push(Found {
+            change: c.change,
+            identity: vec![c.relative.clone(), c.size.to_string(), c.mtime_ns.to_string()],
+            item: Item::File(FileItem {
+                path: root.join(&c.relative).to_string_lossy().into_owned(),
+                relative_path: c.relative,
+                size: c.size,
+                modified,
+            }),
+        });
+    }
+    prune(&mut next, lookback_ns, config.max_remembered);
+    Ok(Polled { items, next: serde_json::to_value(&next).unwrap_or_default(), more: overflow })
+}
+
+/// Forgets files that fell out of the look-back window, then, if the set is still over
+/// the cap, the oldest change times (whole timestamps at once, never the newest one),
+/// recording the floor below which nothing is looked at again.
+fn prune(mark: &mut Mark, lookback_ns: i64, cap: usize) {
+    let window = mark.high_ns.saturating_sub(lookback_ns);
+    mark.seen.retain(|_, (changed, _, _)| *changed >= window);
+    if mark.seen.len() <= cap {
+        return;
+    }
+    let mut times: Vec<i64> = mark.seen.values().map(|(changed, _, _)| *changed).collect();
+    times.sort_unstable();
+    let excess = mark.seen.len() - cap;
+    // Drop every entry at or below the change time of the `excess`-th oldest entry,
+    // unless that is the newest time, which must stay to keep its ties exact.
+    let cut = times[excess - 1];
+    if cut >= mark.high_ns {
+        tracing::warn!(remembered = mark.seen.len(), cap, "More files share the newest change time than max_remembered allows; keeping them all.");
+        return;
+    }
+    mark.seen.retain(|_, (changed, _, _)| *changed > cut);
+    mark.floor_ns = Some(mark.floor_ns.map_or(cut, |f| f.max(cut)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(dir: &Path) -> LocalDirConfig {
+        LocalDirConfig {
+            path: dir.to_path_buf(),
+            glob: None,
+            recursive: true,
+            include_hidden: false,
+            min_age: HumanDuration(Duration::ZERO),
+            lookback: HumanDuration(Duration::from_secs(3600)),
+            events: default_events(),
+            max_remembered: 1000,
+        }
+    }
+
+    fn names(p: &Polled) -> Vec<String> {
+        p.items
+            .iter()
+            .map(|f| match &f.item {
+                Item::File(file) => file.relative_path.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ties_and_batches_announce_each_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..25 {
+            std::fs::write(dir.path().join(format!("f{i:02}.csv")), "x").unwrap();
+        }
+        let cfg = config(dir.path());
+        let now = nanos(SystemTime::now()) + 1_000_000_000;
+        let mut mark = None;
+        let mut all = Vec::new();
+        loop {
+            let polled = scan(&cfg, mark.clone(), 10, now).unwrap();
+            all.extend(names(&polled));
+            if polled.items.is_empty() {
+                break;
+            }
+            mark = Some(serde_json::from_value(polled.next).unwrap());
+        }
+        all.sort();
+        let expected: Vec<String> = (0..25).map(|i| format!("f{i:02}.csv")).collect();
+        assert_eq!(all, expected);
+    }
+
+    #[test]
+    fn updates_hidden_files_and_globs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("a.csv"), "1").unwrap();
+        std::fs::write(dir.path().join("sub/b.csv"), "1").unwrap();
+        std::fs::write(dir.path().join(".part.csv"), "1").unwrap();
+        std::fs::write(dir.path().join("c.txt"), "1").unwrap();
+        let mut cfg = config(dir.path());
+        cfg.glob = Some(Glob::new("**/*.csv").unwrap());
+        let now = nanos(SystemTime::now()) + 10_000_000_000;
+        let first = scan(&cfg, None, 100, now).unwrap();
+        assert_eq!(names(&first), vec!["a.csv", "sub/b.csv"]);
+        let mark: Mark = serde_json::from_value(first.next).unwrap();
+        assert!(scan(&cfg, Some(mark.clone()), 100, now).unwrap().items.is_empty());
+        std::fs::write(dir.path().join("a.csv"), "22").unwrap();
+        let second = scan(&cfg, Some(mark), 100, now).unwrap();
+        assert_eq!(names(&second), vec!["a.csv"]);
+        assert_eq!(second.items[0].change, Change::Updated);
+    }
+
+    #[test]
+    fn a_late_file_inside_the_window_is_announced_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        std::fs::write(dir.path().join("new.csv"), "x").unwrap();
+        let now = nanos(SystemTime::now()) + 10_000_000_000;
+        let first = scan(&cfg, None, 100, now).unwrap();
+        let mark: Mark = serde_json::from_value(first.next).unwrap();
+        // A file whose change time is a minute older than the watermark (as a
+        // multipart-style late arrival would be) is still inside the window.
+        let late = Mark { high_ns: mark.high_ns + 60_000_000_000, ..mark.clone() };
+        std::fs::write(dir.path().join("late.csv"), "x").unwrap();
+        let second = scan(&cfg, Some(late.clone()), 100, now + 120_000_000_000).unwrap();
+        assert_eq!(names(&second), vec!["late.csv"]);
+        let after: Mark = serde_json::from_value(second.next).unwrap();
+        assert!(scan(&cfg, Some(after), 100, now + 120_000_000_000).unwrap().items.is_empty());
+        // Outside the window it is not looked at.
+        let far = Mark { high_ns: late.high_ns + 7200 * 1_000_000_000, seen: BTreeMap::new(), floor_ns: None };
+        assert!(scan(&cfg, Some(far), 100, now + 8000 * 1_000_000_000).unwrap().items.is_empty());
+    }
+
+    #[test]
+    fn settling_files_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.min_age = HumanDuration(Duration::from_secs(60));
+        std::fs::write(dir.path().join("a"), "x").unwrap();
+        let now = nanos(SystemTime::now());
+        assert!(scan(&cfg, None, 100, now).unwrap().items.is_empty());
+        assert_eq!(scan(&cfg, None, 100, now + 61_000_000_000).unwrap().items.len(), 1);
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_ties_and_records_a_floor() {
+        let mut mark = Mark { high_ns: 100, floor_ns: None, seen: BTreeMap::new() };
+        for i in 0..5 {
+            mark.seen.insert(format!("old{i}"), (50 + i, 0, 0));
+        }
+        for i in 0..3 {
+            mark.seen.insert(format!("new{i}"), (100, 0, 0));
+        }
+        prune(&mut mark, 1000, 4);
+        assert_eq!(mark.seen.len(), 4);
+        assert_eq!(mark.floor_ns, Some(53));
+        prune(&mut mark, 10, 1);
+        assert_eq!(mark.seen.len(), 3, "ties at the newest time are never dropped");
+    }
+
+    #[test]
+    fn a_missing_directory_needs_attention() {
+        let cfg = config(Path::new("/nonexistent/highwater-test"));
+        let err = scan(&cfg, None, 10, 0).unwrap_err();
+        assert_eq!(err.class, super::super::ErrorClass::NeedsAttention);
+        assert!(err.message.contains("/nonexistent/highwater-test"), "{}", err.message);
+    }
+}

@@ -1,0 +1,164 @@
+//! The `Source` trait every watcher source implements, and the sources themselves.
+//!
+//! Sources only read: they never touch the store or a sink. The watcher loop hands a
+//! source the stored watermark and gets back what is new plus the watermark that
+//! follows it.
+
+pub mod local_dir;
+
+use async_trait::async_trait;
+
+use crate::event::{Change, Item};
+
+/// One new thing a source found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    /// What happened to the item.
+    pub change: Change,
+    /// The item, as it goes into the event.
+    pub item: Item,
+    /// What identifies this item (and this version of it) within the watcher: the
+    /// input of the event id. Two polls that find the same item must give equal parts.
+    pub identity: Vec<String>,
+}
+
+/// The result of one poll.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Polled {
+    /// New items, at most the limit the poll was given, in the order they should be
+    /// delivered.
+    pub items: Vec<Found>,
+    /// The watermark to store once every item above has been acknowledged. Owned by the
+    /// source: the loop stores it and hands it back, and never looks inside.
+    pub next: serde_json::Value,
+    /// True when the source stopped at the limit and more is waiting, so the loop polls
+    /// again at once instead of sleeping.
+    pub more: bool,
+}
+
+/// How the loop should treat a failed poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// A passing fault (network, throttling, a server restart): retry with backoff.
+    Transient,
+    /// Needs an operator (missing bucket, table or directory, access denied, bad
+    /// credentials): the watcher is in error state and retries slowly.
+    NeedsAttention,
+}
+
+/// A failed poll. The message names the item or resource and never holds a secret.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceError {
+    /// How the loop should retry.
+    pub class: ErrorClass,
+    /// What went wrong, for logs and `highwater once`.
+    pub message: String,
+    /// The underlying error, when there is one.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl SourceError {
+    /// A passing fault.
+    pub fn transient(message: impl Into<String>) -> Self {
+        SourceError { class: ErrorClass::Transient, message: message.into(), source: None }
+    }
+
+    /// A fault that needs an operator.
+    pub fn needs_attention(message: impl Into<String>) -> Self {
+        SourceError { class: ErrorClass::NeedsAttention, message: message.into(), source: None }
+    }
+
+    /// Attaches the underlying error.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+}
+
+/// A source of new items.
+#[async_trait]
+pub trait Source: Send {
+    /// The source kind, as in the config's `type` and the event's `source` field.
+    fn kind(&self) -> &'static str;
+
+    /// Looks for items past `watermark` (None on a watcher's first poll), returning at
+    /// most `limit` of them. Must not have side effects that a repeat of the same call
+    /// would notice: after a crash the loop polls again from the same watermark.
+    async fn poll(
+        &mut self,
+        watermark: Option<&serde_json::Value>,
+        limit: usize,
+    ) -> Result<Polled, SourceError>;
+
+    /// A short form of a stored watermark for events and `highwater state list`: the
+    /// stored one may carry a large remembered set that has no place in every event.
+    fn summarize(&self, watermark: &serde_json::Value) -> serde_json::Value {
+        watermark.clone()
+    }
+}
+
+/// A failure to build a source from its config (before any poll).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct BuildError {
+    /// What is wrong; names the resource, never a secret.
+    pub message: String,
+}
+
+/// Which source a watcher reads (`source:` in a watcher file, tagged by `type`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceConfig {
+    /// Files under a local directory.
+    LocalDir(local_dir::LocalDirConfig),
+}
+
+impl crate::config::yaml::Tagged for SourceConfig {
+    const WHAT: &'static str = "source";
+    const VARIANTS: &'static [&'static str] = &["local_dir"];
+    fn from_tag<'de, A: serde::de::MapAccess<'de>>(tag: &str, rest: A) -> Result<Self, A::Error> {
+        use crate::config::yaml::variant;
+        match tag {
+            "local_dir" => Ok(SourceConfig::LocalDir(variant(rest)?)),
+            other => Err(serde::de::Error::unknown_variant(other, Self::VARIANTS)),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SourceConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        crate::config::yaml::deserialize_tagged(deserializer)
+    }
+}
+
+impl SourceConfig {
+    /// The `type` value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::LocalDir(_) => "local_dir",
+        }
+    }
+
+    /// One line for `highwater watchers` (never a secret).
+    pub fn describe(&self) -> String {
+        match self {
+            SourceConfig::LocalDir(c) => c.describe(),
+        }
+    }
+
+    /// Checks that need more than one key; returns `(key under source, message)` pairs.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        match self {
+            SourceConfig::LocalDir(c) => c.validate(),
+        }
+    }
+
+    /// Builds the runtime source. Cheap and local: connections are made by the first
+    /// poll, so a server that is down at start is a retried poll error, not a failed start.
+    pub fn build(&self) -> Result<Box<dyn Source>, BuildError> {
+        match self {
+            SourceConfig::LocalDir(c) => Ok(Box::new(local_dir::LocalDir::new(c.clone()))),
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The `process_state` store: the trait, the keys the watcher loop uses, and the
+//! backends (SQLite by default).
+//!
+//! Rows are `(namespace, name, key) -> value` with a `version` for compare-and-set and
+//! an `updated_at`. A watcher is `(namespace, name)`. The store is the only code that
+//! touches the database.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// Key of the watermark the next poll starts from.
+pub const KEY_WATERMARK: &str = "watermark";
+/// Key of the batch written before its first delivery attempt (the outbox).
+pub const KEY_PENDING: &str = "pending";
+/// Prefix of the keys that hold dead-lettered batches (`dead_letter/<batch id>`).
+pub const DEAD_LETTER_PREFIX: &str = "dead_letter/";
+
+/// One row of `process_state`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Record {
+    /// The watcher's namespace.
+    pub namespace: String,
+    /// The watcher's name.
+    pub name: String,
+    /// What the row holds (`watermark`, `pending`, `dead_letter/…`).
+    pub key: String,
+    /// The JSON value.
+    pub value: serde_json::Value,
+    /// Starts at 1 and grows by one on every write: the compare-and-set token.
+    pub version: i64,
+    /// When the row was last written.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a write expects to find, so that two writers cannot silently overwrite each
+/// other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Write whatever is there.
+    Any,
+    /// The key must not exist.
+    Absent,
+    /// The key must exist with exactly this version.
+    Version(i64),
+}
+
+/// What an [`Op`] does to its key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Write this value.
+    Put(serde_json::Value),
+    /// Remove the key (a no-op when it is absent and the expectation allows that).
+    Delete,
+    /// Change nothing: only the expectation must hold, so that a transaction can depend
+    /// on a key it does not write.
+    Check,
+}
+
+/// One change inside a [`Store::write`] transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Op {
+    /// The key (within the watcher the transaction is for).
+    pub key: String,
+    /// What to do with it.
+    pub action: Action,
+    /// The precondition.
+    pub expect: Expect,
+}
+
+impl Op {
+    /// Writes `value` under `key`.
+    pub fn put(key: impl Into<String>, value: serde_json::Value, expect: Expect) -> Self {
+        Op { key: key.into(), action: Action::Put(value), expect }
+    }
+
+    /// Deletes `key`.
+    pub fn delete(key: impl Into<String>, expect: Expect) -> Self {
+        Op { key: key.into(), action: Action::Delete, expect }
+    }
+
+    /// Only checks `key` against `expect`.
+    pub fn check(key: impl Into<String>, expect: Expect) -> Self {
+        Op { key: key.into(), action: Action::Check, expect }
+    }
+}
+
+/// Which store the daemon uses (`state:` in the daemon file).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateConfig {
+    /// The embedded SQLite file (default).
+    Sqlite(SqliteConfig),
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig::Sqlite(SqliteConfig::default())
+    }
+}
+
+impl crate::config::yaml::Tagged for StateConfig {
+    const WHAT: &'static str = "state";
+    const VARIANTS: &'static [&'static str] = &["sqlite"];
+    fn from_tag<'de, A: serde::de::MapAccess<'de>>(tag: &str, rest: A) -> Result<Self, A::Error> {
+        match tag {
+            "sqlite" => Ok(StateConfig::Sqlite(crate::config::yaml::variant(rest)?)),
+            other => Err(serde::de::Error::unknown_variant(other, Self::VARIANTS)),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StateConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        crate::config::yaml::deserialize_tagged(deserializer)
+    }
+}
+
+/// `state: {type: sqlite}`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteConfig {
+    /// The database file; created, with its directory, on first use.
+    #[serde(default = "default_sqlite_path")]
+    pub path: std::path::PathBuf,
+}
+
+fn default_sqlite_path() -> std::path::PathBuf {
+    std::path::PathBuf::from("highwater.db")
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        SqliteConfig { path: default_sqlite_path() }
+    }
+}
+
+/// Opens the configured store.
+pub fn open(config: &StateConfig) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    match config {
+        StateConfig::Sqlite(c) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open(&c.path)?)),
+    }
+}
+
+impl StateConfig {
+    /// Where the store lives, for logs (never a password).
+    pub fn describe(&self) -> String {
+        match self {
+            StateConfig::Sqlite(c) => format!("sqlite {}", c.path.display()),
+        }
+    }
+}
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A precondition of a write did not hold: another writer got there first. Nothing
+    /// of the transaction was written.
+    #[error("state of {namespace}/{name} key {key:?} changed underneath us (expected {expected}, found {found})")]
+    Conflict {
+        /// The watcher's namespace.
+        namespace: String,
+        /// The watcher's name.
+        name: String,
+        /// The key whose precondition failed.
+        key: String,
+        /// What the write expected.
+        expected: String,
+        /// What was there.
+        found: String,
+    },
+    /// The database could not be opened, read or written.
+    #[error("state store {location}: {message}")]
+    Backend {
+        /// Where the store lives (a file path, or a connection without its password).
+        location: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A stored value is not what the reader expected.
+    #[error("state of {namespace}/{name} key {key:?} is not valid: {message}")]
+    Corrupt {
+        /// The watcher's namespace.
+        namespace: String,
+        /// The watcher's name.
+        name: String,
+        /// The key.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The `process_state` store.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Reads one key.
+    async fn get(&self, namespace: &str, name: &str, key: &str) -> Result<Option<Record>, StoreError>;
+
+    /// Lists rows, optionally narrowed to a namespace and a name, ordered by namespace,
+    /// name, key.
+    async fn list(&self, namespace: Option<&str>, name: Option<&str>) -> Result<Vec<Record>, StoreError>;
+
+    /// Applies every op for one watcher in one transaction: all of them or none. Fails
+    /// with [`StoreError::Conflict`] when a precondition does not hold.
+    async fn write(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<(), StoreError>;
+
+    /// Writes one key whatever is there; returns the new version.
+    async fn put(&self, namespace: &str, name: &str, key: &str, value: serde_json::Value) -> Result<i64, StoreError> {
+        self.write(namespace, name, vec![Op::put(key, value, Expect::Any)]).await?;
+        match self.get(namespace, name, key).await? {
+            Some(record) => Ok(record.version),
+            None => Err(StoreError::Backend {
+                location: "process_state".into(),
+                message: format!("{namespace}/{name} key {key:?} vanished right after it was written"),
+            }),
+        }
+    }
+
+    /// Writes one key only if it is at `expected` (or absent, for `Expect::Absent`).
+    async fn compare_and_set(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        expect: Expect,
+        value: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.write(namespace, name, vec![Op::put(key, value, expect)]).await
+    }
+
+    /// Deletes one key; true when it existed.
+    async fn delete(&self, namespace: &str, name: &str, key: &str) -> Result<bool, StoreError> {
+        let existed = self.get(namespace, name, key).await?.is_some();
+        if existed {
+            self.write(namespace, name, vec![Op::delete(key, Expect::Any)]).await?;
+        }
+        Ok(existed)
+    }
+}

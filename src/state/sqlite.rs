@@ -1,0 +1,342 @@
+//! The embedded SQLite `process_state` store: one file, WAL mode, versioned schema.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{Action, Expect, Op, Record, Store, StoreError};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+/// Append only: a released migration never changes.
+const MIGRATIONS: &[&str] = &[
+    // 1: the process_state table.
+    "CREATE TABLE process_state (
+        namespace  TEXT    NOT NULL,
+        name       TEXT    NOT NULL,
+        key        TEXT    NOT NULL,
+        value      TEXT    NOT NULL,
+        version    INTEGER NOT NULL,
+        updated_at TEXT    NOT NULL,
+        PRIMARY KEY (namespace, name, key)
+    ) WITHOUT ROWID;",
+];
+
+/// How long a writer waits for another process (say `highwater state set` while the
+/// daemon runs) before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The SQLite store. Cheap to clone; every clone shares one connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    /// The connection, behind a mutex because rusqlite connections are not `Sync`;
+    /// calls run on the blocking pool so that a slow disk never stalls the runtime.
+    conn: Arc<Mutex<Connection>>,
+    /// The file, for error messages.
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its directory if needed) the store at `path` and brings
+    /// its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let backend = |message: String| StoreError::Backend { location: path.display().to_string(), message };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| backend(format!("cannot create directory {}: {e}", parent.display())))?;
+        }
+        let mut conn = Connection::open(path).map_err(|e| backend(e.to_string()))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| backend(e.to_string()))?;
+        // WAL lets readers (the `state` command) run beside the daemon. NORMAL sync can
+        // lose the last commits on power loss, never on a process crash; either way the
+        // outbox is redelivered or the items are found again with the same ids, so the
+        // delivery promise holds.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| backend(e.to_string()))?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| backend(e.to_string()))?;
+        migrate(&mut conn).map_err(backend)?;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf() })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        let location = self.path.display().to_string();
+        let joined = tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave a half-written transaction
+            // (rusqlite rolls back on drop), so a poisoned lock is still usable.
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut guard)
+        })
+        .await;
+        match joined {
+            Ok(result) => result,
+            Err(e) => Err(StoreError::Backend { location, message: format!("store task failed: {e}") }),
+        }
+    }
+}
+
+/// Brings the schema to the newest version, refusing a file from a newer release.
+fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let current: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|e| e.to_string())?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(format!(
+            "schema version {current} is newer than this highwater knows ({known}); upgrade highwater"
+        ));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
+        tx.execute_batch(sql).map_err(|e| format!("migration {} failed: {e}", index + 1))?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64).map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Turns a row into a [`Record`], reporting unreadable values as corrupt.
+fn to_record(
+    namespace: String,
+    name: String,
+    key: String,
+    value: String,
+    version: i64,
+    updated_at: String,
+) -> Result<Record, StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        key: key.clone(),
+        message,
+    };
+    let value = serde_json::from_str(&value).map_err(|e| corrupt(format!("value is not JSON: {e}")))?;
+    let updated_at = DateTime::parse_from_rfc3339(&updated_at)
+        .map_err(|e| corrupt(format!("updated_at is not a timestamp: {e}")))?
+        .with_timezone(&Utc);
+    Ok(Record { namespace, name, key, value, version, updated_at })
+}
+
+type RawRow = (String, String, String, String, i64, String);
+
+fn db_error(location: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError::Backend { location: location.to_string(), message: e.to_string() }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn get(&self, namespace: &str, name: &str, key: &str) -> Result<Option<Record>, StoreError> {
+        let (namespace, name, key) = (namespace.to_string(), name.to_string(), key.to_string());
+        let location = self.path.display().to_string();
+        self.with_conn(move |conn| {
+            let row: Option<RawRow> = conn
+                .query_row(
+                    "SELECT namespace, name, key, value, version, updated_at FROM process_state
+                     WHERE namespace = ?1 AND name = ?2 AND key = ?3",
+                    params![namespace, name, key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                )
+                .optional()
+                .map_err(db_error(&location))?;
+            row.map(|(a, b, c, d, e, f)| to_record(a, b, c, d, e, f)).transpose()
+        })
+        .await
+    }
+
+    async fn list(&self, namespace: Option<&str>, name: Option<&str>) -> Result<Vec<Record>, StoreError> {
+        let (namespace, name) = (namespace.map(str::to_string), name.map(str::to_string));
+        let location = self.path.display().to_string();
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT namespace, name, key, value, version, updated_at FROM process_state
+                     WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR name = ?2)
+                     ORDER BY namespace, name, key",
+                )
+                .map_err(db_error(&location))?;
+            let rows = stmt
+                .query_map(params![namespace, name], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                })
+                .map_err(db_error(&location))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (a, b, c, d, e, f): RawRow = row.map_err(db_error(&location))?;
+                out.push(to_record(a, b, c, d, e, f)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn write(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<(), StoreError> {
+        let (namespace, name) = (namespace.to_string(), name.to_string());
+        let location = self.path.display().to_string();
+        self.with_conn(move |conn| {
+            let err = db_error(&location);
+            // IMMEDIATE takes the write lock up front, so the version checks below and
+            // the writes that follow them see the same database.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
+            let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            for op in ops {
+                let current: Option<i64> = tx
+                    .query_row(
+                        "SELECT version FROM process_state WHERE namespace = ?1 AND name = ?2 AND key = ?3",
+                        params![namespace, name, op.key],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(&err)?;
+                check_expectation(&namespace, &name, &op, current)?;
+                match op.action {
+                    Action::Check => {}
+                    Action::Put(value) => {
+                        let text = serde_json::to_string(&value).map_err(|e| StoreError::Backend {
+                            location: location.clone(),
+                            message: format!("cannot encode value: {e}"),
+                        })?;
+                        tx.execute(
+                            "INSERT INTO process_state (namespace, name, key, value, version, updated_at)
+                             VALUES (?1, ?2, ?3, ?4, 1, ?5)
+                             ON CONFLICT (namespace, name, key) DO UPDATE
+                             SET value = excluded.value, version = process_state.version + 1,
+                                 updated_at = excluded.updated_at",
+                            params![namespace, name, op.key, text, now],
+                        )
+                        .map_err(&err)?;
+                    }
+                    Action::Delete => {
+                        tx.execute(
+                            "DELETE FROM process_state WHERE namespace = ?1 AND name = ?2 AND key = ?3",
+                            params![namespace, name, op.key],
+                        )
+                        .map_err(&err)?;
+                    }
+                }
+            }
+            tx.commit().map_err(&err)
+        })
+        .await
+    }
+}
+
+/// Checks one op's precondition against the version found; shared by every backend.
+pub(crate) fn check_expectation(namespace: &str, name: &str, op: &Op, current: Option<i64>) -> Result<(), StoreError> {
+    let ok = match (op.expect, current) {
+        (Expect::Any, _) => true,
+        (Expect::Absent, None) => true,
+        (Expect::Version(want), Some(have)) => want == have,
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let describe = |v: Option<i64>| v.map_or_else(|| "no row".to_string(), |v| format!("version {v}"));
+    let expected = match op.expect {
+        Expect::Any => "anything".to_string(),
+        Expect::Absent => "no row".to_string(),
+        Expect::Version(v) => format!("version {v}"),
+    };
+    Err(StoreError::Conflict {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        key: op.key.clone(),
+        expected,
+        found: describe(current),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("sub/state.db")).expect("open");
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn put_get_versions_grow() {
+        let (_dir, s) = store();
+        assert_eq!(s.get("ns", "w", "k").await.unwrap(), None);
+        assert_eq!(s.put("ns", "w", "k", json!({"a": 1})).await.unwrap(), 1);
+        assert_eq!(s.put("ns", "w", "k", json!({"a": 2})).await.unwrap(), 2);
+        let r = s.get("ns", "w", "k").await.unwrap().unwrap();
+        assert_eq!((r.value, r.version), (json!({"a": 2}), 2));
+    }
+
+    #[tokio::test]
+    async fn compare_and_set_refuses_a_stale_version() {
+        let (_dir, s) = store();
+        s.compare_and_set("ns", "w", "k", Expect::Absent, json!(1)).await.unwrap();
+        let err = s.compare_and_set("ns", "w", "k", Expect::Absent, json!(2)).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        s.compare_and_set("ns", "w", "k", Expect::Version(1), json!(3)).await.unwrap();
+        let err = s.compare_and_set("ns", "w", "k", Expect::Version(1), json!(4)).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "state of ns/w key \"k\" changed underneath us (expected version 1, found version 2)"
+        );
+        assert_eq!(s.get("ns", "w", "k").await.unwrap().unwrap().value, json!(3));
+    }
+
+    #[tokio::test]
+    async fn a_failed_transaction_writes_nothing() {
+        let (_dir, s) = store();
+        s.put("ns", "w", "b", json!("old")).await.unwrap();
+        let err = s
+            .write(
+                "ns",
+                "w",
+                vec![Op::put("a", json!("new"), Expect::Any), Op::put("b", json!("new"), Expect::Version(7))],
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }));
+        assert_eq!(s.get("ns", "w", "a").await.unwrap(), None);
+        assert_eq!(s.get("ns", "w", "b").await.unwrap().unwrap().value, json!("old"));
+    }
+
+    #[tokio::test]
+    async fn list_and_delete() {
+        let (_dir, s) = store();
+        s.put("a", "x", "k1", json!(1)).await.unwrap();
+        s.put("a", "y", "k1", json!(2)).await.unwrap();
+        s.put("b", "x", "k1", json!(3)).await.unwrap();
+        assert_eq!(s.list(None, None).await.unwrap().len(), 3);
+        assert_eq!(s.list(Some("a"), None).await.unwrap().len(), 2);
+        assert_eq!(s.list(Some("a"), Some("y")).await.unwrap()[0].value, json!(2));
+        assert!(s.delete("a", "x", "k1").await.unwrap());
+        assert!(!s.delete("a", "x", "k1").await.unwrap());
+        assert_eq!(s.list(Some("a"), None).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        SqliteStore::open(&path).unwrap().put("n", "w", "k", json!("v")).await.unwrap();
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.get("n", "w", "k").await.unwrap().unwrap().value, json!("v"));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&path).err().unwrap().to_string();
+        assert!(err.contains("schema version 99 is newer"), "{err}");
+    }
+}

@@ -1,0 +1,447 @@
+//! The one loop: the only code that sees a source, a sink and the store together.
+//!
+//! ```text
+//! load state ─► redeliver pending batch, if any ─► poll source(watermark, limit)
+//!    ▲                                                   │ items + next watermark
+//!    │                                                   ▼
+//! commit: watermark = next, pending = ∅  ◄── deliver ◄── write pending batch
+//! ```
+//!
+//! The batch is in the store before its first delivery attempt (so a crash redelivers
+//! it with the same event ids), and the watermark moves only in the transaction that
+//! clears an acknowledged batch. A poll that finds nothing writes nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::{Backoff, jittered};
+use crate::config::{FailurePolicy, RetryConfig, WatcherConfig};
+use crate::event::{Event, event_id};
+use crate::sink::{Delivery, Sink};
+use crate::source::{ErrorClass, Polled, Source, SourceError};
+use crate::state::{DEAD_LETTER_PREFIX, Expect, KEY_PENDING, KEY_WATERMARK, Op, Store, StoreError};
+use crate::telemetry::{WatcherState, WatcherStats, now_ms};
+
+/// Longest `Retry-After` a receiver can impose; a longer one is cut to this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// The outbox record: a batch written before its first delivery attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingBatch {
+    /// Hash of the batch's event ids: the same items give the same batch id.
+    pub batch_id: String,
+    /// When the batch was written.
+    pub created_at: DateTime<Utc>,
+    /// Where the watermark goes once the batch is acknowledged. None for a replayed
+    /// dead-letter batch, whose delivery must not move the watermark.
+    pub next_watermark: Option<serde_json::Value>,
+    /// The events, exactly as first attempted.
+    pub events: Vec<Event>,
+}
+
+/// A batch the sink refused for good, kept under `dead_letter/<batch id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetter {
+    /// What the sink said.
+    pub reason: String,
+    /// When it was set aside.
+    pub failed_at: DateTime<Utc>,
+    /// The batch (its `next_watermark` already applied).
+    pub batch: PendingBatch,
+}
+
+/// Why a cycle did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum WatcherError {
+    /// The source failed.
+    #[error("poll failed: {0}")]
+    Source(#[from] SourceError),
+    /// The store failed or changed underneath.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The sink did not acknowledge within the attempts allowed (`highwater once`).
+    #[error("delivery failed, batch left pending: {0}")]
+    Delivery(String),
+    /// Shutdown was asked for while waiting; any batch stays pending.
+    #[error("shut down")]
+    Shutdown,
+}
+
+/// What a `highwater once` cycle did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CycleReport {
+    /// Events of an earlier pending batch delivered again.
+    pub redelivered: usize,
+    /// New events delivered.
+    pub delivered: usize,
+    /// Events set aside under a dead-letter key.
+    pub dead_lettered: usize,
+    /// The source had more than one batch waiting.
+    pub more: bool,
+}
+
+/// One watcher: its source, its sink, its place in the store.
+pub struct Watcher {
+    namespace: String,
+    name: String,
+    source: Box<dyn Source>,
+    sink: Box<dyn Sink>,
+    store: Arc<dyn Store>,
+    poll_interval: Duration,
+    batch_size: usize,
+    policy: FailurePolicy,
+    retry: RetryConfig,
+    stats: Arc<WatcherStats>,
+    /// The watermark the next poll starts from. It can be ahead of the stored one: a
+    /// poll that finds nothing may still advance it, and that is kept in memory only.
+    watermark: Option<serde_json::Value>,
+    /// Version of the stored watermark `watermark` derives from (None: no row), the
+    /// compare-and-set token of the next commit.
+    watermark_version: Option<i64>,
+    /// Delivery attempts before a cycle gives up (None: never, as the daemon runs).
+    attempt_limit: Option<u32>,
+}
+
+impl Watcher {
+    /// Assembles a watcher from built parts.
+    pub fn new(
+        config: &WatcherConfig,
+        source: Box<dyn Source>,
+        sink: Box<dyn Sink>,
+        store: Arc<dyn Store>,
+        stats: Arc<WatcherStats>,
+    ) -> Self {
+        Watcher {
+            namespace: config.namespace.clone(),
+            name: config.name.clone(),
+            source,
+            sink,
+            store,
+            poll_interval: config.poll_interval,
+            batch_size: config.batch_size,
+            policy: config.on_permanent_failure,
+            retry: config.retry,
+            stats,
+            watermark: None,
+            watermark_version: None,
+            attempt_limit: None,
+        }
+    }
+
+    /// Limits delivery attempts per batch (for `highwater once`).
+    pub fn with_attempt_limit(mut self, attempts: u32) -> Self {
+        self.attempt_limit = Some(attempts.max(1));
+        self
+    }
+
+    /// Polls and delivers until `shutdown` fires. A failing source or sink holds back
+    /// this watcher only; nothing here returns early on an error.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(self.retry.initial.0, self.retry.max.0);
+        let mut wait = Duration::ZERO;
+        loop {
+            if sleep(wait, &shutdown).await.is_err() {
+                return;
+            }
+            wait = match self.cycle(&shutdown).await {
+                Ok(report) => {
+                    backoff.reset();
+                    if report.more || report.redelivered > 0 {
+                        Duration::ZERO
+                    } else {
+                        jittered(self.poll_interval, 0.1)
+                    }
+                }
+                Err(WatcherError::Shutdown) => return,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    self.report_error(&e, delay, backoff.attempts());
+                    delay
+                }
+            };
+        }
+    }
+
+    /// Logs and counts a failed cycle.
+    fn report_error(&self, error: &WatcherError, delay: Duration, attempt: u32) {
+        let state = match error {
+            WatcherError::Source(e) if e.class == ErrorClass::NeedsAttention => WatcherState::Error,
+            _ => WatcherState::Retrying,
+        };
+        if matches!(error, WatcherError::Source(_)) {
+            WatcherStats::add(&self.stats.poll_errors, 1);
+        }
+        self.stats.set_state(state);
+        let retry_in = format!("{:.1}s", delay.as_secs_f64());
+        if state == WatcherState::Error {
+            tracing::error!(error = %error, attempt, retry_in, "Watcher needs attention; retrying.");
+        } else {
+            tracing::warn!(error = %error, attempt, retry_in, "Cycle failed; retrying.");
+        }
+    }
+
+    /// One cycle: redeliver the pending batch if there is one, otherwise poll, write
+    /// the outbox, deliver and commit.
+    pub async fn cycle(&mut self, shutdown: &CancellationToken) -> Result<CycleReport, WatcherError> {
+        let mut report = CycleReport::default();
+        if let Some((batch, version)) = self.sync().await? {
+            let n = batch.events.len();
+            tracing::info!(batch = %batch.batch_id, events = n, "Redelivering pending batch.");
+            let delivered = self.deliver_and_commit(batch, version, shutdown).await?;
+            report.redelivered = delivered;
+            report.dead_lettered = n - delivered;
+            return Ok(report);
+        }
+        let started = std::time::Instant::now();
+        let polled = self.source.poll(self.watermark.as_ref(), self.batch_size).await?;
+        WatcherStats::add(&self.stats.polls, 1);
+        self.stats.last_poll_ms.store(now_ms(), Ordering::Relaxed);
+        tracing::debug!(items = polled.items.len(), more = polled.more, took_ms = started.elapsed().as_millis() as u64, "Polled.");
+        if polled.items.is_empty() {
+            if self.stats.state() != WatcherState::Blocked {
+                self.stats.set_state(WatcherState::Ok);
+            }
+            self.watermark = Some(polled.next);
+            return Ok(report);
+        }
+        report.more = polled.more;
+        WatcherStats::add(&self.stats.items_found, polled.items.len() as u64);
+        let batch = self.build_batch(polled);
+        let n = batch.events.len();
+        let value = serde_json::to_value(&batch).map_err(|e| StoreError::Backend {
+            location: "process_state".into(),
+            message: format!("cannot encode batch: {e}"),
+        })?;
+        self.store
+            .write(
+                &self.namespace,
+                &self.name,
+                vec![Op::put(KEY_PENDING, value, Expect::Absent), Op::check(KEY_WATERMARK, self.watermark_expect())],
+            )
+            .await?;
+        tracing::debug!(batch = %batch.batch_id, events = n, "Wrote pending batch.");
+        let delivered = self.deliver_and_commit(batch, 1, shutdown).await?;
+        report.delivered = delivered;
+        report.dead_lettered = n - delivered;
+        Ok(report)
+    }
+
+    /// Runs one `highwater once` cycle: the pending batch first if there is one, then
+    /// one poll.
+    pub async fn once(&mut self, shutdown: &CancellationToken) -> Result<CycleReport, WatcherError> {
+        let first = self.cycle(shutdown).await?;
+        if first.redelivered == 0 && first.dead_lettered == 0 {
+            return Ok(first);
+        }
+        let second = self.cycle(shutdown).await?;
+        Ok(CycleReport {
+            redelivered: first.redelivered,
+            delivered: second.delivered + second.redelivered,
+            dead_lettered: first.dead_lettered + second.dead_lettered,
+            more: second.more,
+        })
+    }
+
+    /// Reads the stored watermark and pending batch. A watermark changed by someone else
+    /// (`highwater state set`) replaces ours; an unchanged one keeps ours, which may be
+    /// further along.
+    async fn sync(&mut self) -> Result<Option<(PendingBatch, i64)>, WatcherError> {
+        let stored = self.store.get(&self.namespace, &self.name, KEY_WATERMARK).await?;
+        let stored_version = stored.as_ref().map(|r| r.version);
+        if stored_version != self.watermark_version {
+            if self.watermark_version.is_some() {
+                tracing::info!("Watermark was changed outside this watcher; continuing from the stored one.");
+            }
+            self.watermark = stored.map(|r| r.value);
+            self.watermark_version = stored_version;
+        }
+        let Some(record) = self.store.get(&self.namespace, &self.name, KEY_PENDING).await? else {
+            return Ok(None);
+        };
+        let batch: PendingBatch = serde_json::from_value(record.value).map_err(|e| StoreError::Corrupt {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            key: KEY_PENDING.into(),
+            message: e.to_string(),
+        })?;
+        Ok(Some((batch, record.version)))
+    }
+
+    fn watermark_expect(&self) -> Expect {
+        self.watermark_version.map_or(Expect::Absent, Expect::Version)
+    }
+
+    /// Turns polled items into events with their ids, and the batch that carries them.
+    fn build_batch(&self, polled: Polled) -> PendingBatch {
+        let now = Utc::now();
+        let summary = self.watermark.as_ref().map_or(serde_json::Value::Null, |w| self.source.summarize(w));
+        let events: Vec<Event> = polled
+            .items
+            .into_iter()
+            .map(|found| {
+                let parts: Vec<&str> = found.identity.iter().map(String::as_str).collect();
+                Event {
+                    id: event_id(&self.namespace, &self.name, &parts),
+                    namespace: self.namespace.clone(),
+                    watcher: self.name.clone(),
+                    source: self.source.kind().to_string(),
+                    change: found.change,
+                    item: found.item,
+                    watermark: summary.clone(),
+                    emitted_at: now,
+                }
+            })
+            .collect();
+        let mut hasher = Sha256::new();
+        for event in &events {
+            hasher.update(event.id.as_bytes());
+        }
+        PendingBatch {
+            batch_id: hex::encode(&hasher.finalize()[..12]),
+            created_at: now,
+            next_watermark: Some(polled.next),
+            events,
+        }
+    }
+
+    /// Delivers `batch` until the sink acknowledges it (then commits) or the policy sets
+    /// it aside. Returns the number of events acknowledged.
+    async fn deliver_and_commit(
+        &mut self,
+        batch: PendingBatch,
+        pending_version: i64,
+        shutdown: &CancellationToken,
+    ) -> Result<usize, WatcherError> {
+        let n = batch.events.len();
+        self.stats.pending_events.store(n as u64, Ordering::Relaxed);
+        let mut backoff = Backoff::new(self.retry.initial.0, self.retry.max.0);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            // Not raced against shutdown: an attempt in flight finishes (the daemon's
+            // shutdown deadline is the backstop), so it is either committed or pending.
+            let outcome = self.sink.deliver(&batch.events).await;
+            let (reason, delay) = match outcome {
+                Delivery::Acknowledged => {
+                    self.commit(&batch, pending_version, None, shutdown).await?;
+                    WatcherStats::add(&self.stats.events_delivered, n as u64);
+                    self.stats.last_delivery_ms.store(now_ms(), Ordering::Relaxed);
+                    self.stats.pending_events.store(0, Ordering::Relaxed);
+                    self.stats.set_state(WatcherState::Ok);
+                    tracing::info!(batch = %batch.batch_id, events = n, attempts, "Delivered batch.");
+                    return Ok(n);
+                }
+                Delivery::RetryLater { reason, after } => {
+                    WatcherStats::add(&self.stats.delivery_retries, 1);
+                    self.stats.set_state(WatcherState::Retrying);
+                    let planned = backoff.next_delay();
+                    let delay = after.map_or(planned, |a| a.min(MAX_RETRY_AFTER).max(planned / 2));
+                    tracing::warn!(batch = %batch.batch_id, attempt = attempts, reason = %reason,
+                        retry_in = format!("{:.1}s", delay.as_secs_f64()), "Delivery failed; will retry.");
+                    (reason, delay)
+                }
+                Delivery::Permanent { reason } => {
+                    WatcherStats::add(&self.stats.delivery_permanent_failures, 1);
+                    match self.policy {
+                        FailurePolicy::DeadLetter => {
+                            self.commit(&batch, pending_version, Some(&reason), shutdown).await?;
+                            WatcherStats::add(&self.stats.batches_dead_lettered, 1);
+                            self.stats.pending_events.store(0, Ordering::Relaxed);
+                            self.stats.set_state(WatcherState::Ok);
+                            tracing::error!(batch = %batch.batch_id, events = n, reason = %reason,
+                                key = format!("{DEAD_LETTER_PREFIX}{}", batch.batch_id),
+                                "Sink refused the batch for good; kept it as a dead letter and moved on.");
+                            return Ok(0);
+                        }
+                        FailurePolicy::Block => {
+                            self.stats.set_state(WatcherState::Blocked);
+                            let delay = jittered(self.retry.max.0, 0.1);
+                            tracing::error!(batch = %batch.batch_id, events = n, attempt = attempts, reason = %reason,
+                                retry_in = format!("{:.1}s", delay.as_secs_f64()),
+                                "Sink refused the batch for good; watcher is BLOCKED until it accepts it (on_permanent_failure: block).");
+                            (reason, delay)
+                        }
+                    }
+                }
+            };
+            if self.attempt_limit.is_some_and(|limit| attempts >= limit) {
+                return Err(WatcherError::Delivery(reason));
+            }
+            if sleep(delay, shutdown).await.is_err() {
+                tracing::info!(batch = %batch.batch_id, "Shutting down; batch stays pending and is delivered first at the next start.");
+                return Err(WatcherError::Shutdown);
+            }
+        }
+    }
+
+    /// Moves the watermark to the batch's next one and clears the outbox, in one
+    /// transaction; with `dead_letter`, also keeps the batch under its dead-letter key.
+    async fn commit(
+        &mut self,
+        batch: &PendingBatch,
+        pending_version: i64,
+        dead_letter: Option<&str>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), WatcherError> {
+        let mut ops = Vec::new();
+        if let Some(next) = &batch.next_watermark {
+            ops.push(Op::put(KEY_WATERMARK, next.clone(), self.watermark_expect()));
+        }
+        ops.push(Op::delete(KEY_PENDING, Expect::Version(pending_version)));
+        if let Some(reason) = dead_letter {
+            let record = DeadLetter { reason: reason.to_string(), failed_at: Utc::now(), batch: batch.clone() };
+            let value = serde_json::to_value(&record).map_err(|e| StoreError::Backend {
+                location: "process_state".into(),
+                message: format!("cannot encode dead letter: {e}"),
+            })?;
+            ops.push(Op::put(format!("{DEAD_LETTER_PREFIX}{}", batch.batch_id), value, Expect::Any));
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        loop {
+            match self.store.write(&self.namespace, &self.name, ops.clone()).await {
+                Ok(()) => break,
+                Err(e @ StoreError::Conflict { .. }) => {
+                    // Someone else (an operator's `state set`/`reset`) changed the state:
+                    // the next cycle reads it again. The delivered batch may be sent again,
+                    // with the same ids.
+                    tracing::warn!(error = %e, "Commit refused; re-reading state.");
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = format!("{:.1}s", delay.as_secs_f64()), "Commit failed; retrying.");
+                    if sleep(delay, shutdown).await.is_err() {
+                        return Err(WatcherError::Shutdown);
+                    }
+                }
+            }
+        }
+        if let Some(next) = &batch.next_watermark {
+            self.watermark = Some(next.clone());
+            self.watermark_version = Some(self.watermark_version.map_or(1, |v| v + 1));
+        }
+        Ok(())
+    }
+}
+
+/// Sleeps, or returns Err as soon as shutdown is asked for.
+async fn sleep(duration: Duration, shutdown: &CancellationToken) -> Result<(), ()> {
+    if shutdown.is_cancelled() {
+        return Err(());
+    }
+    if duration.is_zero() {
+        return Ok(());
+    }
+    tokio::select! {
+        () = tokio::time::sleep(duration) => Ok(()),
+        () = shutdown.cancelled() => Err(()),
+    }
+}

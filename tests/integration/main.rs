@@ -1,0 +1,6 @@
+//! Integration tests: the real `highwater` binary against real servers on loopback.
+//!
+//! One binary (see Cargo.toml) with one module per area; shared helpers in `util`.
+
+mod core;
+mod util;

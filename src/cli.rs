@@ -13,7 +13,9 @@ use tracing::Instrument;
 
 use crate::config::{self, Config, ConfigErrors, DaemonFile};
 use crate::daemon::{self, DaemonError};
-use crate::state::{self, DEAD_LETTER_PREFIX, Expect, KEY_PENDING, KEY_WATERMARK, Op, Record, Store, StoreError};
+use crate::state::{
+    self, DEAD_LETTER_PREFIX, Expect, KEY_PENDING, KEY_WATERMARK, Op, Record, Store, StoreError,
+};
 use crate::watcher::{DeadLetter, PendingBatch, WatcherError};
 
 /// Exit codes, one per kind of failure (README, "Exit codes").
@@ -24,6 +26,9 @@ pub mod exit {
     pub const FAILURE: i32 = 1;
     /// Bad command-line usage.
     pub const USAGE: i32 = 2;
+    /// `check --connect`: a source or sink cannot be reached or used (sysexits
+    /// EX_UNAVAILABLE).
+    pub const UNAVAILABLE: i32 = 69;
     /// The state store could not be opened, read or written (sysexits EX_IOERR).
     pub const STORE: i32 = 74;
     /// `once`: a watcher could not finish its cycle; its batch stays pending and a
@@ -54,8 +59,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon until SIGINT or SIGTERM.
     Run,
-    /// Validate the config and every watcher file, report every error, touch no network.
-    Check,
+    /// Validate the config and every watcher file and report every error. Touches no
+    /// network unless `--connect` is given.
+    Check {
+        /// Also try every source and sink: connect, authenticate, and check that the
+        /// directory, bucket, table or endpoint exists. Delivers nothing.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Run one poll-deliver-commit cycle of each watcher (or the ones named), then exit.
     Once {
         /// Watchers to run (`namespace/name`, or `name` when it is unique). Default: all.
@@ -145,6 +156,9 @@ pub enum Failure {
     /// `once`: some watchers did not finish.
     #[error("{0}")]
     Incomplete(String),
+    /// `check --connect`: a source or sink cannot be reached or used.
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 impl Failure {
@@ -156,6 +170,7 @@ impl Failure {
             Failure::Runtime(_) => exit::FAILURE,
             Failure::Usage(_) => exit::USAGE,
             Failure::Incomplete(_) => exit::TEMPFAIL,
+            Failure::Unreachable(_) => exit::UNAVAILABLE,
         }
     }
 }
@@ -181,8 +196,11 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             daemon::run(config, daemon::shutdown_signal()).await?;
             Ok(())
         }
-        Command::Check => {
+        Command::Check { connect } => {
             let config = config::load(&cli.config)?;
+            if connect {
+                check_connections(&config).await?;
+            }
             println!(
                 "{}: OK, {} watcher{} in {}",
                 config.file.display(),
@@ -252,6 +270,39 @@ async fn once(config: &Config, names: &[String]) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure::Incomplete(format!("{} watcher(s) did not finish: {}", failed.len(), failed.join(", "))))
+    }
+}
+
+/// `check --connect`: tries every source and sink, reporting every failure.
+async fn check_connections(config: &Config) -> Result<(), Failure> {
+    let mut problems = Vec::new();
+    for w in &config.watchers {
+        match w.source.build() {
+            Ok(mut source) => {
+                if let Err(e) = source.check().await {
+                    problems.push(format!("{}: watcher {}: source: {e}", w.file.display(), w.id()));
+                }
+            }
+            Err(e) => problems.push(format!("{}: watcher {}: source: {e}", w.file.display(), w.id())),
+        }
+        match w.sink.build() {
+            Ok(mut sink) => {
+                if let Err(e) = sink.check().await {
+                    problems.push(format!("{}: watcher {}: sink: {e}", w.file.display(), w.id()));
+                }
+            }
+            Err(e) => problems.push(format!("{}: watcher {}: sink: {e}", w.file.display(), w.id())),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Unreachable(format!(
+            "{} connection check{} failed:\n  {}",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            problems.join("\n  ")
+        )))
     }
 }
 
@@ -344,7 +395,8 @@ async fn state_command(config_path: &std::path::Path, command: StateCommand) -> 
     let store = state::open(&daemon.state)?;
     let records = store.list(None, None).await?;
     let known = || {
-        let mut ids: Vec<(String, String)> = records.iter().map(|r| (r.namespace.clone(), r.name.clone())).collect();
+        let mut ids: Vec<(String, String)> =
+            records.iter().map(|r| (r.namespace.clone(), r.name.clone())).collect();
         if let Some(c) = &full {
             ids.extend(c.watchers.iter().map(|w| (w.namespace.clone(), w.name.clone())));
         }
@@ -357,8 +409,10 @@ async fn state_command(config_path: &std::path::Path, command: StateCommand) -> 
         }
         StateCommand::Get { watcher, key } => {
             let (ns, name) = resolve(&watcher, known())?;
-            let mine: Vec<&Record> =
-                records.iter().filter(|r| r.namespace == ns && r.name == name && key.as_ref().is_none_or(|k| *k == r.key)).collect();
+            let mine: Vec<&Record> = records
+                .iter()
+                .filter(|r| r.namespace == ns && r.name == name && key.as_ref().is_none_or(|k| *k == r.key))
+                .collect();
             if let Some(key) = &key {
                 let Some(record) = mine.first() else {
                     return Err(Failure::Runtime(format!("{ns}/{name} has no key {key:?}")));
@@ -372,8 +426,8 @@ async fn state_command(config_path: &std::path::Path, command: StateCommand) -> 
         }
         StateCommand::Set { watcher, key, value } => {
             let (ns, name) = resolve(&watcher, known())?;
-            let value: serde_json::Value =
-                serde_json::from_str(&value).map_err(|e| Failure::Usage(format!("the value is not JSON: {e}")))?;
+            let value: serde_json::Value = serde_json::from_str(&value)
+                .map_err(|e| Failure::Usage(format!("the value is not JSON: {e}")))?;
             let mut ops = vec![Op::put(key.as_str(), value, Expect::Any)];
             if key == KEY_WATERMARK {
                 report_dropped_pending(&*store, &ns, &name).await?;
@@ -396,7 +450,11 @@ async fn state_command(config_path: &std::path::Path, command: StateCommand) -> 
             let (ns, name) = resolve(&watcher, known())?;
             report_dropped_pending(&*store, &ns, &name).await?;
             store
-                .write(&ns, &name, vec![Op::delete(KEY_WATERMARK, Expect::Any), Op::delete(KEY_PENDING, Expect::Any)])
+                .write(
+                    &ns,
+                    &name,
+                    vec![Op::delete(KEY_WATERMARK, Expect::Any), Op::delete(KEY_PENDING, Expect::Any)],
+                )
                 .await?;
             eprintln!("{ns}/{name}: watermark reset; the next poll starts from the beginning.");
             Ok(())
@@ -420,17 +478,22 @@ async fn state_command(config_path: &std::path::Path, command: StateCommand) -> 
                 .write(
                     &ns,
                     &name,
-                    vec![Op::put(KEY_PENDING, value, Expect::Absent), Op::delete(key.as_str(), Expect::Version(record.version))],
+                    vec![
+                        Op::put(KEY_PENDING, value, Expect::Absent),
+                        Op::delete(key.as_str(), Expect::Version(record.version)),
+                    ],
                 )
                 .await
             {
                 Ok(()) => {
-                    eprintln!("{ns}/{name}: {n} events of batch {batch_id} queued; the watcher delivers them at its next cycle.");
+                    eprintln!(
+                        "{ns}/{name}: {n} events of batch {batch_id} queued; the watcher delivers them at its next cycle."
+                    );
                     Ok(())
                 }
-                Err(StoreError::Conflict { key, .. }) if key == KEY_PENDING => Err(Failure::Runtime(format!(
-                    "{ns}/{name} has a batch pending already; replay once it is delivered"
-                ))),
+                Err(StoreError::Conflict { key, .. }) if key == KEY_PENDING => Err(Failure::Runtime(
+                    format!("{ns}/{name} has a batch pending already; replay once it is delivered"),
+                )),
                 Err(e) => Err(e.into()),
             }
         }
@@ -440,7 +503,9 @@ async fn state_command(config_path: &std::path::Path, command: StateCommand) -> 
 async fn report_dropped_pending(store: &dyn Store, ns: &str, name: &str) -> Result<(), Failure> {
     if let Some(pending) = store.get(ns, name, KEY_PENDING).await? {
         let n = pending.value.get("events").and_then(|e| e.as_array()).map_or(0, Vec::len);
-        eprintln!("{ns}/{name}: dropping a pending batch of {n} events; polls find its items again if they lie past the new watermark.");
+        eprintln!(
+            "{ns}/{name}: dropping a pending batch of {n} events; polls find its items again if they lie past the new watermark."
+        );
     }
     Ok(())
 }
@@ -467,9 +532,9 @@ fn state_list(records: &[Record], config: Option<&Config>, json: bool) {
     for ((ns, name), recs) in &by_watcher {
         let watermark = recs.iter().find(|r| r.key == KEY_WATERMARK);
         let pending = recs.iter().find(|r| r.key == KEY_PENDING);
-        let pending_events = pending.and_then(|p| p.value.get("events")).and_then(|e| e.as_array()).map_or(0, Vec::len);
-        let dead: Vec<&str> =
-            recs.iter().filter_map(|r| r.key.strip_prefix(DEAD_LETTER_PREFIX)).collect();
+        let pending_events =
+            pending.and_then(|p| p.value.get("events")).and_then(|e| e.as_array()).map_or(0, Vec::len);
+        let dead: Vec<&str> = recs.iter().filter_map(|r| r.key.strip_prefix(DEAD_LETTER_PREFIX)).collect();
         let summary = watermark.map(|w| summarize(ns, name, &w.value));
         out.push(json!({
             "namespace": ns,
@@ -499,4 +564,3 @@ fn state_list(records: &[Record], config: Option<&Config>, json: bool) {
         print_table(&["WATCHER", "WATERMARK", "MOVED (UTC)", "PENDING", "DEAD LETTERS"], &rows);
     }
 }
-

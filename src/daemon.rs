@@ -35,7 +35,10 @@ pub struct BuiltWatcher {
 
 /// Builds every watcher against `store`, reporting every failure at once: a daemon
 /// either starts with all its watchers or not at all.
-pub fn build_watchers(configs: &[WatcherConfig], store: &Arc<dyn Store>) -> Result<Vec<BuiltWatcher>, DaemonError> {
+pub fn build_watchers(
+    configs: &[WatcherConfig],
+    store: &Arc<dyn Store>,
+) -> Result<Vec<BuiltWatcher>, DaemonError> {
     let mut built = Vec::new();
     let mut errors = Vec::new();
     for config in configs {

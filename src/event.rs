@@ -101,18 +101,12 @@ mod tests {
             event_id("demo", "inbox", &["a.csv", "12", "1700000000000000000"]),
             event_id("demo", "inbox", &["a.csv", "12", "1700000000000000000"])
         );
-        assert_eq!(
-            event_id("demo", "inbox", &["a.csv"]),
-            "34ba8efe89d40d5a9754989b5da1f9a5"
-        );
+        assert_eq!(event_id("demo", "inbox", &["a.csv"]), "34ba8efe89d40d5a9754989b5da1f9a5");
     }
 
     #[test]
     fn event_id_parts_are_length_prefixed() {
-        assert_ne!(
-            event_id("ns", "w", &["ab", "c"]),
-            event_id("ns", "w", &["a", "bc"])
-        );
+        assert_ne!(event_id("ns", "w", &["ab", "c"]), event_id("ns", "w", &["a", "bc"]));
         assert_ne!(event_id("ns", "w", &["x"]), event_id("ns", "w2", &["x"]));
         assert_ne!(event_id("ns", "w", &["x"]), event_id("ns2", "w", &["x"]));
     }

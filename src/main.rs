@@ -16,6 +16,7 @@ fn main() {
         }
     };
     init_logging(cli.log_format.as_deref());
+    highwater::init_tls();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

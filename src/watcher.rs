@@ -204,7 +204,12 @@ impl Watcher {
         let polled = self.source.poll(self.watermark.as_ref(), self.batch_size).await?;
         WatcherStats::add(&self.stats.polls, 1);
         self.stats.last_poll_ms.store(now_ms(), Ordering::Relaxed);
-        tracing::debug!(items = polled.items.len(), more = polled.more, took_ms = started.elapsed().as_millis() as u64, "Polled.");
+        tracing::debug!(
+            items = polled.items.len(),
+            more = polled.more,
+            took_ms = started.elapsed().as_millis() as u64,
+            "Polled."
+        );
         if polled.items.is_empty() {
             if self.stats.state() != WatcherState::Blocked {
                 self.stats.set_state(WatcherState::Ok);
@@ -224,7 +229,10 @@ impl Watcher {
             .write(
                 &self.namespace,
                 &self.name,
-                vec![Op::put(KEY_PENDING, value, Expect::Absent), Op::check(KEY_WATERMARK, self.watermark_expect())],
+                vec![
+                    Op::put(KEY_PENDING, value, Expect::Absent),
+                    Op::check(KEY_WATERMARK, self.watermark_expect()),
+                ],
             )
             .await?;
         tracing::debug!(batch = %batch.batch_id, events = n, "Wrote pending batch.");
@@ -397,7 +405,8 @@ impl Watcher {
         }
         ops.push(Op::delete(KEY_PENDING, Expect::Version(pending_version)));
         if let Some(reason) = dead_letter {
-            let record = DeadLetter { reason: reason.to_string(), failed_at: Utc::now(), batch: batch.clone() };
+            let record =
+                DeadLetter { reason: reason.to_string(), failed_at: Utc::now(), batch: batch.clone() };
             let value = serde_json::to_value(&record).map_err(|e| StoreError::Backend {
                 location: "process_state".into(),
                 message: format!("cannot encode dead letter: {e}"),

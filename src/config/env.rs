@@ -40,7 +40,8 @@ fn expand_line(
         let c = bytes[i];
         // A `#` starts a comment only outside quotes and at the start or after a space,
         // as YAML defines it; the rest of such a line is copied untouched.
-        if c == b'#' && !in_single && !in_double && (i == 0 || bytes[i - 1] == b' ' || bytes[i - 1] == b'\t') {
+        if c == b'#' && !in_single && !in_double && (i == 0 || bytes[i - 1] == b' ' || bytes[i - 1] == b'\t')
+        {
             out.push_str(&line[i..]);
             return;
         }
@@ -71,7 +72,9 @@ fn expand_line(
                 errors.push(EnvError {
                     line: line_no,
                     column: i + 1,
-                    message: format!("`${{{inner}}}` is not a variable reference (use ${{NAME}} or ${{NAME:-default}})"),
+                    message: format!(
+                        "`${{{inner}}}` is not a variable reference (use ${{NAME}} or ${{NAME:-default}})"
+                    ),
                 });
             } else {
                 match lookup(name).filter(|v| !(v.is_empty() && default.is_some())).or(default.map(str::to_string)) {
@@ -121,14 +124,20 @@ mod tests {
         let errors = expand("a: ${ONE}\nb: x ${TWO}\n", env).unwrap_err();
         assert_eq!(errors.len(), 2);
         assert_eq!((errors[0].line, errors[0].column), (1, 4));
-        assert_eq!(errors[1].message, "environment variable TWO is not set (write ${TWO:-default} to give a default)");
+        assert_eq!(
+            errors[1].message,
+            "environment variable TWO is not set (write ${TWO:-default} to give a default)"
+        );
         assert_eq!((errors[1].line, errors[1].column), (2, 6));
     }
 
     #[test]
     fn leaves_comments_and_escapes_alone() {
         let text = "a: 1 # uses ${NOT_NEEDED}\n# ${ALSO}\nb: \"#${HOME_DIR}\"\nc: $${LITERAL}\n";
-        assert_eq!(expand(text, env).unwrap(), "a: 1 # uses ${NOT_NEEDED}\n# ${ALSO}\nb: \"#/home/x\"\nc: ${LITERAL}\n");
+        assert_eq!(
+            expand(text, env).unwrap(),
+            "a: 1 # uses ${NOT_NEEDED}\n# ${ALSO}\nb: \"#/home/x\"\nc: ${LITERAL}\n"
+        );
     }
 
     #[test]

@@ -248,7 +248,9 @@ pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Resul
                 continue;
             }
         };
-        let Some(watcher) = validate_watcher(&file, &text, raw, &daemon.defaults, &mut errors) else { continue };
+        let Some(watcher) = validate_watcher(&file, &text, raw, &daemon.defaults, &mut errors) else {
+            continue;
+        };
         let key = (watcher.namespace.clone(), watcher.name.clone());
         if let Some(first) = seen.get(&key) {
             errors.push(ConfigError {
@@ -289,7 +291,11 @@ pub fn load_daemon(path: &Path) -> Result<DaemonFile, ConfigErrors> {
 }
 
 /// Reads a file and expands its variables, recording any failure.
-fn read_expanded(path: &Path, env: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<ConfigError>) -> Option<String> {
+fn read_expanded(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<String> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) => {
@@ -314,7 +320,8 @@ fn read_expanded(path: &Path, env: &dyn Fn(&str) -> Option<String>, errors: &mut
 
 /// The watcher files in `dir`: `*.yaml` and `*.yml`, not hidden, sorted by name.
 pub fn watcher_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read watchers directory {}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read watchers directory {}: {e}", dir.display()))?;
     let mut files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| format!("cannot read watchers directory {}: {e}", dir.display()))?;
@@ -365,7 +372,12 @@ fn check_common(
         errors.push(located(file, text, &format!("{prefix}retry.initial"), "must be more than zero"));
     }
     if retry.initial > retry.max {
-        errors.push(located(file, text, &format!("{prefix}retry.max"), "must not be shorter than retry.initial"));
+        errors.push(located(
+            file,
+            text,
+            &format!("{prefix}retry.max"),
+            "must not be shorter than retry.initial",
+        ));
     }
 }
 
@@ -384,7 +396,10 @@ fn validate_watcher(
             match Name::new(&stem) {
                 Ok(name) => Some(name.0),
                 Err(message) => {
-                    errors.push(ConfigError::file(file, format!("the file name cannot be the watcher name ({message}); set `name:`")));
+                    errors.push(ConfigError::file(
+                        file,
+                        format!("the file name cannot be the watcher name ({message}); set `name:`"),
+                    ));
                     None
                 }
             }
@@ -417,6 +432,8 @@ fn validate_watcher(
 }
 
 /// `Deserialize` for tagged config enums; see [`yaml::Tagged`].
-pub fn deserialize_tagged<'de, D: Deserializer<'de>, T: yaml::Tagged>(deserializer: D) -> Result<T, D::Error> {
+pub fn deserialize_tagged<'de, D: Deserializer<'de>, T: yaml::Tagged>(
+    deserializer: D,
+) -> Result<T, D::Error> {
     yaml::deserialize_tagged(deserializer)
 }

@@ -97,11 +97,7 @@ impl<'de> DeserializeSeed<'de> for TagSeed {
     type Value = String;
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
         let tag = String::deserialize(deserializer)?;
-        if self.0.contains(&tag.as_str()) {
-            Ok(tag)
-        } else {
-            Err(de::Error::unknown_variant(&tag, self.0))
-        }
+        if self.0.contains(&tag.as_str()) { Ok(tag) } else { Err(de::Error::unknown_variant(&tag, self.0)) }
     }
 }
 
@@ -181,14 +177,14 @@ impl<'de> Deserialize<'de> for HumanDuration {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             write!(f, "{ms}ms")
         } else {
             let s = ms / 1000;
             match s {
-                s if s != 0 && s % 86400 == 0 => write!(f, "{}d", s / 86400),
-                s if s != 0 && s % 3600 == 0 => write!(f, "{}h", s / 3600),
-                s if s != 0 && s % 60 == 0 => write!(f, "{}m", s / 60),
+                s if s != 0 && s.is_multiple_of(86400) => write!(f, "{}d", s / 86400),
+                s if s != 0 && s.is_multiple_of(3600) => write!(f, "{}h", s / 3600),
+                s if s != 0 && s.is_multiple_of(60) => write!(f, "{}m", s / 60),
                 s => write!(f, "{s}s"),
             }
         }
@@ -299,7 +295,10 @@ mod tests {
         assert_eq!(HumanDuration::parse("30").unwrap(), Duration::from_secs(30));
         assert_eq!(HumanDuration::parse("1.5m").unwrap(), Duration::from_secs(90));
         assert_eq!(HumanDuration::parse("2h").unwrap(), Duration::from_secs(7200));
-        assert_eq!(HumanDuration::parse("5x").unwrap_err(), "`x` is not a duration unit (use ms, s, m, h or d)");
+        assert_eq!(
+            HumanDuration::parse("5x").unwrap_err(),
+            "`x` is not a duration unit (use ms, s, m, h or d)"
+        );
         assert!(HumanDuration::parse("soon").is_err());
         assert_eq!(HumanDuration(Duration::from_secs(7200)).to_string(), "2h");
         assert_eq!(HumanDuration(Duration::from_millis(1500)).to_string(), "1500ms");

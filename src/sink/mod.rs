@@ -51,10 +51,9 @@ impl Delivery {
 pub fn classify_http_status(status: u16, retry_after: Option<Duration>, what: &str) -> Delivery {
     match status {
         200..=299 => Delivery::Acknowledged,
-        408 | 429 | 500..=599 => Delivery::RetryLater {
-            reason: format!("{what} answered HTTP {status}"),
-            after: retry_after,
-        },
+        408 | 429 | 500..=599 => {
+            Delivery::RetryLater { reason: format!("{what} answered HTTP {status}"), after: retry_after }
+        }
         _ => Delivery::permanent(format!("{what} answered HTTP {status}")),
     }
 }
@@ -69,6 +68,12 @@ pub trait Sink: Send {
     /// durably with the receiver. A batch may be delivered again after a crash or a
     /// retry; the events then carry the same ids.
     async fn deliver(&mut self, events: &[Event]) -> Delivery;
+
+    /// Checks that the receiver answers and accepts our credentials, without delivering
+    /// anything, for `highwater check --connect`. The default has nothing to check.
+    async fn check(&mut self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -80,16 +85,10 @@ mod tests {
         assert_eq!(classify_http_status(200, None, "x"), Delivery::Acknowledged);
         assert_eq!(classify_http_status(204, None, "x"), Delivery::Acknowledged);
         for retried in [408, 429, 500, 502, 503, 504] {
-            assert!(matches!(
-                classify_http_status(retried, None, "x"),
-                Delivery::RetryLater { .. }
-            ));
+            assert!(matches!(classify_http_status(retried, None, "x"), Delivery::RetryLater { .. }));
         }
         for permanent in [400, 401, 403, 404, 409, 422, 301] {
-            assert!(matches!(
-                classify_http_status(permanent, None, "x"),
-                Delivery::Permanent { .. }
-            ));
+            assert!(matches!(classify_http_status(permanent, None, "x"), Delivery::Permanent { .. }));
         }
     }
 }

@@ -83,7 +83,11 @@ impl LocalDirConfig {
     /// One line for `highwater watchers`.
     pub fn describe(&self) -> String {
         let glob = self.glob.as_ref().map_or("every file", |g| g.pattern.as_str());
-        format!("local_dir {} ({glob}{})", self.path.display(), if self.recursive { ", recursive" } else { "" })
+        format!(
+            "local_dir {} ({glob}{})",
+            self.path.display(),
+            if self.recursive { ", recursive" } else { "" }
+        )
     }
 
     /// Cross-key checks.
@@ -159,7 +163,11 @@ impl Source for LocalDir {
         "local_dir"
     }
 
-    async fn poll(&mut self, watermark: Option<&serde_json::Value>, limit: usize) -> Result<Polled, SourceError> {
+    async fn poll(
+        &mut self,
+        watermark: Option<&serde_json::Value>,
+        limit: usize,
+    ) -> Result<Polled, SourceError> {
         let mark: Option<Mark> = match watermark {
             None => None,
             Some(value) => Some(serde_json::from_value(value.clone()).map_err(|e| {
@@ -173,6 +181,17 @@ impl Source for LocalDir {
         tokio::task::spawn_blocking(move || scan(&config, mark, limit, now_ns))
             .await
             .map_err(|e| SourceError::transient(format!("directory scan task failed: {e}")))?
+    }
+
+    async fn check(&mut self) -> Result<(), SourceError> {
+        let path = self.config.path.clone();
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(SourceError::needs_attention(format!("{} is not a directory", path.display()))),
+            Err(e) => {
+                Err(SourceError::needs_attention(format!("cannot read directory {}: {e}", path.display())))
+            }
+        }
     }
 
     fn summarize(&self, watermark: &serde_json::Value) -> serde_json::Value {
@@ -191,12 +210,22 @@ impl Source for LocalDir {
 /// One full poll: walk the directory, keep the `limit` oldest candidates, build the
 /// next watermark. Memory is bounded by `limit` and the remembered set, not by the size
 /// of the directory.
-fn scan(config: &LocalDirConfig, mark: Option<Mark>, limit: usize, now_ns: i64) -> Result<Polled, SourceError> {
+fn scan(
+    config: &LocalDirConfig,
+    mark: Option<Mark>,
+    limit: usize,
+    now_ns: i64,
+) -> Result<Polled, SourceError> {
     let root = &config.path;
     match std::fs::metadata(root) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(SourceError::needs_attention(format!("{} is not a directory", root.display()))),
-        Err(e) => return Err(SourceError::needs_attention(format!("cannot read directory {}: {e}", root.display()))),
+        Err(e) => {
+            return Err(SourceError::needs_attention(format!(
+                "cannot read directory {}: {e}",
+                root.display()
+            )));
+        }
     }
     let lookback_ns = duration_ns(config.lookback.0);
     let settled_before = now_ns.saturating_sub(duration_ns(config.min_age.0));
@@ -216,7 +245,10 @@ fn scan(config: &LocalDirConfig, mark: Option<Mark>, limit: usize, now_ns: i64) 
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if relative_dir.as_os_str().is_empty() => {
-                return Err(SourceError::needs_attention(format!("cannot read directory {}: {e}", dir.display())));
+                return Err(SourceError::needs_attention(format!(
+                    "cannot read directory {}: {e}",
+                    dir.display()
+                )));
             }
             Err(e) => {
                 // One unreadable subdirectory must not hide the rest of the tree.
@@ -274,7 +306,9 @@ fn scan(config: &LocalDirConfig, mark: Option<Mark>, limit: usize, now_ns: i64) 
                 continue;
             }
             let change = match seen.get(&relative) {
-                Some(&(_, seen_mtime, seen_size)) if seen_mtime == mtime_ns && seen_size == meta.len() => continue,
+                Some(&(_, seen_mtime, seen_size)) if seen_mtime == mtime_ns && seen_size == meta.len() => {
+                    continue;
+                }
                 Some(_) => Change::Updated,
                 None => Change::Created,
             };
@@ -327,7 +361,11 @@ fn prune(mark: &mut Mark, lookback_ns: i64, cap: usize) {
     // unless that is the newest time, which must stay to keep its ties exact.
     let cut = times[excess - 1];
     if cut >= mark.high_ns {
-        tracing::warn!(remembered = mark.seen.len(), cap, "More files share the newest change time than max_remembered allows; keeping them all.");
+        tracing::warn!(
+            remembered = mark.seen.len(),
+            cap,
+            "More files share the newest change time than max_remembered allows; keeping them all."
+        );
         return;
     }
     mark.seen.retain(|_, (changed, _, _)| *changed > cut);
@@ -422,7 +460,8 @@ mod tests {
         let after: Mark = serde_json::from_value(second.next).unwrap();
         assert!(scan(&cfg, Some(after), 100, now + 120_000_000_000).unwrap().items.is_empty());
         // Outside the window it is not looked at.
-        let far = Mark { high_ns: late.high_ns + 7200 * 1_000_000_000, seen: BTreeMap::new(), floor_ns: None };
+        let far =
+            Mark { high_ns: late.high_ns + 7200 * 1_000_000_000, seen: BTreeMap::new(), floor_ns: None };
         assert!(scan(&cfg, Some(far), 100, now + 8000 * 1_000_000_000).unwrap().items.is_empty());
     }
 

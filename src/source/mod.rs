@@ -92,6 +92,13 @@ pub trait Source: Send {
         limit: usize,
     ) -> Result<Polled, SourceError>;
 
+    /// Checks that the source's resource exists and is readable (a bucket, a table and
+    /// its columns, a directory), for `highwater check --connect` and the log at start.
+    /// The default has nothing to check.
+    async fn check(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+
     /// A short form of a stored watermark for events and `highwater state list`: the
     /// stored one may carry a large remembered set that has no place in every event.
     fn summarize(&self, watermark: &serde_json::Value) -> serde_json::Value {

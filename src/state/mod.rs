@@ -157,7 +157,9 @@ impl StateConfig {
 pub enum StoreError {
     /// A precondition of a write did not hold: another writer got there first. Nothing
     /// of the transaction was written.
-    #[error("state of {namespace}/{name} key {key:?} changed underneath us (expected {expected}, found {found})")]
+    #[error(
+        "state of {namespace}/{name} key {key:?} changed underneath us (expected {expected}, found {found})"
+    )]
     Conflict {
         /// The watcher's namespace.
         namespace: String,
@@ -207,7 +209,13 @@ pub trait Store: Send + Sync {
     async fn write(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<(), StoreError>;
 
     /// Writes one key whatever is there; returns the new version.
-    async fn put(&self, namespace: &str, name: &str, key: &str, value: serde_json::Value) -> Result<i64, StoreError> {
+    async fn put(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        value: serde_json::Value,
+    ) -> Result<i64, StoreError> {
         self.write(namespace, name, vec![Op::put(key, value, Expect::Any)]).await?;
         match self.get(namespace, name, key).await? {
             Some(record) => Ok(record.version),

@@ -84,9 +84,8 @@ impl SqliteStore {
 
 /// Brings the schema to the newest version, refusing a file from a newer release.
 fn migrate(conn: &mut Connection) -> Result<(), String> {
-    let current: i64 = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(|e| e.to_string())?;
+    let current: i64 =
+        conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(|e| e.to_string())?;
     let known = MIGRATIONS.len() as i64;
     if current > known {
         return Err(format!(
@@ -228,7 +227,12 @@ impl Store for SqliteStore {
 }
 
 /// Checks one op's precondition against the version found; shared by every backend.
-pub(crate) fn check_expectation(namespace: &str, name: &str, op: &Op, current: Option<i64>) -> Result<(), StoreError> {
+pub(crate) fn check_expectation(
+    namespace: &str,
+    name: &str,
+    op: &Op,
+    current: Option<i64>,
+) -> Result<(), StoreError> {
     let ok = match (op.expect, current) {
         (Expect::Any, _) => true,
         (Expect::Absent, None) => true,

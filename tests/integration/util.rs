@@ -32,7 +32,9 @@ impl Project {
 
     /// A project with the default daemon file (SQLite state in the project).
     pub fn default_config() -> Self {
-        Project::new("watchers_dir: watchers\nstate:\n  type: sqlite\n  path: state/highwater.db\nshutdown_timeout: 10s\n")
+        Project::new(
+            "watchers_dir: watchers\nstate:\n  type: sqlite\n  path: state/highwater.db\nshutdown_timeout: 10s\n",
+        )
     }
 
     /// The project's root.
@@ -42,7 +44,8 @@ impl Project {
 
     /// Writes `watchers/<name>.yaml`.
     pub fn watcher(&self, name: &str, yaml: &str) {
-        std::fs::write(self.path().join("watchers").join(format!("{name}.yaml")), yaml).expect("write watcher");
+        std::fs::write(self.path().join("watchers").join(format!("{name}.yaml")), yaml)
+            .expect("write watcher");
     }
 
     /// Writes a file relative to the project, creating directories.
@@ -58,7 +61,10 @@ impl Project {
     /// A `highwater` command run in the project directory with `args`.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin());
-        cmd.current_dir(self.path()).args(args).env("HIGHWATER_LOG_FORMAT", "json").env_remove("HIGHWATER_CONFIG");
+        cmd.current_dir(self.path())
+            .args(args)
+            .env("HIGHWATER_LOG_FORMAT", "json")
+            .env_remove("HIGHWATER_CONFIG");
         cmd
     }
 
@@ -129,7 +135,9 @@ impl Daemon {
         while out.len() < n {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stdout.recv_timeout(left) {
-                Ok(line) => out.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"))),
+                Ok(line) => {
+                    out.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}")))
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     self.drain_logs();
                     panic!("got {} of {n} events in {timeout:?}; logs:\n{}", out.len(), self.logs.join("\n"))
@@ -165,7 +173,9 @@ impl Daemon {
                         return line;
                     }
                 }
-                Err(_) => panic!("no log line with {needle:?} in {timeout:?}; logs:\n{}", self.logs.join("\n")),
+                Err(_) => {
+                    panic!("no log line with {needle:?} in {timeout:?}; logs:\n{}", self.logs.join("\n"))
+                }
             }
         }
     }

@@ -454,3 +454,270 @@ async fn sleep(duration: Duration, shutdown: &CancellationToken) -> Result<(), (
         () = shutdown.cancelled() => Err(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::HumanDuration;
+    use crate::event::{Change, FileItem, Item};
+    use crate::sink::SinkConfig;
+    use crate::source::{Found, SourceConfig};
+    use crate::state::sqlite::SqliteStore;
+
+    /// A source over a fixed list: the watermark is the number of items announced.
+    struct ListSource {
+        items: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[async_trait]
+    impl Source for ListSource {
+        fn kind(&self) -> &'static str {
+            "list"
+        }
+        async fn poll(&mut self, watermark: Option<&serde_json::Value>, limit: usize) -> Result<Polled, SourceError> {
+            let from = watermark.and_then(|w| w.as_u64()).unwrap_or(0) as usize;
+            let items = self.items.lock().unwrap();
+            let take: Vec<String> = items.iter().skip(from).take(limit).cloned().collect();
+            let next = from + take.len();
+            Ok(Polled {
+                more: next < items.len(),
+                next: json!(next),
+                items: take
+                    .into_iter()
+                    .map(|name| Found {
+                        change: Change::Created,
+                        identity: vec![name.clone()],
+                        item: Item::File(FileItem {
+                            path: name.clone(),
+                            relative_path: name,
+                            size: 1,
+                            modified: DateTime::<Utc>::from_timestamp(0, 0).unwrap(),
+                        }),
+                    })
+                    .collect(),
+            })
+        }
+    }
+
+    /// A sink that answers from a script and records what it was given, and whether the
+    /// outbox held the batch at the time.
+    struct ScriptSink {
+        answers: Arc<Mutex<VecDeque<Delivery>>>,
+        received: Arc<Mutex<Vec<Vec<String>>>>,
+        store: Arc<dyn Store>,
+        pending_seen: Arc<Mutex<Vec<bool>>>,
+    }
+
+    #[async_trait]
+    impl Sink for ScriptSink {
+        fn kind(&self) -> &'static str {
+            "script"
+        }
+        async fn deliver(&mut self, events: &[Event]) -> Delivery {
+            let pending = self.store.get("ns", "w", KEY_PENDING).await.unwrap().is_some();
+            self.pending_seen.lock().unwrap().push(pending);
+            self.received.lock().unwrap().push(events.iter().map(|e| e.id.clone()).collect());
+            self.answers.lock().unwrap().pop_front().unwrap_or(Delivery::Acknowledged)
+        }
+    }
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        items: Arc<Mutex<Vec<String>>>,
+        answers: Arc<Mutex<VecDeque<Delivery>>>,
+        received: Arc<Mutex<Vec<Vec<String>>>>,
+        pending_seen: Arc<Mutex<Vec<bool>>>,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+            Rig {
+                _dir: dir,
+                store,
+                items: Arc::default(),
+                answers: Arc::default(),
+                received: Arc::default(),
+                pending_seen: Arc::default(),
+            }
+        }
+
+        fn watcher(&self, policy: FailurePolicy, batch_size: usize) -> Watcher {
+            let config = WatcherConfig {
+                file: "w.yaml".into(),
+                namespace: "ns".into(),
+                name: "w".into(),
+                source: SourceConfig::LocalDir(
+                    serde_yaml::from_str("path: /nonexistent").expect("local_dir config"),
+                ),
+                sink: SinkConfig::Stdout(crate::sink::stdout::StdoutConfig {}),
+                poll_interval: Duration::from_millis(10),
+                batch_size,
+                on_permanent_failure: policy,
+                retry: RetryConfig {
+                    initial: HumanDuration(Duration::from_millis(1)),
+                    max: HumanDuration(Duration::from_millis(5)),
+                },
+            };
+            let source = Box::new(ListSource { items: Arc::clone(&self.items) });
+            let sink = Box::new(ScriptSink {
+                answers: Arc::clone(&self.answers),
+                received: Arc::clone(&self.received),
+                store: Arc::clone(&self.store),
+                pending_seen: Arc::clone(&self.pending_seen),
+            });
+            Watcher::new(&config, source, sink, Arc::clone(&self.store), Arc::default())
+        }
+
+        fn add(&self, names: &[&str]) {
+            self.items.lock().unwrap().extend(names.iter().map(|n| n.to_string()));
+        }
+
+        async fn key(&self, key: &str) -> Option<crate::state::Record> {
+            self.store.get("ns", "w", key).await.unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_outbox_is_written_before_delivery_and_cleared_with_the_commit() {
+        let rig = Rig::new();
+        rig.add(&["a", "b", "c"]);
+        let mut w = rig.watcher(FailurePolicy::Block, 2);
+        let token = CancellationToken::new();
+        let report = w.cycle(&token).await.unwrap();
+        assert_eq!((report.delivered, report.more), (2, true));
+        assert_eq!(*rig.pending_seen.lock().unwrap(), vec![true]);
+        assert_eq!(rig.key(KEY_PENDING).await, None);
+        assert_eq!(rig.key(KEY_WATERMARK).await.unwrap().value, json!(2));
+        w.cycle(&token).await.unwrap();
+        assert_eq!(rig.key(KEY_WATERMARK).await.unwrap().value, json!(3));
+        let ids: Vec<String> = rig.received.lock().unwrap().concat();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(ids[0], event_id("ns", "w", &["a"]));
+    }
+
+    #[tokio::test]
+    async fn an_idle_poll_writes_nothing() {
+        let rig = Rig::new();
+        rig.add(&["a"]);
+        let mut w = rig.watcher(FailurePolicy::Block, 10);
+        let token = CancellationToken::new();
+        w.cycle(&token).await.unwrap();
+        let before = rig.store.list(None, None).await.unwrap();
+        for _ in 0..3 {
+            assert_eq!(w.cycle(&token).await.unwrap(), CycleReport::default());
+        }
+        assert_eq!(rig.store.list(None, None).await.unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn retries_keep_the_same_ids_and_commit_once() {
+        let rig = Rig::new();
+        rig.add(&["a", "b"]);
+        rig.answers.lock().unwrap().extend([
+            Delivery::retry("down"),
+            Delivery::RetryLater { reason: "slow down".into(), after: Some(Duration::from_millis(2)) },
+        ]);
+        let mut w = rig.watcher(FailurePolicy::Block, 10);
+        w.cycle(&CancellationToken::new()).await.unwrap();
+        let received = rig.received.lock().unwrap().clone();
+        assert_eq!(received.len(), 3);
+        assert!(received.iter().all(|ids| *ids == received[0]));
+        assert_eq!(rig.key(KEY_WATERMARK).await.unwrap().version, 1);
+    }
+
+    #[tokio::test]
+    async fn a_crash_after_the_outbox_write_redelivers_the_same_batch_first() {
+        let rig = Rig::new();
+        rig.add(&["a", "b"]);
+        // The first watcher gives up before the sink acknowledges: the process "dies".
+        rig.answers.lock().unwrap().push_back(Delivery::retry("down"));
+        let mut first = rig.watcher(FailurePolicy::Block, 10).with_attempt_limit(1);
+        assert!(matches!(first.cycle(&CancellationToken::new()).await, Err(WatcherError::Delivery(_))));
+        assert!(rig.key(KEY_PENDING).await.is_some());
+        assert_eq!(rig.key(KEY_WATERMARK).await, None);
+        rig.add(&["c"]);
+        let mut second = rig.watcher(FailurePolicy::Block, 10);
+        let report = second.cycle(&CancellationToken::new()).await.unwrap();
+        assert_eq!(report.redelivered, 2);
+        second.cycle(&CancellationToken::new()).await.unwrap();
+        let received = rig.received.lock().unwrap().clone();
+        assert_eq!(received[0], received[1], "the redelivery carries the ids of the first attempt");
+        assert_eq!(received[2], vec![event_id("ns", "w", &["c"])]);
+    }
+
+    #[tokio::test]
+    async fn dead_letter_keeps_the_batch_and_moves_on_and_replay_does_not_move_the_watermark() {
+        let rig = Rig::new();
+        rig.add(&["a"]);
+        rig.answers.lock().unwrap().push_back(Delivery::permanent("HTTP 400"));
+        let mut w = rig.watcher(FailurePolicy::DeadLetter, 10);
+        let token = CancellationToken::new();
+        let report = w.cycle(&token).await.unwrap();
+        assert_eq!(report.dead_lettered, 1);
+        let records = rig.store.list(Some("ns"), Some("w")).await.unwrap();
+        let dead = records.iter().find(|r| r.key.starts_with(DEAD_LETTER_PREFIX)).expect("dead letter");
+        let letter: DeadLetter = serde_json::from_value(dead.value.clone()).unwrap();
+        assert_eq!(letter.reason, "HTTP 400");
+        assert_eq!(rig.key(KEY_WATERMARK).await.unwrap().value, json!(1));
+        assert_eq!(rig.key(KEY_PENDING).await, None);
+
+        // Replay: the batch goes back to `pending` without a next watermark.
+        let replay = PendingBatch { next_watermark: None, ..letter.batch };
+        rig.store.put("ns", "w", KEY_PENDING, serde_json::to_value(&replay).unwrap()).await.unwrap();
+        rig.add(&["b"]);
+        let report = w.cycle(&token).await.unwrap();
+        assert_eq!(report.redelivered, 1);
+        assert_eq!(rig.key(KEY_WATERMARK).await.unwrap().value, json!(1), "a replay leaves the watermark");
+        w.cycle(&token).await.unwrap();
+        assert_eq!(rig.key(KEY_WATERMARK).await.unwrap().value, json!(2));
+    }
+
+    #[tokio::test]
+    async fn block_holds_the_watcher_until_the_sink_accepts() {
+        let rig = Rig::new();
+        rig.add(&["a"]);
+        rig.answers.lock().unwrap().extend([Delivery::permanent("HTTP 422"), Delivery::permanent("HTTP 422")]);
+        let stats: Arc<WatcherStats> = Arc::default();
+        let mut w = rig.watcher(FailurePolicy::Block, 10);
+        w.stats = Arc::clone(&stats);
+        w.cycle(&CancellationToken::new()).await.unwrap();
+        assert_eq!(rig.received.lock().unwrap().len(), 3);
+        assert_eq!(stats.delivery_permanent_failures.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.state(), WatcherState::Ok);
+        assert_eq!(rig.key(KEY_WATERMARK).await.unwrap().value, json!(1));
+    }
+
+    #[tokio::test]
+    async fn shutdown_during_a_retry_wait_leaves_the_batch_pending() {
+        let rig = Rig::new();
+        rig.add(&["a"]);
+        rig.answers.lock().unwrap().push_back(Delivery::retry("down"));
+        let mut w = rig.watcher(FailurePolicy::Block, 10);
+        let token = CancellationToken::new();
+        token.cancel();
+        assert!(matches!(w.cycle(&token).await, Err(WatcherError::Shutdown)));
+        assert!(rig.key(KEY_PENDING).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_watermark_set_by_an_operator_is_adopted() {
+        let rig = Rig::new();
+        rig.add(&["a", "b", "c"]);
+        let mut w = rig.watcher(FailurePolicy::Block, 10);
+        let token = CancellationToken::new();
+        w.cycle(&token).await.unwrap();
+        rig.store.put("ns", "w", KEY_WATERMARK, json!(1)).await.unwrap();
+        let report = w.cycle(&token).await.unwrap();
+        assert_eq!(report.delivered, 2, "replays from the rewound watermark");
+        assert_eq!(rig.key(KEY_WATERMARK).await.unwrap().value, json!(3));
+    }
+}

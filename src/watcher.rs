@@ -480,7 +480,11 @@ mod tests {
         fn kind(&self) -> &'static str {
             "list"
         }
-        async fn poll(&mut self, watermark: Option<&serde_json::Value>, limit: usize) -> Result<Polled, SourceError> {
+        async fn poll(
+            &mut self,
+            watermark: Option<&serde_json::Value>,
+            limit: usize,
+        ) -> Result<Polled, SourceError> {
             let from = watermark.and_then(|w| w.as_u64()).unwrap_or(0) as usize;
             let items = self.items.lock().unwrap();
             let take: Vec<String> = items.iter().skip(from).take(limit).cloned().collect();
@@ -685,7 +689,10 @@ mod tests {
     async fn block_holds_the_watcher_until_the_sink_accepts() {
         let rig = Rig::new();
         rig.add(&["a"]);
-        rig.answers.lock().unwrap().extend([Delivery::permanent("HTTP 422"), Delivery::permanent("HTTP 422")]);
+        rig.answers
+            .lock()
+            .unwrap()
+            .extend([Delivery::permanent("HTTP 422"), Delivery::permanent("HTTP 422")]);
         let stats: Arc<WatcherStats> = Arc::default();
         let mut w = rig.watcher(FailurePolicy::Block, 10);
         w.stats = Arc::clone(&stats);

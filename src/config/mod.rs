@@ -408,7 +408,17 @@ fn validate_watcher(
     let poll_interval = raw.poll_interval.unwrap_or(defaults.poll_interval).0;
     let batch_size = raw.batch_size.unwrap_or(defaults.batch_size);
     let retry = raw.retry.unwrap_or(defaults.retry);
-    check_common(file, text, "", poll_interval, batch_size, &retry, errors);
+    // Only what this file sets is checked here: a bad default is reported once, at
+    // its own line in the daemon file, not again for every watcher.
+    let mut own = Vec::new();
+    check_common(file, text, "", poll_interval, batch_size, &retry, &mut own);
+    own.retain(|e| match e.key.as_deref() {
+        Some("poll_interval") => raw.poll_interval.is_some(),
+        Some("batch_size") => raw.batch_size.is_some(),
+        Some(_) => raw.retry.is_some(),
+        None => true,
+    });
+    errors.extend(own);
     for (key, message) in raw.source.validate() {
         errors.push(located(file, text, &format!("source.{key}"), message));
     }

@@ -24,8 +24,13 @@ pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigEr
         if let Some(at) = message.rfind(" at line ") {
             message.truncate(at);
         }
-        if let Some(rest) = message.strip_prefix(&format!("{path}: ")) {
-            message = rest.to_string();
+        // serde_yaml may prefix the message with the part of the key path it knows.
+        let segments: Vec<&str> = path.split('.').collect();
+        for n in (1..=segments.len()).rev() {
+            if let Some(rest) = message.strip_prefix(&format!("{}: ", segments[..n].join("."))) {
+                message = rest.to_string();
+                break;
+            }
         }
         ConfigError {
             file: file.to_path_buf(),
@@ -104,7 +109,9 @@ impl<'de> DeserializeSeed<'de> for TagSeed {
 /// A map access that yields buffered pairs, then the live mapping.
 struct Chained<A> {
     before: std::vec::IntoIter<(String, serde_yaml::Value)>,
-    pending: Option<serde_yaml::Value>,
+    /// The buffered value whose key was just yielded, with that key (buffered values
+    /// have no line number, so their errors name the key instead).
+    pending: Option<(String, serde_yaml::Value)>,
     live: A,
 }
 
@@ -114,7 +121,7 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Chained<A> {
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, A::Error> {
         match self.before.next() {
             Some((key, value)) => {
-                self.pending = Some(value);
+                self.pending = Some((key.clone(), value));
                 seed.deserialize(key.into_deserializer()).map(Some)
             }
             None => self.live.next_key_seed(seed),
@@ -123,7 +130,9 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Chained<A> {
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
         match self.pending.take() {
-            Some(value) => seed.deserialize(value).map_err(de::Error::custom),
+            Some((key, value)) => {
+                seed.deserialize(value).map_err(|e| de::Error::custom(format!("{key}: {e}")))
+            }
             None => self.live.next_value_seed(seed),
         }
     }
@@ -160,17 +169,25 @@ impl HumanDuration {
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Form {
-            Seconds(u64),
-            Text(String),
+        // A visitor, not an untagged enum: untagged enums buffer the value and lose its
+        // line number.
+        struct DurationVisitor;
+        impl Visitor<'_> for DurationVisitor {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 500ms, 30s, 5m, 2h or 1d")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<HumanDuration, E> {
+                Ok(HumanDuration(Duration::from_secs(v)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<HumanDuration, E> {
+                HumanDuration::parse(&v.to_string()).map(HumanDuration).map_err(E::custom)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<HumanDuration, E> {
+                HumanDuration::parse(v).map(HumanDuration).map_err(E::custom)
+            }
         }
-        match Form::deserialize(deserializer) {
-            Ok(Form::Seconds(s)) => Ok(HumanDuration(Duration::from_secs(s))),
-            Ok(Form::Text(t)) => HumanDuration::parse(&t).map(HumanDuration).map_err(de::Error::custom),
-            Err(_) => Err(de::Error::custom("expected a duration such as 500ms, 30s, 5m, 2h or 1d")),
-        }
+        deserializer.deserialize_any(DurationVisitor)
     }
 }
 

@@ -14,7 +14,8 @@ use crate::event::Event;
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
     /// The file to append to; created (with its directory) if missing. It is opened
-    /// for every batch, so moving it away (log rotation) starts a new file.
+    /// for every batch, so moving it away (log rotation) starts a new file. A named
+    /// pipe works too: the reader then gets each batch as it is written.
     pub path: PathBuf,
 }
 
@@ -62,8 +63,9 @@ impl Sink for FileSink {
             }
             let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
             file.write_all(&buffer)?;
-            // Acknowledging means the events survive a power cut.
-            file.sync_data()
+            // Acknowledging means the events survive a power cut. A named pipe or a
+            // device has nothing to sync (and refuses the call).
+            if file.metadata()?.is_file() { file.sync_data() } else { Ok(()) }
         })
         .await;
         match written {

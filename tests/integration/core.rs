@@ -1,1 +1,248 @@
-//! Core tests: quick start, restart without repeats, crash safety, config errors, state CLI.
+//! Core tests: the quick start as shipped, restart without repeats, crash safety,
+//! `check` error reports, `once` and the `state` commands.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use crate::util::{Project, bin};
+
+const EVENT_WAIT: Duration = Duration::from_secs(20);
+
+/// The repository root (where the shipped config lives).
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A watcher on `inbox/` with no settling delay and a fast poll.
+fn fast_watcher(sink: &str) -> String {
+    format!(
+        "namespace: t\nname: inbox\nsource:\n  type: local_dir\n  path: inbox\n  min_age: 0s\nsink:\n{sink}\npoll_interval: 100ms\n"
+    )
+}
+
+fn ids(events: &[serde_json::Value]) -> Vec<String> {
+    events.iter().map(|e| e["id"].as_str().expect("id").to_string()).collect()
+}
+
+fn paths(events: &[serde_json::Value]) -> Vec<String> {
+    let mut p: Vec<String> =
+        events.iter().map(|e| e["item"]["relative_path"].as_str().expect("path").to_string()).collect();
+    p.sort();
+    p
+}
+
+#[test]
+fn check_reports_every_error_with_file_line_and_key() {
+    let fixtures = repo().join("tests/fixtures/check");
+    let mut cases: Vec<PathBuf> =
+        std::fs::read_dir(&fixtures).expect("fixtures").map(|e| e.expect("entry").path()).collect();
+    cases.sort();
+    assert!(cases.len() >= 3);
+    for case in cases {
+        let expected = std::fs::read_to_string(case.join("expected.txt")).expect("expected.txt");
+        let out = std::process::Command::new(bin())
+            .arg("check")
+            .current_dir(&case)
+            .env_remove("HIGHWATER_CONFIG")
+            .env_remove("HIGHWATER_FIXTURE_MISSING")
+            .env_remove("HIGHWATER_FIXTURE_OUT")
+            .output()
+            .expect("run check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr, expected, "case {}", case.display());
+        assert_eq!(out.status.code(), Some(78), "config errors exit 78 (case {})", case.display());
+    }
+}
+
+#[test]
+fn quick_start_as_shipped_announces_once_across_restarts() {
+    let project = Project::default_config();
+    // The shipped files, unchanged.
+    std::fs::copy(repo().join("config/highwater.yaml"), project.path().join("config/highwater.yaml"))
+        .expect("copy config");
+    std::fs::copy(repo().join("watchers/demo-inbox.yaml"), project.path().join("watchers/demo-inbox.yaml"))
+        .expect("copy watcher");
+    std::fs::create_dir_all(project.path().join("demo/inbox")).expect("mkdir");
+
+    let check = project.run(&["check"]);
+    assert_eq!(check.code, Some(0), "{check:?}");
+
+    let mut daemon = project.start();
+    daemon.wait_log("Started.", EVENT_WAIT);
+    project.write("demo/inbox/orders-1.csv", "id,amount\n1,2\n");
+    let events = daemon.events(1, EVENT_WAIT);
+    let event = &events[0];
+    assert_eq!(event["namespace"], "demo");
+    assert_eq!(event["watcher"], "inbox");
+    assert_eq!(event["source"], "local_dir");
+    assert_eq!(event["type"], "created");
+    assert_eq!(event["item"]["kind"], "file");
+    assert_eq!(event["item"]["relative_path"], "orders-1.csv");
+    assert_eq!(event["item"]["size"], 14);
+    let (code, _) = daemon.stop();
+    assert_eq!(code, Some(0));
+
+    // Restart: nothing repeated; a new file is announced alone.
+    let mut daemon = project.start();
+    daemon.wait_log("Started.", EVENT_WAIT);
+    daemon.no_events(Duration::from_secs(5));
+    project.write("demo/inbox/orders-2.csv", "id,amount\n");
+    let events = daemon.events(1, EVENT_WAIT);
+    assert_eq!(events[0]["item"]["relative_path"], "orders-2.csv");
+    let (code, _) = daemon.stop();
+    assert_eq!(code, Some(0));
+}
+
+/// Reads every line written to a FIFO, reopening it after each writer closes it.
+fn fifo_reader(path: &Path) -> Receiver<String> {
+    let (tx, rx) = channel();
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        loop {
+            let Ok(file) = std::fs::File::open(&path) else { return };
+            for line in BufReader::new(file).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn pending_ids(project: &Project) -> Option<Vec<String>> {
+    let out = project.run(&["state", "get", "t/inbox", "pending"]);
+    if out.code != Some(0) {
+        return None;
+    }
+    let pending: serde_json::Value = serde_json::from_str(&out.stdout).expect("pending JSON");
+    Some(ids(pending["events"].as_array().expect("events")))
+}
+
+#[test]
+fn kill_9_between_outbox_and_acknowledgement_redelivers_the_same_ids() {
+    let project = Project::default_config();
+    let fifo = project.path().join("out.fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
+    // SAFETY: mkfifo(3) with a valid C string and mode.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    // The file sink opens the FIFO for each batch; with no reader, the open blocks:
+    // the batch is in the outbox and the sink never acknowledges.
+    project.watcher("inbox", &fast_watcher("  type: file\n  path: out.fifo"));
+    project.write("inbox/a.csv", "a");
+    project.write("inbox/b.csv", "b");
+
+    let daemon = project.start();
+    let deadline = Instant::now() + EVENT_WAIT;
+    let stored = loop {
+        if let Some(ids) = pending_ids(&project) {
+            break ids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pending batch was written: {:?}",
+            project.run(&["state", "get", "t/inbox", "pending"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(stored.len(), 2);
+    daemon.kill9();
+
+    // While it is down another file lands.
+    project.write("inbox/c.csv", "c");
+    let lines = fifo_reader(&fifo);
+    let daemon = project.start();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let line = lines.recv_timeout(EVENT_WAIT).expect("events after restart");
+        got.push(serde_json::from_str::<serde_json::Value>(&line).expect("JSON line"));
+    }
+    // The pending batch comes first, with the ids it was first attempted with.
+    assert_eq!(ids(&got[..2]), stored);
+    assert_eq!(paths(&got[..2]), vec!["a.csv", "b.csv"]);
+    assert_eq!(got[2]["item"]["relative_path"], "c.csv", "{got:#?}");
+    let (code, _) = daemon.stop();
+    assert_eq!(code, Some(0));
+    assert_eq!(pending_ids(&project), None, "nothing left pending");
+    assert!(lines.recv_timeout(Duration::from_millis(500)).is_err(), "nothing repeated");
+}
+
+#[test]
+fn once_and_the_state_commands() {
+    let project = Project::default_config();
+    project.watcher("inbox", &fast_watcher("  type: file\n  path: out/events.jsonl"));
+    project.write("inbox/a.csv", "a");
+    project.write("inbox/b.csv", "b");
+    let read_events = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(project.path().join("out/events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect()
+    };
+
+    let out = project.run(&["once"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("t/inbox: 2 delivered"), "{}", out.stderr);
+    let first = read_events();
+    assert_eq!(paths(&first), vec!["a.csv", "b.csv"]);
+
+    let out = project.run(&["once", "inbox"]);
+    assert!(out.stderr.contains("t/inbox: 0 delivered"), "{}", out.stderr);
+    assert_eq!(read_events().len(), 2);
+
+    let list = project.run(&["state", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&list.stdout).expect("state list JSON");
+    assert_eq!(list[0]["namespace"], "t");
+    assert_eq!(list[0]["name"], "inbox");
+    assert_eq!(list[0]["pending_events"], 0);
+    assert_eq!(list[0]["watermark"]["remembered"], 2);
+    let table = project.run(&["state", "list"]);
+    assert!(table.stdout.starts_with("WATCHER"), "{}", table.stdout);
+    assert!(table.stdout.contains("t/inbox"), "{}", table.stdout);
+
+    // Reset replays everything, with the same ids.
+    let out = project.run(&["state", "reset", "t/inbox"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    project.run(&["once"]);
+    let all = read_events();
+    assert_eq!(all.len(), 4);
+    let (mut a, mut b) = (ids(&all[..2]), ids(&all[2..]));
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+
+    // Bad input to `state set` is a usage error, and changes nothing.
+    let out = project.run(&["state", "set", "t/inbox", "watermark", "{not json"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("not JSON"), "{}", out.stderr);
+    let out = project.run(&["state", "get", "nobody"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("no watcher named \"nobody\""), "{}", out.stderr);
+
+    let watchers = project.run(&["watchers", "--json"]);
+    let watchers: serde_json::Value = serde_json::from_str(&watchers.stdout).expect("watchers JSON");
+    assert_eq!(watchers[0]["source"]["type"], "local_dir");
+    assert_eq!(watchers[0]["sink"]["type"], "file");
+}
+
+#[test]
+fn a_missing_directory_holds_only_its_own_watcher() {
+    let project = Project::default_config();
+    project.watcher("inbox", &fast_watcher("  type: stdout"));
+    project.watcher(
+        "broken",
+        "namespace: t\nname: broken\nsource:\n  type: local_dir\n  path: not-there\nsink:\n  type: stdout\npoll_interval: 100ms\n",
+    );
+    project.write("inbox/a.csv", "a");
+    let mut daemon = project.start();
+    let events = daemon.events(1, EVENT_WAIT);
+    assert_eq!(events[0]["watcher"], "inbox");
+    let line = daemon.wait_log("needs attention", EVENT_WAIT);
+    assert!(line.contains("not-there"), "{line}");
+    assert!(line.contains("t/broken"), "the log names the watcher: {line}");
+    let (code, _) = daemon.stop();
+    assert_eq!(code, Some(0));
+}

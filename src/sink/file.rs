@@ -49,13 +49,10 @@ impl Sink for FileSink {
     }
 
     async fn deliver(&mut self, events: &[Event]) -> Delivery {
-        let mut buffer = Vec::new();
-        for event in events {
-            if let Err(e) = serde_json::to_writer(&mut buffer, event) {
-                return Delivery::permanent(format!("cannot encode event {}: {e}", event.id));
-            }
-            buffer.push(b'\n');
-        }
+        let buffer = match super::json_lines(events) {
+            Ok(buffer) => buffer,
+            Err(failed) => return failed,
+        };
         let path = self.config.path.clone();
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -58,6 +58,19 @@ pub fn classify_http_status(status: u16, retry_after: Option<Duration>, what: &s
     }
 }
 
+/// Encodes events as JSON lines (one object and a newline each), the format of the
+/// `stdout` and `file` sinks. An event that cannot be encoded is a permanent failure.
+pub fn json_lines(events: &[Event]) -> Result<Vec<u8>, Delivery> {
+    let mut buffer = Vec::new();
+    for event in events {
+        if let Err(e) = serde_json::to_writer(&mut buffer, event) {
+            return Err(Delivery::permanent(format!("cannot encode event {}: {e}", event.id)));
+        }
+        buffer.push(b'\n');
+    }
+    Ok(buffer)
+}
+
 /// A destination for events.
 #[async_trait]
 pub trait Sink: Send {

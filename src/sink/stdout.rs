@@ -23,13 +23,10 @@ impl Sink for StdoutSink {
     }
 
     async fn deliver(&mut self, events: &[Event]) -> Delivery {
-        let mut buffer = Vec::new();
-        for event in events {
-            if let Err(e) = serde_json::to_writer(&mut buffer, event) {
-                return Delivery::permanent(format!("cannot encode event {}: {e}", event.id));
-            }
-            buffer.push(b'\n');
-        }
+        let buffer = match super::json_lines(events) {
+            Ok(buffer) => buffer,
+            Err(failed) => return failed,
+        };
         // One locked write per batch keeps lines of concurrent watchers whole.
         let mut out = std::io::stdout().lock();
         match out.write_all(&buffer).and_then(|()| out.flush()) {

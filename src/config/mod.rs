@@ -447,3 +447,78 @@ pub fn deserialize_tagged<'de, D: Deserializer<'de>, T: yaml::Tagged>(
 ) -> Result<T, D::Error> {
     yaml::deserialize_tagged(deserializer)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project(daemon: &str, watchers: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wdir = dir.path().join("w");
+        std::fs::create_dir(&wdir).expect("mkdir");
+        for (name, text) in watchers {
+            std::fs::write(wdir.join(name), text).expect("write watcher");
+        }
+        let daemon = format!("watchers_dir: {}\n{daemon}", wdir.display());
+        let path = dir.path().join("highwater.yaml");
+        std::fs::write(&path, daemon).expect("write daemon");
+        (dir, path)
+    }
+
+    fn env(name: &str) -> Option<String> {
+        (name == "INBOX").then(|| "/data/in".to_string())
+    }
+
+    #[test]
+    fn defaults_fill_in_and_names_come_from_file_names() {
+        let (_dir, path) = project(
+            "defaults:\n  poll_interval: 7s\n",
+            &[
+                ("orders.yaml", "source: {type: local_dir, path: \"${INBOX}\"}\nsink: {type: stdout}\n"),
+                (
+                    "other.yml",
+                    "namespace: n\nname: x\nsource: {type: local_dir, path: p}\nsink: {type: stdout}\nbatch_size: 5\n",
+                ),
+                ("notes.txt", "not a watcher"),
+                (".hidden.yaml", "not: a watcher"),
+            ],
+        );
+        let config = load_with_env(&path, &env).expect("valid");
+        assert_eq!(config.watchers.len(), 2);
+        let orders = &config.watchers[0];
+        assert_eq!((orders.namespace.as_str(), orders.name.as_str()), ("default", "orders"));
+        assert_eq!(orders.poll_interval, Duration::from_secs(7));
+        assert_eq!(orders.batch_size, 100);
+        assert_eq!(orders.on_permanent_failure, FailurePolicy::Block);
+        assert_eq!(orders.source.describe(), "local_dir /data/in (every file, recursive)");
+        assert_eq!(config.watchers[1].id(), "n/x");
+        assert_eq!(config.watchers[1].batch_size, 5);
+        assert_eq!(config.daemon.shutdown_timeout, HumanDuration(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn every_file_is_checked_before_reporting() {
+        let (_dir, path) = project(
+            "",
+            &[
+                ("a.yaml", "source: {type: local_dir, path: p}\nsink: {type: stdout}\nextra: 1\n"),
+                ("b.yaml", "source: {type: local_dir, path: \"${NOPE}\"}\nsink: {type: stdout}\n"),
+                ("c.yaml", "source: {type: local_dir, path: p}\nsink: {type: stdout}\nbatch_size: 0\n"),
+            ],
+        );
+        let errors = load_with_env(&path, &env).expect_err("invalid").0;
+        let keys: Vec<Option<&str>> = errors.iter().map(|e| e.key.as_deref()).collect();
+        assert_eq!(keys, vec![Some("extra"), None, Some("batch_size")]);
+        assert_eq!(errors[0].line, Some(3));
+        assert!(errors[1].message.contains("NOPE"));
+        assert_eq!(errors[2].line, Some(3));
+    }
+
+    #[test]
+    fn the_daemon_file_alone_loads_even_when_a_watcher_is_broken() {
+        let (_dir, path) = project("state: {type: sqlite, path: s.db}\n", &[("a.yaml", "garbage: [")]);
+        assert!(load_with_env(&path, &env).is_err());
+        let daemon = load_daemon(&path).expect("daemon file");
+        assert_eq!(daemon.state, StateConfig::Sqlite(crate::state::SqliteConfig { path: "s.db".into() }));
+    }
+}

@@ -308,6 +308,24 @@ fn s3_missing_bucket_needs_attention_and_other_watchers_go_on() {
     assert!(stderr.contains("no-such-bucket-hw") && stderr.contains("does not exist"), "{stderr}");
     assert!(!stderr.contains(SECRET_KEY));
 
+    // No credentials anywhere in the chain: a clear error, the other watcher's batch
+    // stays pending for the next run.
+    let out = p
+        .command(&["once", "present"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .envs(
+            AWS_ENV
+                .iter()
+                .copied()
+                .filter(|(k, _)| !k.starts_with("AWS_ACCESS") && !k.starts_with("AWS_SECRET")),
+        )
+        .output()
+        .expect("once without credentials");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("no usable AWS credentials") && stderr.contains("s3://present/in/"), "{stderr}");
+
     let mut daemon = start(&p);
     let events = daemon.events(1, Duration::from_secs(60));
     assert_eq!(key(&events[0]), "in/here.csv");

@@ -10,7 +10,7 @@ use aws_config::BehaviorVersion;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::Region;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls;
 
 use super::S3Config;
@@ -94,22 +94,35 @@ where
             };
             SourceError { class, message, source: None }
         }
-        SdkError::ConstructionFailure(_) => SourceError::needs_attention(format!(
-            "{what}: cannot build the request: {}",
-            DisplayErrorContext(error)
-        )),
+        SdkError::ConstructionFailure(_) => {
+            SourceError::needs_attention(format!("{what}: cannot build the request: {}", chain(error)))
+        }
         _ => {
-            let text = DisplayErrorContext(error).to_string();
+            let text = chain(error);
             // No credentials anywhere in the chain is an operator's problem, not a
-            // network one; it shows up as a failed dispatch.
-            let class = if text.contains("credentials") || text.contains("identity") {
-                ErrorClass::NeedsAttention
+            // network one, although it shows up as a failed dispatch.
+            if text.contains("credential") {
+                SourceError::needs_attention(format!("{what}: no usable AWS credentials: {text}"))
             } else {
-                ErrorClass::Transient
-            };
-            SourceError { class, message: format!("{what}: {text}"), source: None }
+                SourceError::transient(format!("{what}: {text}"))
+            }
         }
     }
+}
+
+/// The messages of an error and its sources, joined with `: `, skipping a message
+/// its predecessor already contains (the SDK repeats itself).
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
 }
 
 /// The class of an error the server answered.

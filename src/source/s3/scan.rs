@@ -309,6 +309,17 @@ impl<'a> Scan<'a> {
             next.seen.insert(c.key.clone(), (c.time_ms, c.etag.clone(), c.size));
             next.after = Some(c.key.clone());
         }
+        // A listing that reached its end judged every key past the cursor: each was
+        // taken above or refused for good (filters, an unwanted change), so the cursor
+        // may pass them all and the next poll need not list them again.
+        if self.rules.ordered
+            && complete
+            && !self.stopped
+            && let Some(last) = self.last_key.take()
+            && next.after.as_ref().is_none_or(|after| last > *after)
+        {
+            next.after = Some(last);
+        }
         if self.rules.ordered && self.full && !window_overflow {
             // Every key up to the cursor was judged: the next full listing is due a
             // whole period from now.
@@ -485,6 +496,16 @@ mod tests {
         let outcome = scan.finish(false, 0);
         assert!(outcome.more);
         assert_eq!(outcome.next.after.as_deref(), Some("in/2"));
+    }
+
+    #[test]
+    fn ordered_cursor_passes_keys_the_filters_refuse() {
+        let mut r = rules(true, &[Change::Created]);
+        r.glob = Some(Glob::new("*.csv").unwrap());
+        let listing = vec![obj("in/1.csv", 1, "1"), obj("in/2.tmp", 1, "1"), obj("in/3.tmp", 1, "1")];
+        let (items, mark) = drain(&r, &listing, None, 100, 0);
+        assert_eq!(keys(&items), vec!["in/1.csv"]);
+        assert_eq!(mark.after.as_deref(), Some("in/3.tmp"), "an idle poll lists nothing it judged before");
     }
 
     #[test]

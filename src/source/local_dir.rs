@@ -169,14 +169,7 @@ impl Source for LocalDir {
         watermark: Option<&serde_json::Value>,
         limit: usize,
     ) -> Result<Polled, SourceError> {
-        let mark: Option<Mark> = match watermark {
-            None => None,
-            Some(value) => Some(serde_json::from_value(value.clone()).map_err(|e| {
-                SourceError::needs_attention(format!(
-                    "stored watermark is not a local_dir watermark ({e}); reset it with `highwater state reset`"
-                ))
-            })?),
-        };
+        let mark: Option<Mark> = super::read_watermark("local_dir", watermark)?;
         let config = self.config.clone();
         let now_ns = nanos(SystemTime::now());
         tokio::task::spawn_blocking(move || scan(&config, mark, limit, now_ns))

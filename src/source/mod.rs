@@ -108,6 +108,23 @@ pub trait Source: Send {
     }
 }
 
+/// Reads a stored watermark back into the source's own type (None on a watcher's first
+/// poll). One that does not fit (another source's, or edited by hand) needs an operator.
+pub fn read_watermark<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    watermark: Option<&serde_json::Value>,
+) -> Result<Option<T>, SourceError> {
+    watermark
+        .map(|value| {
+            serde_json::from_value(value.clone()).map_err(|e| {
+                SourceError::needs_attention(format!(
+                    "stored watermark is not a {kind} watermark ({e}); reset it with `highwater state reset`"
+                ))
+            })
+        })
+        .transpose()
+}
+
 /// A failure to build a source from its config (before any poll).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]

@@ -301,14 +301,7 @@ impl Source for S3Source {
         watermark: Option<&serde_json::Value>,
         limit: usize,
     ) -> Result<Polled, SourceError> {
-        let mark: Option<Mark> = match watermark {
-            None => None,
-            Some(value) => Some(serde_json::from_value(value.clone()).map_err(|e| {
-                SourceError::needs_attention(format!(
-                    "stored watermark is not an s3 watermark ({e}); reset it with `highwater state reset`"
-                ))
-            })?),
-        };
+        let mark: Option<Mark> = crate::source::read_watermark("s3", watermark)?;
         let client = self.client().await;
         let url = self.config.url();
         let bucket = self.config.bucket.as_str();

@@ -337,3 +337,59 @@ fn s3_missing_bucket_needs_attention_and_other_watchers_go_on() {
     assert_eq!(code, Some(0));
     assert!(logs.iter().all(|l| !l.contains(SECRET_KEY)));
 }
+
+#[test]
+fn s3_batches_and_ordered_full_listings_see_overwrites_and_deletes() {
+    let bucket = Bucket::new("batches");
+    for i in 0..3 {
+        bucket.put(&format!("in/{i}.csv"), "one");
+    }
+    let endpoint = &weed().endpoint;
+    let p = project(&[
+        (
+            "batch",
+            watcher("batch", "batches", endpoint, "  emit: batch\n  events: [created, deleted]\n", 100),
+        ),
+        (
+            "ordered",
+            watcher(
+                "ordered",
+                "batches",
+                endpoint,
+                "  key_order: lexicographic\n  full_relist_every: 1s\n  events: [created, updated, deleted]\n",
+                100,
+            ),
+        ),
+    ]);
+    let events = once_ok(&p, &[]);
+    let batch = of(&events, "batch");
+    assert_eq!(batch.len(), 1, "{events:?}");
+    assert_eq!(batch[0]["type"], "created");
+    assert_eq!(batch[0]["item"]["kind"], "s3_objects");
+    let keys: Vec<&str> = batch[0]["item"]["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .filter_map(|o| o["key"].as_str())
+        .collect();
+    assert_eq!(keys, ["in/0.csv", "in/1.csv", "in/2.csv"]);
+    assert_eq!(of(&events, "ordered").len(), 3);
+
+    bucket.put("in/1.csv", "two");
+    bucket.delete("in/2.csv");
+    // Overwrites and deletes behind the ordered cursor wait for its next full listing.
+    std::thread::sleep(Duration::from_millis(1100));
+    let events = once_ok(&p, &[]);
+    let batch = of(&events, "batch");
+    assert_eq!(batch.len(), 1, "{events:?}");
+    assert_eq!(batch[0]["type"], "deleted");
+    assert_eq!(batch[0]["item"]["objects"][0]["key"], "in/2.csv");
+    let mut ordered: Vec<(String, String)> = of(&events, "ordered")
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap_or("").to_string(), key(e)))
+        .collect();
+    ordered.sort();
+    assert_eq!(ordered, [("deleted".into(), "in/2.csv".into()), ("updated".into(), "in/1.csv".into())]);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(once_ok(&p, &[]).is_empty());
+}

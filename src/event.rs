@@ -41,6 +41,39 @@ pub struct FileItem {
     pub modified: DateTime<Utc>,
 }
 
+/// An object found by the `s3` source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Object {
+    /// The bucket it is in.
+    pub bucket: String,
+    /// Its full key (prefix included), exactly as S3 lists it.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The ETag without its surrounding quotes: what tells one content of a key from
+    /// another (for multipart uploads it is not an MD5 of the content).
+    pub etag: String,
+    /// `LastModified` as the server listed it.
+    pub last_modified: DateTime<Utc>,
+    /// The version id, when the listing gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    /// The storage class, when the listing gives one (`STANDARD`, `GLACIER`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+}
+
+/// Several objects in one event (`emit: batch`), all with the event's `type`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Objects {
+    /// The bucket they are in.
+    pub bucket: String,
+    /// The objects, in the order they were found.
+    pub objects: Vec<S3Object>,
+}
+
 /// The thing an event is about. Tagged by `kind` so that a stored batch reads back
 /// into the same variant it was written from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +81,10 @@ pub struct FileItem {
 pub enum Item {
     /// A file in a local directory.
     File(FileItem),
+    /// An object under an S3 prefix.
+    S3Object(S3Object),
+    /// Several objects under an S3 prefix, one event per poll and change (`emit: batch`).
+    S3Objects(S3Objects),
 }
 
 /// One event: the unit a sink delivers and a consumer deduplicates on.

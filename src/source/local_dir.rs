@@ -12,7 +12,7 @@
 //! exactly once. The window's memory is capped; when the cap bites, the oldest part of
 //! the window is dropped and its floor recorded.
 
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::window::{self, Smallest};
 use super::{Found, Polled, Source, SourceError};
 use crate::config::{Glob, HumanDuration};
 use crate::event::{Change, FileItem, Item};
@@ -168,14 +169,7 @@ impl Source for LocalDir {
         watermark: Option<&serde_json::Value>,
         limit: usize,
     ) -> Result<Polled, SourceError> {
-        let mark: Option<Mark> = match watermark {
-            None => None,
-            Some(value) => Some(serde_json::from_value(value.clone()).map_err(|e| {
-                SourceError::needs_attention(format!(
-                    "stored watermark is not a local_dir watermark ({e}); reset it with `highwater state reset`"
-                ))
-            })?),
-        };
+        let mark: Option<Mark> = super::read_watermark("local_dir", watermark)?;
         let config = self.config.clone();
         let now_ns = nanos(SystemTime::now());
         tokio::task::spawn_blocking(move || scan(&config, mark, limit, now_ns))
@@ -229,16 +223,11 @@ fn scan(
     }
     let lookback_ns = duration_ns(config.lookback.0);
     let settled_before = now_ns.saturating_sub(duration_ns(config.min_age.0));
-    let horizon = mark.as_ref().map(|m| {
-        let window = m.high_ns.saturating_sub(lookback_ns);
-        m.floor_ns.map_or(window, |floor| window.max(floor.saturating_add(1)))
-    });
+    let horizon = mark.as_ref().map(|m| window::horizon(m.high_ns, m.floor_ns, lookback_ns));
     let empty = BTreeMap::new();
     let seen = mark.as_ref().map_or(&empty, |m| &m.seen);
 
-    // A max-heap of the `limit` smallest candidates: the largest is popped when full.
-    let mut heap: BinaryHeap<Candidate> = BinaryHeap::new();
-    let mut overflow = false;
+    let mut heap: Smallest<Candidate> = Smallest::new(limit);
     let mut dirs = vec![PathBuf::new()];
     while let Some(relative_dir) = dirs.pop() {
         let dir = root.join(&relative_dir);
@@ -316,13 +305,10 @@ fn scan(
                 continue;
             }
             heap.push(Candidate { changed_ns, relative, mtime_ns, size: meta.len(), change });
-            if heap.len() > limit {
-                heap.pop();
-                overflow = true;
-            }
         }
     }
 
+    let overflow = heap.overflowed();
     let chosen = heap.into_sorted_vec();
     let mut next = mark.unwrap_or_default();
     let mut items = Vec::with_capacity(chosen.len());
@@ -345,31 +331,19 @@ fn scan(
     Ok(Polled { items, next: serde_json::to_value(&next).unwrap_or_default(), more: overflow })
 }
 
-/// Forgets files that fell out of the look-back window, then, if the set is still over
-/// the cap, the oldest change times (whole timestamps at once, never the newest one),
-/// recording the floor below which nothing is looked at again.
+/// Forgets files that fell out of the look-back window, then caps the rest (see
+/// [`window::prune`]).
 fn prune(mark: &mut Mark, lookback_ns: i64, cap: usize) {
-    let window = mark.high_ns.saturating_sub(lookback_ns);
-    mark.seen.retain(|_, (changed, _, _)| *changed >= window);
-    if mark.seen.len() <= cap {
-        return;
-    }
-    let mut times: Vec<i64> = mark.seen.values().map(|(changed, _, _)| *changed).collect();
-    times.sort_unstable();
-    let excess = mark.seen.len() - cap;
-    // Drop every entry at or below the change time of the `excess`-th oldest entry,
-    // unless that is the newest time, which must stay to keep its ties exact.
-    let cut = times[excess - 1];
-    if cut >= mark.high_ns {
-        tracing::warn!(
-            remembered = mark.seen.len(),
-            cap,
-            "More files share the newest change time than max_remembered allows; keeping them all."
-        );
-        return;
-    }
-    mark.seen.retain(|_, (changed, _, _)| *changed > cut);
-    mark.floor_ns = Some(mark.floor_ns.map_or(cut, |f| f.max(cut)));
+    let high = mark.high_ns;
+    window::prune(
+        &mut mark.seen,
+        |(changed, _, _)| *changed,
+        high,
+        &mut mark.floor_ns,
+        lookback_ns,
+        cap,
+        false,
+    );
 }
 
 #[cfg(test)]
@@ -395,6 +369,7 @@ mod tests {
             .iter()
             .map(|f| match &f.item {
                 Item::File(file) => file.relative_path.clone(),
+                other => panic!("not a file: {other:?}"),
             })
             .collect()
     }
@@ -477,7 +452,7 @@ mod tests {
     }
 
     #[test]
-    fn pruning_keeps_the_newest_ties_and_records_a_floor() {
+    fn pruning_applies_the_window_and_the_cap() {
         let mut mark = Mark { high_ns: 100, floor_ns: None, seen: BTreeMap::new() };
         for i in 0..5 {
             mark.seen.insert(format!("old{i}"), (50 + i, 0, 0));
@@ -488,8 +463,8 @@ mod tests {
         prune(&mut mark, 1000, 4);
         assert_eq!(mark.seen.len(), 4);
         assert_eq!(mark.floor_ns, Some(53));
-        prune(&mut mark, 10, 1);
-        assert_eq!(mark.seen.len(), 3, "ties at the newest time are never dropped");
+        prune(&mut mark, 10, 100);
+        assert_eq!(mark.seen.len(), 3, "outside the window");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! follows it.
 
 pub mod local_dir;
+pub mod s3;
+pub mod window;
 
 use async_trait::async_trait;
 
@@ -106,6 +108,23 @@ pub trait Source: Send {
     }
 }
 
+/// Reads a stored watermark back into the source's own type (None on a watcher's first
+/// poll). One that does not fit (another source's, or edited by hand) needs an operator.
+pub fn read_watermark<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    watermark: Option<&serde_json::Value>,
+) -> Result<Option<T>, SourceError> {
+    watermark
+        .map(|value| {
+            serde_json::from_value(value.clone()).map_err(|e| {
+                SourceError::needs_attention(format!(
+                    "stored watermark is not a {kind} watermark ({e}); reset it with `highwater state reset`"
+                ))
+            })
+        })
+        .transpose()
+}
+
 /// A failure to build a source from its config (before any poll).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -119,15 +138,18 @@ pub struct BuildError {
 pub enum SourceConfig {
     /// Files under a local directory.
     LocalDir(local_dir::LocalDirConfig),
+    /// Objects under an S3 prefix.
+    S3(s3::S3Config),
 }
 
 impl crate::config::yaml::Tagged for SourceConfig {
     const WHAT: &'static str = "source";
-    const VARIANTS: &'static [&'static str] = &["local_dir"];
+    const VARIANTS: &'static [&'static str] = &["local_dir", "s3"];
     fn from_tag<'de, A: serde::de::MapAccess<'de>>(tag: &str, rest: A) -> Result<Self, A::Error> {
         use crate::config::yaml::variant;
         match tag {
             "local_dir" => Ok(SourceConfig::LocalDir(variant(rest)?)),
+            "s3" => Ok(SourceConfig::S3(variant(rest)?)),
             other => Err(serde::de::Error::unknown_variant(other, Self::VARIANTS)),
         }
     }
@@ -144,6 +166,7 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::LocalDir(_) => "local_dir",
+            SourceConfig::S3(_) => "s3",
         }
     }
 
@@ -151,6 +174,7 @@ impl SourceConfig {
     pub fn describe(&self) -> String {
         match self {
             SourceConfig::LocalDir(c) => c.describe(),
+            SourceConfig::S3(c) => c.describe(),
         }
     }
 
@@ -158,6 +182,7 @@ impl SourceConfig {
     pub fn validate(&self) -> Vec<(String, String)> {
         match self {
             SourceConfig::LocalDir(c) => c.validate(),
+            SourceConfig::S3(c) => c.validate(),
         }
     }
 
@@ -166,6 +191,7 @@ impl SourceConfig {
     pub fn build(&self) -> Result<Box<dyn Source>, BuildError> {
         match self {
             SourceConfig::LocalDir(c) => Ok(Box::new(local_dir::LocalDir::new(c.clone()))),
+            SourceConfig::S3(c) => Ok(Box::new(s3::S3Source::new(c.clone()))),
         }
     }
 }

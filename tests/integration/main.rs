@@ -3,4 +3,6 @@
 //! One binary (see Cargo.toml) with one module per area; shared helpers in `util`.
 
 mod core;
+mod s3;
+mod s3_support;
 mod util;

@@ -1,0 +1,476 @@
+//! The `s3` source: new, changed and deleted objects under an S3 prefix.
+//!
+//! Listings are streamed page by page (ListObjectsV2) through a [`scan::Scan`], which
+//! keeps at most one batch of candidates; the watermark and its semantics are in
+//! [`scan`]. [`client`] builds the SDK client and classifies its errors.
+
+pub mod client;
+pub mod scan;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use self::scan::{Candidate, Flow, Listed, Mark, Rules, Scan};
+use super::{Found, Polled, Source, SourceError};
+use crate::config::{Glob, HumanDuration};
+use crate::event::{Change, Item, S3Object, S3Objects};
+
+/// Whether keys can be trusted to grow in byte order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyOrder {
+    /// No assumption: every poll lists the whole prefix.
+    #[default]
+    Any,
+    /// New keys sort after older ones (dates, ULIDs): polls list only past the newest
+    /// key announced, and a full listing runs every `full_relist_every`.
+    Lexicographic,
+}
+
+/// How found objects become events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Emit {
+    /// One event per object.
+    #[default]
+    Object,
+    /// One event per poll and kind of change, listing its objects.
+    Batch,
+}
+
+/// `source: {type: s3}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The bucket to watch.
+    pub bucket: String,
+    /// Only keys that start with this (`landing/orders/`); empty watches the whole
+    /// bucket. A prefix is a string, not a directory: `in` also matches `inbox/x`.
+    #[serde(default)]
+    pub prefix: String,
+    /// Only keys whose part after `prefix` matches (`**/*.parquet`). `*` stays within
+    /// one `/`-separated level; `**` crosses levels. Default: every key.
+    #[serde(default)]
+    pub glob: Option<Glob>,
+    /// Objects smaller than this many bytes are not announced.
+    #[serde(default)]
+    pub min_size: u64,
+    /// Also announce zero-byte keys ending in `/`, which consoles and some tools create
+    /// as "folders". Off by default: they are not data.
+    #[serde(default)]
+    pub include_folder_markers: bool,
+    /// The bucket's region. Default: from the AWS chain (`AWS_REGION`, the profile),
+    /// else `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// An S3-compatible server (MinIO, Ceph, R2, Garage, SeaweedFS):
+    /// `http://127.0.0.1:9000`. Default: AWS.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Address buckets as `endpoint/bucket` instead of `bucket.endpoint`; most
+    /// S3-compatible servers need it.
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// `any` (default) or `lexicographic`: whether new keys sort after older ones.
+    #[serde(default)]
+    pub key_order: KeyOrder,
+    /// How far behind the newest announced `LastModified` to keep looking for objects
+    /// that show up late: a multipart upload's `LastModified` is the time it *started*.
+    #[serde(default = "default_lookback")]
+    pub lookback: HumanDuration,
+    /// With `key_order: lexicographic`: time between full listings that catch keys
+    /// that arrived out of order. Default 1h.
+    #[serde(default)]
+    pub full_relist_every: Option<HumanDuration>,
+    /// Which changes become events: `created`, `updated` (the same key with a new
+    /// ETag), `deleted`.
+    #[serde(default = "default_events")]
+    pub events: Vec<Change>,
+    /// `object` (one event per object, default) or `batch` (one event per poll and
+    /// change, listing the objects).
+    #[serde(default)]
+    pub emit: Emit,
+    /// Most keys remembered (bounds the watermark's size).
+    #[serde(default = "default_max_remembered")]
+    pub max_remembered: usize,
+}
+
+fn default_lookback() -> HumanDuration {
+    HumanDuration(Duration::from_secs(24 * 3600))
+}
+
+fn default_full_relist_every() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
+}
+
+fn default_events() -> Vec<Change> {
+    vec![Change::Created]
+}
+
+fn default_max_remembered() -> usize {
+    100_000
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl S3Config {
+    /// `s3://bucket/prefix`, as messages name the watched place.
+    pub fn url(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    /// One line for `highwater watchers`.
+    pub fn describe(&self) -> String {
+        let mut notes = vec![self.glob.as_ref().map_or("every key".to_string(), |g| g.pattern.clone())];
+        if self.key_order == KeyOrder::Lexicographic {
+            notes.push("keys in order".into());
+        }
+        if let Some(url) = &self.endpoint_url {
+            notes.push(format!("at {url}"));
+        }
+        format!("s3 {} ({})", self.url(), notes.join(", "))
+    }
+
+    /// Cross-key checks.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        if self.bucket.is_empty() {
+            errors.push(("bucket".into(), "must not be empty".into()));
+        } else if self.bucket.contains('/') || self.bucket.starts_with("s3:") {
+            errors.push((
+                "bucket".into(),
+                "is a bucket name only; put the rest of the path in `prefix`".into(),
+            ));
+        }
+        if self.prefix.starts_with('/') {
+            errors.push(("prefix".into(), "S3 keys do not start with `/`; drop the leading slash".into()));
+        }
+        if let Some(url) = &self.endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            errors.push(("endpoint_url".into(), "must start with http:// or https://".into()));
+        }
+        if self.events.is_empty() {
+            errors.push(("events".into(), "must name at least one of created, updated, deleted".into()));
+        }
+        if self.max_remembered == 0 {
+            errors.push(("max_remembered".into(), "must be at least 1".into()));
+        }
+        match (self.key_order, self.full_relist_every) {
+            (KeyOrder::Any, Some(_)) => errors.push((
+                "full_relist_every".into(),
+                "only applies with `key_order: lexicographic` (in `any` order every poll lists in full)"
+                    .into(),
+            )),
+            (KeyOrder::Lexicographic, Some(every)) if every.0 < Duration::from_secs(1) => {
+                errors.push(("full_relist_every".into(), "must be at least 1s".into()));
+            }
+            _ => {}
+        }
+        errors
+    }
+
+    fn rules(&self) -> Rules {
+        Rules {
+            prefix: self.prefix.clone(),
+            glob: self.glob.clone(),
+            min_size: self.min_size,
+            include_folder_markers: self.include_folder_markers,
+            events: self.events.clone(),
+            ordered: self.key_order == KeyOrder::Lexicographic,
+            lookback_ms: millis(self.lookback.0),
+            full_relist_every_ms: millis(self.full_relist_every.unwrap_or_else(default_full_relist_every).0),
+            max_remembered: self.max_remembered,
+        }
+    }
+}
+
+/// The runtime `s3` source.
+pub struct S3Source {
+    config: S3Config,
+    rules: Rules,
+    /// Built by the first poll or check.
+    client: Option<aws_sdk_s3::Client>,
+}
+
+impl S3Source {
+    /// Builds the source; nothing is touched until the first poll.
+    pub fn new(config: S3Config) -> Self {
+        let rules = config.rules();
+        S3Source { config, rules, client: None }
+    }
+
+    async fn client(&mut self) -> aws_sdk_s3::Client {
+        match &self.client {
+            Some(client) => client.clone(),
+            None => {
+                let client = client::build(&self.config).await;
+                self.client = Some(client.clone());
+                client
+            }
+        }
+    }
+
+    fn object(&self, c: Candidate) -> S3Object {
+        S3Object {
+            bucket: self.config.bucket.clone(),
+            key: c.key,
+            size: c.size,
+            etag: c.etag,
+            last_modified: DateTime::<Utc>::from_timestamp_millis(c.time_ms).unwrap_or_default(),
+            // ListObjectsV2 lists current versions without their ids.
+            version_id: None,
+            storage_class: c.storage_class,
+        }
+    }
+
+    /// The event id's input for one object: bucket, key, ETag (and version id); a
+    /// delete is told from the creation of the same content.
+    fn identity(object: &S3Object, change: Change) -> Vec<String> {
+        let mut parts = vec![object.bucket.clone(), object.key.clone(), object.etag.clone()];
+        if let Some(version) = &object.version_id {
+            parts.push(version.clone());
+        }
+        if change == Change::Deleted {
+            parts.push("deleted".into());
+        }
+        parts
+    }
+
+    fn found(&self, items: Vec<Candidate>) -> Vec<Found> {
+        match self.config.emit {
+            Emit::Object => items
+                .into_iter()
+                .map(|c| {
+                    let change = c.change;
+                    let object = self.object(c);
+                    Found { change, identity: Self::identity(&object, change), item: Item::S3Object(object) }
+                })
+                .collect(),
+            Emit::Batch => {
+                let mut found = Vec::new();
+                for change in [Change::Created, Change::Updated, Change::Deleted] {
+                    let objects: Vec<S3Object> =
+                        items.iter().filter(|c| c.change == change).map(|c| self.object(c.clone())).collect();
+                    if objects.is_empty() {
+                        continue;
+                    }
+                    let mut identity = vec!["batch".to_string(), change.as_str().to_string()];
+                    for object in &objects {
+                        identity.extend(Self::identity(object, change));
+                    }
+                    found.push(Found {
+                        change,
+                        identity,
+                        item: Item::S3Objects(S3Objects { bucket: self.config.bucket.clone(), objects }),
+                    });
+                }
+                found
+            }
+        }
+    }
+}
+
+/// Converts one listed object; None for an entry without a key.
+fn listed(object: &aws_sdk_s3::types::Object) -> Option<Listed> {
+    let key = object.key()?.to_string();
+    Some(Listed {
+        key,
+        // An object listed without a time sorts first: announced on a first poll, and
+        // outside the window after that.
+        last_modified_ms: object.last_modified().and_then(|t| t.to_millis().ok()).unwrap_or(0),
+        etag: object.e_tag().unwrap_or("").trim_matches('"').to_string(),
+        size: object.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+        storage_class: object.storage_class().map(|c| c.as_str().to_string()),
+    })
+}
+
+#[async_trait]
+impl Source for S3Source {
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+
+    async fn poll(
+        &mut self,
+        watermark: Option<&serde_json::Value>,
+        limit: usize,
+    ) -> Result<Polled, SourceError> {
+        let mark: Option<Mark> = crate::source::read_watermark("s3", watermark)?;
+        let client = self.client().await;
+        let url = self.config.url();
+        let bucket = self.config.bucket.as_str();
+        let mut scan = Scan::new(&self.rules, mark, limit, Utc::now().timestamp_millis());
+        let start_after = scan.start_after().map(str::to_string);
+        let mut token: Option<String> = None;
+        let (mut requests, mut listed_count) = (0u64, 0u64);
+        let mut complete = true;
+        'pages: loop {
+            let mut request = client.list_objects_v2().bucket(bucket).set_continuation_token(token.take());
+            if !self.config.prefix.is_empty() {
+                request = request.prefix(&self.config.prefix);
+            }
+            if let Some(after) = &start_after {
+                request = request.start_after(after);
+            }
+            let page =
+                request.send().await.map_err(|e| client::classify(&e, bucket, &format!("listing {url}")))?;
+            requests += 1;
+            for object in page.contents() {
+                let Some(object) = listed(object) else { continue };
+                listed_count += 1;
+                let flow = scan.offer(object).map_err(|e| {
+                    SourceError::needs_attention(format!("listing {url}: {e}")).with_source(e)
+                })?;
+                if flow == Flow::Stop {
+                    complete = false;
+                    break 'pages;
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            token = page.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                return Err(SourceError::transient(format!(
+                    "listing {url}: the server said the listing goes on but gave no continuation token"
+                )));
+            }
+        }
+        let full = scan.is_full();
+        let outcome = scan.finish(complete, Utc::now().timestamp_millis());
+        tracing::debug!(
+            requests,
+            listed = listed_count,
+            full,
+            found = outcome.items.len(),
+            more = outcome.more,
+            "Listed {url}."
+        );
+        let next = serde_json::to_value(&outcome.next)
+            .map_err(|e| SourceError::transient(format!("cannot encode the watermark: {e}")))?;
+        Ok(Polled { items: self.found(outcome.items), next, more: outcome.more })
+    }
+
+    async fn check(&mut self) -> Result<(), SourceError> {
+        let client = self.client().await;
+        let bucket = self.config.bucket.as_str();
+        let url = self.config.url();
+        // HeadBucket says whether the bucket exists and is ours to read; a one-key
+        // listing says whether the prefix may be listed.
+        client
+            .head_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(|e| client::classify(&e, bucket, &format!("checking {url}")))?;
+        let mut request = client.list_objects_v2().bucket(bucket).max_keys(1);
+        if !self.config.prefix.is_empty() {
+            request = request.prefix(&self.config.prefix);
+        }
+        request.send().await.map_err(|e| client::classify(&e, bucket, &format!("listing {url}")))?;
+        Ok(())
+    }
+
+    fn summarize(&self, watermark: &serde_json::Value) -> serde_json::Value {
+        match serde_json::from_value::<Mark>(watermark.clone()) {
+            Ok(mark) if mark == Mark::default() => serde_json::Value::Null,
+            Ok(mark) => {
+                let mut summary = serde_json::json!({
+                    "last_modified": DateTime::<Utc>::from_timestamp_millis(mark.high_ms)
+                        .unwrap_or_default()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    "remembered": mark.seen.len(),
+                });
+                if let Some(after) = mark.after {
+                    summary["after"] = serde_json::Value::String(after);
+                }
+                summary
+            }
+            Err(_) => watermark.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<S3Config, String> {
+        serde_yaml::from_str(yaml).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("bucket: b\n").unwrap();
+        assert_eq!(c.prefix, "");
+        assert_eq!(c.events, vec![Change::Created]);
+        assert_eq!(c.key_order, KeyOrder::Any);
+        assert_eq!(c.emit, Emit::Object);
+        assert_eq!(c.lookback.0, Duration::from_secs(86400));
+        assert!(c.validate().is_empty());
+        assert_eq!(c.rules().full_relist_every_ms, 3_600_000);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(parse("bucket: b\nprefx: x\n").unwrap_err().contains("unknown field `prefx`"));
+        assert!(parse("bucket: b\nkey_order: sorted\n").is_err());
+        assert!(parse("bucket: b\nevents: [created, moved]\n").is_err());
+        let c = parse(
+            "bucket: s3://b/x\nprefix: /x\nendpoint_url: localhost:9000\nevents: []\nfull_relist_every: 5m\nmax_remembered: 0\n",
+        )
+        .unwrap();
+        let keys: Vec<String> = c.validate().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            ["bucket", "prefix", "endpoint_url", "events", "max_remembered", "full_relist_every"]
+        );
+    }
+
+    #[test]
+    fn event_ids_follow_bucket_key_and_etag() {
+        let source = S3Source::new(parse("bucket: b\nevents: [created, deleted]\n").unwrap());
+        let candidate = |change| Candidate {
+            time_ms: 1_700_000_000_000,
+            key: "in/a b+c%.csv".into(),
+            etag: "abc".into(),
+            size: 3,
+            storage_class: Some("STANDARD".into()),
+            change,
+        };
+        let found = source.found(vec![candidate(Change::Created), candidate(Change::Deleted)]);
+        assert_eq!(found[0].identity, ["b", "in/a b+c%.csv", "abc"]);
+        assert_ne!(found[0].identity, found[1].identity);
+        let json = serde_json::to_value(&found[0].item).unwrap();
+        assert_eq!(json["kind"], "s3_object");
+        assert_eq!(json["last_modified"], "2023-11-14T22:13:20Z");
+        assert!(json.get("version_id").is_none());
+    }
+
+    #[test]
+    fn batches_group_by_change() {
+        let source = S3Source::new(parse("bucket: b\nemit: batch\nevents: [created, updated]\n").unwrap());
+        let c = |key: &str, change| Candidate {
+            time_ms: 0,
+            key: key.into(),
+            etag: "e".into(),
+            size: 1,
+            storage_class: None,
+            change,
+        };
+        let found =
+            source.found(vec![c("a", Change::Created), c("b", Change::Updated), c("c", Change::Created)]);
+        assert_eq!(found.len(), 2);
+        match &found[0].item {
+            Item::S3Objects(batch) => assert_eq!(batch.objects.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(found[1].change, Change::Updated);
+    }
+}

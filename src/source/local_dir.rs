@@ -395,6 +395,7 @@ mod tests {
             .iter()
             .map(|f| match &f.item {
                 Item::File(file) => file.relative_path.clone(),
+                other => panic!("not a file: {other:?}"),
             })
             .collect()
     }

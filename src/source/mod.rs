@@ -5,6 +5,7 @@
 //! follows it.
 
 pub mod local_dir;
+pub mod postgres;
 
 use async_trait::async_trait;
 
@@ -119,15 +120,18 @@ pub struct BuildError {
 pub enum SourceConfig {
     /// Files under a local directory.
     LocalDir(local_dir::LocalDirConfig),
+    /// New rows of a Postgres table.
+    Postgres(postgres::PostgresConfig),
 }
 
 impl crate::config::yaml::Tagged for SourceConfig {
     const WHAT: &'static str = "source";
-    const VARIANTS: &'static [&'static str] = &["local_dir"];
+    const VARIANTS: &'static [&'static str] = &["local_dir", "postgres"];
     fn from_tag<'de, A: serde::de::MapAccess<'de>>(tag: &str, rest: A) -> Result<Self, A::Error> {
         use crate::config::yaml::variant;
         match tag {
             "local_dir" => Ok(SourceConfig::LocalDir(variant(rest)?)),
+            "postgres" => Ok(SourceConfig::Postgres(variant(rest)?)),
             other => Err(serde::de::Error::unknown_variant(other, Self::VARIANTS)),
         }
     }
@@ -144,6 +148,7 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::LocalDir(_) => "local_dir",
+            SourceConfig::Postgres(_) => "postgres",
         }
     }
 
@@ -151,6 +156,7 @@ impl SourceConfig {
     pub fn describe(&self) -> String {
         match self {
             SourceConfig::LocalDir(c) => c.describe(),
+            SourceConfig::Postgres(c) => c.describe(),
         }
     }
 
@@ -158,6 +164,7 @@ impl SourceConfig {
     pub fn validate(&self) -> Vec<(String, String)> {
         match self {
             SourceConfig::LocalDir(c) => c.validate(),
+            SourceConfig::Postgres(c) => c.validate(),
         }
     }
 
@@ -166,6 +173,7 @@ impl SourceConfig {
     pub fn build(&self) -> Result<Box<dyn Source>, BuildError> {
         match self {
             SourceConfig::LocalDir(c) => Ok(Box::new(local_dir::LocalDir::new(c.clone()))),
+            SourceConfig::Postgres(c) => Ok(Box::new(postgres::Postgres::new(c.clone()))),
         }
     }
 }

@@ -555,6 +555,7 @@ async fn prepare(client: &Client, config: &PostgresConfig) -> Result<Plan, Sourc
             Mode::Xid => xid_sql(&plan, config, variant),
             Mode::Cursor => cursor_sql(&plan, config, variant),
         };
+        tracing::debug!(sql = %sql, "Prepared query.");
         let statement = client.prepare(&sql).await.map_err(|e| query_error(&plan.name, e))?;
         plan.statements.insert(variant, statement);
     }

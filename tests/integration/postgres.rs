@@ -68,12 +68,13 @@ impl Schema {
         Schema { pg, name }
     }
 
-    /// `orders(id bigserial primary key, hx xid8 default pg_current_xact_id(), …)`.
+    /// `orders(id bigserial primary key, note, hx xid8 default pg_current_xact_id())`,
+    /// indexed on `(hx, id)` as README advises.
     fn orders(&self) -> String {
         let table = format!("{}.orders", self.name);
         self.pg.exec(&format!(
             "CREATE TABLE {table} (id bigserial PRIMARY KEY, note text, \
-             hx xid8 NOT NULL DEFAULT pg_current_xact_id()); CREATE INDEX ON {table} (hx)"
+             hx xid8 NOT NULL DEFAULT pg_current_xact_id()); CREATE INDEX ON {table} (hx, id)"
         ));
         table
     }
@@ -434,4 +435,30 @@ fn batch_emit_lists_the_rows_of_a_poll() {
     assert_eq!(rows[4]["columns"], json!({"id": 5, "note": "n"}));
     daemon.no_events(Duration::from_millis(500));
     daemon.stop();
+}
+
+#[test]
+fn tls_require_encrypts_and_verify_full_checks_the_certificate() {
+    let schema = Schema::new("tls");
+    if schema.pg.text("SHOW ssl") != "on" {
+        eprintln!("skipped: the test server does not offer TLS");
+        return;
+    }
+    let table = schema.orders();
+    schema.pg.exec(&format!("INSERT INTO {table} (note) VALUES ('a')"));
+    let project = watcher_project(&table, "  cursor: id\n  xid_column: hx\n  sslmode: require");
+    let mut daemon = start(&project);
+    assert_eq!(ids(&daemon.events(1, WAIT)), vec![1]);
+    let encrypted = schema.pg.query(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'highwater'",
+    );
+    assert!(!encrypted.is_empty() && encrypted.iter().all(|r| r.get::<_, bool>(0)), "not encrypted");
+    daemon.stop();
+    // The test server's certificate is not signed by anything this machine trusts for
+    // the name 127.0.0.1, so verify-full must refuse it.
+    let project = watcher_project(&table, "  cursor: id\n  xid_column: hx\n  sslmode: verify-full");
+    let out = project.run(&["check", "--connect"]);
+    assert_eq!(out.code, Some(69), "{}", out.stderr);
+    assert!(out.stderr.contains("cannot connect to"), "{}", out.stderr);
 }

@@ -349,6 +349,7 @@ impl Postgres {
         let client = &conn.client;
         match mark {
             Mark::Xid { from, to, after } => {
+                let mut queries = 1;
                 let to = match to {
                     Some(to) => to,
                     None => {
@@ -360,12 +361,14 @@ impl Postgres {
                         // No transaction finished since the last poll: nothing can be
                         // new, and one query is all an idle poll costs.
                         if from.as_deref().and_then(snapshot_progress) == snapshot_progress(&now) {
+                            tracing::debug!(table = %plan.name, queries, rows = 0, "Polled table.");
                             return Ok(Polled {
                                 items: Vec::new(),
                                 next: mark_value(&Mark::Xid { from: Some(now), to: None, after: None }),
                                 more: false,
                             });
                         }
+                        queries += 1;
                         now
                     }
                 };
@@ -376,16 +379,18 @@ impl Postgres {
                 let rows = run(client, plan, variant, &params, limit).await?;
                 let more = rows.len() >= limit;
                 let last = rows.last().map(|r| position(plan, r, true)).transpose()?;
-                let (items, _) = found(plan, &rows, emit)?;
+                let items = found(plan, &rows, emit)?;
+                let name = plan.name.clone();
                 let next = if more {
                     Mark::Xid { from: from.clone(), to: Some(to), after: last.or(after) }
                 } else {
                     // The pair is done: count the rows it skipped for a NULL cursor.
                     let nulls = count_pair_nulls(client, plan, config, &to, from.as_deref()).await?;
-                    let name = plan.name.clone();
+                    queries += 1;
                     self.skip_nulls(&name, nulls);
                     Mark::Xid { from: Some(to), to: None, after: None }
                 };
+                tracing::debug!(table = %name, queries, rows = rows.len(), "Polled table.");
                 Ok(Polled { items, next: mark_value(&next), more })
             }
             Mark::Cursor { after } => {
@@ -394,7 +399,8 @@ impl Postgres {
                 let rows = run_cursor(client, plan, variant, &params, grace, limit).await?;
                 let more = rows.len() >= limit;
                 let last = rows.last().map(|r| position(plan, r, false)).transpose()?;
-                let (items, _) = found(plan, &rows, emit)?;
+                let items = found(plan, &rows, emit)?;
+                tracing::debug!(table = %plan.name, queries = 1, rows = rows.len(), "Polled table.");
                 Ok(Polled { items, next: mark_value(&Mark::Cursor { after: last.or(after) }), more })
             }
         }
@@ -713,7 +719,7 @@ fn text(plan: &Plan, row: &Row, index: usize) -> Result<String, SourceError> {
 }
 
 /// Turns rows into what the loop delivers: one item per row, or one for the batch.
-fn found(plan: &Plan, rows: &[Row], emit: Emit) -> Result<(Vec<Found>, usize), SourceError> {
+fn found(plan: &Plan, rows: &[Row], emit: Emit) -> Result<Vec<Found>, SourceError> {
     let mut items = Vec::with_capacity(rows.len());
     for row in rows {
         let mut identity = vec![plan.name.clone()];
@@ -744,7 +750,6 @@ fn found(plan: &Plan, rows: &[Row], emit: Emit) -> Result<(Vec<Found>, usize), S
         };
         items.push(Found { change: Change::Created, item: Item::Row(item), identity });
     }
-    let n = items.len();
     if emit == Emit::Batch && !items.is_empty() {
         let mut identity = vec![plan.name.clone(), "batch".to_string()];
         let mut rows = Vec::with_capacity(items.len());
@@ -755,9 +760,9 @@ fn found(plan: &Plan, rows: &[Row], emit: Emit) -> Result<(Vec<Found>, usize), S
             }
         }
         let item = Item::Rows(RowsItem { table: plan.name.clone(), rows });
-        return Ok((vec![Found { change: Change::Created, item, identity }], n));
+        return Ok(vec![Found { change: Change::Created, item, identity }]);
     }
-    Ok((items, n))
+    Ok(items)
 }
 
 #[async_trait]

@@ -460,5 +460,43 @@ fn tls_require_encrypts_and_verify_full_checks_the_certificate() {
     let project = watcher_project(&table, "  cursor: id\n  xid_column: hx\n  sslmode: verify-full");
     let out = project.run(&["check", "--connect"]);
     assert_eq!(out.code, Some(69), "{}", out.stderr);
-    assert!(out.stderr.contains("cannot connect to"), "{}", out.stderr);
+    assert!(out.stderr.contains("certificate"), "{}", out.stderr);
+}
+
+#[test]
+fn pg_variables_fill_the_connection_and_the_password_stays_out_of_sight() {
+    let schema = Schema::new("env");
+    let table = schema.orders();
+    schema.pg.exec(&format!("INSERT INTO {table} (note) VALUES ('a')"));
+    // postgres://USER@HOST:PORT/DB
+    let rest = url().split_once("://").map(|(_, r)| r.to_string()).expect("url");
+    let (user, rest) = rest.split_once('@').expect("user");
+    let (hostport, db) = rest.split_once('/').expect("db");
+    let (host, port) = hostport.split_once(':').unwrap_or((hostport, "5432"));
+    let project = Project::default_config();
+    project.watcher(
+        "rows",
+        &format!(
+            "namespace: pg\nname: rows\npoll_interval: 100ms\nsource:\n  type: postgres\n  table: {table}\n  \
+             cursor: id\n  xid_column: hx\n  password_env: HW_TEST_SECRET\nsink: {{type: stdout}}\n"
+        ),
+    );
+    let env = [
+        ("PGHOST", host),
+        ("PGPORT", port),
+        ("PGUSER", user),
+        ("PGDATABASE", db),
+        ("HW_TEST_SECRET", "sekret-value"),
+        ("RUST_LOG", "highwater=debug"),
+    ];
+    let mut daemon = project.start_with(&env, &[]);
+    assert_eq!(ids(&daemon.events(1, WAIT)), vec![1]);
+    let (_, logs) = daemon.stop();
+    assert!(logs.iter().all(|l| !l.contains("sekret")), "password in logs");
+    let out = project.run(&["watchers"]);
+    assert!(!out.stdout.contains("sekret") && !out.stderr.contains("sekret"));
+    // A variable that is not set is named; no value is shown.
+    let out = project.command(&["once"]).env_remove("HW_TEST_SECRET").output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("HW_TEST_SECRET is not set"), "{stderr}");
 }

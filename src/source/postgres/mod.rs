@@ -240,6 +240,9 @@ struct Plan {
     name: String,
     key: Vec<String>,
     cursor: Vec<String>,
+    /// Cursor columns the catalog allows NULL in: only these need `IS NOT NULL` and
+    /// the count of skipped rows.
+    nullable: Vec<String>,
     /// `format_type` of each cursor column: the cast that turns stored text back into
     /// a value of the column's type.
     cursor_types: Vec<String>,
@@ -294,7 +297,7 @@ impl Postgres {
             let client = connect::connect(&target).await?;
             let plan = prepare(&client, &self.config).await?;
             tracing::info!(server = %target.describe(), table = %plan.name, "Connected to Postgres.");
-            if self.config.mode == Mode::Cursor {
+            if self.config.mode == Mode::Cursor && !plan.nullable.is_empty() {
                 self.count_null_cursors(&client, &plan).await?;
             }
             self.conn = Some(Conn { client, plan });
@@ -305,7 +308,7 @@ impl Postgres {
     /// Mode `cursor` cannot place a row with a NULL cursor; it is counted and reported
     /// once per connection instead.
     async fn count_null_cursors(&mut self, client: &Client, plan: &Plan) -> Result<(), SourceError> {
-        let nulls = plan.cursor.iter().map(|c| format!("{} IS NULL", quote_ident(c))).collect::<Vec<_>>();
+        let nulls = plan.nullable.iter().map(|c| format!("{} IS NULL", quote_ident(c))).collect::<Vec<_>>();
         let sql = format!(
             "SELECT count(*) FROM {} WHERE ({}){}",
             plan.from,
@@ -384,10 +387,13 @@ impl Postgres {
                 let next = if more {
                     Mark::Xid { from: from.clone(), to: Some(to), after: last.or(after) }
                 } else {
-                    // The pair is done: count the rows it skipped for a NULL cursor.
-                    let nulls = count_pair_nulls(client, plan, config, &to, from.as_deref()).await?;
-                    queries += 1;
-                    self.skip_nulls(&name, nulls);
+                    // The pair is done: count the rows it skipped for a NULL cursor (none
+                    // can be when the catalog says the cursor columns are NOT NULL).
+                    if !plan.nullable.is_empty() {
+                        let nulls = count_pair_nulls(client, plan, config, &to, from.as_deref()).await?;
+                        queries += 1;
+                        self.skip_nulls(&name, nulls);
+                    }
                     Mark::Xid { from: Some(to), to: None, after: None }
                 };
                 tracing::debug!(table = %name, queries, rows = rows.len(), "Polled table.");
@@ -454,10 +460,10 @@ async fn prepare(client: &Client, config: &PostgresConfig) -> Result<Plan, Sourc
             "permission denied: the user cannot SELECT from {name}"
         )));
     }
-    let mut types: HashMap<String, (Option<Type>, String)> = HashMap::new();
+    let mut types: HashMap<String, (Option<Type>, String, bool)> = HashMap::new();
     for row in client
         .query(
-            "SELECT attname::text, atttypid, format_type(atttypid, atttypmod) FROM pg_attribute \
+            "SELECT attname::text, atttypid, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute \
              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
             &[&oid],
         )
@@ -467,7 +473,8 @@ async fn prepare(client: &Client, config: &PostgresConfig) -> Result<Plan, Sourc
         let column: String = row.try_get(0).map_err(err)?;
         let type_oid: u32 = row.try_get(1).map_err(err)?;
         let formatted: String = row.try_get(2).map_err(err)?;
-        types.insert(column, (Type::from_oid(type_oid), formatted));
+        let not_null: bool = row.try_get(3).map_err(err)?;
+        types.insert(column, (Type::from_oid(type_oid), formatted, !not_null));
     }
     let key = match &config.key {
         Some(key) => key.clone(),
@@ -534,11 +541,13 @@ async fn prepare(client: &Client, config: &PostgresConfig) -> Result<Plan, Sourc
             _ => format!("{quoted}::text"),
         });
     }
+    let nullable: Vec<String> = config.cursor.iter().filter(|c| types[*c].2).cloned().collect();
     let mut plan = Plan {
         from: format!("{}.{}", quote_ident(&schema), quote_ident(&table)),
         name,
         key,
         cursor: config.cursor.clone(),
+        nullable,
         cursor_types,
         values,
         // Aliased, so that ORDER BY and the keyset name the table's columns, never an
@@ -573,7 +582,7 @@ fn cursor_list(plan: &Plan) -> String {
 }
 
 fn not_null(plan: &Plan) -> String {
-    plan.cursor.iter().map(|c| format!(" AND {} IS NOT NULL", quote_ident(c))).collect()
+    plan.nullable.iter().map(|c| format!(" AND {} IS NOT NULL", quote_ident(c))).collect()
 }
 
 /// Mode `xid`. Parameters: `$1` the snapshot worked towards, `$2` the previous one
@@ -678,7 +687,7 @@ async fn count_pair_nulls(
     from: Option<&str>,
 ) -> Result<u64, SourceError> {
     let x = quote_ident(config.xid_column.as_deref().unwrap_or_default());
-    let nulls = plan.cursor.iter().map(|c| format!("{} IS NULL", quote_ident(c))).collect::<Vec<_>>();
+    let nulls = plan.nullable.iter().map(|c| format!("{} IS NULL", quote_ident(c))).collect::<Vec<_>>();
     let mut sql = format!(
         "SELECT count(*) FROM {} WHERE {x} < pg_snapshot_xmax($1::text::pg_snapshot) \
          AND pg_visible_in_snapshot({x}, $1::text::pg_snapshot) AND ({})",
@@ -849,6 +858,7 @@ mod tests {
             name: "App.Orders".into(),
             key: vec!["id".into()],
             cursor: c.cursor.clone(),
+            nullable: vec![],
             cursor_types: vec!["text".into(), "bigint".into()],
             values: vec![],
             select: "1".into(),

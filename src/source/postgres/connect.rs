@@ -101,18 +101,26 @@ fn split_sslmode(connection: &str) -> (String, Option<String>) {
         let rebuilt = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
         (rebuilt, mode)
     } else {
-        let mut mode = None;
-        let kept: Vec<&str> = connection
-            .split_whitespace()
-            .filter(|pair| match pair.strip_prefix("sslmode=") {
-                Some(m) => {
-                    mode = Some(m.trim_matches('\'').to_string());
-                    false
-                }
-                None => true,
-            })
-            .collect();
-        (kept.join(" "), mode)
+        // Cut only the `sslmode=value` pair, so that quoted values elsewhere (a
+        // password with spaces) stay exactly as written.
+        let bytes = connection.as_bytes();
+        let mut at = 0;
+        while let Some(found) = connection[at..].find("sslmode") {
+            let start = at + found;
+            at = start + "sslmode".len();
+            if start > 0 && !bytes[start - 1].is_ascii_whitespace() {
+                continue;
+            }
+            let rest = connection[at..].trim_start();
+            let Some(value) = rest.strip_prefix('=') else { continue };
+            let value = value.trim_start();
+            let len = value.find(char::is_whitespace).unwrap_or(value.len());
+            let end = connection.len() - value.len() + len;
+            let mode = value[..len].trim_matches('\'').to_string();
+            let rebuilt = format!("{} {}", connection[..start].trim_end(), connection[end..].trim_start());
+            return (rebuilt.trim().to_string(), Some(mode));
+        }
+        (connection.to_string(), None)
     }
 }
 
@@ -411,6 +419,10 @@ mod tests {
             ("host=h dbname=x".to_string(), Some("require".into()))
         );
         assert_eq!(split_sslmode("postgres://h/db"), ("postgres://h/db".to_string(), None));
+        assert_eq!(
+            split_sslmode("password='a  b' sslmode = 'verify-full'"),
+            ("password='a  b'".to_string(), Some("verify-full".into()))
+        );
     }
 
     #[test]

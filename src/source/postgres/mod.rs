@@ -238,7 +238,9 @@ struct Plan {
     from: String,
     /// `schema.table`, for events and messages.
     name: String,
+    /// Columns identifying a row (primary key unless configured).
     key: Vec<String>,
+    /// Columns ordering the rows.
     cursor: Vec<String>,
     /// Cursor columns the catalog allows NULL in: only these need `IS NOT NULL` and
     /// the count of skipped rows.
@@ -248,7 +250,10 @@ struct Plan {
     cursor_types: Vec<String>,
     /// Columns decoded into the event (key ∪ cursor ∪ columns), in select order.
     values: Vec<String>,
+    /// The select list: key and cursor as text, the xid as text, then `values`.
     select: String,
+    /// Prepared queries by variant: (previous snapshot known, or grace set; resuming
+    /// after a position: 1).
     statements: HashMap<(bool, u8), Statement>,
 }
 
@@ -268,6 +273,7 @@ impl Plan {
     }
 }
 
+/// A live connection and the plan built for it.
 struct Conn {
     client: Client,
     plan: Plan,

@@ -277,6 +277,8 @@ impl Plan {
 struct Conn {
     client: Client,
     plan: Plan,
+    /// `SELECT pg_current_snapshot()`, prepared so that an idle poll is one round trip.
+    snapshot: Statement,
 }
 
 /// The runtime `postgres` source.
@@ -306,7 +308,11 @@ impl Postgres {
             if self.config.mode == Mode::Cursor && !plan.nullable.is_empty() {
                 self.count_null_cursors(&client, &plan).await?;
             }
-            self.conn = Some(Conn { client, plan });
+            let snapshot = client
+                .prepare("SELECT pg_current_snapshot()::text")
+                .await
+                .map_err(|e| query_error(&plan.name, e))?;
+            self.conn = Some(Conn { client, plan, snapshot });
         }
         self.conn.as_mut().ok_or_else(|| SourceError::transient("no connection"))
     }
@@ -363,7 +369,7 @@ impl Postgres {
                     Some(to) => to,
                     None => {
                         let row = client
-                            .query_one("SELECT pg_current_snapshot()::text", &[])
+                            .query_one(&conn.snapshot, &[])
                             .await
                             .map_err(|e| query_error(&plan.name, e))?;
                         let now: String = row.try_get(0).map_err(|e| query_error(&plan.name, e))?;

@@ -114,7 +114,7 @@ postgres source benchmark: $rows rows, batch_size $batch, $(nproc) cores, $(psql
   COPY (SELECT ...) TO STDOUT : $(calc %.2f "$copy_s") s  ($(calc %.0f "$rows / $copy_s") rows/s)
   highwater run, xid mode     : $(calc %.2f "$run_s") s  ($(calc %.0f "$rows / $run_s") rows/s, including start-up)
   ratio highwater / COPY      : $(calc %.1f "$run_s / $copy_s") x the time of COPY
-  of which the source's polls : $poll_s s (the rest: outbox and commit in SQLite, events to the sink)
+  of which the source's polls : $poll_s s (at least: the loop logs whole milliseconds; the rest is outbox, commit, sink)
   idle polls in 20 s          : $idle_polls, queries issued $idle_queries ($(calc %.2f "$idle_queries / ($idle_polls > 0 ? $idle_polls : 1)") per poll)
   server-side transactions    : $((xact_after - xact_before)) in the idle window and shutdown (pg_stat_database)
   store writes while idle     : $writes

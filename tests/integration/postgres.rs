@@ -500,3 +500,21 @@ fn pg_variables_fill_the_connection_and_the_password_stays_out_of_sight() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("HW_TEST_SECRET is not set"), "{stderr}");
 }
+
+#[test]
+fn cursor_mode_grace_holds_rows_back_until_they_are_old_enough() {
+    let schema = Schema::new("grace");
+    let table = format!("{}.events", schema.name);
+    schema.pg.exec(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp()); \
+         CREATE INDEX ON {table} (at, id)"
+    ));
+    let project = watcher_project(&table, "  mode: cursor\n  cursor: [at, id]\n  grace: 2s");
+    let mut daemon = start(&project);
+    daemon.wait_log("Connected to Postgres.", WAIT);
+    schema.pg.exec(&format!("INSERT INTO {table} (id) VALUES (1)"));
+    daemon.no_events(Duration::from_millis(1200));
+    assert_eq!(ids(&daemon.events(1, WAIT)), vec![1]);
+    daemon.no_events(Duration::from_millis(500));
+    daemon.stop();
+}

@@ -100,6 +100,12 @@ pub trait Source: Send {
         Ok(())
     }
 
+    /// Items skipped as unusable since the last call (a row whose cursor is NULL), for
+    /// the watcher's `items_skipped` counter. The source logs each skip itself.
+    fn take_skipped(&mut self) -> u64 {
+        0
+    }
+
     /// A short form of a stored watermark for events and `highwater state list`: the
     /// stored one may carry a large remembered set that has no place in every event.
     fn summarize(&self, watermark: &serde_json::Value) -> serde_json::Value {

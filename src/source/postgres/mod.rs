@@ -285,14 +285,16 @@ struct Conn {
 pub struct Postgres {
     config: PostgresConfig,
     conn: Option<Conn>,
-    /// Rows skipped because a cursor column was NULL, since start.
+    /// Rows skipped because a cursor column was NULL, since start (for the log).
     skipped_null_cursor: u64,
+    /// The same, not yet handed to the watcher's counter.
+    skipped_untaken: u64,
 }
 
 impl Postgres {
     /// Builds the source; nothing is touched until the first poll or check.
     pub fn new(config: PostgresConfig) -> Self {
-        Postgres { config, conn: None, skipped_null_cursor: 0 }
+        Postgres { config, conn: None, skipped_null_cursor: 0, skipped_untaken: 0 }
     }
 
     /// The open connection, opening it and reading the catalog if needed.
@@ -339,6 +341,7 @@ impl Postgres {
     fn skip_nulls(&mut self, table: &str, n: u64) {
         if n > 0 {
             self.skipped_null_cursor += n;
+            self.skipped_untaken += n;
             tracing::warn!(
                 table,
                 rows = n,
@@ -826,6 +829,10 @@ impl Source for Postgres {
         let result = self.conn().await.map(|_| ());
         self.conn = None;
         result
+    }
+
+    fn take_skipped(&mut self) -> u64 {
+        std::mem::take(&mut self.skipped_untaken)
     }
 
     fn summarize(&self, watermark: &Value) -> Value {

@@ -208,6 +208,18 @@ pub fn resolve(settings: &ConnectSettings) -> Result<Target, SourceError> {
         let seconds = env("PGCONNECT_TIMEOUT").and_then(|s| s.parse().ok()).unwrap_or(10);
         config.connect_timeout(Duration::from_secs(seconds));
     }
+    // A server that vanishes without closing the connection (a network partition, a
+    // host that died) is noticed within about a minute instead of the kernel's two
+    // hours, so the watcher reconnects rather than waiting on a dead socket.
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(Duration::from_secs(30));
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(10));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
     if config.get_application_name().is_none() {
         config.application_name("highwater");
     }

@@ -518,3 +518,92 @@ fn cursor_mode_grace_holds_rows_back_until_they_are_old_enough() {
     daemon.no_events(Duration::from_millis(500));
     daemon.stop();
 }
+
+/// A TCP proxy in front of the test server that can drop every connection and refuse
+/// service for a while, as a server restart does.
+struct Proxy {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: String) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, open2) = (up.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped at once: the "server" is down
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else { continue };
+                let mut list = open2.lock().expect("lock");
+                for stream in [&client, &server] {
+                    if let Ok(clone) = stream.try_clone() {
+                        list.push(clone);
+                    }
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().expect("clone"), server.try_clone().expect("clone")),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, up, open }
+    }
+
+    /// Drops every open connection and refuses new ones until `restore`.
+    fn go_down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.open.lock().expect("lock").drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn server_restart_is_retried_with_backoff_and_resumes_from_the_watermark() {
+    let schema = Schema::new("restart");
+    let table = schema.orders();
+    schema.pg.exec(&format!("INSERT INTO {table} (note) SELECT 'a' FROM generate_series(1, 5)"));
+    let rest = url().split_once("://").map(|(_, r)| r.to_string()).expect("url");
+    let (user, rest) = rest.split_once('@').expect("user");
+    let (hostport, db) = rest.split_once('/').expect("db");
+    let upstream = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:5432") };
+    let proxy = Proxy::start(upstream);
+    let project = Project::default_config();
+    project.watcher(
+        "rows",
+        &format!(
+            "namespace: pg\nname: rows\npoll_interval: 100ms\nretry: {{initial: 100ms, max: 1s}}\n\
+             source:\n  type: postgres\n  connection: \"postgres://{user}@127.0.0.1:{}/{db}\"\n  \
+             sslmode: disable\n  table: {table}\n  cursor: id\n  xid_column: hx\nsink: {{type: stdout}}\n",
+            proxy.port
+        ),
+    );
+    let mut daemon = start(&project);
+    assert_eq!(ids(&daemon.events(5, WAIT)), (1..=5).collect::<Vec<_>>());
+    proxy.go_down();
+    schema.pg.exec(&format!("INSERT INTO {table} (note) SELECT 'b' FROM generate_series(1, 5)"));
+    daemon.wait_log("Cycle failed; retrying.", WAIT);
+    daemon.no_events(Duration::from_millis(500));
+    proxy.restore();
+    let events = daemon.events(5, WAIT);
+    assert_eq!(ids(&events), (6..=10).collect::<Vec<_>>());
+    daemon.no_events(Duration::from_millis(500));
+    daemon.stop();
+}

@@ -74,6 +74,32 @@ pub struct S3Objects {
     pub objects: Vec<S3Object>,
 }
 
+/// A row found by the `postgres` source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowItem {
+    /// `schema.table`.
+    pub table: String,
+    /// The columns that identify the row (the primary key unless configured), with
+    /// their values.
+    pub key: serde_json::Map<String, serde_json::Value>,
+    /// The cursor columns with their values: where the row sits in the table's order.
+    pub cursor: serde_json::Map<String, serde_json::Value>,
+    /// Key, cursor and the configured `columns`, each as faithful JSON (integers,
+    /// numeric as a string, RFC 3339 timestamps, bytea as base64, arrays, json).
+    pub columns: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The rows of one poll, for `emit: batch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowsItem {
+    /// `schema.table`.
+    pub table: String,
+    /// The rows, in delivery order.
+    pub rows: Vec<RowItem>,
+}
+
 /// The thing an event is about. Tagged by `kind` so that a stored batch reads back
 /// into the same variant it was written from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,6 +111,10 @@ pub enum Item {
     S3Object(S3Object),
     /// Several objects under an S3 prefix, one event per poll and change (`emit: batch`).
     S3Objects(S3Objects),
+    /// A table row.
+    Row(RowItem),
+    /// The rows of one poll of a table (`emit: batch`).
+    Rows(RowsItem),
 }
 
 /// One event: the unit a sink delivers and a consumer deduplicates on.

@@ -5,7 +5,7 @@
 //!
 //! - [`config`]: YAML → raw structs → validated [`config::Config`]; every error at once.
 //! - [`event`]: the one event shape and deterministic event ids.
-//! - [`source`]: the `Source` trait and the sources (`local_dir`, `s3`).
+//! - [`source`]: the `Source` trait and the sources (`local_dir`, `s3`, `postgres`).
 //! - [`sink`]: the `Sink` trait, delivery outcomes, and the sinks (`stdout`, `file`).
 //! - [`state`]: the `process_state` store (SQLite).
 //! - [`watcher`]: the one loop: outbox, deliver, commit.

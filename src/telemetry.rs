@@ -47,6 +47,8 @@ pub struct WatcherStats {
     pub poll_errors: AtomicU64,
     /// Items found by polls.
     pub items_found: AtomicU64,
+    /// Items a source skipped as unusable (a row whose cursor is NULL), each logged.
+    pub items_skipped: AtomicU64,
     /// Events the sink acknowledged.
     pub events_delivered: AtomicU64,
     /// Delivery attempts answered "retry later".

@@ -203,6 +203,7 @@ impl Watcher {
         let started = std::time::Instant::now();
         let polled = self.source.poll(self.watermark.as_ref(), self.batch_size).await?;
         WatcherStats::add(&self.stats.polls, 1);
+        WatcherStats::add(&self.stats.items_skipped, self.source.take_skipped());
         self.stats.last_poll_ms.store(now_ms(), Ordering::Relaxed);
         tracing::debug!(
             items = polled.items.len(),

@@ -7,6 +7,7 @@
 pub mod local_dir;
 pub mod s3;
 pub mod window;
+pub mod postgres;
 
 use async_trait::async_trait;
 
@@ -101,6 +102,12 @@ pub trait Source: Send {
         Ok(())
     }
 
+    /// Items skipped as unusable since the last call (a row whose cursor is NULL), for
+    /// the watcher's `items_skipped` counter. The source logs each skip itself.
+    fn take_skipped(&mut self) -> u64 {
+        0
+    }
+
     /// A short form of a stored watermark for events and `highwater state list`: the
     /// stored one may carry a large remembered set that has no place in every event.
     fn summarize(&self, watermark: &serde_json::Value) -> serde_json::Value {
@@ -140,16 +147,19 @@ pub enum SourceConfig {
     LocalDir(local_dir::LocalDirConfig),
     /// Objects under an S3 prefix.
     S3(s3::S3Config),
+    /// New rows of a Postgres table.
+    Postgres(postgres::PostgresConfig),
 }
 
 impl crate::config::yaml::Tagged for SourceConfig {
     const WHAT: &'static str = "source";
-    const VARIANTS: &'static [&'static str] = &["local_dir", "s3"];
+    const VARIANTS: &'static [&'static str] = &["local_dir", "s3", "postgres"];
     fn from_tag<'de, A: serde::de::MapAccess<'de>>(tag: &str, rest: A) -> Result<Self, A::Error> {
         use crate::config::yaml::variant;
         match tag {
             "local_dir" => Ok(SourceConfig::LocalDir(variant(rest)?)),
             "s3" => Ok(SourceConfig::S3(variant(rest)?)),
+            "postgres" => Ok(SourceConfig::Postgres(variant(rest)?)),
             other => Err(serde::de::Error::unknown_variant(other, Self::VARIANTS)),
         }
     }
@@ -167,6 +177,7 @@ impl SourceConfig {
         match self {
             SourceConfig::LocalDir(_) => "local_dir",
             SourceConfig::S3(_) => "s3",
+            SourceConfig::Postgres(_) => "postgres",
         }
     }
 
@@ -175,6 +186,7 @@ impl SourceConfig {
         match self {
             SourceConfig::LocalDir(c) => c.describe(),
             SourceConfig::S3(c) => c.describe(),
+            SourceConfig::Postgres(c) => c.describe(),
         }
     }
 
@@ -183,6 +195,7 @@ impl SourceConfig {
         match self {
             SourceConfig::LocalDir(c) => c.validate(),
             SourceConfig::S3(c) => c.validate(),
+            SourceConfig::Postgres(c) => c.validate(),
         }
     }
 
@@ -192,6 +205,7 @@ impl SourceConfig {
         match self {
             SourceConfig::LocalDir(c) => Ok(Box::new(local_dir::LocalDir::new(c.clone()))),
             SourceConfig::S3(c) => Ok(Box::new(s3::S3Source::new(c.clone()))),
+            SourceConfig::Postgres(c) => Ok(Box::new(postgres::Postgres::new(c.clone()))),
         }
     }
 }

@@ -5,4 +5,5 @@
 mod core;
 mod s3;
 mod s3_support;
+mod postgres;
 mod util;

@@ -43,6 +43,9 @@ pub struct DaemonFile {
     /// How long shutdown waits for deliveries in flight before it leaves them pending.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: HumanDuration,
+    /// The HTTP listener for `/metrics`, `/healthz` and `/readyz`. Off unless set.
+    #[serde(default)]
+    pub http: Option<crate::http::HttpConfig>,
 }
 
 fn default_watchers_dir() -> PathBuf {
@@ -161,8 +164,8 @@ pub struct WatcherFile {
     pub retry: Option<RetryConfig>,
 }
 
-/// A validated watcher, ready to build.
-#[derive(Debug, Clone)]
+/// A validated watcher, ready to build. Equality decides whether a reload restarts it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct WatcherConfig {
     /// The file it came from.
     pub file: PathBuf,

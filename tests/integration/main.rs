@@ -3,4 +3,5 @@
 //! One binary (see Cargo.toml) with one module per area; shared helpers in `util`.
 
 mod core;
+mod service;
 mod util;

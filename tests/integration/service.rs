@@ -368,3 +368,51 @@ fn secrets_from_the_environment_never_reach_the_logs() {
         leaks.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("\n")
     );
 }
+
+#[test]
+fn install_script_lays_out_a_packaged_install_whose_config_is_valid() {
+    let stage = tempfile::tempdir().expect("tempdir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = std::process::Command::new("bash")
+        .arg(root.join("scripts/install.sh"))
+        .env("DESTDIR", stage.path())
+        .env("PREFIX", "/usr")
+        .env("HIGHWATER_BIN", crate::util::bin())
+        .status()
+        .expect("run install.sh");
+    assert!(status.success());
+    for file in [
+        "usr/bin/highwater",
+        "etc/highwater/highwater.yaml",
+        "usr/lib/systemd/system/highwater.service",
+        "usr/lib/sysusers.d/highwater.conf",
+        "usr/share/doc/highwater/README.md",
+    ] {
+        assert!(stage.path().join(file).is_file(), "{file} is installed");
+    }
+    assert!(stage.path().join("etc/highwater/watchers").is_dir());
+    let unit =
+        std::fs::read_to_string(stage.path().join("usr/lib/systemd/system/highwater.service")).expect("unit");
+    assert!(!unit.contains("DIR@"), "every placeholder is filled in");
+    assert!(unit.contains("ExecStart=/usr/bin/highwater --config /etc/highwater/highwater.yaml run"));
+    assert!(unit.contains("RestartPreventExitStatus=78"));
+
+    // The packaged config is valid once its absolute paths point into the stage, and
+    // the example watcher is valid too.
+    let config = std::fs::read_to_string(stage.path().join("etc/highwater/highwater.yaml")).expect("config");
+    let etc = stage.path().join("etc/highwater");
+    let config = config
+        .replace("/etc/highwater", etc.to_str().expect("utf-8"))
+        .replace("/var/lib/highwater", stage.path().join("state").to_str().expect("utf-8"));
+    std::fs::write(etc.join("highwater.yaml"), config).expect("write");
+    std::fs::copy(
+        stage.path().join("usr/share/doc/highwater/example-watcher.yaml"),
+        etc.join("watchers/orders.yaml"),
+    )
+    .expect("copy example");
+    let out = std::process::Command::new(stage.path().join("usr/bin/highwater"))
+        .args(["--config", etc.join("highwater.yaml").to_str().expect("utf-8"), "check"])
+        .output()
+        .expect("run check");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}

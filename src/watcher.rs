@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::{Backoff, jittered};
+use crate::backoff::{Backoff, jittered, wake_at};
 use crate::config::{FailurePolicy, RetryConfig, WatcherConfig};
 use crate::event::{Event, event_id};
 use crate::sink::{Delivery, Sink};
@@ -455,7 +455,7 @@ async fn sleep(duration: Duration, shutdown: &CancellationToken) -> Result<(), (
         return Ok(());
     }
     tokio::select! {
-        () = tokio::time::sleep(duration) => Ok(()),
+        () = tokio::time::sleep_until(wake_at(duration)) => Ok(()),
         () = shutdown.cancelled() => Err(()),
     }
 }

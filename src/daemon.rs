@@ -144,8 +144,9 @@ struct Supervisor {
     /// Parent of every watcher's token: cancelling it stops them all.
     token: CancellationToken,
     running: BTreeMap<String, Running>,
-    /// Watchers removed by a reload, still finishing their delivery in flight.
-    stopping: Vec<JoinHandle<()>>,
+    /// Watchers removed by a reload (by `namespace/name`), still finishing their
+    /// delivery in flight.
+    stopping: Vec<(String, JoinHandle<()>)>,
     /// The last `STATUS=` sent, so that an unchanged one is not sent again.
     status: String,
 }
@@ -161,6 +162,8 @@ pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) ->
     let built = build_watchers(&config.watchers, &store)?;
     let telemetry = Arc::new(Telemetry::default());
     let token = CancellationToken::new();
+    // Its own token: metrics and health stay up while deliveries drain at shutdown.
+    let http_token = CancellationToken::new();
     let http_task = match &config.daemon.http {
         Some(http_config) => {
             let listener = http::bind(http_config).await.map_err(|e| {
@@ -174,7 +177,7 @@ pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) ->
                 http_config,
                 Arc::clone(&telemetry),
                 Arc::clone(&store),
-                token.child_token(),
+                http_token.clone(),
             );
             Some(task)
         }
@@ -225,7 +228,7 @@ pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) ->
     supervisor.token.cancel();
     let deadline = supervisor.config.daemon.shutdown_timeout;
     let mut handles: Vec<JoinHandle<()>> = supervisor.running.into_values().map(|r| r.handle).collect();
-    handles.append(&mut supervisor.stopping);
+    handles.extend(supervisor.stopping.drain(..).map(|(_, handle)| handle));
     let drain = tokio::time::timeout(deadline.0, async {
         for handle in &mut handles {
             let _ = handle.await;
@@ -252,8 +255,10 @@ pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) ->
             handle.abort();
         }
     }
+    http_token.cancel();
     if let Some(task) = http_task {
-        let _ = task.await;
+        // A scraper holding a connection open must not hold up the exit.
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
     // The store closes when its last handle goes: every watcher task has ended above.
     drop(supervisor.store);
@@ -306,7 +311,7 @@ impl Supervisor {
                 tracing::error!(watcher = %id, "A watcher task ended unexpectedly; the other watchers go on. A reload (SIGHUP) starts it again.");
             }
         }
-        self.stopping.retain(|h| !h.is_finished());
+        self.stopping.retain(|(_, h)| !h.is_finished());
         let status = self.telemetry.summary();
         if status != self.status {
             notify::status(&status);
@@ -376,7 +381,7 @@ impl Supervisor {
             if let Some(r) = self.running.remove(id) {
                 tracing::info!(watcher = %id, "Watcher removed; stopping it after its delivery in flight.");
                 r.token.cancel();
-                self.stopping.push(r.handle);
+                self.stopping.push((id.clone(), r.handle));
             }
         }
         for built in built {
@@ -387,9 +392,17 @@ impl Supervisor {
             });
             if previous.is_some() {
                 tracing::info!(watcher = %id, "Watcher changed; restarting it from its stored watermark.");
-            } else {
-                tracing::info!(watcher = %id, "Watcher added; starting it.");
+                self.start(built, previous);
+                continue;
             }
+            tracing::info!(watcher = %id, "Watcher added; starting it.");
+            // Removed by an earlier reload and back before it finished stopping: it
+            // starts once that one has ended.
+            let previous = self
+                .stopping
+                .iter()
+                .position(|(stopping, _)| *stopping == id)
+                .map(|index| self.stopping.swap_remove(index).1);
             self.start(built, previous);
         }
         let unchanged = new.watchers.len() - added.len() - changed.len();

@@ -266,25 +266,19 @@ impl Collector for WatcherCollector {
                 (moved != 0).then(|| secs(now.saturating_sub(moved).max(0)))
             },
         )?;
-        gauge(
+        timestamp(
             &mut encoder,
             &rows,
             "highwater_watcher_last_poll_timestamp_seconds",
             "Unix time of the last successful poll (absent until one).",
-            |s| {
-                let t = s.last_poll_ms.load(Ordering::Relaxed);
-                (t != 0).then(|| secs(t))
-            },
+            |s| &s.last_poll_ms,
         )?;
-        gauge(
+        timestamp(
             &mut encoder,
             &rows,
             "highwater_watcher_last_delivery_timestamp_seconds",
             "Unix time of the last acknowledged delivery (absent until one).",
-            |s| {
-                let t = s.last_delivery_ms.load(Ordering::Relaxed);
-                (t != 0).then(|| secs(t))
-            },
+            |s| &s.last_delivery_ms,
         )?;
         let mut family = encoder.encode_descriptor(
             "highwater_watcher_state",
@@ -299,15 +293,12 @@ impl Collector for WatcherCollector {
                 ConstGauge::new(i64::from(state == current)).encode(family.encode_family(&labels)?)?;
             }
         }
-        gauge(
+        timestamp(
             &mut encoder,
             &rows,
             "highwater_watcher_state_since_timestamp_seconds",
             "Unix time the watcher entered its current state (absent while it never changed).",
-            |s| {
-                let t = s.state_since_ms.load(Ordering::Relaxed);
-                (t != 0).then(|| secs(t))
-            },
+            |s| &s.state_since_ms,
         )?;
         Ok(())
     }
@@ -344,4 +335,18 @@ fn gauge(
         }
     }
     Ok(())
+}
+
+/// One gauge family of Unix times kept in milliseconds, 0 meaning "not yet".
+fn timestamp(
+    encoder: &mut DescriptorEncoder,
+    rows: &Rows,
+    name: &str,
+    help: &str,
+    value: impl Fn(&WatcherStats) -> &std::sync::atomic::AtomicI64,
+) -> Result<(), std::fmt::Error> {
+    gauge(encoder, rows, name, help, |s| {
+        let ms = value(s).load(Ordering::Relaxed);
+        (ms != 0).then(|| ms as f64 / 1000.0)
+    })
 }

@@ -284,10 +284,7 @@ fn metrics_healthz_and_readyz() {
     d.events(2, WAIT);
     d.wait_log("needs attention", WAIT);
 
-    let (status, body) = {
-        let (status, _, body) = http_get(&addr, "/healthz");
-        (status, body)
-    };
+    let (status, _, body) = http_get(&addr, "/healthz");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     let (status, _, body) = http_get(&addr, "/readyz");
     assert_eq!((status, body.as_str()), (200, "ready\n"), "an error state is not a block");

@@ -69,6 +69,7 @@ fn init_logging(format: Option<&str>) {
     if json {
         builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
     } else {
-        builder.with_target(false).init();
+        // Colours only for a terminal: `--log-format text` into a file stays plain.
+        builder.with_target(false).with_ansi(std::io::stderr().is_terminal()).init();
     }
 }

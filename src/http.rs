@@ -350,3 +350,70 @@ fn timestamp(
         (ms != 0).then(|| ms as f64 / 1000.0)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::WatcherState;
+
+    fn app_state(dir: &std::path::Path, telemetry: Arc<Telemetry>) -> AppState {
+        let store: Arc<dyn Store> =
+            Arc::new(crate::state::sqlite::SqliteStore::open(&dir.join("state.db")).expect("open store"));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(WatcherCollector(Arc::clone(&telemetry))));
+        AppState {
+            telemetry,
+            store,
+            registry: Arc::new(registry),
+            ready_max_blocked: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn readyz_fails_while_starting_and_once_a_watcher_is_blocked_too_long() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let telemetry = Arc::new(Telemetry::default());
+        let stuck = Arc::new(WatcherStats::default());
+        telemetry.set_watchers([("ns/stuck".to_string(), Arc::clone(&stuck))].into_iter().collect());
+        let state = app_state(dir.path(), Arc::clone(&telemetry));
+
+        let (status, body) = readyz(State(state.clone())).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or stopping\n")
+        );
+
+        telemetry.ready.store(true, Ordering::Relaxed);
+        stuck.set_state(WatcherState::Blocked);
+        let (status, _) = readyz(State(state.clone())).await;
+        assert_eq!(status, StatusCode::OK, "blocked for less than ready_max_blocked");
+
+        stuck.state_since_ms.store(now_ms() - 120_000, Ordering::Relaxed);
+        let (status, body) = readyz(State(state.clone())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.starts_with("not ready: watcher ns/stuck blocked for 2m"), "{body}");
+    }
+
+    #[test]
+    fn a_blocked_watcher_shows_in_the_state_metric() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let telemetry = Arc::new(Telemetry::default());
+        let stuck = Arc::new(WatcherStats::default());
+        stuck.set_state(WatcherState::Blocked);
+        stuck.set_pending(3, now_ms() - 5_000);
+        telemetry.set_watchers([("ns/stuck".to_string(), stuck)].into_iter().collect());
+        let state = app_state(dir.path(), telemetry);
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &state.registry).expect("encode");
+        assert!(text.contains("highwater_watcher_state{watcher=\"ns/stuck\",state=\"blocked\"} 1"), "{text}");
+        assert!(text.contains("highwater_watcher_state{watcher=\"ns/stuck\",state=\"ok\"} 0"), "{text}");
+        assert!(text.contains("highwater_watcher_pending_events{watcher=\"ns/stuck\"} 3"), "{text}");
+        let age: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("highwater_watcher_pending_age_seconds{watcher=\"ns/stuck\"} "))
+            .and_then(|v| v.parse().ok())
+            .expect("pending age");
+        assert!((5.0..60.0).contains(&age), "{age}");
+        assert!(!text.contains("highwater_watcher_last_poll_timestamp_seconds{"), "absent until a poll");
+    }
+}

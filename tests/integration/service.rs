@@ -214,6 +214,10 @@ fn sighup_adds_removes_and_restarts_watchers_and_keeps_the_old_config_when_inval
     assert!(errors.iter().any(|l| l.contains("added.yaml") && l.contains("poll_interval")), "{errors:?}");
     let messages = notify.until("READY=1", WAIT);
     assert!(messages.last().expect("message").contains("reload rejected"), "{messages:?}");
+    assert!(
+        !messages.iter().any(|m| m.contains("WATCHDOG=1")),
+        "no watchdog pings when systemd set no watchdog: {messages:?}"
+    );
     p.write("in/added/still.csv", "x");
     let third = d.events(1, WAIT);
     assert_eq!(third[0]["watcher"], "added", "the old config keeps running");

@@ -44,7 +44,8 @@ else
 fi
 
 install -d -m 0755 "$DESTDIR$UNITDIR"
-sed -e "s|@BINDIR@|$bindir|g" -e "s|@DOCDIR@|$docdir|g" systemd/highwater.service \
+# The unit in the tree is written for PREFIX=/usr/local.
+sed -e "s|/usr/local/bin/|$bindir/|g" -e "s|/usr/local/share/doc/highwater|$docdir|g" systemd/highwater.service \
     > "$DESTDIR$UNITDIR/highwater.service"
 chmod 0644 "$DESTDIR$UNITDIR/highwater.service"
 

@@ -394,7 +394,7 @@ fn install_script_lays_out_a_packaged_install_whose_config_is_valid() {
     assert!(stage.path().join("etc/highwater/watchers").is_dir());
     let unit =
         std::fs::read_to_string(stage.path().join("usr/lib/systemd/system/highwater.service")).expect("unit");
-    assert!(!unit.contains("DIR@"), "every placeholder is filled in");
+    assert!(!unit.contains("/usr/local"), "every path follows PREFIX");
     assert!(unit.contains("ExecStart=/usr/bin/highwater --config /etc/highwater/highwater.yaml run"));
     assert!(unit.contains("RestartPreventExitStatus=78"));
 

@@ -3,7 +3,8 @@
 # 10 s with nothing new to find. Reports the daemon's CPU use (% of one core, from
 # /proc/PID/stat user+system time over the measuring window) and memory (VmRSS at
 # the end, VmHWM peak), next to a baseline daemon with no watchers measured the same
-# way in the same run.
+# way in the same run. The daemons listen for /metrics on a free loopback port; after
+# the window one scrape of the 1,000-watcher daemon is timed (with curl, if present).
 #
 # Usage: scripts/bench-idle.sh [WATCHERS] [SECONDS]
 #   WATCHERS  watchers in the measured daemon (default 1000)
@@ -45,6 +46,7 @@ make_project() {
 watchers_dir: $dir/watchers
 state: {type: sqlite, path: $dir/state/highwater.db}
 defaults: {poll_interval: 10s}
+http: {listen: "127.0.0.1:0"}
 YAML
     for ((i = 1; i <= n; i++)); do
         name="$(printf 'w%04d' "$i")"
@@ -67,7 +69,8 @@ status_kb() {
     awk -v key="$2:" '$1 == key {print $2}' "/proc/$1/status"
 }
 
-# Starts a daemon on a project, waits, measures. Prints: CPU% RSS_MB HWM_MB EVENTS.
+# Starts a daemon on a project, waits, measures. Prints: CPU% RSS_MB HWM_MB EVENTS
+# SCRAPE, where SCRAPE is "bytes,seconds" of one GET /metrics after the window.
 measure() {
     local dir="$1" pid t0 t1 start end
     HIGHWATER_LOG_FORMAT=json "$bin" --config "$dir/highwater.yaml" run \
@@ -87,10 +90,16 @@ measure() {
     events=0
     if [ -f "$dir/out/events.jsonl" ]; then events="$(wc -l < "$dir/out/events.jsonl")"; fi
     hz="$(getconf CLK_TCK)"
+    local addr scrape=none
+    addr="$(grep -o '"addr":"[^"]*"' "$dir/daemon.log" | head -1 | cut -d'"' -f4)"
+    if command -v curl >/dev/null 2>&1 && [ -n "$addr" ]; then
+        scrape="$(curl -s -o /dev/null -w '%{size_download},%{time_total}' "http://$addr/metrics")"
+    fi
     kill -TERM "$pid"
     wait "$pid" || true
     awk -v d="$((t1 - t0))" -v hz="$hz" -v s="$start" -v e="$end" -v rss="$rss" -v hwm="$hwm" -v ev="$events" \
-        'BEGIN { printf "%.2f %.1f %.1f %d\n", 100 * d / hz / (e - s), rss / 1024, hwm / 1024, ev }'
+        -v scrape="$scrape" \
+        'BEGIN { printf "%.2f %.1f %.1f %d %s\n", 100 * d / hz / (e - s), rss / 1024, hwm / 1024, ev, scrape }'
 }
 
 echo "preparing $watchers watchers in $work" >&2
@@ -100,7 +109,7 @@ make_project "$work/many" "$watchers"
 echo "measuring the baseline (0 watchers): ${warmup}s warm-up, ${seconds}s window" >&2
 read -r base_cpu base_rss base_hwm _ < <(measure "$work/base")
 echo "measuring $watchers watchers: ${warmup}s warm-up, ${seconds}s window" >&2
-read -r cpu rss hwm events < <(measure "$work/many")
+read -r cpu rss hwm events scrape < <(measure "$work/many")
 
 cat <<REPORT
 
@@ -113,4 +122,5 @@ $watchers local_dir watchers, poll_interval 10s, nothing new; ${seconds}s window
 | $watchers watchers | $cpu | $rss | $hwm |
 
 events announced during the warm-up: $events (expected $((watchers * 3)))
+one GET /metrics after the window (bytes,seconds): $scrape
 REPORT

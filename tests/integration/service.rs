@@ -417,3 +417,21 @@ fn install_script_lays_out_a_packaged_install_whose_config_is_valid() {
         .expect("run check");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn an_http_address_in_use_stops_the_start_with_exit_71() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let p = Project::new(&format!(
+        "watchers_dir: watchers\nstate: {{type: sqlite, path: state/highwater.db}}\nhttp: {{listen: \"{addr}\"}}\n"
+    ));
+    fast_watcher(&p, "a", "");
+    let notify = NotifySocket::bind(p.path());
+    let mut d = p.start_with(&[("NOTIFY_SOCKET", notify.path())], &[]);
+    assert_eq!(d.wait(WAIT), Some(71));
+    d.drain_logs();
+    std::thread::sleep(Duration::from_millis(50));
+    d.drain_logs();
+    assert!(d.logs.iter().any(|l| l.contains("http.listen")), "logs:\n{}", d.logs.join("\n"));
+    assert_eq!(notify.recv(Duration::from_millis(200)), None, "never ready");
+}

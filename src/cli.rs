@@ -29,6 +29,10 @@ pub mod exit {
     /// `check --connect`: a source or sink cannot be reached or used (sysexits
     /// EX_UNAVAILABLE).
     pub const UNAVAILABLE: i32 = 69;
+    /// `run`: an operating-system resource the daemon needs is not available: a signal
+    /// handler, or the HTTP listener's address (in use, not permitted) (sysexits
+    /// EX_OSERR).
+    pub const OSERR: i32 = 71;
     /// The state store could not be opened, read or written (sysexits EX_IOERR).
     pub const STORE: i32 = 74;
     /// `once`: a watcher could not finish its cycle; its batch stays pending and a
@@ -57,7 +61,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon until SIGINT or SIGTERM.
+    /// Run the daemon until SIGINT or SIGTERM; SIGHUP reloads the config and watcher files.
     Run,
     /// Validate the config and every watcher file and report every error. Touches no
     /// network unless `--connect` is given.
@@ -159,6 +163,9 @@ pub enum Failure {
     /// `check --connect`: a source or sink cannot be reached or used.
     #[error("{0}")]
     Unreachable(String),
+    /// `run`: a signal handler or the HTTP listener could not be set up.
+    #[error("{0}")]
+    System(String),
 }
 
 impl Failure {
@@ -171,6 +178,7 @@ impl Failure {
             Failure::Usage(_) => exit::USAGE,
             Failure::Incomplete(_) => exit::TEMPFAIL,
             Failure::Unreachable(_) => exit::UNAVAILABLE,
+            Failure::System(_) => exit::OSERR,
         }
     }
 }
@@ -184,6 +192,7 @@ impl From<DaemonError> for Failure {
             DaemonError::Build(errors) => Failure::Config(ConfigErrors(
                 errors.into_iter().map(|m| config::ConfigError::file("", m)).collect(),
             )),
+            DaemonError::System(message) => Failure::System(message),
         }
     }
 }
@@ -192,8 +201,10 @@ impl From<DaemonError> for Failure {
 pub async fn execute(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Run => {
+            // Handlers first: SIGHUP's default action would kill a daemon still loading.
+            let control = daemon::signals()?;
             let config = config::load(&cli.config)?;
-            daemon::run(config, daemon::shutdown_signal()).await?;
+            daemon::run(config, control).await?;
             Ok(())
         }
         Command::Check { connect } => {

@@ -1,16 +1,30 @@
-//! The daemon: open the store, build every watcher, run one task each, stop cleanly.
+//! The daemon: open the store, build every watcher, run one task each, reload on SIGHUP,
+//! stop cleanly; tell systemd and the HTTP endpoints where it stands.
+//!
+//! The supervisor loop ([`run`]) owns the running watchers. Each has its own
+//! cancellation token, so a reload can stop one (it finishes the delivery in flight:
+//! committed, or left pending for its successor) without touching the others.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::{Config, WatcherConfig};
+use crate::config::{self, Config, WatcherConfig};
 use crate::state::{self, Store, StoreError};
-use crate::telemetry::WatcherStats;
+use crate::telemetry::{Telemetry, WatcherState, WatcherStats, now_ms};
 use crate::watcher::Watcher;
+use crate::{http, notify};
+
+/// How often the supervisor loop turns: checks for watcher tasks that died, updates
+/// systemd's status line. Cheap: one pass over the running watchers.
+const TICK: Duration = Duration::from_secs(1);
 
 /// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +35,10 @@ pub enum DaemonError {
     /// A watcher could not be built from its (valid) config.
     #[error("cannot build watchers:\n{}", .0.join("\n"))]
     Build(Vec<String>),
+    /// An operating-system resource the daemon needs (a signal handler, the HTTP
+    /// listener's address) is not available.
+    #[error("{0}")]
+    System(String),
 }
 
 /// A built watcher with the counters it updates.
@@ -39,6 +57,16 @@ pub fn build_watchers(
     configs: &[WatcherConfig],
     store: &Arc<dyn Store>,
 ) -> Result<Vec<BuiltWatcher>, DaemonError> {
+    build_keeping_stats(configs, store, &BTreeMap::new())
+}
+
+/// [`build_watchers`], reusing the counters in `stats` for watchers that have them (a
+/// watcher restarted by a reload keeps counting where it was).
+fn build_keeping_stats(
+    configs: &[WatcherConfig],
+    store: &Arc<dyn Store>,
+    stats: &BTreeMap<String, Arc<WatcherStats>>,
+) -> Result<Vec<BuiltWatcher>, DaemonError> {
     let mut built = Vec::new();
     let mut errors = Vec::new();
     for config in configs {
@@ -46,7 +74,7 @@ pub fn build_watchers(
         let sink = config.sink.build();
         match (source, sink) {
             (Ok(source), Ok(sink)) => {
-                let stats = Arc::new(WatcherStats::default());
+                let stats = stats.get(&config.id()).cloned().unwrap_or_default();
                 let watcher = Watcher::new(config, source, sink, Arc::clone(store), Arc::clone(&stats));
                 built.push(BuiltWatcher { config: config.clone(), watcher, stats });
             }
@@ -63,65 +91,420 @@ pub fn build_watchers(
     if errors.is_empty() { Ok(built) } else { Err(DaemonError::Build(errors)) }
 }
 
-/// Runs every watcher until `shutdown` completes, then stops them: each finishes the
-/// delivery it has in flight (commit, or the batch stays pending) within the configured
-/// shutdown timeout, after which what is left is abandoned, still pending in the store.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+/// What stops and reloads the daemon: SIGTERM/SIGINT and SIGHUP, or whatever a test
+/// feeds in.
+pub struct Control<S> {
+    /// Completes when the daemon should stop.
+    pub shutdown: S,
+    /// One message per reload request.
+    pub reloads: mpsc::Receiver<()>,
+}
+
+/// Installs the SIGTERM, SIGINT and SIGHUP handlers. Call it first thing: until a
+/// handler is installed, SIGHUP's default action would kill the process.
+pub fn signals() -> Result<Control<impl Future<Output = ()>>, DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let install = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| DaemonError::System(format!("cannot install the {name} handler: {e}")))
+    };
+    let mut term = install(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = install(SignalKind::interrupt(), "SIGINT")?;
+    let mut hup = install(SignalKind::hangup(), "SIGHUP")?;
+    // A capacity of one folds a burst of SIGHUPs into one reload: each reload reads
+    // the files as they are when it starts.
+    let (tx, reloads) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(signal = "SIGHUP", "Received signal.");
+            let _ = tx.try_send(());
+        }
+    });
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "Received signal."),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "Received signal."),
+        }
+    };
+    Ok(Control { shutdown, reloads })
+}
+
+/// A watcher task the supervisor owns.
+struct Running {
+    config: WatcherConfig,
+    token: CancellationToken,
+    stats: Arc<WatcherStats>,
+    handle: JoinHandle<()>,
+}
+
+/// The running daemon: its store, its watchers, what it reports.
+struct Supervisor {
+    config: Config,
+    store: Arc<dyn Store>,
+    telemetry: Arc<Telemetry>,
+    /// Parent of every watcher's token: cancelling it stops them all.
+    token: CancellationToken,
+    running: BTreeMap<String, Running>,
+    /// Watchers removed by a reload (by `namespace/name`), still finishing their
+    /// delivery in flight.
+    stopping: Vec<(String, JoinHandle<()>)>,
+    /// The last `STATUS=` sent, so that an unchanged one is not sent again.
+    status: String,
+}
+
+/// Runs every watcher until `control.shutdown` completes, reloading the config file
+/// it was loaded from on every `control.reloads` message. On shutdown each watcher
+/// finishes the delivery it has in flight (commit, or the batch stays pending) within
+/// the configured shutdown timeout, after which what is left is abandoned, still
+/// pending in the store.
+pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) -> Result<(), DaemonError> {
+    let Control { shutdown, mut reloads } = control;
     let store = state::open(&config.daemon.state)?;
-    let watchers = build_watchers(&config.watchers, &store)?;
+    let built = build_watchers(&config.watchers, &store)?;
+    let telemetry = Arc::new(Telemetry::default());
     let token = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-    for built in watchers {
-        let span = tracing::info_span!("watcher", watcher = %built.config.id());
-        tasks.spawn(built.watcher.run(token.child_token()).instrument(span));
+    // Its own token: metrics and health stay up while deliveries drain at shutdown.
+    let http_token = CancellationToken::new();
+    let http_task = match &config.daemon.http {
+        Some(http_config) => {
+            let listener = http::bind(http_config).await.map_err(|e| {
+                DaemonError::System(format!("cannot listen on {} (http.listen): {e}", http_config.listen))
+            })?;
+            let addr =
+                listener.local_addr().map_or_else(|_| http_config.listen.to_string(), |a| a.to_string());
+            tracing::info!(addr = %addr, "HTTP listener started: /metrics, /healthz, /readyz.");
+            let task = http::serve(
+                listener,
+                http_config,
+                Arc::clone(&telemetry),
+                Arc::clone(&store),
+                http_token.clone(),
+            );
+            Some(task)
+        }
+        None => None,
+    };
+
+    let mut supervisor = Supervisor {
+        config,
+        store,
+        telemetry: Arc::clone(&telemetry),
+        token: token.clone(),
+        running: BTreeMap::new(),
+        stopping: Vec::new(),
+        status: String::new(),
+    };
+    for built in built {
+        supervisor.start(built, None);
     }
+    supervisor.publish();
     tracing::info!(
-        watchers = config.watchers.len(),
-        store = %config.daemon.state.describe(),
-        config = %config.file.display(),
+        watchers = supervisor.running.len(),
+        store = %supervisor.config.daemon.state.describe(),
+        config = %supervisor.config.file.display(),
         "Started."
     );
+    telemetry.ready.store(true, Ordering::Relaxed);
+    telemetry.supervisor_tick_ms.store(now_ms(), Ordering::Relaxed);
+    supervisor.status = telemetry.summary();
+    notify::ready(&supervisor.status);
+
+    let mut watchdog = Watchdog::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            joined = tasks.join_next(), if !tasks.is_empty() => {
-                // A watcher task ends on its own only by panicking; the others go on.
-                if let Some(Err(e)) = joined {
-                    tracing::error!(error = %e, "A watcher task ended unexpectedly; the other watchers go on.");
-                }
-            }
+            Some(()) = reloads.recv() => supervisor.reload(),
+            _ = tick.tick() => supervisor.tick(),
+            () = watchdog.due() => watchdog.ping(),
         }
     }
+
+    telemetry.ready.store(false, Ordering::Relaxed);
+    notify::stopping();
     tracing::info!("Shutting down: finishing deliveries in flight.");
-    token.cancel();
-    let deadline = config.daemon.shutdown_timeout.0;
-    let drained = tokio::time::timeout(deadline, async { while tasks.join_next().await.is_some() {} }).await;
+    supervisor.token.cancel();
+    let deadline = supervisor.config.daemon.shutdown_timeout;
+    let mut handles: Vec<JoinHandle<()>> = supervisor.running.into_values().map(|r| r.handle).collect();
+    handles.extend(supervisor.stopping.drain(..).map(|(_, handle)| handle));
+    let drain = tokio::time::timeout(deadline.0, async {
+        for handle in &mut handles {
+            let _ = handle.await;
+        }
+    });
+    tokio::pin!(drain);
+    // The watchdog keeps being fed while deliveries finish: a slow drain within the
+    // shutdown timeout is not a hang.
+    let drained = loop {
+        tokio::select! {
+            drained = &mut drain => break drained,
+            () = watchdog.due() => watchdog.ping(),
+        }
+    };
+    watchdog.stop();
     if drained.is_err() {
+        let left = handles.iter().filter(|h| !h.is_finished()).count();
         tracing::warn!(
-            left = tasks.len(),
-            timeout = %config.daemon.shutdown_timeout,
+            left,
+            timeout = %deadline,
             "Shutdown timeout reached; abandoning deliveries in flight (their batches stay pending)."
         );
-        tasks.shutdown().await;
+        for handle in &handles {
+            handle.abort();
+        }
     }
+    http_token.cancel();
+    if let Some(task) = http_task {
+        // A scraper holding a connection open must not hold up the exit.
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
+    // The store closes when its last handle goes: every watcher task has ended above.
+    drop(supervisor.store);
     tracing::info!("Stopped.");
     Ok(())
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "Cannot listen for SIGTERM; only SIGINT stops the daemon.");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+impl Supervisor {
+    /// Spawns a watcher's task. With `after`, the task first waits for that one (the
+    /// same watcher's previous incarnation) to end, so that two never run at once.
+    fn start(&mut self, built: BuiltWatcher, after: Option<JoinHandle<()>>) {
+        let id = built.config.id();
+        let token = self.token.child_token();
+        let span = tracing::info_span!("watcher", watcher = %id);
+        let run_token = token.clone();
+        let watcher = built.watcher;
+        let handle = tokio::spawn(
+            async move {
+                if let Some(previous) = after {
+                    let _ = previous.await;
+                }
+                watcher.run(run_token).await;
+                tracing::debug!("Watcher stopped.");
+            }
+            .instrument(span),
+        );
+        self.running.insert(id, Running { config: built.config, token, stats: built.stats, handle });
+    }
+
+    /// Shows the running watchers to the metrics endpoint.
+    fn publish(&self) {
+        self.telemetry
+            .set_watchers(self.running.iter().map(|(id, r)| (id.clone(), Arc::clone(&r.stats))).collect());
+    }
+
+    /// One turn of the supervisor loop.
+    fn tick(&mut self) {
+        self.telemetry.supervisor_tick_ms.store(now_ms(), Ordering::Relaxed);
+        // A watcher task ends on its own only by panicking; the others go on. It is
+        // dropped from the running set, so the next reload starts it again.
+        let died: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.handle.is_finished() && !r.token.is_cancelled())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in died {
+            if let Some(r) = self.running.remove(&id) {
+                r.stats.set_state(WatcherState::Error);
+                tracing::error!(watcher = %id, "A watcher task ended unexpectedly; the other watchers go on. A reload (SIGHUP) starts it again.");
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "Received signal."),
-        _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "Received signal."),
+        self.stopping.retain(|(_, h)| !h.is_finished());
+        let status = self.telemetry.summary();
+        if status != self.status {
+            notify::status(&status);
+            self.status = status;
+        }
+    }
+
+    /// Re-reads the config and watcher files and applies the difference. An invalid
+    /// config changes nothing: every error is logged and the running one stays.
+    fn reload(&mut self) {
+        notify::reloading();
+        tracing::info!(config = %self.config.file.display(), "Reloading configuration.");
+        let new = match config::load(&self.config.file) {
+            Ok(new) => new,
+            Err(errors) => {
+                for error in &errors.0 {
+                    tracing::error!(error = %error, "Config error.");
+                }
+                self.reject(errors.0.len());
+                return;
+            }
+        };
+        for (key, changed) in [
+            ("state", new.daemon.state != self.config.daemon.state),
+            ("http", new.daemon.http != self.config.daemon.http),
+        ] {
+            if changed {
+                tracing::warn!(key, "Changed setting takes effect at the next restart, not on reload.");
+            }
+        }
+
+        let mut changed = Vec::new();
+        let mut added = Vec::new();
+        for watcher in &new.watchers {
+            match self.running.get(&watcher.id()) {
+                Some(running) if running.config == *watcher => {}
+                Some(_) => changed.push(watcher.clone()),
+                None => added.push(watcher.clone()),
+            }
+        }
+        let removed: Vec<String> =
+            self.running.keys().filter(|id| !new.watchers.iter().any(|w| w.id() == **id)).cloned().collect();
+
+        // Build everything new before stopping anything: a watcher that cannot be built
+        // rejects the whole reload, like a failed start.
+        let mut to_build = added.clone();
+        to_build.extend(changed.iter().cloned());
+        let stats: BTreeMap<String, Arc<WatcherStats>> =
+            self.running.iter().map(|(id, r)| (id.clone(), Arc::clone(&r.stats))).collect();
+        let built = match build_keeping_stats(&to_build, &self.store, &stats) {
+            Ok(built) => built,
+            Err(DaemonError::Build(errors)) => {
+                for error in &errors {
+                    tracing::error!(error = %error, "Config error.");
+                }
+                self.reject(errors.len());
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot build watchers.");
+                self.reject(1);
+                return;
+            }
+        };
+
+        for id in &removed {
+            if let Some(r) = self.running.remove(id) {
+                tracing::info!(watcher = %id, "Watcher removed; stopping it after its delivery in flight.");
+                r.token.cancel();
+                self.stopping.push((id.clone(), r.handle));
+            }
+        }
+        for built in built {
+            let id = built.config.id();
+            let previous = self.running.remove(&id).map(|r| {
+                r.token.cancel();
+                r.handle
+            });
+            if previous.is_some() {
+                tracing::info!(watcher = %id, "Watcher changed; restarting it from its stored watermark.");
+                self.start(built, previous);
+                continue;
+            }
+            tracing::info!(watcher = %id, "Watcher added; starting it.");
+            // Removed by an earlier reload and back before it finished stopping: it
+            // starts once that one has ended.
+            let previous = self
+                .stopping
+                .iter()
+                .position(|(stopping, _)| *stopping == id)
+                .map(|index| self.stopping.swap_remove(index).1);
+            self.start(built, previous);
+        }
+        let unchanged = new.watchers.len() - added.len() - changed.len();
+        self.config = Config {
+            // The store and listener in use stay until a restart (warned above).
+            daemon: config::DaemonFile {
+                state: self.config.daemon.state.clone(),
+                http: self.config.daemon.http.clone(),
+                ..new.daemon
+            },
+            ..new
+        };
+        self.publish();
+        self.telemetry.reloads_applied.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            added = added.len(),
+            removed = removed.len(),
+            changed = changed.len(),
+            unchanged,
+            "Reloaded."
+        );
+        self.status = self.telemetry.summary();
+        notify::ready(&self.status);
+    }
+
+    /// Ends a reload that changed nothing.
+    fn reject(&mut self, errors: usize) {
+        self.telemetry.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(errors, "Reload rejected; the running configuration stays in effect.");
+        self.status = format!(
+            "{} (reload rejected: {errors} config error{}; running the previous configuration)",
+            self.telemetry.summary(),
+            if errors == 1 { "" } else { "s" }
+        );
+        notify::ready(&self.status);
+    }
+}
+
+/// The systemd watchdog: pings every half timeout (as systemd recommends: one late
+/// ping is not yet fatal), but only while a task on the runtime's worker pool keeps
+/// bumping a heartbeat. The supervisor loop runs on the main thread and would go on
+/// turning with every worker stuck; the heartbeat makes a stuck runtime miss its pings.
+struct Watchdog {
+    /// None when systemd set no watchdog.
+    armed: Option<Armed>,
+}
+
+struct Armed {
+    interval: tokio::time::Interval,
+    heartbeat: Arc<AtomicU64>,
+    /// The heartbeat count at the last ping.
+    seen: u64,
+    stop: CancellationToken,
+}
+
+impl Watchdog {
+    fn new() -> Self {
+        let Some(timeout) = notify::watchdog_timeout() else { return Watchdog { armed: None } };
+        let heartbeat = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let (beat, beat_stop) = (Arc::clone(&heartbeat), stop.clone());
+        let period = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => { beat.fetch_add(1, Ordering::Relaxed); }
+                    () = beat_stop.cancelled() => return,
+                }
+            }
+        });
+        let mut interval = tokio::time::interval(timeout / 2);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tracing::debug!(timeout_ms = timeout.as_millis() as u64, "Watchdog armed.");
+        Watchdog { armed: Some(Armed { interval, heartbeat, seen: u64::MAX, stop }) }
+    }
+
+    /// Completes when a ping is due; never when no watchdog is set.
+    async fn due(&mut self) {
+        match &mut self.armed {
+            Some(armed) => {
+                armed.interval.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Pings if the heartbeat moved since the last ping.
+    fn ping(&mut self) {
+        let Some(armed) = &mut self.armed else { return };
+        let now = armed.heartbeat.load(Ordering::Relaxed);
+        if now != armed.seen {
+            armed.seen = now;
+            notify::watchdog();
+        } else {
+            tracing::warn!("Worker threads made no progress since the last watchdog ping; not pinging.");
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(armed) = self.armed.take() {
+            armed.stop.cancel();
+        }
     }
 }

@@ -9,9 +9,11 @@
 //! - [`sink`]: the `Sink` trait, delivery outcomes, and the sinks (`stdout`, `file`).
 //! - [`state`]: the `process_state` store (SQLite).
 //! - [`watcher`]: the one loop: outbox, deliver, commit.
-//! - [`daemon`]: one task per watcher, signals, clean shutdown.
+//! - [`daemon`]: one task per watcher, signals, reload, clean shutdown.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`notify`]: systemd readiness, status and watchdog notifications.
 //! - [`backoff`]: exponential backoff with jitter.
-//! - [`telemetry`]: per-watcher counters and state.
+//! - [`telemetry`]: per-watcher counters and state; what the endpoints and systemd see.
 //! - [`cli`]: the subcommands and exit codes.
 
 pub mod backoff;
@@ -19,6 +21,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod event;
+pub mod http;
+pub mod notify;
 pub mod sink;
 pub mod source;
 pub mod state;

@@ -7,6 +7,9 @@ use clap::Parser;
 use highwater::cli::{Cli, execute, exit};
 use tracing_subscriber::EnvFilter;
 
+/// Threads for blocking calls; see where the runtime is built.
+const MAX_BLOCKING_THREADS: usize = 32;
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -17,7 +20,14 @@ fn main() {
     };
     init_logging(cli.log_format.as_deref());
     highwater::init_tls();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Blocking work is short (store calls on one shared SQLite connection, directory
+    // scans, file appends). Tokio's default of 512 threads let a start with a thousand
+    // watchers leave a hundred threads taking turns at it; a few dozen serve as well.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -36,10 +46,21 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Logs go to standard error (standard output carries events for the stdout sink).
-/// `RUST_LOG` filters them (default `info`).
+/// Logs go to standard error (standard output carries events for the stdout sink):
+/// text on a terminal, JSON lines otherwise, which journald and log shippers take as
+/// they are. Each line of a watcher carries its name (the `watcher` span). `RUST_LOG`
+/// filters them (default `info`).
 fn init_logging(format: Option<&str>) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(filter) => filter,
+        Err(e) => {
+            // A typo in RUST_LOG should be seen, not silently turn logging back to info.
+            if std::env::var_os(EnvFilter::DEFAULT_ENV).is_some() {
+                eprintln!("warning: RUST_LOG is not a valid filter ({e}); logging at info");
+            }
+            EnvFilter::new("info")
+        }
+    };
     let json = match format {
         Some(f) => f == "json",
         None => !std::io::stderr().is_terminal(),
@@ -48,6 +69,7 @@ fn init_logging(format: Option<&str>) {
     if json {
         builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
     } else {
-        builder.with_target(false).init();
+        // Colours only for a terminal: `--log-format text` into a file stays plain.
+        builder.with_target(false).with_ansi(std::io::stderr().is_terminal()).init();
     }
 }

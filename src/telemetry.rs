@@ -1,7 +1,11 @@
 //! Per-watcher counters and state that the loop updates and the CLI, logs and metrics
-//! read. Atomics only: reading them never blocks a watcher.
+//! read, and the daemon-wide [`Telemetry`] the HTTP endpoints and systemd status read.
+//! Atomics only on the watcher side: reading them never blocks a watcher.
 
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 /// Where a watcher stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +22,10 @@ pub enum WatcherState {
 }
 
 impl WatcherState {
+    /// Every state, in the order of their numbers.
+    pub const ALL: [WatcherState; 4] =
+        [WatcherState::Ok, WatcherState::Retrying, WatcherState::Blocked, WatcherState::Error];
+
     /// The lower-case name used in logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -63,6 +71,13 @@ pub struct WatcherStats {
     pub last_delivery_ms: AtomicI64,
     /// Unix milliseconds of the last successful poll (0: none yet).
     pub last_poll_ms: AtomicI64,
+    /// How long successful polls took.
+    pub poll_duration: DurationHistogram,
+    /// Unix milliseconds when the stored watermark last moved (0: not known yet).
+    pub watermark_moved_ms: AtomicI64,
+    /// Unix milliseconds when the batch waiting for acknowledgement was written (0:
+    /// none waiting): how far delivery lags behind detection.
+    pub pending_since_ms: AtomicI64,
     state: AtomicU8,
     /// Unix milliseconds when the current state began.
     pub state_since_ms: AtomicI64,
@@ -86,9 +101,158 @@ impl WatcherStats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// Records the batch waiting for acknowledgement: `events` of them, written at
+    /// `since_ms` (0 events: nothing waits).
+    pub fn set_pending(&self, events: usize, since_ms: i64) {
+        self.pending_events.store(events as u64, Ordering::Relaxed);
+        self.pending_since_ms.store(if events == 0 { 0 } else { since_ms }, Ordering::Relaxed);
+    }
+}
+
+/// Upper bounds, in seconds, of the poll duration buckets: from a directory listing
+/// of a few files (sub-millisecond) to a slow S3 or Postgres page (tens of seconds).
+pub const POLL_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+
+/// A fixed-bucket histogram of durations made of atomics, so that the watcher loop
+/// never waits for a scrape.
+#[derive(Debug, Default)]
+pub struct DurationHistogram {
+    /// Observations per bucket of [`POLL_BUCKETS`] (not cumulative); the last slot
+    /// counts what is above the last bound.
+    buckets: [AtomicU64; POLL_BUCKETS.len() + 1],
+    /// Sum of all observations, in microseconds.
+    sum_us: AtomicU64,
+}
+
+impl DurationHistogram {
+    /// Records one observation.
+    pub fn observe(&self, duration: Duration) {
+        let secs = duration.as_secs_f64();
+        let slot = POLL_BUCKETS.iter().position(|bound| secs <= *bound).unwrap_or(POLL_BUCKETS.len());
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(duration.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// `(sum in seconds, count, [(upper bound, count in that bucket)])`, the shape
+    /// Prometheus encoders take; the overflow slot is the `+Inf` bucket.
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut buckets = Vec::with_capacity(POLL_BUCKETS.len() + 1);
+        let mut count = 0;
+        for (i, slot) in self.buckets.iter().enumerate() {
+            let n = slot.load(Ordering::Relaxed);
+            count += n;
+            buckets.push((POLL_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), n));
+        }
+        (self.sum_us.load(Ordering::Relaxed) as f64 / 1e6, count, buckets)
+    }
+}
+
+/// What the daemon as a whole shows to `/metrics`, `/healthz`, `/readyz` and systemd:
+/// the running watchers' counters and a few daemon-wide facts. The watcher list is
+/// replaced on start and reload only; scrapes take a read lock for as long as they
+/// copy it.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    watchers: RwLock<BTreeMap<String, Arc<WatcherStats>>>,
+    /// Every watcher is built and the store is open; false again once shutdown began.
+    pub ready: AtomicBool,
+    /// Unix milliseconds of the supervisor loop's last turn: `/healthz` fails when it
+    /// stops turning.
+    pub supervisor_tick_ms: AtomicI64,
+    /// Reloads applied.
+    pub reloads_applied: AtomicU64,
+    /// Reloads rejected (invalid config); the previous config kept running.
+    pub reloads_rejected: AtomicU64,
+}
+
+impl Telemetry {
+    /// Replaces the list of running watchers (`namespace/name` → counters).
+    pub fn set_watchers(&self, watchers: BTreeMap<String, Arc<WatcherStats>>) {
+        *self.watchers.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = watchers;
+    }
+
+    /// The running watchers, sorted by `namespace/name`.
+    pub fn watchers(&self) -> Vec<(String, Arc<WatcherStats>)> {
+        let guard = self.watchers.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.iter().map(|(id, stats)| (id.clone(), Arc::clone(stats))).collect()
+    }
+
+    /// How many watchers are in each state, in [`WatcherState::ALL`] order.
+    pub fn state_counts(&self) -> [usize; 4] {
+        let mut counts = [0; 4];
+        let guard = self.watchers.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for stats in guard.values() {
+            counts[stats.state() as usize] += 1;
+        }
+        counts
+    }
+
+    /// One line for systemd's `STATUS=` and logs.
+    pub fn summary(&self) -> String {
+        let counts = self.state_counts();
+        let total: usize = counts.iter().sum();
+        let mut line = format!("{total} watcher{}", if total == 1 { "" } else { "s" });
+        let parts: Vec<String> = WatcherState::ALL
+            .iter()
+            .zip(counts)
+            .filter(|(state, n)| *n > 0 || **state == WatcherState::Ok)
+            .map(|(state, n)| format!("{n} {}", state.as_str()))
+            .collect();
+        line.push_str(": ");
+        line.push_str(&parts.join(", "));
+        line
+    }
+
+    /// Watchers blocked for longer than `max` at `now_ms`, with how long, for `/readyz`.
+    pub fn blocked_longer_than(&self, max: Duration, now_ms: i64) -> Vec<(String, Duration)> {
+        let guard = self.watchers.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard
+            .iter()
+            .filter(|(_, stats)| stats.state() == WatcherState::Blocked)
+            .filter_map(|(id, stats)| {
+                let since = stats.state_since_ms.load(Ordering::Relaxed);
+                let blocked = Duration::from_millis(now_ms.saturating_sub(since).max(0) as u64);
+                (blocked > max).then(|| (id.clone(), blocked))
+            })
+            .collect()
+    }
 }
 
 /// Now, in Unix milliseconds.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_and_sum() {
+        let h = DurationHistogram::default();
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(20));
+        h.observe(Duration::from_secs(60));
+        let (sum, count, buckets) = h.snapshot();
+        assert_eq!(count, 3);
+        assert!((sum - 60.0205).abs() < 1e-9);
+        assert_eq!(buckets[0], (0.001, 1));
+        assert_eq!(buckets[4], (0.025, 1));
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 1)));
+    }
+
+    #[test]
+    fn blocked_watchers_and_summary() {
+        let telemetry = Telemetry::default();
+        let ok = Arc::new(WatcherStats::default());
+        let blocked = Arc::new(WatcherStats::default());
+        blocked.set_state(WatcherState::Blocked);
+        let since = blocked.state_since_ms.load(Ordering::Relaxed);
+        telemetry.set_watchers(BTreeMap::from([("a/ok".to_string(), ok), ("a/stuck".to_string(), blocked)]));
+        assert_eq!(telemetry.summary(), "2 watchers: 1 ok, 1 blocked");
+        assert!(telemetry.blocked_longer_than(Duration::from_secs(60), since + 59_000).is_empty());
+        let late = telemetry.blocked_longer_than(Duration::from_secs(60), since + 61_000);
+        assert_eq!(late, vec![("a/stuck".to_string(), Duration::from_secs(61))]);
+    }
 }

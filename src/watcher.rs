@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::{Backoff, jittered};
+use crate::backoff::{Backoff, jittered, wake_at};
 use crate::config::{FailurePolicy, RetryConfig, WatcherConfig};
 use crate::event::{Event, event_id};
 use crate::sink::{Delivery, Sink};
@@ -204,6 +204,7 @@ impl Watcher {
         let polled = self.source.poll(self.watermark.as_ref(), self.batch_size).await?;
         WatcherStats::add(&self.stats.polls, 1);
         WatcherStats::add(&self.stats.items_skipped, self.source.take_skipped());
+        self.stats.poll_duration.observe(started.elapsed());
         self.stats.last_poll_ms.store(now_ms(), Ordering::Relaxed);
         tracing::debug!(
             items = polled.items.len(),
@@ -269,6 +270,9 @@ impl Watcher {
             if self.watermark_version.is_some() {
                 tracing::info!("Watermark was changed outside this watcher; continuing from the stored one.");
             }
+            if let Some(record) = &stored {
+                self.stats.watermark_moved_ms.store(record.updated_at.timestamp_millis(), Ordering::Relaxed);
+            }
             self.watermark = stored.map(|r| r.value);
             self.watermark_version = stored_version;
         }
@@ -330,7 +334,7 @@ impl Watcher {
         shutdown: &CancellationToken,
     ) -> Result<usize, WatcherError> {
         let n = batch.events.len();
-        self.stats.pending_events.store(n as u64, Ordering::Relaxed);
+        self.stats.set_pending(n, batch.created_at.timestamp_millis());
         let mut backoff = Backoff::new(self.retry.initial.0, self.retry.max.0);
         let mut attempts = 0u32;
         loop {
@@ -343,7 +347,7 @@ impl Watcher {
                     self.commit(&batch, pending_version, None, shutdown).await?;
                     WatcherStats::add(&self.stats.events_delivered, n as u64);
                     self.stats.last_delivery_ms.store(now_ms(), Ordering::Relaxed);
-                    self.stats.pending_events.store(0, Ordering::Relaxed);
+                    self.stats.set_pending(0, 0);
                     self.stats.set_state(WatcherState::Ok);
                     tracing::info!(batch = %batch.batch_id, events = n, attempts, "Delivered batch.");
                     return Ok(n);
@@ -363,7 +367,7 @@ impl Watcher {
                         FailurePolicy::DeadLetter => {
                             self.commit(&batch, pending_version, Some(&reason), shutdown).await?;
                             WatcherStats::add(&self.stats.batches_dead_lettered, 1);
-                            self.stats.pending_events.store(0, Ordering::Relaxed);
+                            self.stats.set_pending(0, 0);
                             self.stats.set_state(WatcherState::Ok);
                             tracing::error!(batch = %batch.batch_id, events = n, reason = %reason,
                                 key = format!("{DEAD_LETTER_PREFIX}{}", batch.batch_id),
@@ -437,6 +441,7 @@ impl Watcher {
         if let Some(next) = &batch.next_watermark {
             self.watermark = Some(next.clone());
             self.watermark_version = Some(self.watermark_version.map_or(1, |v| v + 1));
+            self.stats.watermark_moved_ms.store(now_ms(), Ordering::Relaxed);
         }
         Ok(())
     }
@@ -451,7 +456,7 @@ async fn sleep(duration: Duration, shutdown: &CancellationToken) -> Result<(), (
         return Ok(());
     }
     tokio::select! {
-        () = tokio::time::sleep(duration) => Ok(()),
+        () = tokio::time::sleep_until(wake_at(duration)) => Ok(()),
         () = shutdown.cancelled() => Err(()),
     }
 }

@@ -43,6 +43,9 @@ pub struct DaemonFile {
     /// How long shutdown waits for deliveries in flight before it leaves them pending.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: HumanDuration,
+    /// The HTTP listener for `/metrics`, `/healthz` and `/readyz`. Off unless set.
+    #[serde(default)]
+    pub http: Option<crate::http::HttpConfig>,
 }
 
 fn default_watchers_dir() -> PathBuf {
@@ -161,8 +164,8 @@ pub struct WatcherFile {
     pub retry: Option<RetryConfig>,
 }
 
-/// A validated watcher, ready to build.
-#[derive(Debug, Clone)]
+/// A validated watcher, ready to build. Equality decides whether a reload restarts it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct WatcherConfig {
     /// The file it came from.
     pub file: PathBuf,
@@ -210,6 +213,51 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// [`load`] with an explicit environment, for tests.
 pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let env = Recorded::new(env);
+    load_recorded(path, &|name| env.lookup(name)).map_err(|errors| env.redact(errors))
+}
+
+/// An environment lookup that remembers what it found, so that errors can hide it: a
+/// parser quotes a value of the wrong type, and that value may be a secret.
+struct Recorded<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    used: std::cell::RefCell<Vec<(String, String)>>,
+}
+
+impl<'a> Recorded<'a> {
+    fn new(env: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        Recorded { env, used: std::cell::RefCell::new(Vec::new()) }
+    }
+
+    fn lookup(&self, name: &str) -> Option<String> {
+        let value = (self.env)(name);
+        if let Some(value) = &value {
+            self.used.borrow_mut().push((name.to_string(), value.clone()));
+        }
+        value
+    }
+
+    /// Shows `${NAME}` in place of every value looked up. Values shorter than four
+    /// characters are left alone: they would mangle messages and are no secret worth
+    /// the name.
+    fn redact(&self, mut errors: ConfigErrors) -> ConfigErrors {
+        let used = self.used.borrow();
+        let mut used: Vec<&(String, String)> =
+            used.iter().filter(|(_, value)| value.chars().count() >= 4).collect();
+        // Longest first, so that a value containing another is replaced whole.
+        used.sort_by_key(|(_, value)| std::cmp::Reverse(value.len()));
+        for error in &mut errors.0 {
+            for (name, value) in &used {
+                if error.message.contains(value.as_str()) {
+                    error.message = error.message.replace(value.as_str(), &format!("${{{name}}}"));
+                }
+            }
+        }
+        errors
+    }
+}
+
+fn load_recorded(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
     let daemon_text = read_expanded(path, env, &mut errors);
     let daemon: Option<DaemonFile> = daemon_text.as_deref().and_then(|text| {
@@ -282,12 +330,13 @@ pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Resul
 /// file is broken).
 pub fn load_daemon(path: &Path) -> Result<DaemonFile, ConfigErrors> {
     let mut errors = Vec::new();
-    let env = |name: &str| std::env::var(name).ok();
-    let parsed = read_expanded(path, &env, &mut errors).and_then(|text| {
+    let process_env = |name: &str| std::env::var(name).ok();
+    let env = Recorded::new(&process_env);
+    let parsed = read_expanded(path, &|name| env.lookup(name), &mut errors).and_then(|text| {
         let text = if text.trim().is_empty() { "{}".to_string() } else { text };
         yaml::parse(path, &text).map_err(|e| errors.push(e)).ok()
     });
-    parsed.ok_or(ConfigErrors(errors))
+    parsed.ok_or_else(|| env.redact(ConfigErrors(errors)))
 }
 
 /// Reads a file and expands its variables, recording any failure.
@@ -520,5 +569,23 @@ mod tests {
         assert!(load_with_env(&path, &env).is_err());
         let daemon = load_daemon(&path).expect("daemon file");
         assert_eq!(daemon.state, StateConfig::Sqlite(crate::state::SqliteConfig { path: "s.db".into() }));
+    }
+
+    #[test]
+    fn values_from_the_environment_are_hidden_in_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("w")).expect("mkdir");
+        let daemon = dir.path().join("d.yaml");
+        std::fs::write(&daemon, format!("watchers_dir: {}\n", dir.path().join("w").display()))
+            .expect("write");
+        std::fs::write(
+            dir.path().join("w/a.yaml"),
+            "source: {type: local_dir, path: x}\nsink: {type: stdout}\nbatch_size: \"${TOKEN}\"\n",
+        )
+        .expect("write");
+        let env = |name: &str| (name == "TOKEN").then(|| "hunter2-xyz".to_string());
+        let errors = load_with_env(&daemon, &env).expect_err("batch_size is not a number").to_string();
+        assert!(!errors.contains("hunter2"), "{errors}");
+        assert!(errors.contains("${TOKEN}"), "{errors}");
     }
 }

@@ -80,6 +80,23 @@ impl SqliteStore {
             Err(e) => Err(StoreError::Backend { location, message: format!("store task failed: {e}") }),
         }
     }
+
+    /// Runs a read with the connection: right here when the connection is free, on
+    /// the blocking pool (as [`Self::with_conn`]) when another call holds it. A lookup
+    /// by primary key is served from the page cache in microseconds, far less than
+    /// handing it to a pool thread and back; an idle daemon does two per poll, and
+    /// with a thousand watchers those hand-offs were most of its CPU time
+    /// (scripts/bench-idle.sh). Writes, which may sync to disk, always go to the pool.
+    async fn read_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        if let Ok(mut guard) = self.conn.try_lock() {
+            return f(&mut guard);
+        }
+        self.with_conn(f).await
+    }
 }
 
 /// Brings the schema to the newest version, refusing a file from a newer release.
@@ -134,15 +151,19 @@ impl Store for SqliteStore {
     async fn get(&self, namespace: &str, name: &str, key: &str) -> Result<Option<Record>, StoreError> {
         let (namespace, name, key) = (namespace.to_string(), name.to_string(), key.to_string());
         let location = self.path.display().to_string();
-        self.with_conn(move |conn| {
+        self.read_conn(move |conn| {
+            // Cached: the loop runs this statement twice per poll.
             let row: Option<RawRow> = conn
-                .query_row(
+                .prepare_cached(
                     "SELECT namespace, name, key, value, version, updated_at FROM process_state
                      WHERE namespace = ?1 AND name = ?2 AND key = ?3",
-                    params![namespace, name, key],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
                 )
-                .optional()
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![namespace, name, key], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                    })
+                    .optional()
+                })
                 .map_err(db_error(&location))?;
             row.map(|(a, b, c, d, e, f)| to_record(a, b, c, d, e, f)).transpose()
         })

@@ -6,4 +6,5 @@ mod core;
 mod s3;
 mod s3_support;
 mod postgres;
+mod service;
 mod util;

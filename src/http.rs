@@ -1,0 +1,419 @@
+//! The HTTP listener: `/metrics` (Prometheus text format), `/healthz` (the daemon is
+//! alive) and `/readyz` (the store answers and no watcher has been blocked too long).
+//!
+//! Off unless `http:` is set in the daemon file, and loopback-bound by default: the
+//! endpoints carry no secrets but have no authentication either.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HumanDuration;
+use crate::state::Store;
+use crate::telemetry::{Telemetry, WatcherState, WatcherStats, now_ms};
+
+/// `http:` in the daemon file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port to listen on (`127.0.0.1:9850` unless set). Keep it on
+    /// loopback or a private network: the endpoints have no authentication. Port 0
+    /// picks a free port, which the start-up log line names.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// `/readyz` answers 503 once a watcher has been blocked (its sink refusing a batch
+    /// for good, `on_permanent_failure: block`) for longer than this.
+    #[serde(default = "default_ready_max_blocked")]
+    pub ready_max_blocked: HumanDuration,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9850))
+}
+
+fn default_ready_max_blocked() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+
+/// How long `/readyz` waits for the store before calling it unavailable.
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `/healthz` fails when the supervisor loop (which turns every second) has not turned
+/// for this long.
+const SUPERVISOR_STALL: Duration = Duration::from_secs(30);
+
+/// Binds the listener; a failure here stops the start, so that a port conflict is seen.
+pub async fn bind(config: &HttpConfig) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(config.listen).await
+}
+
+/// What the handlers read.
+#[derive(Clone)]
+struct AppState {
+    telemetry: Arc<Telemetry>,
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+    ready_max_blocked: Duration,
+}
+
+/// Serves the endpoints on `listener` until `shutdown` is cancelled.
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    config: &HttpConfig,
+    telemetry: Arc<Telemetry>,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(WatcherCollector(Arc::clone(&telemetry))));
+    let state = AppState {
+        telemetry,
+        store,
+        registry: Arc::new(registry),
+        ready_max_blocked: config.ready_max_blocked.0,
+    };
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP listener failed; metrics and health endpoints are gone.");
+        }
+    })
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::prometheus_text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, prometheus_client::encoding::prometheus_text::CONTENT_TYPE)],
+            body,
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "cannot encode metrics\n".to_string(),
+        ),
+    }
+}
+
+async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
+    let tick = state.telemetry.supervisor_tick_ms.load(Ordering::Relaxed);
+    let stalled_ms = now_ms().saturating_sub(tick);
+    if tick != 0 && stalled_ms > SUPERVISOR_STALL.as_millis() as i64 {
+        let secs = stalled_ms / 1000;
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: the supervisor loop has not run for {secs}s\n"),
+        );
+    }
+    (StatusCode::OK, "ok\n".to_string())
+}
+
+async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
+    if !state.telemetry.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or stopping\n".to_string());
+    }
+    // A read of a key nobody writes: it proves the store answers without touching data.
+    match tokio::time::timeout(STORE_PROBE_TIMEOUT, state.store.get("highwater", "readyz", "probe")).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+        Err(_) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the state store does not answer\n".to_string(),
+            );
+        }
+    }
+    let blocked = state.telemetry.blocked_longer_than(state.ready_max_blocked, now_ms());
+    if blocked.is_empty() {
+        return (StatusCode::OK, "ready\n".to_string());
+    }
+    let mut body = String::new();
+    for (id, how_long) in blocked {
+        body.push_str(&format!(
+            "not ready: watcher {id} blocked for {} (ready_max_blocked: {})\n",
+            HumanDuration(Duration::from_secs(how_long.as_secs())),
+            HumanDuration(state.ready_max_blocked)
+        ));
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, body)
+}
+
+/// Reads every running watcher's counters at scrape time: nothing to register or
+/// unregister when a reload adds or removes watchers.
+#[derive(Debug)]
+struct WatcherCollector(Arc<Telemetry>);
+
+type Rows = [(String, Arc<WatcherStats>)];
+
+impl Collector for WatcherCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let rows = self.0.watchers();
+        let now = now_ms();
+        let secs = |ms: i64| ms as f64 / 1000.0;
+
+        let family = encoder.encode_descriptor(
+            "highwater_watchers",
+            "Watchers running in this daemon.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(rows.len() as i64).encode(family)?;
+        let mut family = encoder.encode_descriptor(
+            "highwater_config_reloads",
+            "Configuration reloads (SIGHUP), by result: applied, or rejected with the old config kept.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, n) in [
+            ("applied", self.0.reloads_applied.load(Ordering::Relaxed)),
+            ("rejected", self.0.reloads_rejected.load(Ordering::Relaxed)),
+        ] {
+            ConstCounter::new(n).encode(family.encode_family(&[("result", result)])?)?;
+        }
+
+        counter(&mut encoder, &rows, "highwater_watcher_polls", "Polls that returned.", |s| &s.polls)?;
+        counter(&mut encoder, &rows, "highwater_watcher_poll_errors", "Polls that failed.", |s| {
+            &s.poll_errors
+        })?;
+        let mut family = encoder.encode_descriptor(
+            "highwater_watcher_poll_duration_seconds",
+            "How long successful polls took.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (id, stats) in &rows {
+            let (sum, count, buckets) = stats.poll_duration.snapshot();
+            family
+                .encode_family(&[("watcher", id.as_str())])?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        counter(&mut encoder, &rows, "highwater_watcher_items_found", "Items found by polls.", |s| {
+            &s.items_found
+        })?;
+        counter(
+            &mut encoder,
+            &rows,
+            "highwater_watcher_events_delivered",
+            "Events the sink acknowledged.",
+            |s| &s.events_delivered,
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "highwater_watcher_delivery_failures",
+            "Failed delivery attempts, by kind: retry (the sink said try later) or permanent (refused for good).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (id, stats) in &rows {
+            for (kind, n) in [
+                ("retry", stats.delivery_retries.load(Ordering::Relaxed)),
+                ("permanent", stats.delivery_permanent_failures.load(Ordering::Relaxed)),
+            ] {
+                ConstCounter::new(n)
+                    .encode(family.encode_family(&[("watcher", id.as_str()), ("kind", kind)])?)?;
+            }
+        }
+        counter(
+            &mut encoder,
+            &rows,
+            "highwater_watcher_batches_dead_lettered",
+            "Batches set aside under a dead_letter key.",
+            |s| &s.batches_dead_lettered,
+        )?;
+        gauge(
+            &mut encoder,
+            &rows,
+            "highwater_watcher_pending_events",
+            "Events in the batch waiting for acknowledgement.",
+            |s| Some(s.pending_events.load(Ordering::Relaxed) as f64),
+        )?;
+        gauge(
+            &mut encoder,
+            &rows,
+            "highwater_watcher_pending_age_seconds",
+            "How long the batch waiting for acknowledgement has waited (0: none waits): delivery lag.",
+            |s| {
+                let since = s.pending_since_ms.load(Ordering::Relaxed);
+                Some(if since == 0 { 0.0 } else { secs(now.saturating_sub(since).max(0)) })
+            },
+        )?;
+        gauge(
+            &mut encoder,
+            &rows,
+            "highwater_watcher_watermark_age_seconds",
+            "Seconds since the stored watermark last moved (absent until known).",
+            |s| {
+                let moved = s.watermark_moved_ms.load(Ordering::Relaxed);
+                (moved != 0).then(|| secs(now.saturating_sub(moved).max(0)))
+            },
+        )?;
+        timestamp(
+            &mut encoder,
+            &rows,
+            "highwater_watcher_last_poll_timestamp_seconds",
+            "Unix time of the last successful poll (absent until one).",
+            |s| &s.last_poll_ms,
+        )?;
+        timestamp(
+            &mut encoder,
+            &rows,
+            "highwater_watcher_last_delivery_timestamp_seconds",
+            "Unix time of the last acknowledged delivery (absent until one).",
+            |s| &s.last_delivery_ms,
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "highwater_watcher_state",
+            "1 for the state the watcher is in (ok, retrying, blocked, error), 0 for the others.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (id, stats) in &rows {
+            let current = stats.state();
+            for state in WatcherState::ALL {
+                let labels = [("watcher", id.as_str()), ("state", state.as_str())];
+                ConstGauge::new(i64::from(state == current)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        timestamp(
+            &mut encoder,
+            &rows,
+            "highwater_watcher_state_since_timestamp_seconds",
+            "Unix time the watcher entered its current state (absent while it never changed).",
+            |s| &s.state_since_ms,
+        )?;
+        Ok(())
+    }
+}
+
+/// One counter family with a `watcher` label.
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    rows: &Rows,
+    name: &str,
+    help: &str,
+    value: impl Fn(&WatcherStats) -> &std::sync::atomic::AtomicU64,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (id, stats) in rows {
+        let n = value(stats).load(Ordering::Relaxed);
+        ConstCounter::new(n).encode(family.encode_family(&[("watcher", id.as_str())])?)?;
+    }
+    Ok(())
+}
+
+/// One gauge family with a `watcher` label; watchers whose value is None are left out.
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    rows: &Rows,
+    name: &str,
+    help: &str,
+    value: impl Fn(&WatcherStats) -> Option<f64>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (id, stats) in rows {
+        if let Some(v) = value(stats) {
+            ConstGauge::new(v).encode(family.encode_family(&[("watcher", id.as_str())])?)?;
+        }
+    }
+    Ok(())
+}
+
+/// One gauge family of Unix times kept in milliseconds, 0 meaning "not yet".
+fn timestamp(
+    encoder: &mut DescriptorEncoder,
+    rows: &Rows,
+    name: &str,
+    help: &str,
+    value: impl Fn(&WatcherStats) -> &std::sync::atomic::AtomicI64,
+) -> Result<(), std::fmt::Error> {
+    gauge(encoder, rows, name, help, |s| {
+        let ms = value(s).load(Ordering::Relaxed);
+        (ms != 0).then(|| ms as f64 / 1000.0)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::WatcherState;
+
+    fn app_state(dir: &std::path::Path, telemetry: Arc<Telemetry>) -> AppState {
+        let store: Arc<dyn Store> =
+            Arc::new(crate::state::sqlite::SqliteStore::open(&dir.join("state.db")).expect("open store"));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(WatcherCollector(Arc::clone(&telemetry))));
+        AppState {
+            telemetry,
+            store,
+            registry: Arc::new(registry),
+            ready_max_blocked: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn readyz_fails_while_starting_and_once_a_watcher_is_blocked_too_long() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let telemetry = Arc::new(Telemetry::default());
+        let stuck = Arc::new(WatcherStats::default());
+        telemetry.set_watchers([("ns/stuck".to_string(), Arc::clone(&stuck))].into_iter().collect());
+        let state = app_state(dir.path(), Arc::clone(&telemetry));
+
+        let (status, body) = readyz(State(state.clone())).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or stopping\n")
+        );
+
+        telemetry.ready.store(true, Ordering::Relaxed);
+        stuck.set_state(WatcherState::Blocked);
+        let (status, _) = readyz(State(state.clone())).await;
+        assert_eq!(status, StatusCode::OK, "blocked for less than ready_max_blocked");
+
+        stuck.state_since_ms.store(now_ms() - 120_000, Ordering::Relaxed);
+        let (status, body) = readyz(State(state.clone())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.starts_with("not ready: watcher ns/stuck blocked for 2m"), "{body}");
+    }
+
+    #[test]
+    fn a_blocked_watcher_shows_in_the_state_metric() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let telemetry = Arc::new(Telemetry::default());
+        let stuck = Arc::new(WatcherStats::default());
+        stuck.set_state(WatcherState::Blocked);
+        stuck.set_pending(3, now_ms() - 5_000);
+        telemetry.set_watchers([("ns/stuck".to_string(), stuck)].into_iter().collect());
+        let state = app_state(dir.path(), telemetry);
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &state.registry).expect("encode");
+        assert!(text.contains("highwater_watcher_state{watcher=\"ns/stuck\",state=\"blocked\"} 1"), "{text}");
+        assert!(text.contains("highwater_watcher_state{watcher=\"ns/stuck\",state=\"ok\"} 0"), "{text}");
+        assert!(text.contains("highwater_watcher_pending_events{watcher=\"ns/stuck\"} 3"), "{text}");
+        let age: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("highwater_watcher_pending_age_seconds{watcher=\"ns/stuck\"} "))
+            .and_then(|v| v.parse().ok())
+            .expect("pending age");
+        assert!((5.0..60.0).contains(&age), "{age}");
+        assert!(!text.contains("highwater_watcher_last_poll_timestamp_seconds{"), "absent until a poll");
+    }
+}

@@ -1,0 +1,437 @@
+//! Running as a service: systemd notifications, SIGHUP reload, SIGTERM, the HTTP
+//! endpoints, and secrets kept out of the logs. Every test runs the real binary.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::util::{Daemon, Project};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A watcher on `in/<name>` that announces files at once, polling every 100 ms.
+fn fast_watcher(p: &Project, name: &str, extra: &str) {
+    std::fs::create_dir_all(p.path().join("in").join(name)).expect("mkdir");
+    p.watcher(
+        name,
+        &format!(
+            "source: {{type: local_dir, path: in/{name}, min_age: 0s}}\nsink: {{type: stdout}}\npoll_interval: 100ms\n{extra}"
+        ),
+    );
+}
+
+/// The notification socket systemd would own: one datagram per `sd_notify` call.
+struct NotifySocket {
+    socket: UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl NotifySocket {
+    fn bind(dir: &Path) -> Self {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+        NotifySocket { socket, path }
+    }
+
+    fn path(&self) -> &str {
+        self.path.to_str().expect("utf-8 path")
+    }
+
+    /// The next message, or None after `timeout`.
+    fn recv(&self, timeout: Duration) -> Option<String> {
+        self.socket.set_read_timeout(Some(timeout)).expect("set timeout");
+        let mut buf = [0u8; 4096];
+        match self.socket.recv(&mut buf) {
+            Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(_) => None,
+        }
+    }
+
+    /// Reads messages until one has the line `needle`; returns the messages read.
+    fn until(&self, needle: &str, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv(left.max(Duration::from_millis(1))) {
+                Some(message) => {
+                    let found = message.lines().any(|l| l == needle);
+                    seen.push(message);
+                    if found {
+                        return seen;
+                    }
+                }
+                None => panic!("no {needle:?} within {timeout:?}; got {seen:?}"),
+            }
+        }
+    }
+}
+
+/// `GET path` on `addr`: (status, content type, body).
+fn http_get(addr: &str, path: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let content_type = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_string))
+        .unwrap_or_default();
+    (status, content_type, body.to_string())
+}
+
+/// The address the daemon's HTTP listener bound (it is asked for port 0).
+fn http_addr(d: &mut Daemon) -> String {
+    let line = d.wait_log("HTTP listener started", WAIT);
+    let json: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    json["addr"].as_str().expect("addr field").to_string()
+}
+
+/// Waits until the task of `watcher` has ended.
+fn wait_stopped(d: &mut Daemon, watcher: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        d.drain_logs();
+        if d.logs.iter().any(|l| l.contains("\"Watcher stopped.\"") && l.contains(&format!("\"{watcher}\"")))
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{watcher} did not stop; logs:\n{}", d.logs.join("\n"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn events_of<'a>(events: &'a [serde_json::Value], watcher: &str) -> Vec<&'a serde_json::Value> {
+    events.iter().filter(|e| e["watcher"] == watcher).collect()
+}
+
+#[test]
+fn notify_ready_watchdog_and_stopping_arrive_in_order() {
+    let p = Project::default_config();
+    fast_watcher(&p, "a", "");
+    let notify = NotifySocket::bind(p.path());
+    // 200 ms: systemd would expect a ping at least every 200 ms; the daemon pings
+    // every half of it.
+    let mut d = p.start_with(&[("NOTIFY_SOCKET", notify.path()), ("WATCHDOG_USEC", "200000")], &[]);
+
+    let first = notify.recv(WAIT).expect("a first notification");
+    assert!(first.lines().any(|l| l == "READY=1"), "the first message is READY=1: {first:?}");
+    assert!(first.contains("STATUS=1 watcher: 1 ok"), "READY carries a status line: {first:?}");
+    // READY means the watchers run and the store is open.
+    d.wait_log("Started.", WAIT);
+
+    for _ in 0..3 {
+        notify.until("WATCHDOG=1", WAIT);
+    }
+    p.write("in/a/one.csv", "x");
+    assert_eq!(d.events(1, WAIT)[0]["watcher"], "a");
+
+    d.signal(libc::SIGTERM);
+    let stopping = notify.until("STOPPING=1", WAIT);
+    assert!(!stopping.last().expect("message").contains("READY=1"));
+    let (code, logs) = d.stop();
+    assert_eq!(code, Some(0), "logs:\n{}", logs.join("\n"));
+}
+
+#[test]
+fn no_ready_notification_when_the_config_is_invalid() {
+    let p = Project::default_config();
+    p.watcher("bad", "source: {type: local_dir, path: in, pth: x}\nsink: {type: stdout}\n");
+    let notify = NotifySocket::bind(p.path());
+    let mut d = p.start_with(&[("NOTIFY_SOCKET", notify.path()), ("WATCHDOG_USEC", "200000")], &[]);
+    assert_eq!(d.wait(WAIT), Some(78), "config errors exit with 78 so systemd stops restarting");
+    assert_eq!(notify.recv(Duration::from_millis(200)), None, "nothing is announced before a failed start");
+}
+
+#[test]
+fn sighup_adds_removes_and_restarts_watchers_and_keeps_the_old_config_when_invalid() {
+    let p = Project::default_config();
+    fast_watcher(&p, "changed", "");
+    fast_watcher(&p, "removed", "");
+    fast_watcher(&p, "kept", "");
+    let notify = NotifySocket::bind(p.path());
+    let mut d = p.start_with(&[("NOTIFY_SOCKET", notify.path()), ("RUST_LOG", "highwater=debug")], &[]);
+    notify.until("READY=1", WAIT);
+    p.write("in/changed/before.csv", "x");
+    p.write("in/kept/before.csv", "x");
+    let first = d.events(2, WAIT);
+    assert_eq!(events_of(&first, "changed").len(), 1);
+    assert_eq!(events_of(&first, "kept").len(), 1);
+
+    // Change one, remove one, add one, leave one alone.
+    fast_watcher(&p, "changed", "batch_size: 7\n");
+    std::fs::remove_file(p.path().join("watchers/removed.yaml")).expect("rm");
+    fast_watcher(&p, "added", "");
+    d.signal(libc::SIGHUP);
+    let reloaded = d.wait_log("\"Reloaded.\"", WAIT);
+    let reloaded: serde_json::Value = serde_json::from_str(&reloaded).expect("JSON");
+    assert_eq!(
+        (&reloaded["added"], &reloaded["removed"], &reloaded["changed"], &reloaded["unchanged"]),
+        (&1.into(), &1.into(), &1.into(), &1.into()),
+        "{reloaded}"
+    );
+    let messages = notify.until("READY=1", WAIT);
+    assert!(messages.iter().any(|m| m.contains("RELOADING=1")), "{messages:?}");
+    d.drain_logs();
+    assert!(
+        !d.logs.iter().any(|l| l.contains("default/kept") && l.contains("restarting")),
+        "an unchanged watcher is left alone"
+    );
+    d.wait_log("Watcher changed; restarting it from its stored watermark.", WAIT);
+    // A removed watcher finishes the poll it may have in flight before it stops.
+    wait_stopped(&mut d, "default/removed");
+
+    p.write("in/added/new.csv", "x");
+    p.write("in/changed/after.csv", "x");
+    p.write("in/removed/ignored.csv", "x");
+    p.write("in/kept/after.csv", "x");
+    let second = d.events(3, WAIT);
+    assert_eq!(events_of(&second, "added").len(), 1);
+    // The restarted watcher continues from its stored watermark: the file it announced
+    // before the reload is not announced again.
+    let changed = events_of(&second, "changed");
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0]["item"]["relative_path"], "after.csv");
+    assert_eq!(events_of(&second, "kept").len(), 1, "{second:?}");
+    d.no_events(Duration::from_millis(500));
+
+    // An invalid config: two errors in two files. Both are logged, nothing changes.
+    p.watcher("broken", "source: {type: local_dir, path: in/x, pth: y}\nsink: {type: stdout}\n");
+    p.watcher(
+        "added",
+        "source: {type: local_dir, path: in/added}\nsink: {type: stdout}\npoll_interval: 5x\n",
+    );
+    d.signal(libc::SIGHUP);
+    d.wait_log("Reload rejected; the running configuration stays in effect.", WAIT);
+    d.drain_logs();
+    let errors: Vec<&String> = d.logs.iter().filter(|l| l.contains("\"Config error.\"")).collect();
+    assert!(errors.iter().any(|l| l.contains("broken.yaml") && l.contains("pth")), "{errors:?}");
+    assert!(errors.iter().any(|l| l.contains("added.yaml") && l.contains("poll_interval")), "{errors:?}");
+    let messages = notify.until("READY=1", WAIT);
+    assert!(messages.last().expect("message").contains("reload rejected"), "{messages:?}");
+    assert!(
+        !messages.iter().any(|m| m.contains("WATCHDOG=1")),
+        "no watchdog pings when systemd set no watchdog: {messages:?}"
+    );
+    p.write("in/added/still.csv", "x");
+    let third = d.events(1, WAIT);
+    assert_eq!(third[0]["watcher"], "added", "the old config keeps running");
+
+    let (code, logs) = d.stop();
+    assert_eq!(code, Some(0), "logs:\n{}", logs.join("\n"));
+}
+
+#[test]
+fn sigterm_commits_delivered_batches_and_leaves_a_failing_one_pending() {
+    let p = Project::default_config();
+    fast_watcher(&p, "ok", "");
+    std::fs::create_dir_all(p.path().join("in/stuck")).expect("mkdir");
+    // The sink's path is a directory: every delivery fails and is retried.
+    std::fs::create_dir_all(p.path().join("out/events.jsonl")).expect("mkdir");
+    p.watcher(
+        "stuck",
+        "source: {type: local_dir, path: in/stuck, min_age: 0s}\nsink: {type: file, path: out/events.jsonl}\npoll_interval: 100ms\nretry: {initial: 10s, max: 10s}\n",
+    );
+    p.write("in/ok/a.csv", "x");
+    p.write("in/stuck/b.csv", "x");
+    let mut d = p.start();
+    assert_eq!(d.events(1, WAIT)[0]["watcher"], "ok");
+    d.wait_log("Delivery failed; will retry.", WAIT);
+    let (code, logs) = d.stop();
+    assert_eq!(code, Some(0), "logs:\n{}", logs.join("\n"));
+    assert!(logs.iter().any(|l| l.contains("batch stays pending")), "logs:\n{}", logs.join("\n"));
+
+    let list = p.run(&["state", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&list.stdout).expect("JSON");
+    let row = |name: &str| {
+        list.as_array().expect("array").iter().find(|r| r["name"] == name).cloned().expect("row")
+    };
+    assert_eq!(row("ok")["pending_events"], 0, "the delivered batch is committed");
+    assert!(row("ok")["watermark"].is_object());
+    assert_eq!(row("stuck")["pending_events"], 1, "the failing batch stays pending");
+    let pending = p.run(&["state", "get", "default/stuck", "pending"]);
+    let pending: serde_json::Value = serde_json::from_str(&pending.stdout).expect("JSON");
+
+    // Once the sink works, the next start delivers the pending batch with its ids and
+    // announces nothing twice.
+    std::fs::remove_dir(p.path().join("out/events.jsonl")).expect("rmdir");
+    let mut d = p.start();
+    d.wait_log("Delivered batch.", WAIT);
+    d.no_events(Duration::from_millis(500));
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+    let written = std::fs::read_to_string(p.path().join("out/events.jsonl")).expect("events file");
+    let event: serde_json::Value = serde_json::from_str(written.trim()).expect("JSON line");
+    assert_eq!(event["id"], pending["events"][0]["id"]);
+}
+
+#[test]
+fn metrics_healthz_and_readyz() {
+    let p = Project::new(
+        "watchers_dir: watchers\nstate: {type: sqlite, path: state/highwater.db}\nhttp: {listen: 127.0.0.1:0}\n",
+    );
+    fast_watcher(&p, "a", "");
+    // A missing directory puts its watcher in the error state.
+    p.watcher(
+        "missing",
+        "source: {type: local_dir, path: in/nowhere}\nsink: {type: stdout}\npoll_interval: 100ms\n",
+    );
+    p.write("in/a/one.csv", "x");
+    p.write("in/a/two.csv", "x");
+    let mut d = p.start();
+    let addr = http_addr(&mut d);
+    d.events(2, WAIT);
+    d.wait_log("needs attention", WAIT);
+
+    let (status, _, body) = http_get(&addr, "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, _, body) = http_get(&addr, "/readyz");
+    assert_eq!((status, body.as_str()), (200, "ready\n"), "an error state is not a block");
+
+    // Counters are read at scrape time; the delivery above may still be committing.
+    let deadline = Instant::now() + WAIT;
+    let (status, content_type, metrics) = loop {
+        let got = http_get(&addr, "/metrics");
+        if got.2.contains("highwater_watcher_events_delivered_total{watcher=\"default/a\"} 2")
+            || Instant::now() > deadline
+        {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    for expected in [
+        "highwater_watchers 2",
+        "# TYPE highwater_watcher_polls_total counter",
+        "highwater_watcher_items_found_total{watcher=\"default/a\"} 2",
+        "highwater_watcher_events_delivered_total{watcher=\"default/a\"} 2",
+        "highwater_watcher_delivery_failures_total{watcher=\"default/a\",kind=\"retry\"} 0",
+        "highwater_watcher_delivery_failures_total{watcher=\"default/a\",kind=\"permanent\"} 0",
+        "highwater_watcher_pending_events{watcher=\"default/a\"} 0",
+        "# TYPE highwater_watcher_poll_duration_seconds histogram",
+        "highwater_watcher_poll_duration_seconds_bucket{watcher=\"default/a\",le=\"+Inf\"}",
+        "highwater_watcher_watermark_age_seconds{watcher=\"default/a\"}",
+        "highwater_watcher_last_delivery_timestamp_seconds{watcher=\"default/a\"}",
+        "highwater_watcher_state{watcher=\"default/a\",state=\"ok\"} 1",
+        "highwater_watcher_state{watcher=\"default/a\",state=\"blocked\"} 0",
+        "highwater_watcher_state{watcher=\"default/missing\",state=\"error\"} 1",
+        "highwater_config_reloads_total{result=\"rejected\"} 0",
+    ] {
+        assert!(metrics.contains(expected), "no {expected:?} in\n{metrics}");
+    }
+    let errors: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("highwater_watcher_poll_errors_total{watcher=\"default/missing\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("poll errors of the missing directory");
+    assert!(errors >= 1);
+    let (status, _, _) = http_get(&addr, "/nothing");
+    assert_eq!(status, 404);
+
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn secrets_from_the_environment_never_reach_the_logs() {
+    const SECRET: &str = "s3cr3t-Tr0ub4dor";
+    let p = Project::default_config();
+    std::fs::create_dir_all(p.path().join("in/a")).expect("mkdir");
+    // The secret is part of the sink's path, which is what a token in a URL would be.
+    p.watcher(
+        "a",
+        "source: {type: local_dir, path: in/a, min_age: 0s}\nsink: {type: file, path: \"out/${HW_TEST_SECRET}/events.jsonl\"}\npoll_interval: 100ms\n",
+    );
+    p.write("in/a/one.csv", "x");
+    let mut d = p.start_with(&[("HW_TEST_SECRET", SECRET), ("RUST_LOG", "trace")], &[]);
+    d.wait_log("Delivered batch.", WAIT);
+    // A reload with the secret in a value of the wrong type: the error is logged.
+    p.watcher(
+        "b",
+        "source: {type: local_dir, path: in/b}\nsink: {type: stdout}\nbatch_size: \"${HW_TEST_SECRET}\"\n",
+    );
+    d.signal(libc::SIGHUP);
+    d.wait_log("Reload rejected", WAIT);
+    let (code, logs) = d.stop();
+    assert_eq!(code, Some(0));
+    assert!(std::fs::read_to_string(p.path().join(format!("out/{SECRET}/events.jsonl"))).is_ok());
+    assert!(logs.len() > 5, "trace logging produced lines");
+    let leaks: Vec<&String> = logs.iter().filter(|l| l.contains(SECRET)).collect();
+    assert!(
+        leaks.is_empty(),
+        "the secret appears in the logs:\n{}",
+        leaks.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("\n")
+    );
+}
+
+#[test]
+fn install_script_lays_out_a_packaged_install_whose_config_is_valid() {
+    let stage = tempfile::tempdir().expect("tempdir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = std::process::Command::new("bash")
+        .arg(root.join("scripts/install.sh"))
+        .env("DESTDIR", stage.path())
+        .env("PREFIX", "/usr")
+        .env("HIGHWATER_BIN", crate::util::bin())
+        .status()
+        .expect("run install.sh");
+    assert!(status.success());
+    for file in [
+        "usr/bin/highwater",
+        "etc/highwater/highwater.yaml",
+        "usr/lib/systemd/system/highwater.service",
+        "usr/lib/sysusers.d/highwater.conf",
+        "usr/share/doc/highwater/README.md",
+    ] {
+        assert!(stage.path().join(file).is_file(), "{file} is installed");
+    }
+    assert!(stage.path().join("etc/highwater/watchers").is_dir());
+    let unit =
+        std::fs::read_to_string(stage.path().join("usr/lib/systemd/system/highwater.service")).expect("unit");
+    assert!(!unit.contains("/usr/local"), "every path follows PREFIX");
+    assert!(unit.contains("ExecStart=/usr/bin/highwater --config /etc/highwater/highwater.yaml run"));
+    assert!(unit.contains("RestartPreventExitStatus=78"));
+
+    // The packaged config is valid once its absolute paths point into the stage, and
+    // the example watcher is valid too.
+    let config = std::fs::read_to_string(stage.path().join("etc/highwater/highwater.yaml")).expect("config");
+    let etc = stage.path().join("etc/highwater");
+    let config = config
+        .replace("/etc/highwater", etc.to_str().expect("utf-8"))
+        .replace("/var/lib/highwater", stage.path().join("state").to_str().expect("utf-8"));
+    std::fs::write(etc.join("highwater.yaml"), config).expect("write");
+    std::fs::copy(
+        stage.path().join("usr/share/doc/highwater/example-watcher.yaml"),
+        etc.join("watchers/orders.yaml"),
+    )
+    .expect("copy example");
+    let out = std::process::Command::new(stage.path().join("usr/bin/highwater"))
+        .args(["--config", etc.join("highwater.yaml").to_str().expect("utf-8"), "check"])
+        .output()
+        .expect("run check");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn an_http_address_in_use_stops_the_start_with_exit_71() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let p = Project::new(&format!(
+        "watchers_dir: watchers\nstate: {{type: sqlite, path: state/highwater.db}}\nhttp: {{listen: \"{addr}\"}}\n"
+    ));
+    fast_watcher(&p, "a", "");
+    let notify = NotifySocket::bind(p.path());
+    let mut d = p.start_with(&[("NOTIFY_SOCKET", notify.path())], &[]);
+    assert_eq!(d.wait(WAIT), Some(71));
+    d.drain_logs();
+    std::thread::sleep(Duration::from_millis(50));
+    d.drain_logs();
+    assert!(d.logs.iter().any(|l| l.contains("http.listen")), "logs:\n{}", d.logs.join("\n"));
+    assert_eq!(notify.recv(Duration::from_millis(200)), None, "never ready");
+}

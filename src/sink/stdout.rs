@@ -27,11 +27,18 @@ impl Sink for StdoutSink {
             Ok(buffer) => buffer,
             Err(failed) => return failed,
         };
-        // One locked write per batch keeps lines of concurrent watchers whole.
-        let mut out = std::io::stdout().lock();
-        match out.write_all(&buffer).and_then(|()| out.flush()) {
-            Ok(()) => Delivery::Acknowledged,
-            Err(e) => Delivery::retry(format!("cannot write to standard output: {e}")),
+        // One locked write per batch keeps lines of concurrent watchers whole; it runs
+        // on the blocking pool because a reader that stops reading fills the pipe, and
+        // the write must then stall only this watcher, not a runtime thread.
+        let written = tokio::task::spawn_blocking(move || {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&buffer).and_then(|()| out.flush())
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Delivery::Acknowledged,
+            Ok(Err(e)) => Delivery::retry(format!("cannot write to standard output: {e}")),
+            Err(e) => Delivery::retry(format!("stdout sink task failed: {e}")),
         }
     }
 }

@@ -4,7 +4,9 @@
 //! Sinks only deliver: they never touch the store or a source.
 
 pub mod file;
+pub mod http;
 pub mod stdout;
+pub mod webhook;
 
 use std::time::Duration;
 
@@ -108,16 +110,19 @@ pub enum SinkConfig {
     Stdout(stdout::StdoutConfig),
     /// JSON lines appended to a file, synced before acknowledging.
     File(file::FileSinkConfig),
+    /// HTTP POSTs, CloudEvents or plain JSON, signed the Standard Webhooks way.
+    Webhook(webhook::WebhookConfig),
 }
 
 impl crate::config::yaml::Tagged for SinkConfig {
     const WHAT: &'static str = "sink";
-    const VARIANTS: &'static [&'static str] = &["stdout", "file"];
+    const VARIANTS: &'static [&'static str] = &["stdout", "file", "webhook"];
     fn from_tag<'de, A: serde::de::MapAccess<'de>>(tag: &str, rest: A) -> Result<Self, A::Error> {
         use crate::config::yaml::variant;
         match tag {
             "stdout" => Ok(SinkConfig::Stdout(variant(rest)?)),
             "file" => Ok(SinkConfig::File(variant(rest)?)),
+            "webhook" => Ok(SinkConfig::Webhook(variant(rest)?)),
             other => Err(serde::de::Error::unknown_variant(other, Self::VARIANTS)),
         }
     }
@@ -135,6 +140,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::File(_) => "file",
+            SinkConfig::Webhook(_) => "webhook",
         }
     }
 
@@ -143,6 +149,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(_) => "stdout".to_string(),
             SinkConfig::File(c) => format!("file {}", c.path.display()),
+            SinkConfig::Webhook(c) => c.describe(),
         }
     }
 
@@ -151,6 +158,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(_) => Vec::new(),
             SinkConfig::File(c) => c.validate(),
+            SinkConfig::Webhook(c) => c.validate(),
         }
     }
 
@@ -160,6 +168,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(_) => Ok(Box::new(stdout::StdoutSink)),
             SinkConfig::File(c) => Ok(Box::new(file::FileSink::new(c.clone()))),
+            SinkConfig::Webhook(c) => Ok(Box::new(webhook::WebhookSink::new(c)?)),
         }
     }
 }

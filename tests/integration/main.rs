@@ -4,3 +4,4 @@
 
 mod core;
 mod util;
+mod webhook;

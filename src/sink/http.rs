@@ -17,6 +17,11 @@ use super::{BuildError, Delivery, classify_http_status};
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret obtained at run time (a fetched token).
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
     /// The secret itself, for the one place that sends it.
     pub fn expose(&self) -> &str {
         &self.0

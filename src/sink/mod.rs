@@ -3,6 +3,7 @@
 //!
 //! Sinks only deliver: they never touch the store or a source.
 
+pub mod airflow;
 pub mod file;
 pub mod http;
 pub mod stdout;
@@ -112,17 +113,20 @@ pub enum SinkConfig {
     File(file::FileSinkConfig),
     /// HTTP POSTs, CloudEvents or plain JSON, signed the Standard Webhooks way.
     Webhook(webhook::WebhookConfig),
+    /// Airflow 3 asset events, through its REST API.
+    Airflow(airflow::AirflowConfig),
 }
 
 impl crate::config::yaml::Tagged for SinkConfig {
     const WHAT: &'static str = "sink";
-    const VARIANTS: &'static [&'static str] = &["stdout", "file", "webhook"];
+    const VARIANTS: &'static [&'static str] = &["stdout", "file", "webhook", "airflow"];
     fn from_tag<'de, A: serde::de::MapAccess<'de>>(tag: &str, rest: A) -> Result<Self, A::Error> {
         use crate::config::yaml::variant;
         match tag {
             "stdout" => Ok(SinkConfig::Stdout(variant(rest)?)),
             "file" => Ok(SinkConfig::File(variant(rest)?)),
             "webhook" => Ok(SinkConfig::Webhook(variant(rest)?)),
+            "airflow" => Ok(SinkConfig::Airflow(variant(rest)?)),
             other => Err(serde::de::Error::unknown_variant(other, Self::VARIANTS)),
         }
     }
@@ -141,6 +145,7 @@ impl SinkConfig {
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::File(_) => "file",
             SinkConfig::Webhook(_) => "webhook",
+            SinkConfig::Airflow(_) => "airflow",
         }
     }
 
@@ -150,6 +155,7 @@ impl SinkConfig {
             SinkConfig::Stdout(_) => "stdout".to_string(),
             SinkConfig::File(c) => format!("file {}", c.path.display()),
             SinkConfig::Webhook(c) => c.describe(),
+            SinkConfig::Airflow(c) => c.describe(),
         }
     }
 
@@ -159,6 +165,7 @@ impl SinkConfig {
             SinkConfig::Stdout(_) => Vec::new(),
             SinkConfig::File(c) => c.validate(),
             SinkConfig::Webhook(c) => c.validate(),
+            SinkConfig::Airflow(c) => c.validate(),
         }
     }
 
@@ -169,6 +176,7 @@ impl SinkConfig {
             SinkConfig::Stdout(_) => Ok(Box::new(stdout::StdoutSink)),
             SinkConfig::File(c) => Ok(Box::new(file::FileSink::new(c.clone()))),
             SinkConfig::Webhook(c) => Ok(Box::new(webhook::WebhookSink::new(c)?)),
+            SinkConfig::Airflow(c) => Ok(Box::new(airflow::AirflowSink::new(c)?)),
         }
     }
 }

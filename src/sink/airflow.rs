@@ -236,7 +236,9 @@ impl Template {
                         out.push_str(&v.to_string())
                     }
                     _ => {
-                        return Err(format!("partition_key: the item has no field `{field}` to fill it with"));
+                        return Err(format!(
+                            "partition_key: the item has no field `{field}` to fill it with"
+                        ));
                     }
                 },
             }
@@ -509,7 +511,11 @@ impl AirflowSink {
                 return self
                     .needs_operator(format!("{what} answered 404 for {} (id {asset_id})", self.asset));
             }
-            return http::classify_response(response, &what).await;
+            let outcome = http::classify_response(response, &what).await;
+            if outcome == Delivery::Acknowledged {
+                tracing::debug!(event = %event.id, asset_id, "Posted asset event.");
+            }
+            return outcome;
         }
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! One binary (see Cargo.toml) with one module per area; shared helpers in `util`.
 
+mod airflow;
 mod core;
 mod util;
 mod webhook;

@@ -28,8 +28,9 @@ use crate::event::Event;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// Where events are POSTed (`http://` or `https://`; TLS by rustls with the
-    /// system's usual web roots). Shown without user info or query string.
+    /// Where events are POSTed (`http://` or `https://`; TLS by rustls, certificates
+    /// checked against the system's trust store). Shown without user info or query
+    /// string.
     pub url: String,
     /// `cloudevents` (CloudEvents 1.0, structured mode) or `plain` (the event JSON as
     /// `highwater` writes it everywhere).

@@ -94,18 +94,35 @@ impl Api {
         api
     }
 
+    /// One API call; a 5xx or a transport error is tried again a few times, as
+    /// Airflow on SQLite answers 500 now and then while its scheduler holds the
+    /// database.
     fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         self.runtime.block_on(async {
-            let mut request =
-                self.client.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
-            if let Some(body) = body {
-                request = request.json(&body);
+            let mut last = String::new();
+            for _ in 0..5 {
+                let mut request = self
+                    .client
+                    .request(method.clone(), format!("{}{path}", self.base))
+                    .bearer_auth(&self.token);
+                if let Some(body) = &body {
+                    request = request.json(body);
+                }
+                match request.send().await {
+                    Ok(response) => {
+                        let status = response.status();
+                        let text = response.text().await.unwrap_or_default();
+                        if status.is_success() {
+                            return serde_json::from_str(&text).unwrap_or(Value::Null);
+                        }
+                        assert!(status.is_server_error(), "{path}: HTTP {status}: {text}");
+                        last = format!("HTTP {status}: {text}");
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            let response = request.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
-            let status = response.status();
-            let text = response.text().await.unwrap_or_default();
-            assert!(status.is_success(), "{path}: HTTP {status}: {text}");
-            serde_json::from_str(&text).unwrap_or(Value::Null)
+            panic!("{path}: {last}");
         })
     }
 

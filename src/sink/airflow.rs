@@ -391,6 +391,7 @@ impl AirflowSink {
             match &mut self.auth {
                 // Expired: one new token, one more try.
                 Auth::Password { token, .. } if !renewed => {
+                    tracing::debug!(url = %self.shown, "Airflow refused the token (expired?); fetching a new one.");
                     *token = None;
                     renewed = true;
                 }

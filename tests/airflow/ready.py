@@ -50,15 +50,19 @@ started = time.monotonic()
 wait("API health", lambda: call("GET", "/api/v2/monitor/health")[0] == 200)
 # The first execution-API call stalls the server for seconds: take that hit now.
 call("GET", "/execution/health")
-token = wait(
-    "token",
-    lambda: (lambda s, b: s == 201 and b["access_token"])(
-        *call("POST", "/auth/token", {"username": "admin", "password": "admin"})
-    ),
-)
+
+
+def fresh_token():
+    # A new token per probe: the test may make them expire within seconds.
+    status, body = call("POST", "/auth/token", {"username": "admin", "password": "admin"})
+    return status == 201 and body["access_token"]
+
+
+wait("token", fresh_token)
 
 
 def dag_unpaused():
+    token = fresh_token()
     status, dag = call("GET", f"/api/v2/dags/{DAG_ID}", token=token)
     if status != 200:
         return False
@@ -73,7 +77,7 @@ wait("test DAG parsed and unpaused", dag_unpaused)
 
 
 def asset_registered():
-    status, body = call("GET", "/api/v2/assets?uri_pattern=highwater-e2e", token=token)
+    status, body = call("GET", "/api/v2/assets?uri_pattern=highwater-e2e", token=fresh_token())
     return status == 200 and any(a["uri"] == ASSET_URI for a in body["assets"])
 
 

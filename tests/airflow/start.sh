@@ -25,6 +25,10 @@ export AIRFLOW__API__PORT="$port"
 export AIRFLOW__API__BASE_URL="http://127.0.0.1:$port"
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$port/execution/"
 export AIRFLOW__API_AUTH__JWT_SECRET=highwater-e2e-not-a-secret
+# API tokens expire after HIGHWATER_E2E_TOKEN_SECONDS (default: a day), with no
+# leeway, so a test can see a token expire for real.
+export AIRFLOW__API_AUTH__JWT_EXPIRATION_TIME="${HIGHWATER_E2E_TOKEN_SECONDS:-86400}"
+export AIRFLOW__API_AUTH__JWT_LEEWAY=0
 # Nothing of this throwaway instance may reach beyond loopback.
 export AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=0
 export SCARF_ANALYTICS=false

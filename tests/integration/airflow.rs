@@ -14,6 +14,8 @@ use crate::util::Project;
 
 const DAG_ID: &str = "highwater_e2e";
 const ASSET_URI: &str = "s3://highwater-e2e/landing";
+/// Airflow's API tokens expire this fast here, so the sink's renewal runs for real.
+const TOKEN_SECONDS: u64 = 3;
 
 /// A running Airflow; dropping it stops every process group it started, also when the
 /// test panics.
@@ -37,6 +39,7 @@ impl Airflow {
         let airflow =
             Airflow { home: tempfile::tempdir().expect("tempdir"), base: format!("http://127.0.0.1:{port}") };
         let status = Command::new(scripts().join("start.sh"))
+            .env("HIGHWATER_E2E_TOKEN_SECONDS", TOKEN_SECONDS.to_string())
             .arg(&venv)
             .arg(airflow.home.path())
             .arg(port.to_string())
@@ -76,7 +79,6 @@ struct Api {
     runtime: tokio::runtime::Runtime,
     client: reqwest::Client,
     base: String,
-    token: String,
 }
 
 impl Api {
@@ -84,14 +86,20 @@ impl Api {
         highwater::init_tls();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client");
-        let mut api = Api { runtime, client, base: base.to_string(), token: String::new() };
-        let token = api.call(
-            reqwest::Method::POST,
-            "/auth/token",
-            Some(json!({"username": "admin", "password": "admin"})),
-        );
-        api.token = token["access_token"].as_str().expect("access_token").to_string();
-        api
+        Api { runtime, client, base: base.to_string() }
+    }
+
+    /// A new token for each call: they expire within seconds here.
+    async fn token(&self) -> String {
+        let response = self
+            .client
+            .post(format!("{}/auth/token", self.base))
+            .json(&json!({"username": "admin", "password": "admin"}))
+            .send()
+            .await
+            .expect("POST /auth/token");
+        let body: Value = response.json().await.expect("token JSON");
+        body["access_token"].as_str().expect("access_token").to_string()
     }
 
     /// One API call; a 5xx or a transport error is tried again a few times, as
@@ -101,10 +109,9 @@ impl Api {
         self.runtime.block_on(async {
             let mut last = String::new();
             for _ in 0..5 {
-                let mut request = self
-                    .client
-                    .request(method.clone(), format!("{}{path}", self.base))
-                    .bearer_auth(&self.token);
+                let token = self.token().await;
+                let mut request =
+                    self.client.request(method.clone(), format!("{}{path}", self.base)).bearer_auth(token);
                 if let Some(body) = &body {
                     request = request.json(body);
                 }
@@ -179,6 +186,7 @@ fn a_dropped_file_starts_an_asset_triggered_dag_run() {
     project.write("landing/orders-1.csv", "id,amount\n1,10\n");
     project.write("early/too-soon.csv", "x\n");
     let posted = daemon.wait_log("Posted asset event.", Duration::from_secs(30));
+    let posted_at = Instant::now();
     let posted: Value = serde_json::from_str(&posted).expect("JSON log line");
     let event_id = posted["event"].as_str().unwrap_or_else(|| panic!("event id in {posted}")).to_string();
     let held =
@@ -223,6 +231,25 @@ fn a_dropped_file_starts_an_asset_triggered_dag_run() {
         .clone();
     assert_eq!(ours["extra"]["item"]["relative_path"], "orders-1.csv");
     assert_eq!(ours["extra"]["watcher"], "landing");
+
+    // The sink's token has expired by now: the next event makes it fetch a new one.
+    std::thread::sleep(Duration::from_secs(TOKEN_SECONDS + 1).saturating_sub(posted_at.elapsed()));
+    project.write("landing/orders-2.csv", "id,amount\n2,20\n");
+    daemon.wait_log("fetching a new one", Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = api.get("/api/v2/assets/events?limit=100&order_by=-timestamp");
+        let arrived = events["asset_events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["extra"]["item"]["relative_path"] == "orders-2.csv");
+        if arrived {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the event after the token expired did not arrive: {events}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     let (code, logs) = daemon.stop();
     assert_eq!(code, Some(0));

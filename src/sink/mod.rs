@@ -3,8 +3,11 @@
 //!
 //! Sinks only deliver: they never touch the store or a source.
 
+pub mod airflow;
 pub mod file;
+pub mod http;
 pub mod stdout;
+pub mod webhook;
 
 use std::time::Duration;
 
@@ -121,16 +124,22 @@ pub enum SinkConfig {
     Stdout(stdout::StdoutConfig),
     /// JSON lines appended to a file, synced before acknowledging.
     File(file::FileSinkConfig),
+    /// HTTP POSTs, CloudEvents or plain JSON, signed the Standard Webhooks way.
+    Webhook(webhook::WebhookConfig),
+    /// Airflow 3 asset events, through its REST API.
+    Airflow(airflow::AirflowConfig),
 }
 
 impl crate::config::yaml::Tagged for SinkConfig {
     const WHAT: &'static str = "sink";
-    const VARIANTS: &'static [&'static str] = &["stdout", "file"];
+    const VARIANTS: &'static [&'static str] = &["stdout", "file", "webhook", "airflow"];
     fn from_tag<'de, A: serde::de::MapAccess<'de>>(tag: &str, rest: A) -> Result<Self, A::Error> {
         use crate::config::yaml::variant;
         match tag {
             "stdout" => Ok(SinkConfig::Stdout(variant(rest)?)),
             "file" => Ok(SinkConfig::File(variant(rest)?)),
+            "webhook" => Ok(SinkConfig::Webhook(variant(rest)?)),
+            "airflow" => Ok(SinkConfig::Airflow(variant(rest)?)),
             other => Err(serde::de::Error::unknown_variant(other, Self::VARIANTS)),
         }
     }
@@ -148,6 +157,8 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::File(_) => "file",
+            SinkConfig::Webhook(_) => "webhook",
+            SinkConfig::Airflow(_) => "airflow",
         }
     }
 
@@ -156,6 +167,8 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(_) => "stdout".to_string(),
             SinkConfig::File(c) => format!("file {}", c.path.display()),
+            SinkConfig::Webhook(c) => c.describe(),
+            SinkConfig::Airflow(c) => c.describe(),
         }
     }
 
@@ -164,6 +177,8 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(_) => Vec::new(),
             SinkConfig::File(c) => c.validate(),
+            SinkConfig::Webhook(c) => c.validate(),
+            SinkConfig::Airflow(c) => c.validate(),
         }
     }
 
@@ -173,6 +188,8 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(_) => Ok(Box::new(stdout::StdoutSink)),
             SinkConfig::File(c) => Ok(Box::new(file::FileSink::new(c.clone()))),
+            SinkConfig::Webhook(c) => Ok(Box::new(webhook::WebhookSink::new(c)?)),
+            SinkConfig::Airflow(c) => Ok(Box::new(airflow::AirflowSink::new(c)?)),
         }
     }
 }

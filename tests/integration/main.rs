@@ -2,9 +2,11 @@
 //!
 //! One binary (see Cargo.toml) with one module per area; shared helpers in `util`.
 
+mod airflow;
 mod core;
 mod s3;
 mod s3_support;
 mod postgres;
 mod service;
 mod util;
+mod webhook;

@@ -5,9 +5,9 @@
 //! follows it.
 
 pub mod local_dir;
+pub mod postgres;
 pub mod s3;
 pub mod window;
-pub mod postgres;
 
 use async_trait::async_trait;
 

@@ -4,9 +4,9 @@
 
 mod airflow;
 mod core;
+mod postgres;
 mod s3;
 mod s3_support;
-mod postgres;
 mod service;
 mod util;
 mod webhook;

@@ -118,7 +118,7 @@ fn main() {
     );
     println!("objects: {objects} under s3://{BUCKET}/{PREFIX} (put in {:.1} s)", put_time.as_secs_f64());
     println!(
-        "     baseline: bare paginated ListObjectsV2 walk, {pages} pages, {:.2} s (best of 3)",
+        "            baseline: bare paginated ListObjectsV2 walk, {pages} pages, {:.2} s (best of 3)",
         baseline.as_secs_f64()
     );
     for line in report {

@@ -121,9 +121,11 @@ pub fn read_watermark<T: serde::de::DeserializeOwned>(
     kind: &str,
     watermark: Option<&serde_json::Value>,
 ) -> Result<Option<T>, SourceError> {
+    // Deserialized from the borrowed value: a watermark can hold many thousands of
+    // remembered items, and a copy of it per poll would be wasted memory.
     watermark
         .map(|value| {
-            serde_json::from_value(value.clone()).map_err(|e| {
+            T::deserialize(value).map_err(|e| {
                 SourceError::needs_attention(format!(
                     "stored watermark is not a {kind} watermark ({e}); reset it with `highwater state reset`"
                 ))

@@ -378,22 +378,20 @@ impl Source for S3Source {
     }
 
     fn summarize(&self, watermark: &serde_json::Value) -> serde_json::Value {
-        match serde_json::from_value::<Mark>(watermark.clone()) {
-            Ok(mark) if mark == Mark::default() => serde_json::Value::Null,
-            Ok(mark) => {
-                let mut summary = serde_json::json!({
-                    "last_modified": DateTime::<Utc>::from_timestamp_millis(mark.high_ms)
-                        .unwrap_or_default()
-                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    "remembered": mark.seen.len(),
-                });
-                if let Some(after) = mark.after {
-                    summary["after"] = serde_json::Value::String(after);
-                }
-                summary
-            }
-            Err(_) => watermark.clone(),
+        // Read in place: the remembered set can be large, and only its size is shown.
+        let Some(high_ms) = watermark.get("high_ms").and_then(serde_json::Value::as_i64) else {
+            return watermark.clone();
+        };
+        let mut summary = serde_json::json!({
+            "last_modified": DateTime::<Utc>::from_timestamp_millis(high_ms)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "remembered": watermark.get("seen").and_then(serde_json::Value::as_object).map_or(0, |s| s.len()),
+        });
+        if let Some(after) = watermark.get("after") {
+            summary["after"] = after.clone();
         }
+        summary
     }
 }
 
@@ -451,6 +449,18 @@ mod tests {
         assert_eq!(json["kind"], "s3_object");
         assert_eq!(json["last_modified"], "2023-11-14T22:13:20Z");
         assert!(json.get("version_id").is_none());
+    }
+
+    #[test]
+    fn summaries_are_short() {
+        let source = S3Source::new(parse("bucket: b\n").unwrap());
+        let mut mark = Mark { high_ms: 1_700_000_000_000, after: Some("in/9".into()), ..Mark::default() };
+        mark.seen.insert("in/1".into(), (1, "e".into(), 1));
+        let summary = source.summarize(&serde_json::to_value(&mark).unwrap());
+        assert_eq!(
+            summary,
+            serde_json::json!({"last_modified": "2023-11-14T22:13:20.000Z", "remembered": 1, "after": "in/9"})
+        );
     }
 
     #[test]

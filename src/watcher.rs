@@ -329,7 +329,7 @@ impl Watcher {
     /// it aside. Returns the number of events acknowledged.
     async fn deliver_and_commit(
         &mut self,
-        batch: PendingBatch,
+        mut batch: PendingBatch,
         pending_version: i64,
         shutdown: &CancellationToken,
     ) -> Result<usize, WatcherError> {
@@ -344,7 +344,7 @@ impl Watcher {
             let outcome = self.sink.deliver(&batch.events).await;
             let (reason, delay) = match outcome {
                 Delivery::Acknowledged => {
-                    self.commit(&batch, pending_version, None, shutdown).await?;
+                    self.commit(&mut batch, pending_version, None, shutdown).await?;
                     WatcherStats::add(&self.stats.events_delivered, n as u64);
                     self.stats.last_delivery_ms.store(now_ms(), Ordering::Relaxed);
                     self.stats.set_pending(0, 0);
@@ -365,7 +365,7 @@ impl Watcher {
                     WatcherStats::add(&self.stats.delivery_permanent_failures, 1);
                     match self.policy {
                         FailurePolicy::DeadLetter => {
-                            self.commit(&batch, pending_version, Some(&reason), shutdown).await?;
+                            self.commit(&mut batch, pending_version, Some(&reason), shutdown).await?;
                             WatcherStats::add(&self.stats.batches_dead_lettered, 1);
                             self.stats.set_pending(0, 0);
                             self.stats.set_state(WatcherState::Ok);
@@ -399,28 +399,36 @@ impl Watcher {
     /// transaction; with `dead_letter`, also keeps the batch under its dead-letter key.
     async fn commit(
         &mut self,
-        batch: &PendingBatch,
+        batch: &mut PendingBatch,
         pending_version: i64,
         dead_letter: Option<&str>,
         shutdown: &CancellationToken,
     ) -> Result<(), WatcherError> {
-        let mut ops = Vec::new();
-        if let Some(next) = &batch.next_watermark {
-            ops.push(Op::put(KEY_WATERMARK, next.clone(), self.watermark_expect()));
-        }
-        ops.push(Op::delete(KEY_PENDING, Expect::Version(pending_version)));
-        if let Some(reason) = dead_letter {
-            let record =
-                DeadLetter { reason: reason.to_string(), failed_at: Utc::now(), batch: batch.clone() };
-            let value = serde_json::to_value(&record).map_err(|e| StoreError::Backend {
-                location: "process_state".into(),
-                message: format!("cannot encode dead letter: {e}"),
-            })?;
-            ops.push(Op::put(format!("{DEAD_LETTER_PREFIX}{}", batch.batch_id), value, Expect::Any));
-        }
+        let dead_letter_op = match dead_letter {
+            Some(reason) => {
+                let record =
+                    DeadLetter { reason: reason.to_string(), failed_at: Utc::now(), batch: batch.clone() };
+                let value = serde_json::to_value(&record).map_err(|e| StoreError::Backend {
+                    location: "process_state".into(),
+                    message: format!("cannot encode dead letter: {e}"),
+                })?;
+                Some(Op::put(format!("{DEAD_LETTER_PREFIX}{}", batch.batch_id), value, Expect::Any))
+            }
+            None => None,
+        };
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
-            match self.store.write(&self.namespace, &self.name, ops.clone()).await {
+            // Built for each attempt instead of cloned up front: a watermark can be
+            // megabytes (a large remembered set) and almost every commit succeeds at once.
+            let mut ops = Vec::with_capacity(3);
+            if let Some(next) = &batch.next_watermark {
+                ops.push(Op::put(KEY_WATERMARK, next.clone(), self.watermark_expect()));
+            }
+            ops.push(Op::delete(KEY_PENDING, Expect::Version(pending_version)));
+            if let Some(op) = &dead_letter_op {
+                ops.push(op.clone());
+            }
+            match self.store.write(&self.namespace, &self.name, ops).await {
                 Ok(()) => break,
                 Err(e @ StoreError::Conflict { .. }) => {
                     // Someone else (an operator's `state set`/`reset`) changed the state:
@@ -438,8 +446,8 @@ impl Watcher {
                 }
             }
         }
-        if let Some(next) = &batch.next_watermark {
-            self.watermark = Some(next.clone());
+        if let Some(next) = batch.next_watermark.take() {
+            self.watermark = Some(next);
             self.watermark_version = Some(self.watermark_version.map_or(1, |v| v + 1));
             self.stats.watermark_moved_ms.store(now_ms(), Ordering::Relaxed);
         }

@@ -117,6 +117,19 @@ pub enum Item {
     Rows(RowsItem),
 }
 
+impl Item {
+    /// The `kind` tag, as in the event's JSON.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Item::File(_) => "file",
+            Item::S3Object(_) => "s3_object",
+            Item::S3Objects(_) => "s3_objects",
+            Item::Row(_) => "row",
+            Item::Rows(_) => "rows",
+        }
+    }
+}
+
 /// One event: the unit a sink delivers and a consumer deduplicates on.
 ///
 /// This struct is the JSON every sink writes (README, "Event shape"); the outbox stores
@@ -169,6 +182,19 @@ mod tests {
             event_id("demo", "inbox", &["a.csv", "12", "1700000000000000000"])
         );
         assert_eq!(event_id("demo", "inbox", &["a.csv"]), "34ba8efe89d40d5a9754989b5da1f9a5");
+    }
+
+    #[test]
+    fn item_kinds_match_their_json_tags() {
+        let file = Item::File(FileItem {
+            path: "p".into(),
+            relative_path: "p".into(),
+            size: 0,
+            modified: DateTime::<Utc>::from_timestamp(0, 0).unwrap_or_default(),
+        });
+        assert_eq!(serde_json::to_value(&file).unwrap()["kind"], file.kind());
+        let rows = Item::Rows(RowsItem { table: "t".into(), rows: Vec::new() });
+        assert_eq!(serde_json::to_value(&rows).unwrap()["kind"], rows.kind());
     }
 
     #[test]

@@ -199,12 +199,9 @@ struct CloudEvent<'a> {
 /// The CloudEvents `type` of an event: `io.highwater.<source>.<item kind>.<change>`,
 /// e.g. `io.highwater.s3.object.created`.
 pub fn cloudevents_type(event: &Event) -> String {
-    // The item kind is its serde tag; reading it back keeps this independent of how
-    // many item kinds exist.
-    let kind = serde_json::to_value(&event.item)
-        .ok()
-        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
-        .unwrap_or_else(|| "item".to_string());
+    // `s3` + `s3_object` reads `s3.object`, not `s3.s3_object`.
+    let kind = event.item.kind();
+    let kind = kind.strip_prefix(event.source.as_str()).and_then(|k| k.strip_prefix('_')).unwrap_or(kind);
     format!("io.highwater.{}.{kind}.{}", event.source, event.change.as_str())
 }
 
@@ -411,6 +408,16 @@ mod tests {
             watermark: serde_json::Value::Null,
             emitted_at: chrono::DateTime::from_timestamp(1_700_000_001, 5_000_000).unwrap(),
         }
+    }
+
+    #[test]
+    fn cloudevents_types_name_source_kind_and_change() {
+        assert_eq!(cloudevents_type(&event("a")), "io.highwater.local_dir.file.created");
+        let mut s3 = event("b");
+        s3.source = "s3".into();
+        s3.item = Item::S3Objects(crate::event::S3Objects { bucket: "b".into(), objects: Vec::new() });
+        s3.change = Change::Deleted;
+        assert_eq!(cloudevents_type(&s3), "io.highwater.s3.objects.deleted");
     }
 
     #[test]

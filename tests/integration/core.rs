@@ -246,3 +246,11 @@ fn a_missing_directory_holds_only_its_own_watcher() {
     let (code, _) = daemon.stop();
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn the_shipped_examples_are_valid() {
+    let project = Project::new(&format!("watchers_dir: {}\n", repo().join("watchers/examples").display()));
+    let out = project.run(&["check"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("OK, 3 watchers"), "{}", out.stdout);
+}

@@ -213,6 +213,13 @@ impl Collector for WatcherCollector {
         counter(
             &mut encoder,
             &rows,
+            "highwater_watcher_items_skipped",
+            "Items a poll could not announce and skipped with a warning (a row with a NULL cursor column).",
+            |s| &s.items_skipped,
+        )?;
+        counter(
+            &mut encoder,
+            &rows,
             "highwater_watcher_events_delivered",
             "Events the sink acknowledged.",
             |s| &s.events_delivered,

@@ -310,6 +310,7 @@ fn metrics_healthz_and_readyz() {
         "highwater_watchers 2",
         "# TYPE highwater_watcher_polls_total counter",
         "highwater_watcher_items_found_total{watcher=\"default/a\"} 2",
+        "highwater_watcher_items_skipped_total{watcher=\"default/a\"} 0",
         "highwater_watcher_events_delivered_total{watcher=\"default/a\"} 2",
         "highwater_watcher_delivery_failures_total{watcher=\"default/a\",kind=\"retry\"} 0",
         "highwater_watcher_delivery_failures_total{watcher=\"default/a\",kind=\"permanent\"} 0",

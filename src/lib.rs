@@ -30,7 +30,7 @@ pub mod telemetry;
 pub mod watcher;
 
 /// Makes ring the process-wide TLS provider. The HTTP clients are built without a
-/// provider of their own (BUILD-NOTES: aws-lc would double the build); call this once
+/// provider of their own (aws-lc, their default, would double the build); call this once
 /// before any TLS client is built. Calling it again is harmless.
 pub fn init_tls() {
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -394,7 +394,7 @@ impl Postgres {
                 let mut params: Vec<String> = vec![to.clone()];
                 params.extend(from.iter().cloned());
                 params.extend(after.iter().flatten().cloned());
-                let rows = run(client, plan, variant, &params, limit).await?;
+                let rows = run(client, plan, variant, &params, None, limit).await?;
                 let more = rows.len() >= limit;
                 let last = rows.last().map(|r| position(plan, r, true)).transpose()?;
                 let items = found(plan, &rows, emit)?;
@@ -417,7 +417,7 @@ impl Postgres {
             Mark::Cursor { after } => {
                 let variant = (grace.is_some(), if after.is_some() { 1 } else { 0 });
                 let params: Vec<String> = after.iter().flatten().cloned().collect();
-                let rows = run_cursor(client, plan, variant, &params, grace, limit).await?;
+                let rows = run(client, plan, variant, &params, grace, limit).await?;
                 let more = rows.len() >= limit;
                 let last = rows.last().map(|r| position(plan, r, false)).transpose()?;
                 let items = found(plan, &rows, emit)?;
@@ -659,22 +659,9 @@ fn cursor_sql(plan: &Plan, config: &PostgresConfig, (grace, after): (bool, u8)) 
     sql
 }
 
+/// Runs one of the plan's prepared queries: `params`, then the grace delay when the
+/// statement takes one, then the row limit.
 async fn run(
-    client: &Client,
-    plan: &Plan,
-    variant: (bool, u8),
-    params: &[String],
-    limit: usize,
-) -> Result<Vec<Row>, SourceError> {
-    let statement =
-        plan.statements.get(&variant).ok_or_else(|| SourceError::transient("statement missing"))?;
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let mut args: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-    args.push(&limit);
-    client.query(statement, &args).await.map_err(|e| query_error(&plan.name, e))
-}
-
-async fn run_cursor(
     client: &Client,
     plan: &Plan,
     variant: (bool, u8),

@@ -281,7 +281,8 @@ impl Supervisor {
                     let _ = previous.await;
                 }
                 watcher.run(run_token).await;
-                tracing::debug!("Watcher stopped.");
+                // `lifecycle`: a field log queries (and tests) can match, unlike the text.
+                tracing::debug!(lifecycle = "stopped", "Watcher stopped.");
             }
             .instrument(span),
         );
@@ -379,7 +380,7 @@ impl Supervisor {
 
         for id in &removed {
             if let Some(r) = self.running.remove(id) {
-                tracing::info!(watcher = %id, "Watcher removed; stopping it after its delivery in flight.");
+                tracing::info!(watcher = %id, lifecycle = "removed", "Watcher removed; stopping it after its delivery in flight.");
                 r.token.cancel();
                 self.stopping.push((id.clone(), r.handle));
             }
@@ -391,11 +392,11 @@ impl Supervisor {
                 r.handle
             });
             if previous.is_some() {
-                tracing::info!(watcher = %id, "Watcher changed; restarting it from its stored watermark.");
+                tracing::info!(watcher = %id, lifecycle = "restarted", "Watcher changed; restarting it from its stored watermark.");
                 self.start(built, previous);
                 continue;
             }
-            tracing::info!(watcher = %id, "Watcher added; starting it.");
+            tracing::info!(watcher = %id, lifecycle = "added", "Watcher added; starting it.");
             // Removed by an earlier reload and back before it finished stopping: it
             // starts once that one has ended.
             let previous = self

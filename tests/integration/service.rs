@@ -1,15 +1,11 @@
 //! Running as a service: systemd notifications, SIGHUP reload, SIGTERM, the HTTP
 //! endpoints, and secrets kept out of the logs. Every test runs the real binary.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::util::{Daemon, Project};
-
-const WAIT: Duration = Duration::from_secs(20);
+use crate::util::{Project, WAIT, field_str, http_get};
 
 /// A watcher on `in/<name>` that announces files at once, polling every 100 ms.
 fn fast_watcher(p: &Project, name: &str, extra: &str) {
@@ -69,43 +65,6 @@ impl NotifySocket {
     }
 }
 
-/// `GET path` on `addr`: (status, content type, body).
-fn http_get(addr: &str, path: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(WAIT)).expect("timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
-    let content_type = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_string))
-        .unwrap_or_default();
-    (status, content_type, body.to_string())
-}
-
-/// The address the daemon's HTTP listener bound (it is asked for port 0).
-fn http_addr(d: &mut Daemon) -> String {
-    let line = d.wait_log("HTTP listener started", WAIT);
-    let json: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-    json["addr"].as_str().expect("addr field").to_string()
-}
-
-/// Waits until the task of `watcher` has ended.
-fn wait_stopped(d: &mut Daemon, watcher: &str) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        d.drain_logs();
-        if d.logs.iter().any(|l| l.contains("\"Watcher stopped.\"") && l.contains(&format!("\"{watcher}\"")))
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{watcher} did not stop; logs:\n{}", d.logs.join("\n"));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn events_of<'a>(events: &'a [serde_json::Value], watcher: &str) -> Vec<&'a serde_json::Value> {
     events.iter().filter(|e| e["watcher"] == watcher).collect()
 }
@@ -123,7 +82,7 @@ fn notify_ready_watchdog_and_stopping_arrive_in_order() {
     assert!(first.lines().any(|l| l == "READY=1"), "the first message is READY=1: {first:?}");
     assert!(first.contains("STATUS=1 watcher: 1 ok"), "READY carries a status line: {first:?}");
     // READY means the watchers run and the store is open.
-    d.wait_log("Started.", WAIT);
+    d.wait_polls("default/a", 1);
 
     for _ in 0..3 {
         notify.until("WATCHDOG=1", WAIT);
@@ -168,8 +127,10 @@ fn sighup_adds_removes_and_restarts_watchers_and_keeps_the_old_config_when_inval
     std::fs::remove_file(p.path().join("watchers/removed.yaml")).expect("rm");
     fast_watcher(&p, "added", "");
     d.signal(libc::SIGHUP);
-    let reloaded = d.wait_log("\"Reloaded.\"", WAIT);
-    let reloaded: serde_json::Value = serde_json::from_str(&reloaded).expect("JSON");
+    d.wait_metrics("a reload applied", |m| {
+        m.get("highwater_config_reloads_total", &[("result", "applied")]) == Some(1.0)
+    });
+    let reloaded = d.wait_log_where("with the reload's counts", |l| l.get("unchanged").is_some());
     assert_eq!(
         (&reloaded["added"], &reloaded["removed"], &reloaded["changed"], &reloaded["unchanged"]),
         (&1.into(), &1.into(), &1.into(), &1.into()),
@@ -177,14 +138,18 @@ fn sighup_adds_removes_and_restarts_watchers_and_keeps_the_old_config_when_inval
     );
     let messages = notify.until("READY=1", WAIT);
     assert!(messages.iter().any(|m| m.contains("RELOADING=1")), "{messages:?}");
-    d.drain_logs();
-    assert!(
-        !d.logs.iter().any(|l| l.contains("default/kept") && l.contains("restarting")),
-        "an unchanged watcher is left alone"
-    );
-    d.wait_log("Watcher changed; restarting it from its stored watermark.", WAIT);
+    let lifecycle = |d: &mut crate::util::Daemon, watcher: &str| -> Vec<String> {
+        d.log_lines_where(|l| field_str(l, "watcher") == Some(watcher))
+            .iter()
+            .filter_map(|l| field_str(l, "lifecycle").map(str::to_string))
+            .collect()
+    };
+    assert!(lifecycle(&mut d, "default/changed").contains(&"restarted".to_string()));
+    assert!(lifecycle(&mut d, "default/kept").is_empty(), "an unchanged watcher is left alone");
     // A removed watcher finishes the poll it may have in flight before it stops.
-    wait_stopped(&mut d, "default/removed");
+    d.wait_log_where("of default/removed stopping", |l| {
+        field_str(l, "watcher") == Some("default/removed") && field_str(l, "lifecycle") == Some("stopped")
+    });
 
     p.write("in/added/new.csv", "x");
     p.write("in/changed/after.csv", "x");
@@ -198,7 +163,7 @@ fn sighup_adds_removes_and_restarts_watchers_and_keeps_the_old_config_when_inval
     assert_eq!(changed.len(), 1);
     assert_eq!(changed[0]["item"]["relative_path"], "after.csv");
     assert_eq!(events_of(&second, "kept").len(), 1, "{second:?}");
-    d.no_events(Duration::from_millis(500));
+    d.assert_idle(&[], 2);
 
     // An invalid config: two errors in two files. Both are logged, nothing changes.
     p.watcher("broken", "source: {type: local_dir, path: in/x, pth: y}\nsink: {type: stdout}\n");
@@ -207,11 +172,16 @@ fn sighup_adds_removes_and_restarts_watchers_and_keeps_the_old_config_when_inval
         "source: {type: local_dir, path: in/added}\nsink: {type: stdout}\npoll_interval: 5x\n",
     );
     d.signal(libc::SIGHUP);
-    d.wait_log("Reload rejected; the running configuration stays in effect.", WAIT);
-    d.drain_logs();
-    let errors: Vec<&String> = d.logs.iter().filter(|l| l.contains("\"Config error.\"")).collect();
-    assert!(errors.iter().any(|l| l.contains("broken.yaml") && l.contains("pth")), "{errors:?}");
-    assert!(errors.iter().any(|l| l.contains("added.yaml") && l.contains("poll_interval")), "{errors:?}");
+    d.wait_metrics("a reload rejected", |m| {
+        m.get("highwater_config_reloads_total", &[("result", "rejected")]) == Some(1.0)
+    });
+    let errors: Vec<String> = d
+        .log_lines_where(|l| field_str(l, "level") == Some("ERROR") && l.get("span").is_none())
+        .iter()
+        .filter_map(|l| field_str(l, "error").map(str::to_string))
+        .collect();
+    assert!(errors.iter().any(|e| e.contains("broken.yaml") && e.contains("pth")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("added.yaml") && e.contains("poll_interval")), "{errors:?}");
     let messages = notify.until("READY=1", WAIT);
     assert!(messages.last().expect("message").contains("reload rejected"), "{messages:?}");
     assert!(
@@ -241,10 +211,12 @@ fn sigterm_commits_delivered_batches_and_leaves_a_failing_one_pending() {
     p.write("in/stuck/b.csv", "x");
     let mut d = p.start();
     assert_eq!(d.events(1, WAIT)[0]["watcher"], "ok");
-    d.wait_log("Delivery failed; will retry.", WAIT);
+    d.wait_metrics("a failed delivery of default/stuck", |m| {
+        m.get("highwater_watcher_delivery_failures_total", &[("watcher", "default/stuck"), ("kind", "retry")])
+            >= Some(1.0)
+    });
     let (code, logs) = d.stop();
     assert_eq!(code, Some(0), "logs:\n{}", logs.join("\n"));
-    assert!(logs.iter().any(|l| l.contains("batch stays pending")), "logs:\n{}", logs.join("\n"));
 
     let list = p.run(&["state", "list", "--json"]);
     let list: serde_json::Value = serde_json::from_str(&list.stdout).expect("JSON");
@@ -261,8 +233,8 @@ fn sigterm_commits_delivered_batches_and_leaves_a_failing_one_pending() {
     // announces nothing twice.
     std::fs::remove_dir(p.path().join("out/events.jsonl")).expect("rmdir");
     let mut d = p.start();
-    d.wait_log("Delivered batch.", WAIT);
-    d.no_events(Duration::from_millis(500));
+    d.wait_delivered("default/stuck", 1);
+    d.assert_idle(&[], 2);
     let (code, _) = d.stop();
     assert_eq!(code, Some(0));
     let written = std::fs::read_to_string(p.path().join("out/events.jsonl")).expect("events file");
@@ -284,9 +256,9 @@ fn metrics_healthz_and_readyz() {
     p.write("in/a/one.csv", "x");
     p.write("in/a/two.csv", "x");
     let mut d = p.start();
-    let addr = http_addr(&mut d);
+    let addr = d.http_addr();
     d.events(2, WAIT);
-    d.wait_log("needs attention", WAIT);
+    d.wait_state("default/missing", "error");
 
     let (status, _, body) = http_get(&addr, "/healthz");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
@@ -294,16 +266,8 @@ fn metrics_healthz_and_readyz() {
     assert_eq!((status, body.as_str()), (200, "ready\n"), "an error state is not a block");
 
     // Counters are read at scrape time; the delivery above may still be committing.
-    let deadline = Instant::now() + WAIT;
-    let (status, content_type, metrics) = loop {
-        let got = http_get(&addr, "/metrics");
-        if got.2.contains("highwater_watcher_events_delivered_total{watcher=\"default/a\"} 2")
-            || Instant::now() > deadline
-        {
-            break got;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    d.wait_delivered("default/a", 2);
+    let (status, content_type, metrics) = http_get(&addr, "/metrics");
     assert_eq!(status, 200);
     assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
     for expected in [
@@ -351,14 +315,16 @@ fn secrets_from_the_environment_never_reach_the_logs() {
     );
     p.write("in/a/one.csv", "x");
     let mut d = p.start_with(&[("HW_TEST_SECRET", SECRET), ("RUST_LOG", "trace")], &[]);
-    d.wait_log("Delivered batch.", WAIT);
+    d.wait_delivered("default/a", 1);
     // A reload with the secret in a value of the wrong type: the error is logged.
     p.watcher(
         "b",
         "source: {type: local_dir, path: in/b}\nsink: {type: stdout}\nbatch_size: \"${HW_TEST_SECRET}\"\n",
     );
     d.signal(libc::SIGHUP);
-    d.wait_log("Reload rejected", WAIT);
+    d.wait_metrics("a reload rejected", |m| {
+        m.get("highwater_config_reloads_total", &[("result", "rejected")]) == Some(1.0)
+    });
     let (code, logs) = d.stop();
     assert_eq!(code, Some(0));
     assert!(std::fs::read_to_string(p.path().join(format!("out/{SECRET}/events.jsonl"))).is_ok());
@@ -430,8 +396,7 @@ fn an_http_address_in_use_stops_the_start_with_exit_71() {
     let notify = NotifySocket::bind(p.path());
     let mut d = p.start_with(&[("NOTIFY_SOCKET", notify.path())], &[]);
     assert_eq!(d.wait(WAIT), Some(71));
-    d.drain_logs();
-    std::thread::sleep(Duration::from_millis(50));
+    // The reason names the setting (on the last line, the error `main` prints).
     d.drain_logs();
     assert!(d.logs.iter().any(|l| l.contains("http.listen")), "logs:\n{}", d.logs.join("\n"));
     assert_eq!(notify.recv(Duration::from_millis(200)), None, "never ready");

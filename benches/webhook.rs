@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use highwater::config::HumanDuration;
 use highwater::event::{Change, Event, FileItem, Item};
 use highwater::sink::webhook::{Signer, WebhookConfig, WebhookFormat, WebhookSink, encode_body, webhook_id};
 use highwater::sink::{Delivery, Sink};
+use highwater::value::HumanDuration;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 

@@ -16,6 +16,7 @@ use crate::daemon::{self, DaemonError};
 use crate::state::{
     self, DEAD_LETTER_PREFIX, Expect, KEY_PENDING, KEY_WATERMARK, Op, Record, Store, StoreError,
 };
+use crate::value::HumanDuration;
 use crate::watcher::{DeadLetter, PendingBatch, WatcherError};
 
 /// Exit codes, one per kind of failure (README, "Exit codes").
@@ -288,13 +289,8 @@ async fn once(config: &Config, names: &[String]) -> Result<(), Failure> {
 async fn check_connections(config: &Config) -> Result<(), Failure> {
     let mut problems = Vec::new();
     for w in &config.watchers {
-        match w.source.build() {
-            Ok(mut source) => {
-                if let Err(e) = source.check().await {
-                    problems.push(format!("{}: watcher {}: source: {e}", w.file.display(), w.id()));
-                }
-            }
-            Err(e) => problems.push(format!("{}: watcher {}: source: {e}", w.file.display(), w.id())),
+        if let Err(e) = w.source.build().check().await {
+            problems.push(format!("{}: watcher {}: source: {e}", w.file.display(), w.id()));
         }
         match w.sink.build() {
             Ok(mut sink) => {
@@ -329,7 +325,7 @@ fn list_watchers(config: &Config, json: bool) {
                     "file": w.file,
                     "source": {"type": w.source.kind(), "description": w.source.describe()},
                     "sink": {"type": w.sink.kind(), "description": w.sink.describe()},
-                    "poll_interval": config::HumanDuration(w.poll_interval).to_string(),
+                    "poll_interval": HumanDuration(w.poll_interval).to_string(),
                     "batch_size": w.batch_size,
                     "on_permanent_failure": w.on_permanent_failure,
                 })
@@ -346,7 +342,7 @@ fn list_watchers(config: &Config, json: bool) {
                 w.id(),
                 w.source.describe(),
                 w.sink.describe(),
-                config::HumanDuration(w.poll_interval).to_string(),
+                HumanDuration(w.poll_interval).to_string(),
                 w.file.display().to_string(),
             ]
         })
@@ -535,7 +531,7 @@ fn state_list(records: &[Record], config: Option<&Config>, json: bool) {
     let summarize = |ns: &str, name: &str, value: &serde_json::Value| -> serde_json::Value {
         config
             .and_then(|c| c.watchers.iter().find(|w| w.namespace == ns && w.name == name))
-            .and_then(|w| w.source.build().ok())
+            .map(|w| w.source.build())
             .map_or_else(|| value.clone(), |source| source.summarize(value))
     };
     let mut rows = Vec::new();

@@ -70,21 +70,15 @@ fn build_keeping_stats(
     let mut built = Vec::new();
     let mut errors = Vec::new();
     for config in configs {
-        let source = config.source.build();
-        let sink = config.sink.build();
-        match (source, sink) {
-            (Ok(source), Ok(sink)) => {
+        match config.sink.build() {
+            Ok(sink) => {
                 let stats = stats.get(&config.id()).cloned().unwrap_or_default();
+                let source = config.source.build();
                 let watcher = Watcher::new(config, source, sink, Arc::clone(store), Arc::clone(&stats));
                 built.push(BuiltWatcher { config: config.clone(), watcher, stats });
             }
-            (source, sink) => {
-                if let Err(e) = source {
-                    errors.push(format!("{}: watcher {}: source: {e}", config.file.display(), config.id()));
-                }
-                if let Err(e) = sink {
-                    errors.push(format!("{}: watcher {}: sink: {e}", config.file.display(), config.id()));
-                }
+            Err(e) => {
+                errors.push(format!("{}: watcher {}: sink: {e}", config.file.display(), config.id()));
             }
         }
     }

@@ -22,9 +22,9 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HumanDuration;
 use crate::state::Store;
 use crate::telemetry::{Telemetry, WatcherState, WatcherStats, now_ms};
+use crate::value::HumanDuration;
 
 /// `http:` in the daemon file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

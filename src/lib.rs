@@ -15,6 +15,8 @@
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`telemetry`]: per-watcher counters and state; what the endpoints and systemd see.
 //! - [`cli`]: the subcommands and exit codes.
+//! - [`value`]: config values parsed once and carried typed (durations, globs, names);
+//!   the kinds of `type:`-tagged enums. A leaf.
 
 pub mod backoff;
 pub mod cli;
@@ -27,6 +29,7 @@ pub mod sink;
 pub mod source;
 pub mod state;
 pub mod telemetry;
+pub mod value;
 pub mod watcher;
 
 /// Makes ring the process-wide TLS provider. The HTTP clients are built without a

@@ -478,11 +478,11 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::config::HumanDuration;
     use crate::event::{Change, FileItem, Item};
     use crate::sink::SinkConfig;
     use crate::source::{Found, SourceConfig};
     use crate::state::sqlite::SqliteStore;
+    use crate::value::HumanDuration;
 
     /// A source over a fixed list: the watermark is the number of items announced.
     struct ListSource {
@@ -534,9 +534,6 @@ mod tests {
 
     #[async_trait]
     impl Sink for ScriptSink {
-        fn kind(&self) -> &'static str {
-            "script"
-        }
         async fn deliver(&mut self, events: &[Event]) -> Delivery {
             let pending = self.store.get("ns", "w", KEY_PENDING).await.unwrap().is_some();
             self.pending_seen.lock().unwrap().push(pending);

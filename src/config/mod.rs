@@ -13,14 +13,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use yaml::{Glob, HumanDuration, Name};
 
 use crate::sink::SinkConfig;
 use crate::source::SourceConfig;
 use crate::state::StateConfig;
+use crate::value::{HumanDuration, Name};
 
 /// Where `highwater` looks for its config when neither `--config` nor
 /// `HIGHWATER_CONFIG` says otherwise.
@@ -35,7 +35,7 @@ pub struct DaemonFile {
     #[serde(default = "default_watchers_dir")]
     pub watchers_dir: PathBuf,
     /// Where `process_state` lives.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "yaml::deserialize_tagged")]
     pub state: StateConfig,
     /// Settings every watcher gets unless its own file says otherwise.
     #[serde(default)]
@@ -147,8 +147,10 @@ pub struct WatcherFile {
     #[serde(default)]
     pub name: Option<Name>,
     /// Where new items come from.
+    #[serde(deserialize_with = "yaml::deserialize_tagged")]
     pub source: SourceConfig,
     /// Where their events go.
+    #[serde(deserialize_with = "yaml::deserialize_tagged")]
     pub sink: SinkConfig,
     /// Overrides `defaults.poll_interval`.
     #[serde(default)]
@@ -488,13 +490,6 @@ fn validate_watcher(
         on_permanent_failure: raw.on_permanent_failure.unwrap_or(defaults.on_permanent_failure),
         retry,
     })
-}
-
-/// `Deserialize` for tagged config enums; see [`yaml::Tagged`].
-pub fn deserialize_tagged<'de, D: Deserializer<'de>, T: yaml::Tagged>(
-    deserializer: D,
-) -> Result<T, D::Error> {
-    yaml::deserialize_tagged(deserializer)
 }
 
 #[cfg(test)]

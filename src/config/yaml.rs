@@ -1,15 +1,16 @@
 //! All YAML parsing lives here (so that serde_yaml could be swapped in one place), plus
 //! the helpers that keep line, column and key path on every error: a streaming reader
-//! for `type:`-tagged enums, and the value types that validate while they parse.
+//! for `type:`-tagged enums ([`crate::value::Tagged`]) and the lines of keys checked
+//! after parsing.
 
 use std::fmt;
 use std::path::Path;
-use std::time::Duration;
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::error::ConfigError;
+use crate::value::Tagged;
 
 /// Parses `text` (already env-expanded) from `file` into `T`.
 pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
@@ -42,25 +43,10 @@ pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigEr
     })
 }
 
-/// An enum read from a mapping whose `type` key picks the variant.
+/// `Deserialize` for a [`Tagged`] enum, for `#[serde(deserialize_with)]`.
 ///
 /// serde's own internally tagged enums buffer the whole mapping and so lose every line
-/// number and key path inside it; [`deserialize_tagged`] streams the mapping instead.
-pub trait Tagged: Sized {
-    /// What the mapping is, for messages ("source", "sink").
-    const WHAT: &'static str;
-    /// The accepted `type` values.
-    const VARIANTS: &'static [&'static str];
-    /// Reads the variant named `tag` (one of `VARIANTS`) from the other keys.
-    fn from_tag<'de, A: MapAccess<'de>>(tag: &str, rest: A) -> Result<Self, A::Error>;
-}
-
-/// Reads the struct of one variant from the rest of the mapping.
-pub fn variant<'de, T: Deserialize<'de>, A: MapAccess<'de>>(rest: A) -> Result<T, A::Error> {
-    T::deserialize(de::value::MapAccessDeserializer::new(rest))
-}
-
-/// `Deserialize` for a [`Tagged`] enum.
+/// number and key path inside it; this streams the mapping instead.
 pub fn deserialize_tagged<'de, D: Deserializer<'de>, T: Tagged>(deserializer: D) -> Result<T, D::Error> {
     struct TaggedVisitor<T>(std::marker::PhantomData<T>);
 
@@ -138,145 +124,6 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Chained<A> {
     }
 }
 
-/// A duration written as `500ms`, `30s`, `5m`, `2h` or `1d`, or a bare number of seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct HumanDuration(pub Duration);
-
-impl HumanDuration {
-    /// Parses the text form.
-    pub fn parse(text: &str) -> Result<Duration, String> {
-        let text = text.trim();
-        let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let number: f64 = number
-            .parse()
-            .map_err(|_| format!("`{text}` is not a duration (write e.g. 500ms, 30s, 5m, 2h, 1d)"))?;
-        let scale = match unit.trim() {
-            "ms" => 0.001,
-            "" | "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            other => return Err(format!("`{other}` is not a duration unit (use ms, s, m, h or d)")),
-        };
-        let seconds = number * scale;
-        if !seconds.is_finite() || seconds > 10.0 * 365.0 * 86400.0 {
-            return Err(format!("`{text}` is too long a duration"));
-        }
-        Ok(Duration::from_secs_f64(seconds))
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // A visitor, not an untagged enum: untagged enums buffer the value and lose its
-        // line number.
-        struct DurationVisitor;
-        impl Visitor<'_> for DurationVisitor {
-            type Value = HumanDuration;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration such as 500ms, 30s, 5m, 2h or 1d")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<HumanDuration, E> {
-                Ok(HumanDuration(Duration::from_secs(v)))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<HumanDuration, E> {
-                HumanDuration::parse(&v.to_string()).map(HumanDuration).map_err(E::custom)
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<HumanDuration, E> {
-                HumanDuration::parse(v).map(HumanDuration).map_err(E::custom)
-            }
-        }
-        deserializer.deserialize_any(DurationVisitor)
-    }
-}
-
-impl fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        if !ms.is_multiple_of(1000) {
-            write!(f, "{ms}ms")
-        } else {
-            let s = ms / 1000;
-            match s {
-                s if s != 0 && s.is_multiple_of(86400) => write!(f, "{}d", s / 86400),
-                s if s != 0 && s.is_multiple_of(3600) => write!(f, "{}h", s / 3600),
-                s if s != 0 && s.is_multiple_of(60) => write!(f, "{}m", s / 60),
-                s => write!(f, "{s}s"),
-            }
-        }
-    }
-}
-
-/// A glob (`**/*.csv`), compiled while parsing so a bad pattern is reported at its line.
-#[derive(Debug, Clone)]
-pub struct Glob {
-    /// The pattern as written.
-    pub pattern: String,
-    /// The compiled matcher.
-    pub matcher: globset::GlobMatcher,
-}
-
-impl PartialEq for Glob {
-    fn eq(&self, other: &Self) -> bool {
-        self.pattern == other.pattern
-    }
-}
-
-impl Glob {
-    /// Compiles a pattern; `*` does not cross `/`, `**` does.
-    pub fn new(pattern: &str) -> Result<Self, String> {
-        let glob = globset::GlobBuilder::new(pattern)
-            .literal_separator(true)
-            .build()
-            .map_err(|e| format!("`{pattern}` is not a valid glob: {}", e.kind()))?;
-        Ok(Glob { pattern: pattern.to_string(), matcher: glob.compile_matcher() })
-    }
-
-    /// True when `relative` (with `/` separators) matches.
-    pub fn is_match(&self, relative: &str) -> bool {
-        self.matcher.is_match(relative)
-    }
-}
-
-impl<'de> Deserialize<'de> for Glob {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let pattern = String::deserialize(deserializer)?;
-        Glob::new(&pattern).map_err(de::Error::custom)
-    }
-}
-
-/// A namespace or watcher name: letters, digits, `_`, `-` and `.`; it shows up in
-/// metrics labels, log fields and CLI arguments, so it stays plain.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Name(pub String);
-
-impl Name {
-    /// Checks the characters.
-    pub fn new(text: &str) -> Result<Self, String> {
-        if text.is_empty() || text.len() > 128 {
-            return Err(format!("`{text}` must be 1 to 128 characters long"));
-        }
-        if !text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
-            return Err(format!("`{text}` may hold only letters, digits, `_`, `-` and `.`"));
-        }
-        Ok(Name(text.to_string()))
-    }
-}
-
-impl<'de> Deserialize<'de> for Name {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Name::new(&text).map_err(de::Error::custom)
-    }
-}
-
-impl fmt::Display for Name {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// Finds the line of a dotted key path in YAML text, for errors found after parsing
 /// (cross-field checks). Approximate by design: it follows indentation, which is what
 /// every config we ship and document uses.
@@ -304,39 +151,6 @@ pub fn locate(text: &str, path: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(HumanDuration::parse("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(HumanDuration::parse("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(HumanDuration::parse("30").unwrap(), Duration::from_secs(30));
-        assert_eq!(HumanDuration::parse("1.5m").unwrap(), Duration::from_secs(90));
-        assert_eq!(HumanDuration::parse("2h").unwrap(), Duration::from_secs(7200));
-        assert_eq!(
-            HumanDuration::parse("5x").unwrap_err(),
-            "`x` is not a duration unit (use ms, s, m, h or d)"
-        );
-        assert!(HumanDuration::parse("soon").is_err());
-        assert_eq!(HumanDuration(Duration::from_secs(7200)).to_string(), "2h");
-        assert_eq!(HumanDuration(Duration::from_millis(1500)).to_string(), "1500ms");
-    }
-
-    #[test]
-    fn names() {
-        assert!(Name::new("orders-2024.v1").is_ok());
-        assert!(Name::new("").is_err());
-        assert!(Name::new("a b").is_err());
-        assert!(Name::new("a/b").is_err());
-    }
-
-    #[test]
-    fn globs_do_not_cross_directories_with_one_star() {
-        let g = Glob::new("*.csv").unwrap();
-        assert!(g.is_match("a.csv"));
-        assert!(!g.is_match("x/a.csv"));
-        assert!(Glob::new("**/*.csv").unwrap().is_match("x/y/a.csv"));
-        assert!(Glob::new("a[").is_err());
-    }
 
     #[test]
     fn locate_follows_indentation() {

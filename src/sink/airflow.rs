@@ -20,9 +20,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{self, Secret, SecretKeys};
-use super::{BuildError, Delivery, Sink, classify_http_status};
-use crate::config::HumanDuration;
+use super::{BuildError, Delivery, Sink, SinkKind, classify_http_status};
 use crate::event::Event;
+use crate::value::{HumanDuration, Kind};
 
 /// `sink: {type: airflow}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -93,9 +93,15 @@ impl AirflowConfig {
             (None, None) => AssetRef::Uri(String::new()),
         }
     }
+}
 
-    /// One line for `highwater watchers`: never a secret.
-    pub fn describe(&self) -> String {
+impl Kind for AirflowConfig {
+    const TAG: &'static str = "airflow";
+}
+
+impl SinkKind for AirflowConfig {
+    /// Never a secret.
+    fn describe(&self) -> String {
         let url = http::parse_url(&self.base_url)
             .map_or_else(|_| "(invalid URL)".to_string(), |u| http::display_url(&u));
         let auth = match (&self.username, self.token_keys().is_set()) {
@@ -103,11 +109,10 @@ impl AirflowConfig {
             (None, true) => ", with a token".to_string(),
             (None, false) => String::new(),
         };
-        format!("airflow {url} {}{auth}", self.asset())
+        format!("{} {url} {}{auth}", Self::TAG, self.asset())
     }
 
-    /// Cross-key checks.
-    pub fn validate(&self) -> Vec<(String, String)> {
+    fn validate(&self) -> Vec<(String, String)> {
         let mut errors = Vec::new();
         if let Err(message) = http::parse_url(&self.base_url) {
             errors.push(("base_url".into(), message));
@@ -149,6 +154,10 @@ impl AirflowConfig {
             }
         }
         errors
+    }
+
+    fn build(&self) -> Result<Box<dyn Sink>, BuildError> {
+        Ok(Box::new(AirflowSink::new(self)?))
     }
 }
 
@@ -523,10 +532,6 @@ impl AirflowSink {
 
 #[async_trait]
 impl Sink for AirflowSink {
-    fn kind(&self) -> &'static str {
-        "airflow"
-    }
-
     async fn deliver(&mut self, events: &[Event]) -> Delivery {
         for event in events {
             // One event per request (the API takes no batches), in order; a failure

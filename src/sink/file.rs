@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{Delivery, Sink};
+use super::{BuildError, Delivery, Sink, SinkKind};
 use crate::event::Event;
+use crate::value::Kind;
 
 /// `sink: {type: file}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -19,14 +20,25 @@ pub struct FileSinkConfig {
     pub path: PathBuf,
 }
 
-impl FileSinkConfig {
-    /// Cross-key checks.
-    pub fn validate(&self) -> Vec<(String, String)> {
+impl Kind for FileSinkConfig {
+    const TAG: &'static str = "file";
+}
+
+impl SinkKind for FileSinkConfig {
+    fn describe(&self) -> String {
+        format!("{} {}", Self::TAG, self.path.display())
+    }
+
+    fn validate(&self) -> Vec<(String, String)> {
         if self.path.as_os_str().is_empty() {
             vec![("path".into(), "must not be empty".into())]
         } else {
             Vec::new()
         }
+    }
+
+    fn build(&self) -> Result<Box<dyn Sink>, BuildError> {
+        Ok(Box::new(FileSink::new(self.clone())))
     }
 }
 
@@ -44,10 +56,6 @@ impl FileSink {
 
 #[async_trait]
 impl Sink for FileSink {
-    fn kind(&self) -> &'static str {
-        "file"
-    }
-
     async fn deliver(&mut self, events: &[Event]) -> Delivery {
         let buffer = match super::json_lines(events) {
             Ok(buffer) => buffer,

@@ -77,9 +77,6 @@ pub fn json_lines(events: &[Event]) -> Result<Vec<u8>, Delivery> {
 /// A destination for events.
 #[async_trait]
 pub trait Sink: Send {
-    /// The sink kind, as in the config's `type`.
-    fn kind(&self) -> &'static str;
-
     /// Delivers a batch, in order. Answer `Acknowledged` only once every event is
     /// durably with the receiver. A batch may be delivered again after a crash or a
     /// retry; the events then carry the same ids.
@@ -89,6 +86,62 @@ pub trait Sink: Send {
     /// anything, for `highwater check --connect`. The default has nothing to check.
     async fn check(&mut self) -> Result<(), String> {
         Ok(())
+    }
+}
+
+/// A failure to build a sink from its config.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct BuildError {
+    /// What is wrong; never a secret.
+    pub message: String,
+}
+
+/// What every sink kind's config offers; each kind's module implements it (and
+/// [`Kind`](crate::value::Kind) for its `type` value) and adds one line to
+/// [`SinkConfig`].
+pub trait SinkKind {
+    /// One line for `highwater watchers` (never a secret).
+    fn describe(&self) -> String;
+
+    /// Checks that need more than one key; `(key under sink, message)` pairs.
+    fn validate(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// Builds the runtime sink. Cheap and local: nothing is contacted until the first
+    /// delivery.
+    fn build(&self) -> Result<Box<dyn Sink>, BuildError>;
+}
+
+crate::value::kinds! {
+    /// Where a watcher's events go (`sink:` in a watcher file, tagged by `type`).
+    pub enum SinkConfig("sink") as dyn SinkKind {
+        /// One JSON line per event on standard output.
+        Stdout(stdout::StdoutConfig),
+        /// JSON lines appended to a file, synced before acknowledging.
+        File(file::FileSinkConfig),
+        /// HTTP POSTs, CloudEvents or plain JSON, signed the Standard Webhooks way.
+        Webhook(webhook::WebhookConfig),
+        /// Airflow 3 asset events, through its REST API.
+        Airflow(airflow::AirflowConfig),
+    }
+}
+
+impl SinkConfig {
+    /// One line for `highwater watchers` (never a secret).
+    pub fn describe(&self) -> String {
+        self.get().describe()
+    }
+
+    /// Checks that need more than one key; `(key under sink, message)` pairs.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        self.get().validate()
+    }
+
+    /// Builds the runtime sink (see [`SinkKind::build`]).
+    pub fn build(&self) -> Result<Box<dyn Sink>, BuildError> {
+        self.get().build()
     }
 }
 
@@ -105,91 +158,6 @@ mod tests {
         }
         for permanent in [400, 401, 403, 404, 409, 422, 301] {
             assert!(matches!(classify_http_status(permanent, None, "x"), Delivery::Permanent { .. }));
-        }
-    }
-}
-
-/// A failure to build a sink from its config.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct BuildError {
-    /// What is wrong; never a secret.
-    pub message: String,
-}
-
-/// Where a watcher's events go (`sink:` in a watcher file, tagged by `type`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum SinkConfig {
-    /// One JSON line per event on standard output.
-    Stdout(stdout::StdoutConfig),
-    /// JSON lines appended to a file, synced before acknowledging.
-    File(file::FileSinkConfig),
-    /// HTTP POSTs, CloudEvents or plain JSON, signed the Standard Webhooks way.
-    Webhook(webhook::WebhookConfig),
-    /// Airflow 3 asset events, through its REST API.
-    Airflow(airflow::AirflowConfig),
-}
-
-impl crate::config::yaml::Tagged for SinkConfig {
-    const WHAT: &'static str = "sink";
-    const VARIANTS: &'static [&'static str] = &["stdout", "file", "webhook", "airflow"];
-    fn from_tag<'de, A: serde::de::MapAccess<'de>>(tag: &str, rest: A) -> Result<Self, A::Error> {
-        use crate::config::yaml::variant;
-        match tag {
-            "stdout" => Ok(SinkConfig::Stdout(variant(rest)?)),
-            "file" => Ok(SinkConfig::File(variant(rest)?)),
-            "webhook" => Ok(SinkConfig::Webhook(variant(rest)?)),
-            "airflow" => Ok(SinkConfig::Airflow(variant(rest)?)),
-            other => Err(serde::de::Error::unknown_variant(other, Self::VARIANTS)),
-        }
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for SinkConfig {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        crate::config::yaml::deserialize_tagged(deserializer)
-    }
-}
-
-impl SinkConfig {
-    /// The `type` value.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::Stdout(_) => "stdout",
-            SinkConfig::File(_) => "file",
-            SinkConfig::Webhook(_) => "webhook",
-            SinkConfig::Airflow(_) => "airflow",
-        }
-    }
-
-    /// One line for `highwater watchers` (never a secret).
-    pub fn describe(&self) -> String {
-        match self {
-            SinkConfig::Stdout(_) => "stdout".to_string(),
-            SinkConfig::File(c) => format!("file {}", c.path.display()),
-            SinkConfig::Webhook(c) => c.describe(),
-            SinkConfig::Airflow(c) => c.describe(),
-        }
-    }
-
-    /// Checks that need more than one key; `(key under sink, message)` pairs.
-    pub fn validate(&self) -> Vec<(String, String)> {
-        match self {
-            SinkConfig::Stdout(_) => Vec::new(),
-            SinkConfig::File(c) => c.validate(),
-            SinkConfig::Webhook(c) => c.validate(),
-            SinkConfig::Airflow(c) => c.validate(),
-        }
-    }
-
-    /// Builds the runtime sink. Cheap and local: nothing is contacted until the first
-    /// delivery.
-    pub fn build(&self) -> Result<Box<dyn Sink>, BuildError> {
-        match self {
-            SinkConfig::Stdout(_) => Ok(Box::new(stdout::StdoutSink)),
-            SinkConfig::File(c) => Ok(Box::new(file::FileSink::new(c.clone()))),
-            SinkConfig::Webhook(c) => Ok(Box::new(webhook::WebhookSink::new(c)?)),
-            SinkConfig::Airflow(c) => Ok(Box::new(airflow::AirflowSink::new(c)?)),
         }
     }
 }

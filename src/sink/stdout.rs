@@ -5,23 +5,34 @@ use std::io::Write;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{Delivery, Sink};
+use super::{BuildError, Delivery, Sink, SinkKind};
 use crate::event::Event;
+use crate::value::Kind;
 
 /// `sink: {type: stdout}`; it has no options.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutConfig {}
 
+impl Kind for StdoutConfig {
+    const TAG: &'static str = "stdout";
+}
+
+impl SinkKind for StdoutConfig {
+    fn describe(&self) -> String {
+        Self::TAG.to_string()
+    }
+
+    fn build(&self) -> Result<Box<dyn Sink>, BuildError> {
+        Ok(Box::new(StdoutSink))
+    }
+}
+
 /// Writes events to standard output. Logs go to standard error, so the two never mix.
 pub struct StdoutSink;
 
 #[async_trait]
 impl Sink for StdoutSink {
-    fn kind(&self) -> &'static str {
-        "stdout"
-    }
-
     async fn deliver(&mut self, events: &[Event]) -> Delivery {
         let buffer = match super::json_lines(events) {
             Ok(buffer) => buffer,

@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::http::{self, Secret, SecretKeys};
-use super::{BuildError, Delivery, Sink};
-use crate::config::HumanDuration;
+use super::{BuildError, Delivery, Sink, SinkKind};
 use crate::event::Event;
+use crate::value::{HumanDuration, Kind};
 
 /// `sink: {type: webhook}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -103,9 +103,15 @@ impl WebhookConfig {
             file: self.bearer_token_file.as_deref(),
         }
     }
+}
 
-    /// One line for `highwater watchers`: never a secret, nor the URL's query or user info.
-    pub fn describe(&self) -> String {
+impl Kind for WebhookConfig {
+    const TAG: &'static str = "webhook";
+}
+
+impl SinkKind for WebhookConfig {
+    /// Never a secret, nor the URL's query or user info.
+    fn describe(&self) -> String {
         let url = http::parse_url(&self.url)
             .map_or_else(|_| "(invalid URL)".to_string(), |u| http::display_url(&u));
         let format = match self.format {
@@ -114,11 +120,10 @@ impl WebhookConfig {
         };
         let signed = if self.secret_keys().is_set() { ", signed" } else { "" };
         let batch = if self.batch > 1 { format!(", batches of {}", self.batch) } else { String::new() };
-        format!("webhook {url} ({format}{batch}{signed})")
+        format!("{} {url} ({format}{batch}{signed})", Self::TAG)
     }
 
-    /// Cross-key checks.
-    pub fn validate(&self) -> Vec<(String, String)> {
+    fn validate(&self) -> Vec<(String, String)> {
         let mut errors = Vec::new();
         if let Err(message) = http::parse_url(&self.url) {
             errors.push(("url".into(), message));
@@ -144,6 +149,10 @@ impl WebhookConfig {
             }
         }
         errors
+    }
+
+    fn build(&self) -> Result<Box<dyn Sink>, BuildError> {
+        Ok(Box::new(WebhookSink::new(self)?))
     }
 }
 
@@ -348,10 +357,6 @@ pub(crate) fn bearer(token: &Secret) -> Result<HeaderValue, BuildError> {
 
 #[async_trait]
 impl Sink for WebhookSink {
-    fn kind(&self) -> &'static str {
-        "webhook"
-    }
-
     async fn deliver(&mut self, events: &[Event]) -> Delivery {
         let requests = events.len().div_ceil(self.batch);
         for (index, chunk) in events.chunks(self.batch).enumerate() {

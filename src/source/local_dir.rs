@@ -22,9 +22,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::window::{self, Smallest};
-use super::{Found, Polled, Source, SourceError};
-use crate::config::{Glob, HumanDuration};
+use super::{Found, Polled, Source, SourceError, SourceKind};
 use crate::event::{Change, FileItem, Item};
+use crate::value::{Glob, HumanDuration, Kind};
 
 /// `source: {type: local_dir}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -80,9 +80,12 @@ fn default_max_remembered() -> usize {
     100_000
 }
 
-impl LocalDirConfig {
-    /// One line for `highwater watchers`.
-    pub fn describe(&self) -> String {
+impl Kind for LocalDirConfig {
+    const TAG: &'static str = "local_dir";
+}
+
+impl SourceKind for LocalDirConfig {
+    fn describe(&self) -> String {
         let glob = self.glob.as_ref().map_or("every file", |g| g.pattern.as_str());
         format!(
             "local_dir {} ({glob}{})",
@@ -91,8 +94,7 @@ impl LocalDirConfig {
         )
     }
 
-    /// Cross-key checks.
-    pub fn validate(&self) -> Vec<(String, String)> {
+    fn validate(&self) -> Vec<(String, String)> {
         let mut errors = Vec::new();
         if self.path.as_os_str().is_empty() {
             errors.push(("path".into(), "must not be empty".into()));
@@ -107,6 +109,10 @@ impl LocalDirConfig {
             errors.push(("max_remembered".into(), "must be at least 1".into()));
         }
         errors
+    }
+
+    fn build(&self) -> Box<dyn Source> {
+        Box::new(LocalDir::new(self.clone()))
     }
 }
 
@@ -161,7 +167,7 @@ fn duration_ns(d: Duration) -> i64 {
 #[async_trait]
 impl Source for LocalDir {
     fn kind(&self) -> &'static str {
-        "local_dir"
+        LocalDirConfig::TAG
     }
 
     async fn poll(
@@ -169,7 +175,7 @@ impl Source for LocalDir {
         watermark: Option<&serde_json::Value>,
         limit: usize,
     ) -> Result<Polled, SourceError> {
-        let mark: Option<Mark> = super::read_watermark("local_dir", watermark)?;
+        let mark: Option<Mark> = super::read_watermark(LocalDirConfig::TAG, watermark)?;
         let config = self.config.clone();
         let now_ns = nanos(SystemTime::now());
         tokio::task::spawn_blocking(move || scan(&config, mark, limit, now_ns))

@@ -134,80 +134,49 @@ pub fn read_watermark<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
-/// A failure to build a source from its config (before any poll).
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct BuildError {
-    /// What is wrong; names the resource, never a secret.
-    pub message: String,
-}
+/// What every source kind's config offers; each kind's module implements it (and
+/// [`Kind`](crate::value::Kind) for its `type` value) and adds one line to
+/// [`SourceConfig`].
+pub trait SourceKind {
+    /// One line for `highwater watchers` (never a secret).
+    fn describe(&self) -> String;
 
-/// Which source a watcher reads (`source:` in a watcher file, tagged by `type`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum SourceConfig {
-    /// Files under a local directory.
-    LocalDir(local_dir::LocalDirConfig),
-    /// Objects under an S3 prefix.
-    S3(s3::S3Config),
-    /// New rows of a Postgres table.
-    Postgres(postgres::PostgresConfig),
-}
-
-impl crate::config::yaml::Tagged for SourceConfig {
-    const WHAT: &'static str = "source";
-    const VARIANTS: &'static [&'static str] = &["local_dir", "s3", "postgres"];
-    fn from_tag<'de, A: serde::de::MapAccess<'de>>(tag: &str, rest: A) -> Result<Self, A::Error> {
-        use crate::config::yaml::variant;
-        match tag {
-            "local_dir" => Ok(SourceConfig::LocalDir(variant(rest)?)),
-            "s3" => Ok(SourceConfig::S3(variant(rest)?)),
-            "postgres" => Ok(SourceConfig::Postgres(variant(rest)?)),
-            other => Err(serde::de::Error::unknown_variant(other, Self::VARIANTS)),
-        }
+    /// Checks that need more than one key; `(key under source, message)` pairs.
+    fn validate(&self) -> Vec<(String, String)> {
+        Vec::new()
     }
+
+    /// Builds the runtime source. Cheap and local: connections are made by the first
+    /// poll, so a server that is down at start is a retried poll error, not a failed
+    /// start.
+    fn build(&self) -> Box<dyn Source>;
 }
 
-impl<'de> serde::Deserialize<'de> for SourceConfig {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        crate::config::yaml::deserialize_tagged(deserializer)
+crate::value::kinds! {
+    /// Which source a watcher reads (`source:` in a watcher file, tagged by `type`).
+    pub enum SourceConfig("source") as dyn SourceKind {
+        /// Files under a local directory.
+        LocalDir(local_dir::LocalDirConfig),
+        /// Objects under an S3 prefix.
+        S3(s3::S3Config),
+        /// New rows of a Postgres table.
+        Postgres(postgres::PostgresConfig),
     }
 }
 
 impl SourceConfig {
-    /// The `type` value.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SourceConfig::LocalDir(_) => "local_dir",
-            SourceConfig::S3(_) => "s3",
-            SourceConfig::Postgres(_) => "postgres",
-        }
-    }
-
     /// One line for `highwater watchers` (never a secret).
     pub fn describe(&self) -> String {
-        match self {
-            SourceConfig::LocalDir(c) => c.describe(),
-            SourceConfig::S3(c) => c.describe(),
-            SourceConfig::Postgres(c) => c.describe(),
-        }
+        self.get().describe()
     }
 
     /// Checks that need more than one key; returns `(key under source, message)` pairs.
     pub fn validate(&self) -> Vec<(String, String)> {
-        match self {
-            SourceConfig::LocalDir(c) => c.validate(),
-            SourceConfig::S3(c) => c.validate(),
-            SourceConfig::Postgres(c) => c.validate(),
-        }
+        self.get().validate()
     }
 
-    /// Builds the runtime source. Cheap and local: connections are made by the first
-    /// poll, so a server that is down at start is a retried poll error, not a failed start.
-    pub fn build(&self) -> Result<Box<dyn Source>, BuildError> {
-        match self {
-            SourceConfig::LocalDir(c) => Ok(Box::new(local_dir::LocalDir::new(c.clone()))),
-            SourceConfig::S3(c) => Ok(Box::new(s3::S3Source::new(c.clone()))),
-            SourceConfig::Postgres(c) => Ok(Box::new(postgres::Postgres::new(c.clone()))),
-        }
+    /// Builds the runtime source (see [`SourceKind::build`]).
+    pub fn build(&self) -> Box<dyn Source> {
+        self.get().build()
     }
 }

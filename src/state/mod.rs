@@ -87,33 +87,28 @@ impl Op {
     }
 }
 
-/// Which store the daemon uses (`state:` in the daemon file).
-#[derive(Debug, Clone, PartialEq)]
-pub enum StateConfig {
-    /// The embedded SQLite file (default).
-    Sqlite(SqliteConfig),
+/// What every store kind's config offers; each backend implements it (and
+/// [`Kind`](crate::value::Kind) for its `type` value) and adds one line to
+/// [`StateConfig`].
+pub trait StoreKind {
+    /// Where the store lives, for logs (never a password).
+    fn describe(&self) -> String;
+
+    /// Opens the store.
+    fn open(&self) -> Result<std::sync::Arc<dyn Store>, StoreError>;
+}
+
+crate::value::kinds! {
+    /// Which store the daemon uses (`state:` in the daemon file, tagged by `type`).
+    pub enum StateConfig("state") as dyn StoreKind {
+        /// The embedded SQLite file (default).
+        Sqlite(SqliteConfig),
+    }
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig::Sqlite(SqliteConfig::default())
-    }
-}
-
-impl crate::config::yaml::Tagged for StateConfig {
-    const WHAT: &'static str = "state";
-    const VARIANTS: &'static [&'static str] = &["sqlite"];
-    fn from_tag<'de, A: serde::de::MapAccess<'de>>(tag: &str, rest: A) -> Result<Self, A::Error> {
-        match tag {
-            "sqlite" => Ok(StateConfig::Sqlite(crate::config::yaml::variant(rest)?)),
-            other => Err(serde::de::Error::unknown_variant(other, Self::VARIANTS)),
-        }
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for StateConfig {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        crate::config::yaml::deserialize_tagged(deserializer)
     }
 }
 
@@ -136,19 +131,29 @@ impl Default for SqliteConfig {
     }
 }
 
+impl crate::value::Kind for SqliteConfig {
+    const TAG: &'static str = "sqlite";
+}
+
+impl StoreKind for SqliteConfig {
+    fn describe(&self) -> String {
+        format!("sqlite {}", self.path.display())
+    }
+
+    fn open(&self) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+        Ok(std::sync::Arc::new(sqlite::SqliteStore::open(&self.path)?))
+    }
+}
+
 /// Opens the configured store.
 pub fn open(config: &StateConfig) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    match config {
-        StateConfig::Sqlite(c) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open(&c.path)?)),
-    }
+    config.get().open()
 }
 
 impl StateConfig {
     /// Where the store lives, for logs (never a password).
     pub fn describe(&self) -> String {
-        match self {
-            StateConfig::Sqlite(c) => format!("sqlite {}", c.path.display()),
-        }
+        self.get().describe()
     }
 }
 

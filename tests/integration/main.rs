@@ -3,6 +3,7 @@
 //! One binary (see Cargo.toml) with one module per area; shared helpers in `util`.
 
 mod airflow;
+mod architecture;
 mod core;
 mod postgres;
 mod s3;

@@ -27,9 +27,9 @@ use tokio_postgres::{Client, Row, Statement};
 
 use self::connect::{ConnectSettings, TlsMode};
 use self::values::{Raw, decode, needs_text, quote_ident};
-use super::{ErrorClass, Found, Polled, Source, SourceError};
-use crate::config::HumanDuration;
+use super::{ErrorClass, Found, Polled, Source, SourceError, SourceKind};
 use crate::event::{Change, Item, RowItem, RowsItem};
+use crate::value::{HumanDuration, Kind};
 
 /// `source: {type: postgres}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -151,9 +151,15 @@ impl PostgresConfig {
             sslrootcert: self.sslrootcert.clone(),
         }
     }
+}
 
-    /// One line for `highwater watchers` (no connection string: it may hold a password).
-    pub fn describe(&self) -> String {
+impl Kind for PostgresConfig {
+    const TAG: &'static str = "postgres";
+}
+
+impl SourceKind for PostgresConfig {
+    /// No connection string: it may hold a password.
+    fn describe(&self) -> String {
         let (schema, table) = self.names();
         let mode = match self.mode {
             Mode::Xid => format!("xid column {}", self.xid_column.as_deref().unwrap_or("?")),
@@ -162,8 +168,7 @@ impl PostgresConfig {
         format!("postgres {schema}.{table} ({mode}; cursor {})", self.cursor.join(", "))
     }
 
-    /// Cross-key checks.
-    pub fn validate(&self) -> Vec<(String, String)> {
+    fn validate(&self) -> Vec<(String, String)> {
         let mut errors = connect::validate(&self.settings());
         let (schema, table) = self.names();
         if schema.is_empty() || table.is_empty() || table.contains('.') {
@@ -199,6 +204,10 @@ impl PostgresConfig {
             errors.push(("where".into(), "must not be empty".into()));
         }
         errors
+    }
+
+    fn build(&self) -> Box<dyn Source> {
+        Box::new(Postgres::new(self.clone()))
     }
 }
 
@@ -779,7 +788,7 @@ fn found(plan: &Plan, rows: &[Row], emit: Emit) -> Result<Vec<Found>, SourceErro
 #[async_trait]
 impl Source for Postgres {
     fn kind(&self) -> &'static str {
-        "postgres"
+        PostgresConfig::TAG
     }
 
     async fn poll(&mut self, watermark: Option<&Value>, limit: usize) -> Result<Polled, SourceError> {

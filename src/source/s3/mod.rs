@@ -14,9 +14,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use self::scan::{Candidate, Flow, Listed, Mark, Rules, Scan};
-use super::{Found, Polled, Source, SourceError};
-use crate::config::{Glob, HumanDuration};
+use super::{Found, Polled, Source, SourceError, SourceKind};
 use crate::event::{Change, Item, S3Object, S3Objects};
+use crate::value::{Glob, HumanDuration, Kind};
 
 /// Whether keys can be trusted to grow in byte order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -124,8 +124,27 @@ impl S3Config {
         format!("s3://{}/{}", self.bucket, self.prefix)
     }
 
-    /// One line for `highwater watchers`.
-    pub fn describe(&self) -> String {
+    fn rules(&self) -> Rules {
+        Rules {
+            prefix: self.prefix.clone(),
+            glob: self.glob.clone(),
+            min_size: self.min_size,
+            include_folder_markers: self.include_folder_markers,
+            events: self.events.clone(),
+            ordered: self.key_order == KeyOrder::Lexicographic,
+            lookback_ms: millis(self.lookback.0),
+            full_relist_every_ms: millis(self.full_relist_every.unwrap_or_else(default_full_relist_every).0),
+            max_remembered: self.max_remembered,
+        }
+    }
+}
+
+impl Kind for S3Config {
+    const TAG: &'static str = "s3";
+}
+
+impl SourceKind for S3Config {
+    fn describe(&self) -> String {
         let mut notes = vec![self.glob.as_ref().map_or("every key".to_string(), |g| g.pattern.clone())];
         if self.key_order == KeyOrder::Lexicographic {
             notes.push("keys in order".into());
@@ -136,8 +155,7 @@ impl S3Config {
         format!("s3 {} ({})", self.url(), notes.join(", "))
     }
 
-    /// Cross-key checks.
-    pub fn validate(&self) -> Vec<(String, String)> {
+    fn validate(&self) -> Vec<(String, String)> {
         let mut errors = Vec::new();
         if self.bucket.is_empty() {
             errors.push(("bucket".into(), "must not be empty".into()));
@@ -175,18 +193,8 @@ impl S3Config {
         errors
     }
 
-    fn rules(&self) -> Rules {
-        Rules {
-            prefix: self.prefix.clone(),
-            glob: self.glob.clone(),
-            min_size: self.min_size,
-            include_folder_markers: self.include_folder_markers,
-            events: self.events.clone(),
-            ordered: self.key_order == KeyOrder::Lexicographic,
-            lookback_ms: millis(self.lookback.0),
-            full_relist_every_ms: millis(self.full_relist_every.unwrap_or_else(default_full_relist_every).0),
-            max_remembered: self.max_remembered,
-        }
+    fn build(&self) -> Box<dyn Source> {
+        Box::new(S3Source::new(self.clone()))
     }
 }
 
@@ -293,7 +301,7 @@ fn listed(object: &aws_sdk_s3::types::Object) -> Option<Listed> {
 #[async_trait]
 impl Source for S3Source {
     fn kind(&self) -> &'static str {
-        "s3"
+        S3Config::TAG
     }
 
     async fn poll(
@@ -301,7 +309,7 @@ impl Source for S3Source {
         watermark: Option<&serde_json::Value>,
         limit: usize,
     ) -> Result<Polled, SourceError> {
-        let mark: Option<Mark> = crate::source::read_watermark("s3", watermark)?;
+        let mark: Option<Mark> = crate::source::read_watermark(S3Config::TAG, watermark)?;
         let client = self.client().await;
         let url = self.config.url();
         let bucket = self.config.bucket.as_str();

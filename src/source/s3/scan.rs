@@ -24,8 +24,8 @@ use std::ops::Bound;
 use serde::{Deserialize, Serialize};
 
 use super::super::window::{self, Smallest};
-use crate::config::Glob;
 use crate::event::Change;
+use crate::value::Glob;
 
 /// One object of a listing, as the scan needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]

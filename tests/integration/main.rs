@@ -4,7 +4,9 @@
 
 mod airflow;
 mod architecture;
+mod conformance;
 mod core;
+mod local_dir;
 mod postgres;
 mod s3;
 mod s3_support;

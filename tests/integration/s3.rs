@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::conformance::{self, SourceFixture};
 use crate::s3_support::{ACCESS_KEY, Bucket, Proxy, SECRET_KEY, weed};
 use crate::util::{Daemon, Output, Project};
 
@@ -392,4 +393,79 @@ fn s3_batches_and_ordered_full_listings_see_overwrites_and_deletes() {
     assert_eq!(ordered, [("deleted".into(), "in/2.csv".into()), ("updated".into(), "in/1.csv".into())]);
     std::thread::sleep(Duration::from_millis(1100));
     assert!(once_ok(&p, &[]).is_empty());
+}
+
+/// A bucket of its own behind a proxy that reports one `LastModified` for the objects
+/// of one [`SourceFixture::add`]: a tie whatever second the server stamps them with.
+struct S3Source {
+    bucket: Bucket,
+    proxy: Proxy,
+    /// The source's `key_order`.
+    key_order: &'static str,
+}
+
+impl S3Source {
+    fn new(bucket: &str, key_order: &'static str) -> Self {
+        S3Source { bucket: Bucket::new(bucket), proxy: Proxy::start(), key_order }
+    }
+}
+
+impl SourceFixture for S3Source {
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+
+    fn source_keys(&self) -> String {
+        format!(
+            "  bucket: {}\n  prefix: in/\n  endpoint_url: {}\n  force_path_style: true\n  key_order: {}\n",
+            self.bucket.name, self.proxy.endpoint, self.key_order
+        )
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        AWS_ENV.iter().map(|(k, v)| (*k, v.to_string())).collect()
+    }
+
+    fn add(&self, names: &[&str]) {
+        let at = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S.000Z").to_string();
+        // Before the objects exist, so that no listing shows another time for them.
+        let mut state = self.proxy.state();
+        for name in names {
+            state.last_modified.insert(format!("in/{name}"), at.clone());
+        }
+        drop(state);
+        let objects: Vec<(String, String)> =
+            names.iter().map(|n| (format!("in/{n}"), n.to_string())).collect();
+        self.bucket.put_many(&objects);
+    }
+
+    fn name_of(&self, event: &serde_json::Value) -> String {
+        key(event)
+            .strip_prefix("in/")
+            .unwrap_or_else(|| panic!("key outside the prefix: {event}"))
+            .to_string()
+    }
+
+    fn check_item(&self, event: &serde_json::Value) {
+        let item = &event["item"];
+        assert_eq!(item["kind"], "s3_object", "{event}");
+        assert_eq!(item["bucket"], self.bucket.name.as_str(), "{event}");
+        assert_eq!(item["size"], self.name_of(event).len(), "{event}");
+        assert!(item["etag"].as_str().is_some_and(|e| !e.is_empty()), "{event}");
+        let at = &self.proxy.state().last_modified[&key(event)];
+        let reported =
+            chrono::DateTime::parse_from_rfc3339(item["last_modified"].as_str().expect("last_modified"))
+                .expect("last_modified is a time");
+        assert_eq!(reported, chrono::DateTime::parse_from_rfc3339(at).expect("time"), "{event}");
+    }
+}
+
+#[test]
+fn s3_conformance_any_key_order() {
+    conformance::run(&S3Source::new("conformance-any", "any"));
+}
+
+#[test]
+fn s3_conformance_lexicographic_key_order() {
+    conformance::run(&S3Source::new("conformance-lexicographic", "lexicographic"));
 }

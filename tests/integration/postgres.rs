@@ -2,21 +2,29 @@
 //! transactions, restarts, killed connections, types and query plans.
 //!
 //! The server is the one `HIGHWATER_TEST_PG_URL` names (`tests/setup/postgres.sh`
-//! exports it), else 127.0.0.1:5432, user postgres, database `test`. Each test works in
-//! a schema of its own and drops it.
+//! exports it; `scripts/test.sh` runs it). Each test works in a schema of its own and
+//! drops it.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::util::{Daemon, Project};
+use crate::conformance::{self, SourceFixture};
+use crate::util::{Daemon, POLL_ERRORS, Project, field_str};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// The watcher every test here runs.
+const ROWS: &str = "pg/rows";
+
 fn url() -> String {
-    std::env::var("HIGHWATER_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+    std::env::var("HIGHWATER_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!(
+            "HIGHWATER_TEST_PG_URL is not set: run the tests with scripts/test.sh, which finds or starts \
+             a PostgreSQL server (tests/setup/postgres.sh) and points the Postgres tests at it"
+        )
+    })
 }
 
 /// A connection of the test's own, driven by a runtime of its own so that tests stay
@@ -30,9 +38,11 @@ impl Pg {
     fn connect() -> Pg {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let client = rt.block_on(async {
-            let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
-                .await
-                .expect("connect to the test server");
+            let url = url();
+            let (client, connection) =
+                tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap_or_else(|e| {
+                    panic!("cannot connect to {url} (HIGHWATER_TEST_PG_URL; scripts/test.sh sets it up): {e}")
+                });
             tokio::spawn(async move {
                 let _ = connection.await;
             });
@@ -134,7 +144,7 @@ fn backlog_larger_than_one_batch_is_drained_once_in_order() {
     let events = daemon.events(250, WAIT);
     assert_eq!(ids(&events), (1..=250).collect::<Vec<_>>());
     assert_unique(&events);
-    daemon.no_events(Duration::from_millis(600));
+    daemon.assert_idle(&[ROWS], 2);
     let (code, _) = daemon.stop();
     assert_eq!(code, Some(0));
 }
@@ -145,19 +155,19 @@ fn out_of_order_commit_race_loses_nothing() {
     let table = schema.orders();
     let project = xid_project(&table, 100);
     let mut daemon = start(&project);
-    daemon.wait_log("Connected to Postgres.", WAIT);
+    daemon.wait_polls(ROWS, 1);
     // Connection A takes id 1 and holds its transaction open; B takes id 2 and commits.
     let a = Pg::connect();
     a.exec(&format!("BEGIN; INSERT INTO {table} (note) VALUES ('a')"));
     schema.pg.exec(&format!("INSERT INTO {table} (note) VALUES ('b')"));
     let first = daemon.events(1, WAIT);
     assert_eq!(ids(&first), vec![2]);
-    daemon.no_events(Duration::from_millis(500));
+    daemon.assert_idle(&[ROWS], 2);
     // A commits last: its lower id still gets its event, once.
     a.exec("COMMIT");
     let second = daemon.events(1, WAIT);
     assert_eq!(ids(&second), vec![1]);
-    daemon.no_events(Duration::from_millis(600));
+    daemon.assert_idle(&[ROWS], 2);
     daemon.stop();
 }
 
@@ -176,11 +186,11 @@ fn long_open_transaction_delays_only_itself_across_a_restart() {
     }
     daemon.stop();
     let mut daemon = start(&project);
-    daemon.no_events(Duration::from_millis(800));
+    daemon.assert_idle(&[ROWS], 2);
     long.exec("COMMIT");
     let events = daemon.events(1, WAIT);
     assert_eq!(ids(&events), vec![1]);
-    daemon.no_events(Duration::from_millis(600));
+    daemon.assert_idle(&[ROWS], 2);
     daemon.stop();
 }
 
@@ -199,12 +209,13 @@ fn rollback_gap_does_not_stall() {
     schema.pg.exec(&format!("INSERT INTO {table} (note) VALUES ('after')"));
     let events = daemon.events(1, WAIT);
     assert_eq!(ids(&events), vec![7]);
-    daemon.no_events(Duration::from_millis(500));
+    daemon.assert_idle(&[ROWS], 2);
     daemon.stop();
 }
 
+/// Ties and batches ending inside them are the conformance suite's; this is the order.
 #[test]
-fn composite_cursor_with_equal_timestamps_pages_exactly() {
+fn cursor_mode_announces_in_cursor_order_not_key_order() {
     let schema = Schema::new("ties");
     let table = format!("{}.events", schema.name);
     schema.pg.exec(&format!(
@@ -222,10 +233,6 @@ fn composite_cursor_with_equal_timestamps_pages_exactly() {
     assert_eq!(ids(&events), vec![11, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12]);
     assert_eq!(events[1]["item"]["cursor"], json!({"at": "2026-01-01T00:00:00Z", "id": 1}));
     assert_unique(&events);
-    // A late row with a tied timestamp but a higher id still sorts after the watermark.
-    schema.pg.exec(&format!("INSERT INTO {table} VALUES (13, '2026-01-02T00:00:00Z')"));
-    assert_eq!(ids(&daemon.events(1, WAIT)), vec![13]);
-    daemon.no_events(Duration::from_millis(500));
     daemon.stop();
 }
 
@@ -322,27 +329,17 @@ fn terminated_connection_mid_poll_reconnects_without_loss_or_repeat() {
     let events = daemon.events(35, Duration::from_secs(60));
     assert_eq!(ids(&events), (1..=35).collect::<Vec<_>>());
     assert_unique(&events);
-    daemon.no_events(Duration::from_secs(1));
-    daemon.wait_log("Dropped the Postgres connection", WAIT);
+    daemon.assert_idle(&[ROWS], 2);
+    assert!(daemon.metrics().watcher(POLL_ERRORS, ROWS) >= 1, "a terminated connection fails its poll");
     daemon.stop();
 }
 
-/// The SQL the source prepared, from its debug log.
+/// The SQL the source prepared, from the `sql` field of its debug log.
 fn prepared_sql(daemon: &mut Daemon, needle: &str) -> String {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        daemon.wait_log("Prepared query.", WAIT);
-        let found = daemon.drain_logs().iter().find_map(|line| {
-            let log: Value = serde_json::from_str(line).ok()?;
-            let sql = log["sql"].as_str()?;
-            sql.contains(needle).then(|| sql.to_string())
-        });
-        if let Some(sql) = found {
-            return sql;
-        }
-        assert!(std::time::Instant::now() < deadline, "no prepared query containing {needle}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let line = daemon.wait_log_where(&format!("with prepared SQL containing {needle}"), |l| {
+        field_str(l, "sql").is_some_and(|sql| sql.contains(needle))
+    });
+    field_str(&line, "sql").expect("sql").to_string()
 }
 
 #[test]
@@ -416,8 +413,8 @@ fn null_cursor_rows_are_skipped_with_a_warning() {
     let mut daemon = start(&project);
     let events = daemon.events(2, WAIT);
     assert_eq!(ids(&events), vec![1, 3]);
-    daemon.wait_log("Skipped rows with a NULL cursor column.", WAIT);
-    daemon.no_events(Duration::from_millis(500));
+    daemon.wait_counter(ROWS, "highwater_watcher_items_skipped_total", 1);
+    daemon.assert_idle(&[ROWS], 2);
     daemon.stop();
 }
 
@@ -433,17 +430,19 @@ fn batch_emit_lists_the_rows_of_a_poll() {
     let rows = event["item"]["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 5);
     assert_eq!(rows[4]["columns"], json!({"id": 5, "note": "n"}));
-    daemon.no_events(Duration::from_millis(500));
+    daemon.assert_idle(&[ROWS], 2);
     daemon.stop();
 }
 
 #[test]
 fn tls_require_encrypts_and_verify_full_checks_the_certificate() {
     let schema = Schema::new("tls");
-    if schema.pg.text("SHOW ssl") != "on" {
-        eprintln!("skipped: the test server does not offer TLS");
-        return;
-    }
+    assert_eq!(
+        schema.pg.text("SHOW ssl"),
+        "on",
+        "the test server does not offer TLS: run the tests with scripts/test.sh, whose private cluster \
+         (tests/setup/postgres.sh) does"
+    );
     let table = schema.orders();
     schema.pg.exec(&format!("INSERT INTO {table} (note) VALUES ('a')"));
     let project = watcher_project(&table, "  cursor: id\n  xid_column: hx\n  sslmode: require");
@@ -509,13 +508,14 @@ fn cursor_mode_grace_holds_rows_back_until_they_are_old_enough() {
         "CREATE TABLE {table} (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp()); \
          CREATE INDEX ON {table} (at, id)"
     ));
-    let project = watcher_project(&table, "  mode: cursor\n  cursor: [at, id]\n  grace: 2s");
+    let project = watcher_project(&table, "  mode: cursor\n  cursor: [at, id]\n  grace: 3s");
     let mut daemon = start(&project);
-    daemon.wait_log("Connected to Postgres.", WAIT);
+    daemon.wait_polls(ROWS, 1);
     schema.pg.exec(&format!("INSERT INTO {table} (id) VALUES (1)"));
-    daemon.no_events(Duration::from_millis(1200));
+    // Polls go on and leave the row alone while it is younger than the grace.
+    daemon.assert_idle(&[ROWS], 2);
     assert_eq!(ids(&daemon.events(1, WAIT)), vec![1]);
-    daemon.no_events(Duration::from_millis(500));
+    daemon.assert_idle(&[ROWS], 2);
     daemon.stop();
 }
 
@@ -599,11 +599,87 @@ fn server_restart_is_retried_with_backoff_and_resumes_from_the_watermark() {
     assert_eq!(ids(&daemon.events(5, WAIT)), (1..=5).collect::<Vec<_>>());
     proxy.go_down();
     schema.pg.exec(&format!("INSERT INTO {table} (note) SELECT 'b' FROM generate_series(1, 5)"));
-    daemon.wait_log("Cycle failed; retrying.", WAIT);
-    daemon.no_events(Duration::from_millis(500));
+    // Polls fail and are retried while the server is away.
+    let errors = daemon.metrics().watcher(POLL_ERRORS, ROWS);
+    daemon.wait_counter(ROWS, POLL_ERRORS, errors + 2);
     proxy.restore();
     let events = daemon.events(5, WAIT);
     assert_eq!(ids(&events), (6..=10).collect::<Vec<_>>());
-    daemon.no_events(Duration::from_millis(500));
+    daemon.assert_idle(&[ROWS], 2);
     daemon.stop();
+}
+
+/// A table of its own in a schema of its own. In `xid` mode the rows of one
+/// [`SourceFixture::add`] are one transaction (they share `hx`); in `cursor` mode they
+/// share the timestamp `at`: either way, a tie on the first cursor column.
+struct PgSource {
+    schema: Schema,
+    table: String,
+    xid: bool,
+}
+
+impl PgSource {
+    fn new(name: &str, xid: bool) -> Self {
+        let schema = Schema::new(name);
+        let table = format!("{}.items", schema.name);
+        let order =
+            if xid { "hx xid8 NOT NULL DEFAULT pg_current_xact_id()" } else { "at timestamptz NOT NULL" };
+        let first = if xid { "hx" } else { "at" };
+        schema.pg.exec(&format!(
+            "CREATE TABLE {table} (id bigserial PRIMARY KEY, name text NOT NULL, {order}); \
+             CREATE INDEX ON {table} ({first}, id)"
+        ));
+        PgSource { schema, table, xid }
+    }
+}
+
+impl SourceFixture for PgSource {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn source_keys(&self) -> String {
+        let mode = if self.xid {
+            "  cursor: id\n  xid_column: hx\n"
+        } else {
+            "  mode: cursor\n  cursor: [at, id]\n"
+        };
+        format!("  connection: \"{}\"\n  table: {}\n{mode}  columns: [name]\n", url(), self.table)
+    }
+
+    fn add(&self, names: &[&str]) {
+        let rows: Vec<String> = names
+            .iter()
+            .map(|n| if self.xid { format!("('{n}')") } else { format!("('{n}', now())") })
+            .collect();
+        let columns = if self.xid { "name" } else { "name, at" };
+        // One statement: one transaction, and one `now()`.
+        self.schema.pg.exec(&format!("INSERT INTO {} ({columns}) VALUES {}", self.table, rows.join(", ")));
+    }
+
+    fn name_of(&self, event: &Value) -> String {
+        event["item"]["columns"]["name"].as_str().expect("name column").to_string()
+    }
+
+    fn check_item(&self, event: &Value) {
+        let item = &event["item"];
+        assert_eq!(item["kind"], "row", "{event}");
+        assert_eq!(item["table"], self.table.as_str(), "{event}");
+        assert!(item["key"]["id"].is_i64(), "{event}");
+        assert_eq!(item["columns"]["id"], item["key"]["id"], "{event}");
+        if !self.xid {
+            assert_eq!(item["cursor"]["id"], item["key"]["id"], "{event}");
+            assert!(item["cursor"]["at"].is_string(), "{event}");
+        }
+    }
+}
+
+#[test]
+fn postgres_conformance_xid_mode() {
+    conformance::run(&PgSource::new("conformance_xid", true));
+}
+
+#[test]
+fn postgres_conformance_cursor_mode() {
+    conformance::run(&PgSource::new("conformance_cursor", false));
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use highwater::event::{Change, Event, FileItem, Item};
 use highwater::sink::webhook::{Signer, WebhookConfig, WebhookFormat, WebhookSink, encode_body, webhook_id};
 use highwater::sink::{Delivery, Sink};
-use highwater::value::HumanDuration;
+use highwater::value::{HttpUrl, HumanDuration};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -57,7 +57,7 @@ async fn through_sink(
     secret_file: &std::path::Path,
 ) -> Measured {
     let config = WebhookConfig {
-        url: url.to_string(),
+        url: HttpUrl::parse(url).expect("receiver URL"),
         format: WebhookFormat::Cloudevents,
         batch,
         secret_env: None,

@@ -15,8 +15,8 @@
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`telemetry`]: per-watcher counters and state; what the endpoints and systemd see.
 //! - [`cli`]: the subcommands and exit codes.
-//! - [`value`]: config values parsed once and carried typed (durations, globs, names);
-//!   the kinds of `type:`-tagged enums. A leaf.
+//! - [`value`]: config values parsed once and carried typed (durations, globs, names,
+//!   URLs, headers, templates); the kinds of `type:`-tagged enums. A leaf.
 
 pub mod backoff;
 pub mod cli;

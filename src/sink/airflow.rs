@@ -22,7 +22,7 @@ use serde_json::json;
 use super::http::{self, Secret, SecretKeys};
 use super::{BuildError, Delivery, Sink, SinkKind, classify_http_status};
 use crate::event::Event;
-use crate::value::{HumanDuration, Kind};
+use crate::value::{HttpUrl, HumanDuration, Kind, Template};
 
 /// `sink: {type: airflow}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -30,7 +30,7 @@ use crate::value::{HumanDuration, Kind};
 pub struct AirflowConfig {
     /// Airflow's API server, e.g. `https://airflow.example.com`; `/auth/token` and
     /// `/api/v2/…` are called under it.
-    pub base_url: String,
+    pub base_url: HttpUrl,
     /// User whose password is exchanged for a token at `POST /auth/token`.
     #[serde(default)]
     pub username: Option<String>,
@@ -58,7 +58,7 @@ pub struct AirflowConfig {
     /// field of the item (`"{relative_path}"`, `"day={date}"`), `{{` and `}}` are
     /// literal braces. Default: no partition key.
     #[serde(default)]
-    pub partition_key: Option<String>,
+    pub partition_key: Option<Template>,
     /// How long one request may take, connecting included.
     #[serde(default = "default_timeout")]
     pub timeout: HumanDuration,
@@ -102,8 +102,7 @@ impl Kind for AirflowConfig {
 impl SinkKind for AirflowConfig {
     /// Never a secret.
     fn describe(&self) -> String {
-        let url = http::parse_url(&self.base_url)
-            .map_or_else(|_| "(invalid URL)".to_string(), |u| http::display_url(&u));
+        let url = &self.base_url;
         let auth = match (&self.username, self.token_keys().is_set()) {
             (Some(user), _) => format!(", as {user}"),
             (None, true) => ", with a token".to_string(),
@@ -114,9 +113,6 @@ impl SinkKind for AirflowConfig {
 
     fn validate(&self) -> Vec<(String, String)> {
         let mut errors = Vec::new();
-        if let Err(message) = http::parse_url(&self.base_url) {
-            errors.push(("base_url".into(), message));
-        }
         match (&self.asset_uri, &self.asset_name) {
             (None, None) => {
                 errors.push(("asset_uri".into(), "name the asset with `asset_uri` or `asset_name`".into()))
@@ -142,11 +138,6 @@ impl SinkKind for AirflowConfig {
         }
         if user && token {
             errors.push(("token_env".into(), "give `username`/`password_*` or `token_*`, not both".into()));
-        }
-        if let Some(template) = &self.partition_key
-            && let Err(message) = Template::parse(template)
-        {
-            errors.push(("partition_key".into(), message));
         }
         for (key, value) in [("timeout", self.timeout), ("slow_retry", self.slow_retry)] {
             if value.0.is_zero() {
@@ -174,88 +165,6 @@ impl std::fmt::Display for AssetRef {
             AssetRef::Uri(uri) => write!(f, "asset URI `{uri}`"),
             AssetRef::Name(name) => write!(f, "asset name `{name}`"),
         }
-    }
-}
-
-/// A `partition_key` template: literal text and item fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Template(Vec<Piece>);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
-    Text(String),
-    Field(String),
-}
-
-impl Template {
-    fn parse(text: &str) -> Result<Self, String> {
-        let mut pieces = Vec::new();
-        let mut literal = String::new();
-        let mut chars = text.chars().peekable();
-        while let Some(c) = chars.next() {
-            match c {
-                '{' if chars.peek() == Some(&'{') => {
-                    chars.next();
-                    literal.push('{');
-                }
-                '}' if chars.peek() == Some(&'}') => {
-                    chars.next();
-                    literal.push('}');
-                }
-                '{' => {
-                    let mut field = String::new();
-                    loop {
-                        match chars.next() {
-                            Some('}') => break,
-                            Some(c) if c.is_ascii_alphanumeric() || c == '_' => field.push(c),
-                            _ => {
-                                return Err(format!(
-                                    "`{text}`: write `{{field}}` with an item field name, `{{{{` for a brace"
-                                ));
-                            }
-                        }
-                    }
-                    if field.is_empty() {
-                        return Err(format!("`{text}`: `{{}}` names no field"));
-                    }
-                    if !literal.is_empty() {
-                        pieces.push(Piece::Text(std::mem::take(&mut literal)));
-                    }
-                    pieces.push(Piece::Field(field));
-                }
-                '}' => return Err(format!("`{text}`: unmatched `}}` (write `}}}}` for a brace)")),
-                c => literal.push(c),
-            }
-        }
-        if !literal.is_empty() {
-            pieces.push(Piece::Text(literal));
-        }
-        Ok(Template(pieces))
-    }
-
-    /// Fills the template from an event's item; the error names the missing field.
-    fn render(&self, item: &serde_json::Value) -> Result<String, String> {
-        let mut out = String::new();
-        for piece in &self.0 {
-            match piece {
-                Piece::Text(text) => out.push_str(text),
-                Piece::Field(field) => match item.get(field) {
-                    Some(serde_json::Value::String(s)) => out.push_str(s),
-                    Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
-                        out.push_str(&v.to_string())
-                    }
-                    _ => {
-                        return Err(format!(
-                            "partition_key: the item has no field `{field}` to fill it with"
-                        ));
-                    }
-                },
-            }
-        }
-        if out.trim().is_empty() {
-            return Err("partition_key: the key came out empty".into());
-        }
-        Ok(out)
     }
 }
 
@@ -290,8 +199,6 @@ pub struct AirflowSink {
 impl AirflowSink {
     /// Builds the sink: reads the secrets and prepares the client. Nothing is contacted.
     pub fn new(config: &AirflowConfig) -> Result<Self, BuildError> {
-        let base = http::parse_url(&config.base_url)
-            .map_err(|m| BuildError { message: format!("base_url: {m}") })?;
         let auth = match (&config.username, config.password_keys().load()?, config.token_keys().load()?) {
             (Some(username), Some(password), _) => {
                 Auth::Password { username: username.clone(), password, token: None }
@@ -299,20 +206,14 @@ impl AirflowSink {
             (_, _, Some(token)) => Auth::Static(token),
             _ => Auth::None,
         };
-        let partition_key = match &config.partition_key {
-            Some(text) => Some(
-                Template::parse(text).map_err(|m| BuildError { message: format!("partition_key: {m}") })?,
-            ),
-            None => None,
-        };
         Ok(AirflowSink {
             client: http::client(config.timeout.0)?,
-            shown: http::display_url(&base),
-            base,
+            shown: config.base_url.to_string(),
+            base: config.base_url.url().clone(),
             auth,
             asset: config.asset(),
             asset_id: None,
-            partition_key,
+            partition_key: config.partition_key.clone(),
             timeout: config.timeout.0,
             slow_retry: config.slow_retry.0,
         })
@@ -480,7 +381,9 @@ impl AirflowSink {
         let partition_key = match &self.partition_key {
             Some(template) => match template.render(&item) {
                 Ok(key) => Some(key),
-                Err(message) => return Delivery::permanent(format!("event {}: {message}", event.id)),
+                Err(message) => {
+                    return Delivery::permanent(format!("event {}: partition_key: {message}", event.id));
+                }
             },
             None => None,
         };
@@ -650,7 +553,7 @@ mod tests {
 
     fn config(base_url: &str) -> AirflowConfig {
         AirflowConfig {
-            base_url: base_url.into(),
+            base_url: HttpUrl::parse(base_url).unwrap(),
             username: Some("admin".into()),
             password_env: None,
             password_file: None,
@@ -759,12 +662,12 @@ mod tests {
     async fn partition_keys_come_from_the_item() {
         let (url, mock) = start(Mock { assets: assets_list(), ..Mock::default() }).await;
         let mut config = config(&url);
-        config.partition_key = Some("file={relative_path} {{{size}}}".into());
+        config.partition_key = Some(Template::parse("file={relative_path} {{{size}}}").unwrap());
         let mut sink = sink(&config);
         assert_eq!(sink.deliver(&[event("e1", "a.csv")]).await, Delivery::Acknowledged);
         assert_eq!(mock.lock().unwrap().events[0].1["partition_key"], "file=a.csv {3}");
 
-        config.partition_key = Some("{bucket}".into());
+        config.partition_key = Some(Template::parse("{bucket}").unwrap());
         let mut sink = self::sink(&config);
         assert!(matches!(sink.deliver(&[event("e2", "b.csv")]).await, Delivery::Permanent { .. }));
     }
@@ -774,9 +677,8 @@ mod tests {
         let mut config = config("http://airflow:8080");
         config.asset_name = Some("orders".into());
         config.token_env = Some("AIRFLOW_TOKEN".into());
-        config.partition_key = Some("{unclosed".into());
         let keys: Vec<String> = config.validate().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["asset_name", "username", "token_env", "partition_key"]);
+        assert_eq!(keys, ["asset_name", "username", "token_env"]);
         let mut ok = self::config("http://airflow:8080/");
         ok.password_env = Some("AIRFLOW_PASSWORD".into());
         assert!(ok.validate().is_empty(), "{:?}", ok.validate());

@@ -1,5 +1,5 @@
 //! What the HTTP sinks (`webhook`, `airflow`) share: the client, secrets read from the
-//! environment or a file, URLs safe to show, and turning transport errors and
+//! environment or a file, and turning transport errors and
 //! `Retry-After` into delivery outcomes. Statuses are classified by
 //! [`super::classify_http_status`], nowhere else.
 
@@ -101,30 +101,6 @@ impl SecretKeys<'_> {
         };
         Ok(Some(Secret(value)))
     }
-}
-
-/// Parses a configured URL and checks it is http(s); the message never repeats the URL
-/// (it may carry credentials).
-pub fn parse_url(url: &str) -> Result<reqwest::Url, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a valid URL: {e}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!("must be an http:// or https:// URL, not {}://", parsed.scheme()));
-    }
-    if parsed.host_str().is_none() {
-        return Err("must name a host".into());
-    }
-    Ok(parsed)
-}
-
-/// The URL without user info, query or fragment: what logs, errors and
-/// `highwater watchers` may show.
-pub fn display_url(url: &reqwest::Url) -> String {
-    let mut shown = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
-    if let Some(port) = url.port() {
-        shown.push_str(&format!(":{port}"));
-    }
-    shown.push_str(url.path());
-    shown
 }
 
 /// The HTTP client of one sink. Redirects are not followed: a POST that is redirected
@@ -233,14 +209,6 @@ mod tests {
         assert_eq!(retry_after(&headers), Some(Duration::ZERO));
         headers.insert(RETRY_AFTER, "soon".parse().unwrap());
         assert_eq!(retry_after(&headers), None);
-    }
-
-    #[test]
-    fn shown_urls_drop_credentials_and_queries() {
-        let url = parse_url("https://user:pw@hooks.example.com:8443/in/x?token=abc#f").unwrap();
-        assert_eq!(display_url(&url), "https://hooks.example.com:8443/in/x");
-        assert!(parse_url("ftp://example.com/").is_err());
-        assert!(parse_url("not a url").is_err());
     }
 
     #[test]

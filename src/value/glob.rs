@@ -1,6 +1,5 @@
 //! Globs over `/`-separated relative paths, compiled while the config is read.
 
-use serde::de;
 use serde::{Deserialize, Deserializer};
 
 /// A glob (`**/*.csv`), compiled while parsing so a bad pattern is reported at its line.
@@ -36,8 +35,7 @@ impl Glob {
 
 impl<'de> Deserialize<'de> for Glob {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let pattern = String::deserialize(deserializer)?;
-        Glob::new(&pattern).map_err(de::Error::custom)
+        super::parse_text(deserializer, "a glob such as **/*.csv", Glob::new)
     }
 }
 

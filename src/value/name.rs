@@ -2,7 +2,6 @@
 
 use std::fmt;
 
-use serde::de;
 use serde::{Deserialize, Deserializer};
 
 /// A namespace or watcher name: letters, digits, `_`, `-` and `.`; it shows up in
@@ -25,8 +24,7 @@ impl Name {
 
 impl<'de> Deserialize<'de> for Name {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Name::new(&text).map_err(de::Error::custom)
+        super::parse_text(deserializer, "a name of letters, digits, `_`, `-` and `.`", Name::new)
     }
 }
 

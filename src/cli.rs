@@ -446,7 +446,8 @@ async fn state_command(config_path: &std::path::Path, command: StateCommand) -> 
         }
         StateCommand::Delete { watcher, key } => {
             let (ns, name) = resolve(&watcher, known())?;
-            if store.delete(&ns, &name, &key).await? {
+            if store.get(&ns, &name, &key).await?.is_some() {
+                store.write(&ns, &name, vec![Op::delete(key.as_str(), Expect::Any)]).await?;
                 eprintln!("{ns}/{name}: {key} deleted.");
                 Ok(())
             } else {
@@ -492,7 +493,7 @@ async fn state_command(config_path: &std::path::Path, command: StateCommand) -> 
                 )
                 .await
             {
-                Ok(()) => {
+                Ok(_) => {
                     eprintln!(
                         "{ns}/{name}: {n} events of batch {batch_id} queued; the watcher delivers them at its next cycle."
                     );

@@ -227,7 +227,8 @@ impl Watcher {
             location: "process_state".into(),
             message: format!("cannot encode batch: {e}"),
         })?;
-        self.store
+        let written = self
+            .store
             .write(
                 &self.namespace,
                 &self.name,
@@ -237,8 +238,9 @@ impl Watcher {
                 ],
             )
             .await?;
+        let pending_version = self.version_written(&written, 0)?;
         tracing::debug!(batch = %batch.batch_id, events = n, "Wrote pending batch.");
-        let delivered = self.deliver_and_commit(batch, 1, shutdown).await?;
+        let delivered = self.deliver_and_commit(batch, pending_version, shutdown).await?;
         report.delivered = delivered;
         report.dead_lettered = n - delivered;
         Ok(report)
@@ -290,6 +292,17 @@ impl Watcher {
 
     fn watermark_expect(&self) -> Expect {
         self.watermark_version.map_or(Expect::Absent, Expect::Version)
+    }
+
+    /// The version op `index` of a transaction wrote, as the store reported it.
+    fn version_written(&self, written: &[Option<i64>], index: usize) -> Result<i64, StoreError> {
+        written.get(index).copied().flatten().ok_or_else(|| StoreError::Backend {
+            location: "process_state".into(),
+            message: format!(
+                "{}/{}: the store reported no version for a write it acknowledged",
+                self.namespace, self.name
+            ),
+        })
     }
 
     /// Turns polled items into events with their ids, and the batch that carries them.
@@ -417,7 +430,7 @@ impl Watcher {
             None => None,
         };
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        loop {
+        let written = loop {
             // Built for each attempt instead of cloned up front: a watermark can be
             // megabytes (a large remembered set) and almost every commit succeeds at once.
             let mut ops = Vec::with_capacity(3);
@@ -429,7 +442,7 @@ impl Watcher {
                 ops.push(op.clone());
             }
             match self.store.write(&self.namespace, &self.name, ops).await {
-                Ok(()) => break,
+                Ok(written) => break written,
                 Err(e @ StoreError::Conflict { .. }) => {
                     // Someone else (an operator's `state set`/`reset`) changed the state:
                     // the next cycle reads it again. The delivered batch may be sent again,
@@ -445,10 +458,11 @@ impl Watcher {
                     }
                 }
             }
-        }
+        };
         if let Some(next) = batch.next_watermark.take() {
             self.watermark = Some(next);
-            self.watermark_version = Some(self.watermark_version.map_or(1, |v| v + 1));
+            // The watermark's put is the first op of the transaction.
+            self.watermark_version = Some(self.version_written(&written, 0)?);
             self.stats.watermark_moved_ms.store(now_ms(), Ordering::Relaxed);
         }
         Ok(())
@@ -687,7 +701,8 @@ mod tests {
 
         // Replay: the batch goes back to `pending` without a next watermark.
         let replay = PendingBatch { next_watermark: None, ..letter.batch };
-        rig.store.put("ns", "w", KEY_PENDING, serde_json::to_value(&replay).unwrap()).await.unwrap();
+        let put = Op::put(KEY_PENDING, serde_json::to_value(&replay).unwrap(), Expect::Any);
+        rig.store.write("ns", "w", vec![put]).await.unwrap();
         rig.add(&["b"]);
         let report = w.cycle(&token).await.unwrap();
         assert_eq!(report.redelivered, 1);
@@ -733,7 +748,7 @@ mod tests {
         let mut w = rig.watcher(FailurePolicy::Block, 10);
         let token = CancellationToken::new();
         w.cycle(&token).await.unwrap();
-        rig.store.put("ns", "w", KEY_WATERMARK, json!(1)).await.unwrap();
+        rig.store.write("ns", "w", vec![Op::put(KEY_WATERMARK, json!(1), Expect::Any)]).await.unwrap();
         let report = w.cycle(&token).await.unwrap();
         assert_eq!(report.delivered, 2, "replays from the rewound watermark");
         assert_eq!(rig.key(KEY_WATERMARK).await.unwrap().value, json!(3));

@@ -210,45 +210,8 @@ pub trait Store: Send + Sync {
     async fn list(&self, namespace: Option<&str>, name: Option<&str>) -> Result<Vec<Record>, StoreError>;
 
     /// Applies every op for one watcher in one transaction: all of them or none. Fails
-    /// with [`StoreError::Conflict`] when a precondition does not hold.
-    async fn write(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<(), StoreError>;
-
-    /// Writes one key whatever is there; returns the new version.
-    async fn put(
-        &self,
-        namespace: &str,
-        name: &str,
-        key: &str,
-        value: serde_json::Value,
-    ) -> Result<i64, StoreError> {
-        self.write(namespace, name, vec![Op::put(key, value, Expect::Any)]).await?;
-        match self.get(namespace, name, key).await? {
-            Some(record) => Ok(record.version),
-            None => Err(StoreError::Backend {
-                location: "process_state".into(),
-                message: format!("{namespace}/{name} key {key:?} vanished right after it was written"),
-            }),
-        }
-    }
-
-    /// Writes one key only if it is at `expected` (or absent, for `Expect::Absent`).
-    async fn compare_and_set(
-        &self,
-        namespace: &str,
-        name: &str,
-        key: &str,
-        expect: Expect,
-        value: serde_json::Value,
-    ) -> Result<(), StoreError> {
-        self.write(namespace, name, vec![Op::put(key, value, expect)]).await
-    }
-
-    /// Deletes one key; true when it existed.
-    async fn delete(&self, namespace: &str, name: &str, key: &str) -> Result<bool, StoreError> {
-        let existed = self.get(namespace, name, key).await?.is_some();
-        if existed {
-            self.write(namespace, name, vec![Op::delete(key, Expect::Any)]).await?;
-        }
-        Ok(existed)
-    }
+    /// with [`StoreError::Conflict`] when a precondition does not hold. Returns, for each
+    /// op in order, the version it wrote: `Some` for a put, `None` for a delete or a
+    /// check. Callers take versions from here, never by predicting them.
+    async fn write(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<Vec<Option<i64>>, StoreError>;
 }

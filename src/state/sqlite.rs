@@ -196,7 +196,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn write(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<(), StoreError> {
+    async fn write(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<Vec<Option<i64>>, StoreError> {
         let (namespace, name) = (namespace.to_string(), name.to_string());
         let location = self.path.display().to_string();
         self.with_conn(move |conn| {
@@ -205,6 +205,7 @@ impl Store for SqliteStore {
             // the writes that follow them see the same database.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
             let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let mut written = Vec::with_capacity(ops.len());
             for op in ops {
                 let current: Option<i64> = tx
                     .query_row(
@@ -216,21 +217,24 @@ impl Store for SqliteStore {
                     .map_err(&err)?;
                 check_expectation(&namespace, &name, &op, current)?;
                 match op.action {
-                    Action::Check => {}
+                    Action::Check => written.push(None),
                     Action::Put(value) => {
-                        let text = serde_json::to_string(&value).map_err(|e| StoreError::Backend {
-                            location: location.clone(),
-                            message: format!("cannot encode value: {e}"),
-                        })?;
-                        tx.execute(
-                            "INSERT INTO process_state (namespace, name, key, value, version, updated_at)
-                             VALUES (?1, ?2, ?3, ?4, 1, ?5)
-                             ON CONFLICT (namespace, name, key) DO UPDATE
-                             SET value = excluded.value, version = process_state.version + 1,
-                                 updated_at = excluded.updated_at",
-                            params![namespace, name, op.key, text, now],
-                        )
-                        .map_err(&err)?;
+                        // A `Value` always encodes (its map keys are strings, its numbers
+                        // finite): there is no encoding failure to report here.
+                        let text = value.to_string();
+                        let version: i64 = tx
+                            .query_row(
+                                "INSERT INTO process_state (namespace, name, key, value, version, updated_at)
+                                 VALUES (?1, ?2, ?3, ?4, 1, ?5)
+                                 ON CONFLICT (namespace, name, key) DO UPDATE
+                                 SET value = excluded.value, version = process_state.version + 1,
+                                     updated_at = excluded.updated_at
+                                 RETURNING version",
+                                params![namespace, name, op.key, text, now],
+                                |r| r.get(0),
+                            )
+                            .map_err(&err)?;
+                        written.push(Some(version));
                     }
                     Action::Delete => {
                         tx.execute(
@@ -238,10 +242,12 @@ impl Store for SqliteStore {
                             params![namespace, name, op.key],
                         )
                         .map_err(&err)?;
+                        written.push(None);
                     }
                 }
             }
-            tx.commit().map_err(&err)
+            tx.commit().map_err(&err)?;
+            Ok(written)
         })
         .await
     }
@@ -289,24 +295,58 @@ mod tests {
         (dir, store)
     }
 
+    /// Writes one key under `expect`; returns the version written.
+    async fn put(
+        s: &SqliteStore,
+        key: &str,
+        value: serde_json::Value,
+        expect: Expect,
+    ) -> Result<i64, StoreError> {
+        let written = s.write("ns", "w", vec![Op::put(key, value, expect)]).await?;
+        Ok(written[0].expect("a put returns its version"))
+    }
+
     #[tokio::test]
     async fn put_get_versions_grow() {
         let (_dir, s) = store();
         assert_eq!(s.get("ns", "w", "k").await.unwrap(), None);
-        assert_eq!(s.put("ns", "w", "k", json!({"a": 1})).await.unwrap(), 1);
-        assert_eq!(s.put("ns", "w", "k", json!({"a": 2})).await.unwrap(), 2);
+        assert_eq!(put(&s, "k", json!({"a": 1}), Expect::Any).await.unwrap(), 1);
+        assert_eq!(put(&s, "k", json!({"a": 2}), Expect::Any).await.unwrap(), 2);
         let r = s.get("ns", "w", "k").await.unwrap().unwrap();
         assert_eq!((r.value, r.version), (json!({"a": 2}), 2));
     }
 
     #[tokio::test]
-    async fn compare_and_set_refuses_a_stale_version() {
+    async fn write_returns_the_versions_it_wrote() {
         let (_dir, s) = store();
-        s.compare_and_set("ns", "w", "k", Expect::Absent, json!(1)).await.unwrap();
-        let err = s.compare_and_set("ns", "w", "k", Expect::Absent, json!(2)).await.unwrap_err();
+        put(&s, "b", json!(1), Expect::Any).await.unwrap();
+        put(&s, "b", json!(2), Expect::Any).await.unwrap();
+        let written = s
+            .write(
+                "ns",
+                "w",
+                vec![
+                    Op::put("a", json!("new"), Expect::Absent),
+                    Op::put("b", json!(3), Expect::Version(2)),
+                    Op::check("b", Expect::Version(3)),
+                    Op::put("b", json!(4), Expect::Version(3)),
+                    Op::delete("c", Expect::Any),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(written, vec![Some(1), Some(3), None, Some(4), None]);
+        assert_eq!(s.get("ns", "w", "b").await.unwrap().unwrap().version, 4);
+    }
+
+    #[tokio::test]
+    async fn a_stale_version_is_refused() {
+        let (_dir, s) = store();
+        put(&s, "k", json!(1), Expect::Absent).await.unwrap();
+        let err = put(&s, "k", json!(2), Expect::Absent).await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
-        s.compare_and_set("ns", "w", "k", Expect::Version(1), json!(3)).await.unwrap();
-        let err = s.compare_and_set("ns", "w", "k", Expect::Version(1), json!(4)).await.unwrap_err();
+        put(&s, "k", json!(3), Expect::Version(1)).await.unwrap();
+        let err = put(&s, "k", json!(4), Expect::Version(1)).await.unwrap_err();
         assert_eq!(
             err.to_string(),
             "state of ns/w key \"k\" changed underneath us (expected version 1, found version 2)"
@@ -317,7 +357,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_transaction_writes_nothing() {
         let (_dir, s) = store();
-        s.put("ns", "w", "b", json!("old")).await.unwrap();
+        put(&s, "b", json!("old"), Expect::Any).await.unwrap();
         let err = s
             .write(
                 "ns",
@@ -334,14 +374,15 @@ mod tests {
     #[tokio::test]
     async fn list_and_delete() {
         let (_dir, s) = store();
-        s.put("a", "x", "k1", json!(1)).await.unwrap();
-        s.put("a", "y", "k1", json!(2)).await.unwrap();
-        s.put("b", "x", "k1", json!(3)).await.unwrap();
+        for (ns, name, value) in [("a", "x", 1), ("a", "y", 2), ("b", "x", 3)] {
+            s.write(ns, name, vec![Op::put("k1", json!(value), Expect::Any)]).await.unwrap();
+        }
         assert_eq!(s.list(None, None).await.unwrap().len(), 3);
         assert_eq!(s.list(Some("a"), None).await.unwrap().len(), 2);
         assert_eq!(s.list(Some("a"), Some("y")).await.unwrap()[0].value, json!(2));
-        assert!(s.delete("a", "x", "k1").await.unwrap());
-        assert!(!s.delete("a", "x", "k1").await.unwrap());
+        assert_eq!(s.write("a", "x", vec![Op::delete("k1", Expect::Version(1))]).await.unwrap(), vec![None]);
+        let err = s.write("a", "x", vec![Op::delete("k1", Expect::Version(1))]).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
         assert_eq!(s.list(Some("a"), None).await.unwrap().len(), 1);
     }
 
@@ -349,7 +390,9 @@ mod tests {
     async fn reopening_keeps_data_and_schema() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        SqliteStore::open(&path).unwrap().put("n", "w", "k", json!("v")).await.unwrap();
+        let first = SqliteStore::open(&path).unwrap();
+        first.write("n", "w", vec![Op::put("k", json!("v"), Expect::Any)]).await.unwrap();
+        drop(first);
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.get("n", "w", "k").await.unwrap().unwrap().value, json!("v"));
     }

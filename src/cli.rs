@@ -13,11 +13,10 @@ use tracing::Instrument;
 
 use crate::config::{self, Config, ConfigErrors, DaemonFile};
 use crate::daemon::{self, DaemonError};
-use crate::state::{
-    self, DEAD_LETTER_PREFIX, Expect, KEY_PENDING, KEY_WATERMARK, Op, Record, Store, StoreError,
-};
+use crate::outbox::{self, Outbox, OutboxError, Replay, Summary};
+use crate::state::{self, Record, StoreError};
 use crate::value::HumanDuration;
-use crate::watcher::{DeadLetter, PendingBatch, WatcherError};
+use crate::watcher::WatcherError;
 
 /// Exit codes, one per kind of failure (README, "Exit codes").
 pub mod exit {
@@ -180,6 +179,15 @@ impl Failure {
             Failure::Incomplete(_) => exit::TEMPFAIL,
             Failure::Unreachable(_) => exit::UNAVAILABLE,
             Failure::System(_) => exit::OSERR,
+        }
+    }
+}
+
+impl From<OutboxError> for Failure {
+    fn from(e: OutboxError) -> Self {
+        match e {
+            OutboxError::Store(e) => Failure::Store(e),
+            e @ OutboxError::Encode { .. } => Failure::Runtime(e.to_string()),
         }
     }
 }
@@ -400,54 +408,50 @@ async fn state_command(config_path: &std::path::Path, command: StateCommand) -> 
     let daemon: DaemonFile = config::load_daemon(config_path)?;
     let full = config::load(config_path).ok();
     let store = state::open(&daemon.state)?;
-    let records = store.list(None, None).await?;
+    let stored = outbox::survey(&*store).await?;
     let known = || {
-        let mut ids: Vec<(String, String)> =
-            records.iter().map(|r| (r.namespace.clone(), r.name.clone())).collect();
+        let mut ids: Vec<(String, String)> = stored.keys().cloned().collect();
         if let Some(c) = &full {
             ids.extend(c.watchers.iter().map(|w| (w.namespace.clone(), w.name.clone())));
         }
         ids.into_iter()
     };
+    let outbox_of = |watcher: &str| -> Result<(String, String, Outbox), Failure> {
+        let (ns, name) = resolve(watcher, known())?;
+        let outbox = Outbox::new(std::sync::Arc::clone(&store), ns.as_str(), name.as_str());
+        Ok((ns, name, outbox))
+    };
     match command {
         StateCommand::List { json } => {
-            state_list(&records, full.as_ref(), json);
+            state_list(&stored, full.as_ref(), json);
             Ok(())
         }
         StateCommand::Get { watcher, key } => {
-            let (ns, name) = resolve(&watcher, known())?;
-            let mine: Vec<&Record> = records
-                .iter()
-                .filter(|r| r.namespace == ns && r.name == name && key.as_ref().is_none_or(|k| *k == r.key))
-                .collect();
+            let (ns, name, outbox) = outbox_of(&watcher)?;
+            let rows = outbox.rows().await?;
             if let Some(key) = &key {
-                let Some(record) = mine.first() else {
+                let Some(record) = rows.iter().find(|r| r.key == *key) else {
                     return Err(Failure::Runtime(format!("{ns}/{name} has no key {key:?}")));
                 };
                 println!("{}", serde_json::to_string_pretty(&record.value).unwrap_or_default());
             } else {
-                let map: BTreeMap<&str, &Record> = mine.iter().map(|r| (r.key.as_str(), *r)).collect();
+                let map: BTreeMap<&str, &Record> = rows.iter().map(|r| (r.key.as_str(), r)).collect();
                 println!("{}", serde_json::to_string_pretty(&map).unwrap_or_default());
             }
             Ok(())
         }
         StateCommand::Set { watcher, key, value } => {
-            let (ns, name) = resolve(&watcher, known())?;
+            let (ns, name, outbox) = outbox_of(&watcher)?;
             let value: serde_json::Value = serde_json::from_str(&value)
                 .map_err(|e| Failure::Usage(format!("the value is not JSON: {e}")))?;
-            let mut ops = vec![Op::put(key.as_str(), value, Expect::Any)];
-            if key == KEY_WATERMARK {
-                report_dropped_pending(&*store, &ns, &name).await?;
-                ops.push(Op::delete(KEY_PENDING, Expect::Any));
-            }
-            store.write(&ns, &name, ops).await?;
+            let dropped = outbox.set_key(&key, value).await?;
+            report_dropped_pending(&ns, &name, dropped);
             eprintln!("{ns}/{name}: {key} set.");
             Ok(())
         }
         StateCommand::Delete { watcher, key } => {
-            let (ns, name) = resolve(&watcher, known())?;
-            if store.get(&ns, &name, &key).await?.is_some() {
-                store.write(&ns, &name, vec![Op::delete(key.as_str(), Expect::Any)]).await?;
+            let (ns, name, outbox) = outbox_of(&watcher)?;
+            if outbox.delete_key(&key).await? {
                 eprintln!("{ns}/{name}: {key} deleted.");
                 Ok(())
             } else {
@@ -455,74 +459,44 @@ async fn state_command(config_path: &std::path::Path, command: StateCommand) -> 
             }
         }
         StateCommand::Reset { watcher } => {
-            let (ns, name) = resolve(&watcher, known())?;
-            report_dropped_pending(&*store, &ns, &name).await?;
-            store
-                .write(
-                    &ns,
-                    &name,
-                    vec![Op::delete(KEY_WATERMARK, Expect::Any), Op::delete(KEY_PENDING, Expect::Any)],
-                )
-                .await?;
+            let (ns, name, outbox) = outbox_of(&watcher)?;
+            let dropped = outbox.reset().await?;
+            report_dropped_pending(&ns, &name, dropped);
             eprintln!("{ns}/{name}: watermark reset; the next poll starts from the beginning.");
             Ok(())
         }
         StateCommand::Replay { watcher, batch_id } => {
-            let (ns, name) = resolve(&watcher, known())?;
-            let key = format!("{DEAD_LETTER_PREFIX}{batch_id}");
-            let Some(record) = store.get(&ns, &name, &key).await? else {
-                return Err(Failure::Runtime(format!("{ns}/{name} has no dead letter {batch_id:?}")));
-            };
-            let dead: DeadLetter = serde_json::from_value(record.value).map_err(|e| StoreError::Corrupt {
-                namespace: ns.clone(),
-                name: name.clone(),
-                key: key.clone(),
-                message: e.to_string(),
-            })?;
-            let batch = PendingBatch { next_watermark: None, ..dead.batch };
-            let n = batch.events.len();
-            let value = serde_json::to_value(&batch).map_err(|e| Failure::Runtime(e.to_string()))?;
-            match store
-                .write(
-                    &ns,
-                    &name,
-                    vec![
-                        Op::put(KEY_PENDING, value, Expect::Absent),
-                        Op::delete(key.as_str(), Expect::Version(record.version)),
-                    ],
-                )
-                .await
-            {
-                Ok(_) => {
+            let (ns, name, outbox) = outbox_of(&watcher)?;
+            match outbox.replay(&batch_id).await? {
+                Replay::Queued { events } => {
                     eprintln!(
-                        "{ns}/{name}: {n} events of batch {batch_id} queued; the watcher delivers them at its next cycle."
+                        "{ns}/{name}: {events} events of batch {batch_id} queued; the watcher delivers them at its next cycle."
                     );
                     Ok(())
                 }
-                Err(StoreError::Conflict { key, .. }) if key == KEY_PENDING => Err(Failure::Runtime(
-                    format!("{ns}/{name} has a batch pending already; replay once it is delivered"),
-                )),
-                Err(e) => Err(e.into()),
+                Replay::NotFound => {
+                    Err(Failure::Runtime(format!("{ns}/{name} has no dead letter {batch_id:?}")))
+                }
+                Replay::PendingExists => Err(Failure::Runtime(format!(
+                    "{ns}/{name} has a batch pending already; replay once it is delivered"
+                ))),
             }
         }
     }
 }
 
-async fn report_dropped_pending(store: &dyn Store, ns: &str, name: &str) -> Result<(), Failure> {
-    if let Some(pending) = store.get(ns, name, KEY_PENDING).await? {
-        let n = pending.value.get("events").and_then(|e| e.as_array()).map_or(0, Vec::len);
+/// Says that a pending batch was dropped along with the watermark it led to.
+fn report_dropped_pending(ns: &str, name: &str, dropped: Option<usize>) {
+    if let Some(n) = dropped {
         eprintln!(
             "{ns}/{name}: dropping a pending batch of {n} events; polls find its items again if they lie past the new watermark."
         );
     }
-    Ok(())
 }
 
-fn state_list(records: &[Record], config: Option<&Config>, json: bool) {
-    let mut by_watcher: BTreeMap<(String, String), Vec<&Record>> = BTreeMap::new();
-    for r in records {
-        by_watcher.entry((r.namespace.clone(), r.name.clone())).or_default().push(r);
-    }
+fn state_list(stored: &BTreeMap<(String, String), Summary>, config: Option<&Config>, json: bool) {
+    let mut by_watcher: BTreeMap<(String, String), Option<&Summary>> =
+        stored.iter().map(|(id, summary)| (id.clone(), Some(summary))).collect();
     // Configured watchers with no state yet are listed too.
     if let Some(c) = config {
         for w in &c.watchers {
@@ -537,12 +511,11 @@ fn state_list(records: &[Record], config: Option<&Config>, json: bool) {
     };
     let mut rows = Vec::new();
     let mut out = Vec::new();
-    for ((ns, name), recs) in &by_watcher {
-        let watermark = recs.iter().find(|r| r.key == KEY_WATERMARK);
-        let pending = recs.iter().find(|r| r.key == KEY_PENDING);
-        let pending_events =
-            pending.and_then(|p| p.value.get("events")).and_then(|e| e.as_array()).map_or(0, Vec::len);
-        let dead: Vec<&str> = recs.iter().filter_map(|r| r.key.strip_prefix(DEAD_LETTER_PREFIX)).collect();
+    for ((ns, name), summary) in &by_watcher {
+        let watermark = summary.and_then(|s| s.watermark.as_ref());
+        let pending_events = summary.map_or(0, |s| s.pending_events);
+        let dead: Vec<&str> =
+            summary.map(|s| s.dead_letters.iter().map(String::as_str).collect()).unwrap_or_default();
         let summary = watermark.map(|w| summarize(ns, name, &w.value));
         out.push(json!({
             "namespace": ns,

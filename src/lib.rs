@@ -8,6 +8,8 @@
 //! - [`source`]: the `Source` trait and the sources (`local_dir`, `s3`, `postgres`).
 //! - [`sink`]: the `Sink` trait, delivery outcomes, and the sinks (`stdout`, `file`).
 //! - [`state`]: the `process_state` store (SQLite).
+//! - [`outbox`]: a watcher's keys in the store (watermark, pending batch, dead letters)
+//!   and their transactions.
 //! - [`watcher`]: the one loop: outbox, deliver, commit.
 //! - [`daemon`]: one task per watcher, signals, reload, clean shutdown.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
@@ -25,6 +27,7 @@ pub mod daemon;
 pub mod event;
 pub mod http;
 pub mod notify;
+pub mod outbox;
 pub mod sink;
 pub mod source;
 pub mod state;

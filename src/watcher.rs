@@ -15,48 +15,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, jittered, wake_at};
 use crate::config::{FailurePolicy, RetryConfig, WatcherConfig};
 use crate::event::{Event, event_id};
+use crate::outbox::{Outbox, OutboxError, PendingBatch, Staged, StateChange, dead_letter_key};
 use crate::sink::{Delivery, Sink};
 use crate::source::{ErrorClass, Polled, Source, SourceError};
-use crate::state::{DEAD_LETTER_PREFIX, Expect, KEY_PENDING, KEY_WATERMARK, Op, Store, StoreError};
+use crate::state::{Store, StoreError};
 use crate::telemetry::{WatcherState, WatcherStats, now_ms};
 
 /// Longest `Retry-After` a receiver can impose; a longer one is cut to this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
-
-/// The outbox record: a batch written before its first delivery attempt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PendingBatch {
-    /// Hash of the batch's event ids: the same items give the same batch id.
-    pub batch_id: String,
-    /// When the batch was written.
-    pub created_at: DateTime<Utc>,
-    /// Where the watermark goes once the batch is acknowledged. None for a replayed
-    /// dead-letter batch, whose delivery must not move the watermark.
-    pub next_watermark: Option<serde_json::Value>,
-    /// The events, exactly as first attempted.
-    pub events: Vec<Event>,
-}
-
-/// A batch the sink refused for good, kept under `dead_letter/<batch id>`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeadLetter {
-    /// What the sink said.
-    pub reason: String,
-    /// When it was set aside.
-    pub failed_at: DateTime<Utc>,
-    /// The batch (its `next_watermark` already applied).
-    pub batch: PendingBatch,
-}
 
 /// Why a cycle did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -64,9 +36,9 @@ pub enum WatcherError {
     /// The source failed.
     #[error("poll failed: {0}")]
     Source(#[from] SourceError),
-    /// The store failed or changed underneath.
+    /// The store failed or changed underneath, or a batch could not be encoded.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Outbox(#[from] OutboxError),
     /// The sink did not acknowledge within the attempts allowed (`highwater once`).
     #[error("delivery failed, batch left pending: {0}")]
     Delivery(String),
@@ -94,7 +66,8 @@ pub struct Watcher {
     name: String,
     source: Box<dyn Source>,
     sink: Box<dyn Sink>,
-    store: Arc<dyn Store>,
+    /// The watcher's keys in the store: every read and write of its state goes there.
+    outbox: Outbox,
     poll_interval: Duration,
     batch_size: usize,
     policy: FailurePolicy,
@@ -103,9 +76,6 @@ pub struct Watcher {
     /// The watermark the next poll starts from. It can be ahead of the stored one: a
     /// poll that finds nothing may still advance it, and that is kept in memory only.
     watermark: Option<serde_json::Value>,
-    /// Version of the stored watermark `watermark` derives from (None: no row), the
-    /// compare-and-set token of the next commit.
-    watermark_version: Option<i64>,
     /// Delivery attempts before a cycle gives up (None: never, as the daemon runs).
     attempt_limit: Option<u32>,
 }
@@ -124,14 +94,13 @@ impl Watcher {
             name: config.name.clone(),
             source,
             sink,
-            store,
+            outbox: Outbox::new(store, config.namespace.clone(), config.name.clone()),
             poll_interval: config.poll_interval,
             batch_size: config.batch_size,
             policy: config.on_permanent_failure,
             retry: config.retry,
             stats,
             watermark: None,
-            watermark_version: None,
             attempt_limit: None,
         }
     }
@@ -192,10 +161,10 @@ impl Watcher {
     /// the outbox, deliver and commit.
     pub async fn cycle(&mut self, shutdown: &CancellationToken) -> Result<CycleReport, WatcherError> {
         let mut report = CycleReport::default();
-        if let Some((batch, version)) = self.sync().await? {
-            let n = batch.events.len();
-            tracing::info!(batch = %batch.batch_id, events = n, "Redelivering pending batch.");
-            let delivered = self.deliver_and_commit(batch, version, shutdown).await?;
+        if let Some(staged) = self.sync().await? {
+            let n = staged.batch().events.len();
+            tracing::info!(batch = %staged.batch().batch_id, events = n, "Redelivering pending batch.");
+            let delivered = self.deliver_and_commit(staged, shutdown).await?;
             report.redelivered = delivered;
             report.dead_lettered = n - delivered;
             return Ok(report);
@@ -223,24 +192,9 @@ impl Watcher {
         WatcherStats::add(&self.stats.items_found, polled.items.len() as u64);
         let batch = self.build_batch(polled);
         let n = batch.events.len();
-        let value = serde_json::to_value(&batch).map_err(|e| StoreError::Backend {
-            location: "process_state".into(),
-            message: format!("cannot encode batch: {e}"),
-        })?;
-        let written = self
-            .store
-            .write(
-                &self.namespace,
-                &self.name,
-                vec![
-                    Op::put(KEY_PENDING, value, Expect::Absent),
-                    Op::check(KEY_WATERMARK, self.watermark_expect()),
-                ],
-            )
-            .await?;
-        let pending_version = self.version_written(&written, 0)?;
-        tracing::debug!(batch = %batch.batch_id, events = n, "Wrote pending batch.");
-        let delivered = self.deliver_and_commit(batch, pending_version, shutdown).await?;
+        let staged = self.outbox.stage(batch).await?;
+        tracing::debug!(batch = %staged.batch().batch_id, events = n, "Wrote pending batch.");
+        let delivered = self.deliver_and_commit(staged, shutdown).await?;
         report.delivered = delivered;
         report.dead_lettered = n - delivered;
         Ok(report)
@@ -265,44 +219,18 @@ impl Watcher {
     /// Reads the stored watermark and pending batch. A watermark changed by someone else
     /// (`highwater state set`) replaces ours; an unchanged one keeps ours, which may be
     /// further along.
-    async fn sync(&mut self) -> Result<Option<(PendingBatch, i64)>, WatcherError> {
-        let stored = self.store.get(&self.namespace, &self.name, KEY_WATERMARK).await?;
-        let stored_version = stored.as_ref().map(|r| r.version);
-        if stored_version != self.watermark_version {
-            if self.watermark_version.is_some() {
+    async fn sync(&mut self) -> Result<Option<Staged>, WatcherError> {
+        let loaded = self.outbox.load().await?;
+        if let Some(committed) = loaded.watermark {
+            if committed.replaced {
                 tracing::info!("Watermark was changed outside this watcher; continuing from the stored one.");
             }
-            if let Some(record) = &stored {
-                self.stats.watermark_moved_ms.store(record.updated_at.timestamp_millis(), Ordering::Relaxed);
+            if let Some(moved_at) = committed.moved_at {
+                self.stats.watermark_moved_ms.store(moved_at.timestamp_millis(), Ordering::Relaxed);
             }
-            self.watermark = stored.map(|r| r.value);
-            self.watermark_version = stored_version;
+            self.watermark = committed.value;
         }
-        let Some(record) = self.store.get(&self.namespace, &self.name, KEY_PENDING).await? else {
-            return Ok(None);
-        };
-        let batch: PendingBatch = serde_json::from_value(record.value).map_err(|e| StoreError::Corrupt {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-            key: KEY_PENDING.into(),
-            message: e.to_string(),
-        })?;
-        Ok(Some((batch, record.version)))
-    }
-
-    fn watermark_expect(&self) -> Expect {
-        self.watermark_version.map_or(Expect::Absent, Expect::Version)
-    }
-
-    /// The version op `index` of a transaction wrote, as the store reported it.
-    fn version_written(&self, written: &[Option<i64>], index: usize) -> Result<i64, StoreError> {
-        written.get(index).copied().flatten().ok_or_else(|| StoreError::Backend {
-            location: "process_state".into(),
-            message: format!(
-                "{}/{}: the store reported no version for a write it acknowledged",
-                self.namespace, self.name
-            ),
-        })
+        Ok(loaded.pending)
     }
 
     /// Turns polled items into events with their ids, and the batch that carries them.
@@ -326,43 +254,34 @@ impl Watcher {
                 }
             })
             .collect();
-        let mut hasher = Sha256::new();
-        for event in &events {
-            hasher.update(event.id.as_bytes());
-        }
-        PendingBatch {
-            batch_id: hex::encode(&hasher.finalize()[..12]),
-            created_at: now,
-            next_watermark: Some(polled.next),
-            events,
-        }
+        PendingBatch::new(events, StateChange::replace_watermark(polled.next), now)
     }
 
     /// Delivers `batch` until the sink acknowledges it (then commits) or the policy sets
     /// it aside. Returns the number of events acknowledged.
     async fn deliver_and_commit(
         &mut self,
-        mut batch: PendingBatch,
-        pending_version: i64,
+        mut staged: Staged,
         shutdown: &CancellationToken,
     ) -> Result<usize, WatcherError> {
-        let n = batch.events.len();
-        self.stats.set_pending(n, batch.created_at.timestamp_millis());
+        let n = staged.batch().events.len();
+        let batch_id = staged.batch().batch_id.clone();
+        self.stats.set_pending(n, staged.batch().created_at.timestamp_millis());
         let mut backoff = Backoff::new(self.retry.initial.0, self.retry.max.0);
         let mut attempts = 0u32;
         loop {
             attempts += 1;
             // Not raced against shutdown: an attempt in flight finishes (the daemon's
             // shutdown deadline is the backstop), so it is either committed or pending.
-            let outcome = self.sink.deliver(&batch.events).await;
+            let outcome = self.sink.deliver(&staged.batch().events).await;
             let (reason, delay) = match outcome {
                 Delivery::Acknowledged => {
-                    self.commit(&mut batch, pending_version, None, shutdown).await?;
+                    self.commit(&mut staged, None, shutdown).await?;
                     WatcherStats::add(&self.stats.events_delivered, n as u64);
                     self.stats.last_delivery_ms.store(now_ms(), Ordering::Relaxed);
                     self.stats.set_pending(0, 0);
                     self.stats.set_state(WatcherState::Ok);
-                    tracing::info!(batch = %batch.batch_id, events = n, attempts, "Delivered batch.");
+                    tracing::info!(batch = %batch_id, events = n, attempts, "Delivered batch.");
                     return Ok(n);
                 }
                 Delivery::RetryLater { reason, after } => {
@@ -370,7 +289,7 @@ impl Watcher {
                     self.stats.set_state(WatcherState::Retrying);
                     let planned = backoff.next_delay();
                     let delay = after.map_or(planned, |a| a.min(MAX_RETRY_AFTER).max(planned / 2));
-                    tracing::warn!(batch = %batch.batch_id, attempt = attempts, reason = %reason,
+                    tracing::warn!(batch = %batch_id, attempt = attempts, reason = %reason,
                         retry_in = format!("{:.1}s", delay.as_secs_f64()), "Delivery failed; will retry.");
                     (reason, delay)
                 }
@@ -378,19 +297,19 @@ impl Watcher {
                     WatcherStats::add(&self.stats.delivery_permanent_failures, 1);
                     match self.policy {
                         FailurePolicy::DeadLetter => {
-                            self.commit(&mut batch, pending_version, Some(&reason), shutdown).await?;
+                            self.commit(&mut staged, Some(&reason), shutdown).await?;
                             WatcherStats::add(&self.stats.batches_dead_lettered, 1);
                             self.stats.set_pending(0, 0);
                             self.stats.set_state(WatcherState::Ok);
-                            tracing::error!(batch = %batch.batch_id, events = n, reason = %reason,
-                                key = format!("{DEAD_LETTER_PREFIX}{}", batch.batch_id),
+                            tracing::error!(batch = %batch_id, events = n, reason = %reason,
+                                key = dead_letter_key(&batch_id),
                                 "Sink refused the batch for good; kept it as a dead letter and moved on.");
                             return Ok(0);
                         }
                         FailurePolicy::Block => {
                             self.stats.set_state(WatcherState::Blocked);
                             let delay = jittered(self.retry.max.0, 0.1);
-                            tracing::error!(batch = %batch.batch_id, events = n, attempt = attempts, reason = %reason,
+                            tracing::error!(batch = %batch_id, events = n, attempt = attempts, reason = %reason,
                                 retry_in = format!("{:.1}s", delay.as_secs_f64()),
                                 "Sink refused the batch for good; watcher is BLOCKED until it accepts it (on_permanent_failure: block).");
                             (reason, delay)
@@ -402,54 +321,39 @@ impl Watcher {
                 return Err(WatcherError::Delivery(reason));
             }
             if sleep(delay, shutdown).await.is_err() {
-                tracing::info!(batch = %batch.batch_id, "Shutting down; batch stays pending and is delivered first at the next start.");
+                tracing::info!(batch = %batch_id, "Shutting down; batch stays pending and is delivered first at the next start.");
                 return Err(WatcherError::Shutdown);
             }
         }
     }
 
-    /// Moves the watermark to the batch's next one and clears the outbox, in one
-    /// transaction; with `dead_letter`, also keeps the batch under its dead-letter key.
+    /// Commits the batch's state change and clears the outbox, in one transaction; with
+    /// `dead_letter`, also keeps the batch under its dead-letter key. A store failure
+    /// is retried until shutdown; a conflict is not (the next cycle reads the state
+    /// again).
     async fn commit(
         &mut self,
-        batch: &mut PendingBatch,
-        pending_version: i64,
+        staged: &mut Staged,
         dead_letter: Option<&str>,
         shutdown: &CancellationToken,
     ) -> Result<(), WatcherError> {
-        let dead_letter_op = match dead_letter {
-            Some(reason) => {
-                let record =
-                    DeadLetter { reason: reason.to_string(), failed_at: Utc::now(), batch: batch.clone() };
-                let value = serde_json::to_value(&record).map_err(|e| StoreError::Backend {
-                    location: "process_state".into(),
-                    message: format!("cannot encode dead letter: {e}"),
-                })?;
-                Some(Op::put(format!("{DEAD_LETTER_PREFIX}{}", batch.batch_id), value, Expect::Any))
-            }
-            None => None,
-        };
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        let written = loop {
-            // Built for each attempt instead of cloned up front: a watermark can be
-            // megabytes (a large remembered set) and almost every commit succeeds at once.
-            let mut ops = Vec::with_capacity(3);
-            if let Some(next) = &batch.next_watermark {
-                ops.push(Op::put(KEY_WATERMARK, next.clone(), self.watermark_expect()));
-            }
-            ops.push(Op::delete(KEY_PENDING, Expect::Version(pending_version)));
-            if let Some(op) = &dead_letter_op {
-                ops.push(op.clone());
-            }
-            match self.store.write(&self.namespace, &self.name, ops).await {
-                Ok(written) => break written,
-                Err(e @ StoreError::Conflict { .. }) => {
+        let change = loop {
+            let result = match dead_letter {
+                Some(reason) => self.outbox.set_aside(staged, reason).await,
+                None => self.outbox.commit(staged).await,
+            };
+            match result {
+                Ok(change) => break change,
+                Err(OutboxError::Store(e @ StoreError::Conflict { .. })) => {
                     // Someone else (an operator's `state set`/`reset`) changed the state:
                     // the next cycle reads it again. The delivered batch may be sent again,
                     // with the same ids.
                     tracing::warn!(error = %e, "Commit refused; re-reading state.");
-                    return Err(e.into());
+                    return Err(OutboxError::Store(e).into());
                 }
+                // Encoding fails the same way every time.
+                Err(e @ OutboxError::Encode { .. }) => return Err(e.into()),
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = format!("{:.1}s", delay.as_secs_f64()), "Commit failed; retrying.");
@@ -459,10 +363,8 @@ impl Watcher {
                 }
             }
         };
-        if let Some(next) = batch.next_watermark.take() {
-            self.watermark = Some(next);
-            // The watermark's put is the first op of the transaction.
-            self.watermark_version = Some(self.version_written(&written, 0)?);
+        if let Some(change) = change {
+            change.apply(&mut self.watermark);
             self.stats.watermark_moved_ms.store(now_ms(), Ordering::Relaxed);
         }
         Ok(())
@@ -489,10 +391,12 @@ mod tests {
     use std::sync::Mutex;
 
     use async_trait::async_trait;
+    use chrono::DateTime;
     use serde_json::json;
 
     use super::*;
     use crate::event::{Change, FileItem, Item};
+    use crate::outbox::{self, DeadLetter, Replay, Summary};
     use crate::sink::SinkConfig;
     use crate::source::{Found, SourceConfig};
     use crate::state::sqlite::SqliteStore;
@@ -549,7 +453,8 @@ mod tests {
     #[async_trait]
     impl Sink for ScriptSink {
         async fn deliver(&mut self, events: &[Event]) -> Delivery {
-            let pending = self.store.get("ns", "w", KEY_PENDING).await.unwrap().is_some();
+            let loaded = Outbox::new(Arc::clone(&self.store), "ns", "w").load().await.unwrap();
+            let pending = loaded.pending.is_some();
             self.pending_seen.lock().unwrap().push(pending);
             self.received.lock().unwrap().push(events.iter().map(|e| e.id.clone()).collect());
             self.answers.lock().unwrap().pop_front().unwrap_or(Delivery::Acknowledged)
@@ -610,8 +515,21 @@ mod tests {
             self.items.lock().unwrap().extend(names.iter().map(|n| n.to_string()));
         }
 
-        async fn key(&self, key: &str) -> Option<crate::state::Record> {
-            self.store.get("ns", "w", key).await.unwrap()
+        fn outbox(&self) -> Outbox {
+            Outbox::new(Arc::clone(&self.store), "ns", "w")
+        }
+
+        async fn summary(&self) -> Summary {
+            let mut all = outbox::survey(&*self.store).await.unwrap();
+            all.remove(&("ns".to_string(), "w".to_string())).unwrap_or_default()
+        }
+
+        async fn watermark(&self) -> Option<serde_json::Value> {
+            self.summary().await.watermark.map(|r| r.value)
+        }
+
+        async fn pending(&self) -> Option<PendingBatch> {
+            self.outbox().load().await.unwrap().pending.map(|staged| staged.batch().clone())
         }
     }
 
@@ -624,10 +542,10 @@ mod tests {
         let report = w.cycle(&token).await.unwrap();
         assert_eq!((report.delivered, report.more), (2, true));
         assert_eq!(*rig.pending_seen.lock().unwrap(), vec![true]);
-        assert_eq!(rig.key(KEY_PENDING).await, None);
-        assert_eq!(rig.key(KEY_WATERMARK).await.unwrap().value, json!(2));
+        assert_eq!(rig.pending().await, None);
+        assert_eq!(rig.watermark().await, Some(json!(2)));
         w.cycle(&token).await.unwrap();
-        assert_eq!(rig.key(KEY_WATERMARK).await.unwrap().value, json!(3));
+        assert_eq!(rig.watermark().await, Some(json!(3)));
         let ids: Vec<String> = rig.received.lock().unwrap().concat();
         assert_eq!(ids.len(), 3);
         assert_eq!(ids[0], event_id("ns", "w", &["a"]));
@@ -660,7 +578,7 @@ mod tests {
         let received = rig.received.lock().unwrap().clone();
         assert_eq!(received.len(), 3);
         assert!(received.iter().all(|ids| *ids == received[0]));
-        assert_eq!(rig.key(KEY_WATERMARK).await.unwrap().version, 1);
+        assert_eq!(rig.summary().await.watermark.map(|r| r.version), Some(1), "committed once");
     }
 
     #[tokio::test]
@@ -671,8 +589,8 @@ mod tests {
         rig.answers.lock().unwrap().push_back(Delivery::retry("down"));
         let mut first = rig.watcher(FailurePolicy::Block, 10).with_attempt_limit(1);
         assert!(matches!(first.cycle(&CancellationToken::new()).await, Err(WatcherError::Delivery(_))));
-        assert!(rig.key(KEY_PENDING).await.is_some());
-        assert_eq!(rig.key(KEY_WATERMARK).await, None);
+        assert!(rig.pending().await.is_some());
+        assert_eq!(rig.watermark().await, None);
         rig.add(&["c"]);
         let mut second = rig.watcher(FailurePolicy::Block, 10);
         let report = second.cycle(&CancellationToken::new()).await.unwrap();
@@ -692,23 +610,26 @@ mod tests {
         let token = CancellationToken::new();
         let report = w.cycle(&token).await.unwrap();
         assert_eq!(report.dead_lettered, 1);
-        let records = rig.store.list(Some("ns"), Some("w")).await.unwrap();
-        let dead = records.iter().find(|r| r.key.starts_with(DEAD_LETTER_PREFIX)).expect("dead letter");
-        let letter: DeadLetter = serde_json::from_value(dead.value.clone()).unwrap();
+        let summary = rig.summary().await;
+        assert_eq!(summary.dead_letters.len(), 1);
+        let batch_id = &summary.dead_letters[0];
+        let dead = rig.store.get("ns", "w", &dead_letter_key(batch_id)).await.unwrap().expect("dead letter");
+        let letter: DeadLetter = serde_json::from_value(dead.value).unwrap();
         assert_eq!(letter.reason, "HTTP 400");
-        assert_eq!(rig.key(KEY_WATERMARK).await.unwrap().value, json!(1));
-        assert_eq!(rig.key(KEY_PENDING).await, None);
+        assert_eq!(summary.watermark.map(|r| r.value), Some(json!(1)));
+        assert_eq!(rig.pending().await, None);
 
-        // Replay: the batch goes back to `pending` without a next watermark.
-        let replay = PendingBatch { next_watermark: None, ..letter.batch };
-        let put = Op::put(KEY_PENDING, serde_json::to_value(&replay).unwrap(), Expect::Any);
-        rig.store.write("ns", "w", vec![put]).await.unwrap();
+        // Replay: the batch goes back to `pending` without a state change.
+        assert_eq!(rig.outbox().replay(batch_id).await.unwrap(), Replay::Queued { events: 1 });
+        assert_eq!(rig.pending().await.map(|p| p.change), Some(None));
         rig.add(&["b"]);
         let report = w.cycle(&token).await.unwrap();
         assert_eq!(report.redelivered, 1);
-        assert_eq!(rig.key(KEY_WATERMARK).await.unwrap().value, json!(1), "a replay leaves the watermark");
+        assert_eq!(rig.watermark().await, Some(json!(1)), "a replay leaves the watermark");
         w.cycle(&token).await.unwrap();
-        assert_eq!(rig.key(KEY_WATERMARK).await.unwrap().value, json!(2));
+        assert_eq!(rig.watermark().await, Some(json!(2)));
+        let received = rig.received.lock().unwrap().clone();
+        assert_eq!(received[1], received[0], "the replay carries the ids of the first attempt");
     }
 
     #[tokio::test]
@@ -726,7 +647,7 @@ mod tests {
         assert_eq!(rig.received.lock().unwrap().len(), 3);
         assert_eq!(stats.delivery_permanent_failures.load(Ordering::Relaxed), 2);
         assert_eq!(stats.state(), WatcherState::Ok);
-        assert_eq!(rig.key(KEY_WATERMARK).await.unwrap().value, json!(1));
+        assert_eq!(rig.watermark().await, Some(json!(1)));
     }
 
     #[tokio::test]
@@ -738,7 +659,7 @@ mod tests {
         let token = CancellationToken::new();
         token.cancel();
         assert!(matches!(w.cycle(&token).await, Err(WatcherError::Shutdown)));
-        assert!(rig.key(KEY_PENDING).await.is_some());
+        assert!(rig.pending().await.is_some());
     }
 
     #[tokio::test]
@@ -748,9 +669,9 @@ mod tests {
         let mut w = rig.watcher(FailurePolicy::Block, 10);
         let token = CancellationToken::new();
         w.cycle(&token).await.unwrap();
-        rig.store.write("ns", "w", vec![Op::put(KEY_WATERMARK, json!(1), Expect::Any)]).await.unwrap();
+        assert_eq!(rig.outbox().set_watermark(json!(1)).await.unwrap(), None);
         let report = w.cycle(&token).await.unwrap();
         assert_eq!(report.delivered, 2, "replays from the rewound watermark");
-        assert_eq!(rig.key(KEY_WATERMARK).await.unwrap().value, json!(3));
+        assert_eq!(rig.watermark().await, Some(json!(3)));
     }
 }

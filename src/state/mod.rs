@@ -1,5 +1,5 @@
-//! The `process_state` store: the trait, the keys the watcher loop uses, and the
-//! backends (SQLite by default).
+//! The `process_state` store: the trait, its transactions of ops, and the backends
+//! (SQLite by default). What the keys mean is `outbox.rs`'s business.
 //!
 //! Rows are `(namespace, name, key) -> value` with a `version` for compare-and-set and
 //! an `updated_at`. A watcher is `(namespace, name)`. The store is the only code that
@@ -11,13 +11,6 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-/// Key of the watermark the next poll starts from.
-pub const KEY_WATERMARK: &str = "watermark";
-/// Key of the batch written before its first delivery attempt (the outbox).
-pub const KEY_PENDING: &str = "pending";
-/// Prefix of the keys that hold dead-lettered batches (`dead_letter/<batch id>`).
-pub const DEAD_LETTER_PREFIX: &str = "dead_letter/";
-
 /// One row of `process_state`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Record {
@@ -25,7 +18,7 @@ pub struct Record {
     pub namespace: String,
     /// The watcher's name.
     pub name: String,
-    /// What the row holds (`watermark`, `pending`, `dead_letter/…`).
+    /// What the row holds (the keys a watcher uses are named in `outbox.rs`).
     pub key: String,
     /// The JSON value.
     pub value: serde_json::Value,

@@ -1,0 +1,217 @@
+//! The command line: arguments, exit codes and the mapping of failures to them. Each
+//! subcommand but `run` lives in a module of its own.
+//!
+//! `main.rs` parses arguments into [`Cli`], sets up logging and calls [`execute`].
+
+mod check;
+mod once;
+mod state;
+mod watchers;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, ConfigErrors};
+use crate::daemon::{self, DaemonError};
+use crate::outbox::OutboxError;
+use crate::state::StoreError;
+
+pub use state::{StateArgs, StateCommand};
+
+/// Exit codes, one per kind of failure (README, "Exit codes").
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// A runtime failure not covered below.
+    pub const FAILURE: i32 = 1;
+    /// Bad command-line usage.
+    pub const USAGE: i32 = 2;
+    /// `check --connect`: a source or sink cannot be reached or used (sysexits
+    /// EX_UNAVAILABLE).
+    pub const UNAVAILABLE: i32 = 69;
+    /// `run`: an operating-system resource the daemon needs is not available: a signal
+    /// handler, or the HTTP listener's address (in use, not permitted) (sysexits
+    /// EX_OSERR).
+    pub const OSERR: i32 = 71;
+    /// The state store could not be opened, read or written (sysexits EX_IOERR).
+    pub const STORE: i32 = 74;
+    /// `once`: a watcher could not finish its cycle; its batch stays pending and a
+    /// later run delivers it (sysexits EX_TEMPFAIL).
+    pub const TEMPFAIL: i32 = 75;
+    /// The configuration is invalid (sysexits EX_CONFIG). systemd does not restart on it.
+    pub const CONFIG: i32 = 78;
+}
+
+/// highwater: one event per new object or row, once, soon after it lands.
+#[derive(Debug, Parser)]
+#[command(name = "highwater", version, about, long_about = None)]
+pub struct Cli {
+    /// The daemon config file.
+    #[arg(long, short = 'c', global = true, env = "HIGHWATER_CONFIG", default_value = config::DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Log format: `text` for people, `json` for journald and log shippers. Default:
+    /// text on a terminal, json otherwise.
+    #[arg(long, global = true, env = "HIGHWATER_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon until SIGINT or SIGTERM; SIGHUP reloads the config and watcher files.
+    Run,
+    /// Validate the config and every watcher file and report every error. Touches no
+    /// network unless `--connect` is given.
+    Check {
+        /// Also try every source and sink: connect, authenticate, and check that the
+        /// directory, bucket, table or endpoint exists. Delivers nothing.
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Run one poll-deliver-commit cycle of each watcher (or the ones named), then exit.
+    Once {
+        /// Watchers to run (`namespace/name`, or `name` when it is unique). Default: all.
+        watchers: Vec<String>,
+    },
+    /// List the configured watchers with their sources and sinks.
+    Watchers {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect and edit the stored state (watermarks, pending batches, dead letters).
+    State(StateArgs),
+}
+
+/// A failed command, mapped to its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Invalid configuration.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// The store failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// Something else at run time.
+    #[error("{0}")]
+    Runtime(String),
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+    /// `once`: some watchers did not finish.
+    #[error("{0}")]
+    Incomplete(String),
+    /// `check --connect`: a source or sink cannot be reached or used.
+    #[error("{0}")]
+    Unreachable(String),
+    /// `run`: a signal handler or the HTTP listener could not be set up.
+    #[error("{0}")]
+    System(String),
+}
+
+impl Failure {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Config(_) => exit::CONFIG,
+            Failure::Store(_) => exit::STORE,
+            Failure::Runtime(_) => exit::FAILURE,
+            Failure::Usage(_) => exit::USAGE,
+            Failure::Incomplete(_) => exit::TEMPFAIL,
+            Failure::Unreachable(_) => exit::UNAVAILABLE,
+            Failure::System(_) => exit::OSERR,
+        }
+    }
+}
+
+impl From<OutboxError> for Failure {
+    fn from(e: OutboxError) -> Self {
+        match e {
+            OutboxError::Store(e) => Failure::Store(e),
+            e @ OutboxError::Encode { .. } => Failure::Runtime(e.to_string()),
+        }
+    }
+}
+
+impl From<DaemonError> for Failure {
+    fn from(e: DaemonError) -> Self {
+        match e {
+            DaemonError::Store(e) => Failure::Store(e),
+            // A watcher whose valid config cannot be built is still a config problem:
+            // restarting will not fix it.
+            DaemonError::Build(errors) => Failure::Config(ConfigErrors(
+                errors.into_iter().map(|m| config::ConfigError::file("", m)).collect(),
+            )),
+            DaemonError::System(message) => Failure::System(message),
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn execute(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Run => {
+            // Handlers first: SIGHUP's default action would kill a daemon still loading.
+            let control = daemon::signals()?;
+            let config = config::load(&cli.config)?;
+            daemon::run(config, control).await?;
+            Ok(())
+        }
+        Command::Check { connect } => check::run(&config::load(&cli.config)?, connect).await,
+        Command::Once { watchers } => once::run(&config::load(&cli.config)?, &watchers).await,
+        Command::Watchers { json } => {
+            watchers::list(&config::load(&cli.config)?, json);
+            Ok(())
+        }
+        Command::State(args) => state::run(&cli.config, args.command).await,
+    }
+}
+
+/// Prints aligned columns.
+fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        s
+    };
+    let _ = writeln!(out, "{}", line(headers.to_vec()));
+    for row in rows {
+        let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
+    }
+}
+
+/// Resolves `namespace/name` or a bare `name` that is unique among `known`.
+fn resolve(arg: &str, known: impl Iterator<Item = (String, String)>) -> Result<(String, String), Failure> {
+    if let Some((ns, name)) = arg.split_once('/') {
+        return Ok((ns.to_string(), name.to_string()));
+    }
+    let mut matches: Vec<(String, String)> = known.filter(|(_, n)| n == arg).collect();
+    matches.sort();
+    matches.dedup();
+    match matches.len() {
+        1 => Ok(matches.remove(0)),
+        0 => Err(Failure::Usage(format!("no watcher named {arg:?} (write namespace/name)"))),
+        _ => Err(Failure::Usage(format!(
+            "{arg:?} is ambiguous: {}",
+            matches.iter().map(|(ns, n)| format!("{ns}/{n}")).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}

@@ -1,0 +1,489 @@
+//! The query plan of the `postgres` source: what the catalog says about the table, and
+//! the SQL built from it.
+//!
+//! Each query is built together with the list of values its `$n` placeholders stand
+//! for ([`Sql`]), and run by binding those values by name ([`Args`]), so that the text
+//! and its parameters cannot drift apart. The snapshot-pair condition of mode `xid` is
+//! written once ([`pair_clause`]) and shared by the page query and the count of rows
+//! skipped for a NULL cursor.
+
+use std::collections::HashMap;
+
+use tokio_postgres::types::{Kind, ToSql, Type};
+use tokio_postgres::{Client, Row, Statement};
+
+use super::config::{Mode, PostgresConfig};
+use super::query_error;
+use super::values::{needs_text, quote_ident};
+use crate::source::SourceError;
+
+/// A value a query takes: each `$n` of a built query stands for one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Param {
+    /// The snapshot the pair works towards (text).
+    To,
+    /// The previous snapshot, whose visible transactions are announced (text).
+    From,
+    /// Part `i` of the keyset position to resume after (text): in mode `xid` the xid
+    /// first, then the cursor values.
+    After(usize),
+    /// The grace delay in seconds (mode `cursor`).
+    Grace,
+    /// The row limit.
+    Limit,
+}
+
+/// SQL text and the values its placeholders stand for, built together.
+#[derive(Debug, Default)]
+struct Sql {
+    text: String,
+    params: Vec<Param>,
+}
+
+impl Sql {
+    fn new(text: impl Into<String>) -> Sql {
+        Sql { text: text.into(), params: Vec::new() }
+    }
+
+    fn push(&mut self, text: &str) {
+        self.text.push_str(text);
+    }
+
+    /// The placeholder for `param`: the same `$n` each time it is asked for.
+    fn param(&mut self, param: Param) -> String {
+        let n = match self.params.iter().position(|p| *p == param) {
+            Some(i) => i + 1,
+            None => {
+                self.params.push(param);
+                self.params.len()
+            }
+        };
+        format!("${n}")
+    }
+}
+
+/// The values a query run binds, by name.
+pub(super) struct Args<'a> {
+    /// The snapshot worked towards.
+    pub to: Option<&'a String>,
+    /// The previous snapshot.
+    pub from: Option<&'a String>,
+    /// The keyset position to resume after (empty: from the start).
+    pub after: &'a [String],
+    /// The grace delay in seconds.
+    pub grace: Option<f64>,
+    /// The row limit.
+    pub limit: i64,
+}
+
+impl<'a> Args<'a> {
+    fn bind(&'a self, params: &[Param]) -> Result<Vec<&'a (dyn ToSql + Sync)>, SourceError> {
+        let missing = |what: &str| SourceError::transient(format!("query parameter {what} missing"));
+        params
+            .iter()
+            .map(|param| -> Result<&'a (dyn ToSql + Sync), SourceError> {
+                Ok(match param {
+                    Param::To => self.to.ok_or_else(|| missing("to"))?,
+                    Param::From => self.from.ok_or_else(|| missing("from"))?,
+                    Param::After(i) => self.after.get(*i).ok_or_else(|| missing("after"))?,
+                    Param::Grace => self.grace.as_ref().ok_or_else(|| missing("grace"))?,
+                    Param::Limit => &self.limit,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Which page query: mode `xid` has four, mode `cursor` two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Shape {
+    /// Mode `xid`: a previous snapshot bounds the pair from below (false on a
+    /// watcher's first pair).
+    pub since: bool,
+    /// The page continues after a keyset position.
+    pub resume: bool,
+}
+
+/// A prepared query and the values it takes.
+struct Query {
+    statement: Statement,
+    params: Vec<Param>,
+}
+
+/// What the catalog said, and the SQL built from it. Rebuilt at every connect.
+pub(super) struct Plan {
+    /// `"schema"."table"`, quoted.
+    from: String,
+    /// `schema.table`, for events and messages.
+    pub name: String,
+    /// Columns identifying a row (primary key unless configured).
+    pub key: Vec<String>,
+    /// Columns ordering the rows.
+    pub cursor: Vec<String>,
+    /// Cursor columns the catalog allows NULL in: only these need `IS NOT NULL` and
+    /// the count of skipped rows.
+    pub nullable: Vec<String>,
+    /// `format_type` of each cursor column: the cast that turns stored text back into
+    /// a value of the column's type.
+    cursor_types: Vec<String>,
+    /// Columns decoded into the event (key ∪ cursor ∪ columns), in select order.
+    pub values: Vec<String>,
+    /// The select list: key and cursor as text, the xid as text, then `values`.
+    select: String,
+    /// The quoted xid column (mode `xid`).
+    xid: Option<String>,
+    /// The `where` condition, ready to append.
+    filter: String,
+    /// The page queries, prepared.
+    queries: HashMap<Shape, Query>,
+}
+
+/// Where each part sits in a selected row.
+impl Plan {
+    pub fn key_text(&self, i: usize) -> usize {
+        i
+    }
+    pub fn cursor_text(&self, i: usize) -> usize {
+        self.key.len() + i
+    }
+    pub fn xid_text(&self) -> usize {
+        self.key.len() + self.cursor.len()
+    }
+    pub fn value(&self, i: usize) -> usize {
+        self.key.len() + self.cursor.len() + 1 + i
+    }
+}
+
+fn filter_sql(config: &PostgresConfig) -> String {
+    config.filter.as_ref().map_or_else(String::new, |f| format!(" AND ({f})"))
+}
+
+/// Reads the catalog, checks every configured name, builds and prepares the queries
+/// (preparing also checks the `where` filter and the SELECT privilege).
+pub(super) async fn prepare(client: &Client, config: &PostgresConfig) -> Result<Plan, SourceError> {
+    let (schema, table) = config.names();
+    let name = format!("{schema}.{table}");
+    let err = |e| query_error(&name, e);
+    client
+        .batch_execute(
+            "SET default_transaction_read_only = on; SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; \
+             SET extra_float_digits = 3",
+        )
+        .await
+        .map_err(err)?;
+    let found = client
+        .query_opt(
+            "SELECT c.oid, has_table_privilege(c.oid, 'SELECT') FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+            &[&schema, &table],
+        )
+        .await
+        .map_err(err)?;
+    let Some(found) = found else {
+        return Err(SourceError::needs_attention(format!("table {name} does not exist")));
+    };
+    let oid: u32 = found.try_get(0).map_err(err)?;
+    let can_read: bool = found.try_get(1).map_err(err)?;
+    if !can_read {
+        return Err(SourceError::needs_attention(format!(
+            "permission denied: the user cannot SELECT from {name}"
+        )));
+    }
+    let mut types: HashMap<String, (Option<Type>, String, bool)> = HashMap::new();
+    for row in client
+        .query(
+            "SELECT attname::text, atttypid, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute \
+             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+            &[&oid],
+        )
+        .await
+        .map_err(err)?
+    {
+        let column: String = row.try_get(0).map_err(err)?;
+        let type_oid: u32 = row.try_get(1).map_err(err)?;
+        let formatted: String = row.try_get(2).map_err(err)?;
+        let not_null: bool = row.try_get(3).map_err(err)?;
+        types.insert(column, (Type::from_oid(type_oid), formatted, !not_null));
+    }
+    let key = match &config.key {
+        Some(key) => key.clone(),
+        None => {
+            let rows = client
+                .query(
+                    "SELECT a.attname::text FROM pg_index i \
+                     CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                     WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
+                    &[&oid],
+                )
+                .await
+                .map_err(err)?;
+            let pk: Vec<String> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
+            if pk.is_empty() { config.cursor.clone() } else { pk }
+        }
+    };
+    let mut wanted: Vec<&String> = key.iter().chain(&config.cursor).chain(&config.columns).collect();
+    wanted.extend(config.xid_column.iter());
+    for column in &wanted {
+        if !types.contains_key(*column) {
+            return Err(SourceError::needs_attention(format!("column {column} does not exist in {name}")));
+        }
+    }
+    if let Some(xid) = &config.xid_column
+        && types.get(xid).and_then(|t| t.0.clone()) != Some(Type::XID8)
+    {
+        return Err(SourceError::needs_attention(format!(
+            "xid_column {xid} of {name} must be of type xid8 (DEFAULT pg_current_xact_id())"
+        )));
+    }
+    let cursor_types: Vec<String> = config.cursor.iter().map(|c| types[c].1.clone()).collect();
+    if config.grace.is_some() {
+        let first = types[&config.cursor[0]].0.clone();
+        if !matches!(first, Some(Type::TIMESTAMPTZ | Type::TIMESTAMP | Type::DATE)) {
+            return Err(SourceError::needs_attention(format!(
+                "grace needs the first cursor column ({}) to be a timestamp or date",
+                config.cursor[0]
+            )));
+        }
+    }
+    let mut values: Vec<String> = Vec::new();
+    for column in key.iter().chain(&config.cursor).chain(&config.columns) {
+        if !values.contains(column) {
+            values.push(column.clone());
+        }
+    }
+    let mut select: Vec<String> = Vec::new();
+    for column in key.iter().chain(&config.cursor) {
+        select.push(format!("{}::text", quote_ident(column)));
+    }
+    select.push(match &config.xid_column {
+        Some(x) => format!("{}::text", quote_ident(x)),
+        None => "NULL::text".into(),
+    });
+    for column in &values {
+        let quoted = quote_ident(column);
+        select.push(match &types[column].0 {
+            Some(ty) if !needs_text(ty) => quoted,
+            Some(ty) if matches!(ty.kind(), Kind::Array(_)) => format!("{quoted}::text[]"),
+            _ => format!("{quoted}::text"),
+        });
+    }
+    let nullable: Vec<String> = config.cursor.iter().filter(|c| types[*c].2).cloned().collect();
+    let mut plan = Plan {
+        from: format!("{}.{}", quote_ident(&schema), quote_ident(&table)),
+        name,
+        key,
+        cursor: config.cursor.clone(),
+        nullable,
+        cursor_types,
+        values,
+        // Aliased, so that ORDER BY and the keyset name the table's columns, never an
+        // output column of the same name.
+        select: select
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("{e} AS hw_{i}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        xid: config.xid_column.as_deref().map(quote_ident),
+        filter: filter_sql(config),
+        queries: HashMap::new(),
+    };
+    let grace = config.grace.is_some();
+    let shapes: &[Shape] = match config.mode {
+        Mode::Xid => &[
+            Shape { since: false, resume: false },
+            Shape { since: true, resume: false },
+            Shape { since: false, resume: true },
+            Shape { since: true, resume: true },
+        ],
+        Mode::Cursor => &[Shape { since: false, resume: false }, Shape { since: false, resume: true }],
+    };
+    for &shape in shapes {
+        let sql = match &plan.xid {
+            Some(x) => plan.xid_page(x, shape),
+            None => plan.cursor_page(shape, grace),
+        };
+        tracing::debug!(sql = %sql.text, "Prepared query.");
+        let statement = client.prepare(&sql.text).await.map_err(|e| query_error(&plan.name, e))?;
+        plan.queries.insert(shape, Query { statement, params: sql.params });
+    }
+    Ok(plan)
+}
+
+/// Mode `xid`: the rows whose writing transaction is visible in the snapshot worked
+/// towards and (when `since`) was not in the previous one. `x >= xmin(from)` and
+/// `x < xmax(to)` bound an index range scan; the visibility tests filter inside it.
+fn pair_clause(sql: &mut Sql, x: &str, since: bool) {
+    let to = sql.param(Param::To);
+    sql.push(&format!(
+        " AND {x} < pg_snapshot_xmax({to}::text::pg_snapshot) \
+         AND pg_visible_in_snapshot({x}, {to}::text::pg_snapshot)"
+    ));
+    if since {
+        let from = sql.param(Param::From);
+        sql.push(&format!(
+            " AND {x} >= pg_snapshot_xmin({from}::text::pg_snapshot) \
+             AND NOT pg_visible_in_snapshot({x}, {from}::text::pg_snapshot)"
+        ));
+    }
+}
+
+impl Plan {
+    fn cursor_list(&self) -> String {
+        self.cursor.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")
+    }
+
+    fn not_null(&self) -> String {
+        self.nullable.iter().map(|c| format!(" AND {} IS NOT NULL", quote_ident(c))).collect()
+    }
+
+    /// `(columns) > (position)`: the keyset condition, each value cast back from text
+    /// to its column's type. `first` is a leading column before the cursor (the xid).
+    fn keyset(&self, sql: &mut Sql, first: Option<(&str, &str)>) {
+        let mut columns = Vec::new();
+        let mut params = Vec::new();
+        let types = first.iter().map(|(_, ty)| *ty).chain(self.cursor_types.iter().map(String::as_str));
+        for (i, ty) in types.enumerate() {
+            params.push(format!("{}::text::{ty}", sql.param(Param::After(i))));
+        }
+        columns.extend(first.map(|(column, _)| column.to_string()));
+        columns.push(self.cursor_list());
+        sql.push(&format!(" AND ({}) > ({})", columns.join(", "), params.join(", ")));
+    }
+
+    /// Mode `xid`: one page of a snapshot pair in `(xid, cursor)` order.
+    fn xid_page(&self, x: &str, shape: Shape) -> Sql {
+        let mut sql = Sql::new(format!("SELECT {} FROM {} WHERE true", self.select, self.from));
+        pair_clause(&mut sql, x, shape.since);
+        if shape.resume {
+            self.keyset(&mut sql, Some((x, "xid8")));
+        }
+        sql.push(&self.not_null());
+        sql.push(&self.filter);
+        let limit = sql.param(Param::Limit);
+        sql.push(&format!(" ORDER BY {x}, {} LIMIT {limit}", self.cursor_list()));
+        sql
+    }
+
+    /// Mode `cursor`: one page in cursor order, held back by the grace delay when set.
+    fn cursor_page(&self, shape: Shape, grace: bool) -> Sql {
+        let mut sql = Sql::new(format!("SELECT {} FROM {} WHERE true", self.select, self.from));
+        if shape.resume {
+            self.keyset(&mut sql, None);
+        }
+        sql.push(&self.not_null());
+        if grace {
+            let grace = sql.param(Param::Grace);
+            sql.push(&format!(
+                " AND {} <= now() - make_interval(secs => {grace}::float8)",
+                quote_ident(&self.cursor[0])
+            ));
+        }
+        sql.push(&self.filter);
+        let limit = sql.param(Param::Limit);
+        sql.push(&format!(" ORDER BY {} LIMIT {limit}", self.cursor_list()));
+        sql
+    }
+
+    /// Runs one of the page queries.
+    pub async fn page(
+        &self,
+        client: &Client,
+        shape: Shape,
+        args: &Args<'_>,
+    ) -> Result<Vec<Row>, SourceError> {
+        let query = self.queries.get(&shape).ok_or_else(|| SourceError::transient("statement missing"))?;
+        let params = args.bind(&query.params)?;
+        client.query(&query.statement, &params).await.map_err(|e| query_error(&self.name, e))
+    }
+
+    /// `(a IS NULL OR b IS NULL …)` over the nullable cursor columns.
+    fn any_null(&self) -> String {
+        let nulls = self.nullable.iter().map(|c| format!("{} IS NULL", quote_ident(c))).collect::<Vec<_>>();
+        format!("({})", nulls.join(" OR "))
+    }
+
+    /// Mode `cursor`: rows the keyset can never reach because a cursor column is NULL.
+    pub async fn count_null_cursors(&self, client: &Client) -> Result<u64, SourceError> {
+        let sql = format!("SELECT count(*) FROM {} WHERE {}{}", self.from, self.any_null(), self.filter);
+        let row = client.query_one(&sql, &[]).await.map_err(|e| query_error(&self.name, e))?;
+        let n: i64 = row.try_get(0).map_err(|e| query_error(&self.name, e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Mode `xid`: rows a finished snapshot pair skipped because a cursor column was NULL.
+    pub async fn count_pair_nulls(&self, client: &Client, args: &Args<'_>) -> Result<u64, SourceError> {
+        let x = self.xid.as_deref().ok_or_else(|| SourceError::transient("no xid column"))?;
+        let mut sql = Sql::new(format!("SELECT count(*) FROM {} WHERE {}", self.from, self.any_null()));
+        pair_clause(&mut sql, x, args.from.is_some());
+        sql.push(&self.filter);
+        let params = args.bind(&sql.params)?;
+        let row = client.query_one(&sql.text, &params).await.map_err(|e| query_error(&self.name, e))?;
+        let n: i64 = row.try_get(0).map_err(|e| query_error(&self.name, e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(cursor: &[&str], types: &[&str]) -> Plan {
+        Plan {
+            from: format!("{}.{}", quote_ident("App"), quote_ident("Orders")),
+            name: "App.Orders".into(),
+            key: vec!["id".into()],
+            cursor: cursor.iter().map(|c| c.to_string()).collect(),
+            nullable: vec![],
+            cursor_types: types.iter().map(|t| t.to_string()).collect(),
+            values: vec![],
+            select: "1".into(),
+            xid: Some(quote_ident("x")),
+            filter: String::new(),
+            queries: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn every_identifier_is_quoted_and_each_placeholder_has_its_value() {
+        let plan = plan(&["Weird\" col", "id"], &["text", "bigint"]);
+        let sql = plan.xid_page("\"x\"", Shape { since: true, resume: true });
+        assert!(sql.text.contains("FROM \"App\".\"Orders\""), "{}", sql.text);
+        assert!(
+            sql.text.contains(
+                "(\"x\", \"Weird\"\" col\", \"id\") > ($3::text::xid8, $4::text::text, $5::text::bigint)"
+            ),
+            "{}",
+            sql.text
+        );
+        assert!(sql.text.ends_with("LIMIT $6"), "{}", sql.text);
+        assert_eq!(
+            sql.params,
+            vec![Param::To, Param::From, Param::After(0), Param::After(1), Param::After(2), Param::Limit]
+        );
+    }
+
+    #[test]
+    fn the_snapshot_worked_towards_is_one_parameter_used_twice() {
+        let plan = plan(&["id"], &["bigint"]);
+        let sql = plan.xid_page("\"x\"", Shape { since: false, resume: false });
+        assert_eq!(sql.text.matches("$1::text::pg_snapshot").count(), 2, "{}", sql.text);
+        assert_eq!(sql.params, vec![Param::To, Param::Limit]);
+    }
+
+    #[test]
+    fn cursor_mode_binds_the_grace_delay_between_position_and_limit() {
+        let plan = plan(&["at", "id"], &["timestamp with time zone", "integer"]);
+        let sql = plan.cursor_page(Shape { since: false, resume: true }, true);
+        assert_eq!(sql.params, vec![Param::After(0), Param::After(1), Param::Grace, Param::Limit]);
+        assert!(sql.text.contains("make_interval(secs => $3::float8)"), "{}", sql.text);
+        let to = "1:2:".to_string();
+        let after = vec!["2026-01-01".to_string(), "4".to_string()];
+        let args = Args { to: Some(&to), from: None, after: &after, grace: Some(2.0), limit: 10 };
+        assert_eq!(args.bind(&sql.params).expect("bind").len(), 4);
+        let args = Args { grace: None, ..args };
+        assert!(args.bind(&sql.params).is_err());
+    }
+}

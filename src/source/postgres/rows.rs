@@ -1,0 +1,79 @@
+//! Selected rows to what the watcher delivers: one item per row (or one per batch),
+//! each with the identity its event id is derived from, and the keyset position a
+//! page ended at.
+
+use serde_json::{Map, Value};
+use tokio_postgres::Row;
+
+use super::config::Emit;
+use super::plan::Plan;
+use super::query_error;
+use super::values::{Raw, decode};
+use crate::event::{Change, Item, RowItem, RowsItem};
+use crate::source::{Found, SourceError};
+
+/// The keyset position of a row: (xid,) cursor values as text.
+pub(super) fn position(plan: &Plan, row: &Row, with_xid: bool) -> Result<Vec<String>, SourceError> {
+    let mut out = Vec::with_capacity(plan.cursor.len() + 1);
+    if with_xid {
+        out.push(text(plan, row, plan.xid_text())?);
+    }
+    for i in 0..plan.cursor.len() {
+        out.push(text(plan, row, plan.cursor_text(i))?);
+    }
+    Ok(out)
+}
+
+fn text(plan: &Plan, row: &Row, index: usize) -> Result<String, SourceError> {
+    let value: Option<String> = row.try_get(index).map_err(|e| query_error(&plan.name, e))?;
+    // Cursor and xid columns are never NULL here (the query excludes such rows); a
+    // NULL key column is written as an empty marker that no text value can equal.
+    Ok(value.unwrap_or_else(|| "\u{0}NULL".into()))
+}
+
+/// Turns rows into what the loop delivers: one item per row, or one for the batch.
+pub(super) fn found(plan: &Plan, rows: &[Row], emit: Emit) -> Result<Vec<Found>, SourceError> {
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut identity = vec![plan.name.clone()];
+        for i in 0..plan.key.len() {
+            identity.push(text(plan, row, plan.key_text(i))?);
+        }
+        for i in 0..plan.cursor.len() {
+            identity.push(text(plan, row, plan.cursor_text(i))?);
+        }
+        let mut decoded = Map::new();
+        for (i, column) in plan.values.iter().enumerate() {
+            let index = plan.value(i);
+            let ty = row.columns()[index].type_().clone();
+            let raw: Raw = row.try_get(index).map_err(|e| query_error(&plan.name, e))?;
+            let value = decode(&ty, raw.0).map_err(|e| {
+                SourceError::needs_attention(format!("{}: cannot decode column {column}: {e}", plan.name))
+            })?;
+            decoded.insert(column.clone(), value);
+        }
+        let pick = |names: &[String]| -> Map<String, Value> {
+            names.iter().map(|n| (n.clone(), decoded.get(n).cloned().unwrap_or(Value::Null))).collect()
+        };
+        let item = RowItem {
+            table: plan.name.clone(),
+            key: pick(&plan.key),
+            cursor: pick(&plan.cursor),
+            columns: decoded.clone(),
+        };
+        items.push(Found { change: Change::Created, item: Item::Row(item), identity });
+    }
+    if emit == Emit::Batch && !items.is_empty() {
+        let mut identity = vec![plan.name.clone(), "batch".to_string()];
+        let mut rows = Vec::with_capacity(items.len());
+        for f in items {
+            identity.push(f.identity[1..].join("\u{1f}"));
+            if let Item::Row(row) = f.item {
+                rows.push(row);
+            }
+        }
+        let item = Item::Rows(RowsItem { table: plan.name.clone(), rows });
+        return Ok(vec![Found { change: Change::Created, item, identity }]);
+    }
+    Ok(items)
+}

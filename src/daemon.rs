@@ -338,22 +338,12 @@ impl Supervisor {
             }
         }
 
-        let mut changed = Vec::new();
-        let mut added = Vec::new();
-        for watcher in &new.watchers {
-            match self.running.get(&watcher.id()) {
-                Some(running) if running.config == *watcher => {}
-                Some(_) => changed.push(watcher.clone()),
-                None => added.push(watcher.clone()),
-            }
-        }
-        let removed: Vec<String> =
-            self.running.keys().filter(|id| !new.watchers.iter().any(|w| w.id() == **id)).cloned().collect();
+        let diff = diff_watchers(self.running.iter().map(|(id, r)| (id.as_str(), &r.config)), &new.watchers);
 
         // Build everything new before stopping anything: a watcher that cannot be built
         // rejects the whole reload, like a failed start.
-        let mut to_build = added.clone();
-        to_build.extend(changed.iter().cloned());
+        let mut to_build = diff.added.clone();
+        to_build.extend(diff.changed.iter().cloned());
         let stats: BTreeMap<String, Arc<WatcherStats>> =
             self.running.iter().map(|(id, r)| (id.clone(), Arc::clone(&r.stats))).collect();
         let built = match build_keeping_stats(&to_build, &self.store, &stats) {
@@ -372,7 +362,7 @@ impl Supervisor {
             }
         };
 
-        for id in &removed {
+        for id in &diff.removed {
             if let Some(r) = self.running.remove(id) {
                 tracing::info!(watcher = %id, lifecycle = "removed", "Watcher removed; stopping it after its delivery in flight.");
                 r.token.cancel();
@@ -400,7 +390,6 @@ impl Supervisor {
                 .map(|index| self.stopping.swap_remove(index).1);
             self.start(built, previous);
         }
-        let unchanged = new.watchers.len() - added.len() - changed.len();
         self.config = Config {
             // The store and listener in use stay until a restart (warned above).
             daemon: config::DaemonFile {
@@ -413,10 +402,10 @@ impl Supervisor {
         self.publish();
         self.telemetry.reloads_applied.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
-            added = added.len(),
-            removed = removed.len(),
-            changed = changed.len(),
-            unchanged,
+            added = diff.added.len(),
+            removed = diff.removed.len(),
+            changed = diff.changed.len(),
+            unchanged = diff.unchanged,
             "Reloaded."
         );
         self.status = self.telemetry.summary();
@@ -434,6 +423,41 @@ impl Supervisor {
         );
         notify::ready(&self.status);
     }
+}
+
+/// What a reload changes in the set of running watchers.
+#[derive(Debug, Default, PartialEq)]
+struct WatcherDiff {
+    /// Configured now and not running: to start (in the order of the new config).
+    added: Vec<WatcherConfig>,
+    /// Running with another config: to restart with this one (in the order of the new
+    /// config).
+    changed: Vec<WatcherConfig>,
+    /// Running and no longer configured: to stop (ids, in id order).
+    removed: Vec<String>,
+    /// Running with exactly the config given.
+    unchanged: usize,
+}
+
+/// Compares the running watchers (id and config) with a newly loaded list. Watchers
+/// are matched by id (`namespace/name`), and a watcher whose validated config differs
+/// in any way is changed.
+fn diff_watchers<'a>(
+    running: impl IntoIterator<Item = (&'a str, &'a WatcherConfig)>,
+    new: &[WatcherConfig],
+) -> WatcherDiff {
+    let mut running: BTreeMap<&str, &WatcherConfig> = running.into_iter().collect();
+    let mut diff = WatcherDiff::default();
+    for watcher in new {
+        match running.remove(watcher.id().as_str()) {
+            Some(config) if config == watcher => diff.unchanged += 1,
+            Some(_) => diff.changed.push(watcher.clone()),
+            None => diff.added.push(watcher.clone()),
+        }
+    }
+    // What no new watcher claimed.
+    diff.removed = running.into_keys().map(str::to_string).collect();
+    diff
 }
 
 /// The systemd watchdog: pings every half timeout (as systemd recommends: one late
@@ -501,5 +525,95 @@ impl Watchdog {
         if let Some(armed) = self.armed.take() {
             armed.stop.cancel();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{FailurePolicy, RetryConfig};
+    use crate::sink::SinkConfig;
+    use crate::source::SourceConfig;
+    use crate::value::HumanDuration;
+
+    /// A valid watcher config; `path` tells two configs of one watcher apart.
+    fn watcher(namespace: &str, name: &str, path: &str) -> WatcherConfig {
+        WatcherConfig {
+            file: format!("{name}.yaml").into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            source: SourceConfig::LocalDir(
+                serde_yaml::from_str(&format!("path: {path}")).expect("local_dir config"),
+            ),
+            sink: SinkConfig::Stdout(crate::sink::stdout::StdoutConfig {}),
+            poll_interval: Duration::from_secs(1),
+            batch_size: 10,
+            on_permanent_failure: FailurePolicy::Block,
+            retry: RetryConfig {
+                initial: HumanDuration(Duration::from_secs(1)),
+                max: HumanDuration(Duration::from_secs(5)),
+            },
+        }
+    }
+
+    fn diff(running: &[WatcherConfig], new: &[WatcherConfig]) -> WatcherDiff {
+        let ids: Vec<String> = running.iter().map(WatcherConfig::id).collect();
+        diff_watchers(ids.iter().map(String::as_str).zip(running), new)
+    }
+
+    #[test]
+    fn the_same_watchers_change_nothing() {
+        let running = [watcher("a", "x", "in"), watcher("a", "y", "in")];
+        assert_eq!(diff(&running, &running), WatcherDiff { unchanged: 2, ..WatcherDiff::default() });
+        assert_eq!(diff(&[], &[]), WatcherDiff::default());
+    }
+
+    #[test]
+    fn watchers_are_added_changed_removed_and_kept() {
+        let running = [watcher("a", "kept", "in"), watcher("a", "edited", "in"), watcher("b", "gone", "in")];
+        let new =
+            [watcher("a", "new", "in"), watcher("a", "edited", "elsewhere"), watcher("a", "kept", "in")];
+        assert_eq!(
+            diff(&running, &new),
+            WatcherDiff {
+                added: vec![watcher("a", "new", "in")],
+                changed: vec![watcher("a", "edited", "elsewhere")],
+                removed: vec!["b/gone".to_string()],
+                unchanged: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn watchers_are_matched_by_namespace_and_name() {
+        // Same name in another namespace: a different watcher.
+        let running = [watcher("a", "x", "in")];
+        let new = [watcher("b", "x", "in")];
+        let d = diff(&running, &new);
+        assert_eq!(
+            (d.added, d.removed, d.unchanged),
+            (vec![watcher("b", "x", "in")], vec!["a/x".to_string()], 0)
+        );
+    }
+
+    #[test]
+    fn any_setting_that_differs_restarts_the_watcher() {
+        let before = watcher("a", "x", "in");
+        let mut after = before.clone();
+        after.batch_size += 1;
+        assert_eq!(diff(std::slice::from_ref(&before), std::slice::from_ref(&after)).changed, vec![after]);
+        let mut moved = before.clone();
+        moved.file = "renamed.yaml".into();
+        assert_eq!(diff(std::slice::from_ref(&before), std::slice::from_ref(&moved)).changed.len(), 1);
+    }
+
+    #[test]
+    fn removed_watchers_come_in_id_order_and_everything_goes_when_none_is_left() {
+        let running = [watcher("b", "y", "in"), watcher("a", "z", "in"), watcher("a", "x", "in")];
+        let d = diff(&running, &[]);
+        assert_eq!(d.removed, vec!["a/x", "a/z", "b/y"]);
+        assert_eq!((d.added.len(), d.changed.len(), d.unchanged), (0, 0, 0));
     }
 }

@@ -215,3 +215,67 @@ fn resolve(arg: &str, known: impl Iterator<Item = (String, String)>) -> Result<(
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigError;
+
+    fn store_error() -> StoreError {
+        StoreError::Backend { location: "state.db".into(), message: "disk full".into() }
+    }
+
+    /// The codes README's "Exit codes" table promises, pinned as numbers: systemd units
+    /// and scripts act on them.
+    #[test]
+    fn every_failure_has_its_documented_exit_code() {
+        let config = ConfigErrors(vec![ConfigError::file("w.yaml", "bad")]);
+        let cases = [
+            (Failure::Config(config), 78),
+            (Failure::Store(store_error()), 74),
+            (Failure::Runtime("x".into()), 1),
+            (Failure::Usage("x".into()), 2),
+            (Failure::Incomplete("x".into()), 75),
+            (Failure::Unreachable("x".into()), 69),
+            (Failure::System("x".into()), 71),
+        ];
+        for (failure, code) in cases {
+            assert_eq!(failure.exit_code(), code, "{failure:?}");
+        }
+        assert_eq!((exit::OK, exit::FAILURE, exit::USAGE), (0, 1, 2));
+    }
+
+    #[test]
+    fn daemon_errors_map_to_store_config_and_system_failures() {
+        let failure = Failure::from(DaemonError::Store(store_error()));
+        assert!(matches!(failure, Failure::Store(_)), "{failure:?}");
+        assert_eq!(failure.exit_code(), 74);
+
+        // A watcher whose valid config cannot be built is a config problem: restarting
+        // will not fix it, so systemd must not be told to try.
+        let messages = vec!["w.yaml: watcher a/x: sink: no such file".to_string(), "second".to_string()];
+        let failure = Failure::from(DaemonError::Build(messages));
+        assert_eq!(failure.exit_code(), 78);
+        let Failure::Config(errors) = &failure else { panic!("{failure:?}") };
+        let reported: Vec<&str> = errors.0.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(reported, vec!["w.yaml: watcher a/x: sink: no such file", "second"]);
+
+        let failure = Failure::from(DaemonError::System("cannot listen on 127.0.0.1:9".into()));
+        assert_eq!(failure.exit_code(), 71);
+        assert_eq!(failure.to_string(), "cannot listen on 127.0.0.1:9");
+    }
+
+    #[test]
+    fn outbox_errors_map_to_store_and_runtime_failures() {
+        assert_eq!(Failure::from(OutboxError::Store(store_error())).exit_code(), 74);
+        let encode = OutboxError::Encode {
+            namespace: "a".into(),
+            name: "x".into(),
+            key: "k".into(),
+            message: "bad".into(),
+        };
+        let failure = Failure::from(encode);
+        assert_eq!(failure.exit_code(), 1, "an encoding failure is not the store's");
+        assert!(failure.to_string().contains("cannot encode"), "{failure}");
+    }
+}

@@ -20,20 +20,20 @@
 //! - [`value`]: config values parsed once and carried typed (durations, globs, names,
 //!   URLs, headers, templates); the kinds of `type:`-tagged enums. A leaf.
 
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod cli;
-pub mod config;
-pub mod daemon;
+pub(crate) mod config;
+pub(crate) mod daemon;
 pub mod event;
-pub mod http;
-pub mod notify;
-pub mod outbox;
+pub(crate) mod http;
+pub(crate) mod notify;
+pub(crate) mod outbox;
 pub mod sink;
-pub mod source;
-pub mod state;
-pub mod telemetry;
+pub(crate) mod source;
+pub(crate) mod state;
+pub(crate) mod telemetry;
 pub mod value;
-pub mod watcher;
+pub(crate) mod watcher;
 
 /// Makes ring the process-wide TLS provider. The HTTP clients are built without a
 /// provider of their own (aws-lc, their default, would double the build); call this once

@@ -3,10 +3,10 @@
 //!
 //! Sinks only deliver: they never touch the store or a source.
 
-pub mod airflow;
-pub mod file;
-pub mod http;
-pub mod stdout;
+pub(crate) mod airflow;
+pub(crate) mod file;
+pub(crate) mod http;
+pub(crate) mod stdout;
 pub mod webhook;
 
 use std::time::Duration;

@@ -85,11 +85,6 @@ impl<T: Ord> Smallest<T> {
         self.heap.len()
     }
 
-    /// True when nothing is kept.
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
-    }
-
     /// The kept items, smallest first.
     pub fn into_sorted_vec(self) -> Vec<T> {
         self.heap.into_sorted_vec()

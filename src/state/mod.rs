@@ -11,6 +11,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::value::Kind;
+
 /// One row of `process_state`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Record {
@@ -124,13 +126,13 @@ impl Default for SqliteConfig {
     }
 }
 
-impl crate::value::Kind for SqliteConfig {
+impl Kind for SqliteConfig {
     const TAG: &'static str = "sqlite";
 }
 
 impl StoreKind for SqliteConfig {
     fn describe(&self) -> String {
-        format!("sqlite {}", self.path.display())
+        format!("{} {}", Self::TAG, self.path.display())
     }
 
     fn open(&self) -> Result<std::sync::Arc<dyn Store>, StoreError> {

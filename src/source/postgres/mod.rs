@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_postgres::{Client, Statement};
 
-pub use self::config::{Emit, Mode, PostgresConfig};
+pub use self::config::{Mode, PostgresConfig};
 use self::plan::{Args, Plan, Shape};
 use super::{ErrorClass, Polled, Source, SourceError, read_watermark};
 use crate::value::Kind;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::conformance::{self, SourceFixture};
 use crate::s3_support::{ACCESS_KEY, Bucket, Proxy, SECRET_KEY, weed};
-use crate::util::{Daemon, Output, Project};
+use crate::util::{Daemon, Output, Project, WAIT, eventually, field_str};
 
 /// The AWS environment every daemon under test gets: static credentials (with a secret
 /// that must never be printed), a region, and no instance metadata look-ups.
@@ -189,6 +189,18 @@ fn ago(seconds: i64) -> String {
     (chrono::Utc::now() - chrono::Duration::seconds(seconds)).format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
+/// Runs `once` for `watcher` until the proxy has seen `n` more full listings (when one
+/// comes is the watcher's `full_relist_every`), and returns the events it printed.
+fn once_until_full_listings(p: &Project, proxy: &Proxy, watcher: &str, n: u64) -> Vec<serde_json::Value> {
+    let target = proxy.state().full_listings + n;
+    let mut events = Vec::new();
+    eventually(&format!("{n} more full listings by {watcher}"), WAIT, || {
+        events.extend(once_ok(p, &[watcher]));
+        (proxy.state().full_listings >= target).then_some(())
+    });
+    events
+}
+
 #[test]
 fn s3_objects_older_than_the_watermark_are_announced_once_and_idle_polls_are_cheap() {
     let bucket = Bucket::new("late");
@@ -203,7 +215,7 @@ fn s3_objects_older_than_the_watermark_are_announced_once_and_idle_polls_are_che
                 "ordered",
                 "late",
                 &proxy.endpoint,
-                "  lookback: 1h\n  key_order: lexicographic\n  full_relist_every: 2s\n",
+                "  lookback: 1h\n  key_order: lexicographic\n  full_relist_every: 1s\n",
                 100,
             ),
         ),
@@ -236,14 +248,12 @@ fn s3_objects_older_than_the_watermark_are_announced_once_and_idle_polls_are_che
     }
     bucket.put("in/0-late.csv", "late");
     bucket.put("in/0-too-late.csv", "too late");
-    let mut late = Vec::new();
-    for _ in 0..3 {
-        let events = once_ok(&p, &["any", "ordered"]);
-        tally.add(&events);
-        late.extend(events);
-        // The ordered watcher catches it at its next full listing.
-        std::thread::sleep(Duration::from_millis(2100));
-    }
+    // `any` lists in full at every poll: it finds the late key at once, and only once.
+    let mut late = once_ok(&p, &["any"]);
+    late.extend(once_ok(&p, &["any"]));
+    // The ordered watcher finds it at its next full listing; the one after repeats nothing.
+    late.extend(once_until_full_listings(&p, &proxy, "ordered", 2));
+    tally.add(&late);
     let keys: Vec<(String, String)> =
         late.iter().map(|e| (e["watcher"].as_str().unwrap_or("").to_string(), key(e))).collect();
     assert_eq!(
@@ -275,9 +285,16 @@ fn s3_server_errors_are_retried_without_loss_or_repeats() {
     let mut daemon = start(&p);
     let mut tally = Tally::default();
     tally.add(&daemon.events(3, Duration::from_secs(120)));
-    let line = daemon.wait_log("SlowDown", Duration::from_secs(5));
-    assert!(line.contains("s3://flaky/in/") && line.contains("503"), "{line}");
-    assert!(line.contains("retrying"), "{line}");
+    let failed = |code: &'static str| {
+        move |l: &serde_json::Value| {
+            field_str(l, "watcher") == Some("default/flaky")
+                && field_str(l, "error").is_some_and(|e| e.contains(code))
+        }
+    };
+    let line = daemon.wait_log_where("of a poll failed with SlowDown", failed("SlowDown"));
+    let error = field_str(&line, "error").expect("error");
+    assert!(error.contains("s3://flaky/in/") && error.contains("503"), "{line}");
+    assert!(field_str(&line, "retry_in").is_some(), "the retry is announced: {line}");
     {
         let mut state = proxy.state();
         state.fail_next = 5;
@@ -286,10 +303,10 @@ fn s3_server_errors_are_retried_without_loss_or_repeats() {
     bucket.put("in/3.csv", "x");
     bucket.put("in/4.csv", "x");
     tally.add(&daemon.events(2, Duration::from_secs(120)));
-    daemon.no_events(Duration::from_secs(2));
+    daemon.wait_log_where("of a poll failed with InternalError (500s are retried)", failed("InternalError"));
+    daemon.assert_idle(&["default/flaky"], 2);
     let (code, logs) = daemon.stop();
     assert_eq!(code, Some(0));
-    assert!(logs.iter().any(|l| l.contains("InternalError")), "500s were seen and retried");
     assert!(logs.iter().all(|l| !l.contains(SECRET_KEY)));
     assert_eq!(tally.0["flaky"].len(), 5);
 }
@@ -330,8 +347,12 @@ fn s3_missing_bucket_needs_attention_and_other_watchers_go_on() {
     let mut daemon = start(&p);
     let events = daemon.events(1, Duration::from_secs(60));
     assert_eq!(key(&events[0]), "in/here.csv");
-    let line = daemon.wait_log("no-such-bucket-hw", Duration::from_secs(30));
-    assert!(line.contains("does not exist") && line.contains("needs attention"), "{line}");
+    daemon.wait_state("default/missing", "error");
+    let line = daemon.wait_log_where("of default/missing's failed poll", |l| {
+        field_str(l, "watcher") == Some("default/missing") && field_str(l, "error").is_some()
+    });
+    let error = field_str(&line, "error").expect("error");
+    assert!(error.contains("no-such-bucket-hw") && error.contains("does not exist"), "{line}");
     bucket.put("in/later.csv", "x");
     assert_eq!(key(&daemon.events(1, Duration::from_secs(60))[0]), "in/later.csv");
     let (code, logs) = daemon.stop();
@@ -342,10 +363,11 @@ fn s3_missing_bucket_needs_attention_and_other_watchers_go_on() {
 #[test]
 fn s3_batches_and_ordered_full_listings_see_overwrites_and_deletes() {
     let bucket = Bucket::new("batches");
+    let proxy = Proxy::start();
     for i in 0..3 {
         bucket.put(&format!("in/{i}.csv"), "one");
     }
-    let endpoint = &weed().endpoint;
+    let endpoint = &proxy.endpoint;
     let p = project(&[
         (
             "batch",
@@ -378,21 +400,24 @@ fn s3_batches_and_ordered_full_listings_see_overwrites_and_deletes() {
 
     bucket.put("in/1.csv", "two");
     bucket.delete("in/2.csv");
-    // Overwrites and deletes behind the ordered cursor wait for its next full listing.
-    std::thread::sleep(Duration::from_millis(1100));
-    let events = once_ok(&p, &[]);
+    let events = once_ok(&p, &["batch"]);
     let batch = of(&events, "batch");
     assert_eq!(batch.len(), 1, "{events:?}");
     assert_eq!(batch[0]["type"], "deleted");
     assert_eq!(batch[0]["item"]["objects"][0]["key"], "in/2.csv");
+    // Overwrites and deletes behind the ordered cursor wait for its next full listing.
+    let events = once_until_full_listings(&p, &proxy, "ordered", 1);
     let mut ordered: Vec<(String, String)> = of(&events, "ordered")
         .iter()
         .map(|e| (e["type"].as_str().unwrap_or("").to_string(), key(e)))
         .collect();
     ordered.sort();
     assert_eq!(ordered, [("deleted".into(), "in/2.csv".into()), ("updated".into(), "in/1.csv".into())]);
-    std::thread::sleep(Duration::from_millis(1100));
-    assert!(once_ok(&p, &[]).is_empty());
+    assert!(
+        once_until_full_listings(&p, &proxy, "ordered", 1).is_empty(),
+        "the next full listing repeats nothing"
+    );
+    assert!(once_ok(&p, &["batch"]).is_empty());
 }
 
 /// A bucket of its own behind a proxy that reports one `LastModified` for the objects

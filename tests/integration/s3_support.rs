@@ -85,6 +85,22 @@ fn start_weed() -> Result<Weed, String> {
             .into());
     };
     let weed = PathBuf::from(weed);
+    // The ports are free when picked, but another process may take one before the
+    // server binds it; the server then exits at once, and starts again on new ones.
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        match try_start_weed(&weed)? {
+            Ok(started) => return Ok(started),
+            Err(log) => failures.push(log),
+        }
+    }
+    Err(format!("SeaweedFS exited at start three times; its logs:\n{}", failures.join("\n---\n")))
+}
+
+/// One start on newly picked ports: Ok(Ok) once ready, Ok(Err(log)) when the server
+/// exited before it was ready (a port was taken), Err when it cannot be started at all
+/// or does not become ready.
+fn try_start_weed(weed: &std::path::Path) -> Result<Result<Weed, String>, String> {
     let dir = tempfile::Builder::new().prefix("highwater-weed-").tempdir().map_err(|e| e.to_string())?;
     let s3_port = free_port();
     // Every port the server opens gets its own free loopback port, so that several test
@@ -119,7 +135,9 @@ fn start_weed() -> Result<Weed, String> {
     let log = std::fs::File::create(dir.path().join("weed.log")).map_err(|e| e.to_string())?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
     let (tx, rx) = std::sync::mpsc::channel();
+    let (exit_tx, exited) = std::sync::mpsc::channel::<()>();
     let data_dir = dir.path().to_path_buf();
+    let weed = weed.to_path_buf();
     std::thread::spawn(move || {
         let mut cmd = Command::new(&weed);
         cmd.args(&args)
@@ -143,11 +161,16 @@ fn start_weed() -> Result<Weed, String> {
         match cmd.spawn() {
             Ok(mut child) => {
                 WEED_PID.store(child.id() as i32, Ordering::SeqCst);
-                // SAFETY: registers a plain extern "C" function with no arguments.
-                unsafe { libc::atexit(stop_weed) };
+                static AT_EXIT: std::sync::Once = std::sync::Once::new();
+                // SAFETY: registers a plain extern "C" function with no arguments, once.
+                AT_EXIT.call_once(|| unsafe {
+                    libc::atexit(stop_weed);
+                });
                 let _ = tx.send(Ok(()));
-                // This thread lives until the process exits; then the server is signalled.
+                // This thread lives until the server exits (at the latest when the
+                // process does; then the server is signalled).
                 let _ = child.wait();
+                let _ = exit_tx.send(());
             }
             Err(e) => {
                 let _ = tx.send(Err(format!("cannot start {}: {e}", weed.display())));
@@ -156,10 +179,14 @@ fn start_weed() -> Result<Weed, String> {
     });
     rx.recv().map_err(|e| e.to_string())??;
     let endpoint = format!("http://127.0.0.1:{s3_port}");
+    let read_log = || std::fs::read_to_string(dir.path().join("weed.log")).unwrap_or_default();
     // Ready when a bucket can be created and seen.
     let client = client(&endpoint);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        if exited.try_recv().is_ok() {
+            return Ok(Err(read_log()));
+        }
         let ok = rt().block_on(async {
             let _ = client.create_bucket().bucket("ready").send().await;
             client.head_bucket().bucket("ready").send().await.is_ok()
@@ -168,14 +195,13 @@ fn start_weed() -> Result<Weed, String> {
             break;
         }
         if Instant::now() > deadline {
-            let log = std::fs::read_to_string(dir.path().join("weed.log")).unwrap_or_default();
-            return Err(format!("SeaweedFS did not become ready in 60s; its log:\n{log}"));
+            return Err(format!("SeaweedFS did not become ready in 60s; its log:\n{}", read_log()));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     // The data directory lives as long as the process; `stop_weed` removes it.
     let _ = WEED_DIR.set(dir.keep());
-    Ok(Weed { endpoint })
+    Ok(Ok(Weed { endpoint }))
 }
 
 /// An S3 client for the tests' own puts and deletes.
@@ -265,6 +291,9 @@ pub struct ProxyState {
     pub requests: u64,
     /// ListObjectsV2 requests seen.
     pub list_requests: u64,
+    /// Listings from the start of the prefix seen: ListObjectsV2 requests with neither
+    /// `start-after` nor a continuation token.
+    pub full_listings: u64,
 }
 
 /// A proxy on a free loopback port in front of the shared server.
@@ -299,11 +328,19 @@ async fn forward(State(shared): State<Shared>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let is_list = parts.uri.query().is_some_and(|q| q.contains("list-type=2"));
+    let is_full_listing = is_list
+        && parts
+            .uri
+            .query()
+            .is_some_and(|q| !q.contains("start-after=") && !q.contains("continuation-token="));
     let (fail, rewrite) = {
         let mut s = state.lock().expect("proxy state");
         s.requests += 1;
         if is_list {
             s.list_requests += 1;
+        }
+        if is_full_listing {
+            s.full_listings += 1;
         }
         let fail = if s.fail_next > 0 {
             s.fail_next -= 1;

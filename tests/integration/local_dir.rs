@@ -1,12 +1,11 @@
 //! The `local_dir` source against a real directory: the shared conformance suite.
 //! (The quick start, crash safety and a missing directory are in `core`.)
 
-use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
-
 use serde_json::Value;
+use std::path::PathBuf;
 
 use crate::conformance::{self, SourceFixture};
+use crate::util::land_tied_files;
 
 /// A directory of its own.
 struct LocalDir {
@@ -28,21 +27,10 @@ impl SourceFixture for LocalDir {
         format!("  path: {}\n  min_age: 0s\n", self.dir.path().display())
     }
 
-    /// A file's place in time is the later of its modification and inode change times.
-    /// The files of one call get one modification time a little in the future, later
-    /// than their change times: they tie, and settle together when it comes. Each is
-    /// written under a hidden name first (not announced), so that no poll sees it before
-    /// its time is set.
+    /// The files of one call tie (see [`land_tied_files`]).
     fn add(&self, names: &[&str]) {
-        let at = SystemTime::now() + Duration::from_millis(300);
-        for name in names {
-            let hidden = self.path(&format!(".{name}"));
-            std::fs::write(&hidden, name).expect("write");
-            let file = std::fs::File::options().write(true).open(&hidden).expect("open");
-            file.set_modified(at).expect("set mtime");
-            drop(file);
-            std::fs::rename(&hidden, self.path(name)).expect("rename");
-        }
+        let files: Vec<(&str, &str)> = names.iter().map(|n| (*n, *n)).collect();
+        land_tied_files(self.dir.path(), &files);
     }
 
     fn name_of(&self, event: &Value) -> String {

@@ -40,6 +40,23 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> O
     }
 }
 
+/// Lands files in `dir` that tie on what a `local_dir` source orders by: one
+/// modification time a little in the future, later than the files' inode change times
+/// (the source takes the later of the two), so that they settle together once it comes.
+/// Each is written under a hidden name and renamed when its time is set (as uploaders
+/// that rename when done do), so that no poll sees it before.
+pub fn land_tied_files(dir: &Path, files: &[(&str, &str)]) {
+    let at = std::time::SystemTime::now() + Duration::from_millis(300);
+    for (name, contents) in files {
+        let hidden = dir.join(format!(".{name}.landing"));
+        std::fs::write(&hidden, contents).expect("write");
+        let file = std::fs::File::options().write(true).open(&hidden).expect("open");
+        file.set_modified(at).expect("set mtime");
+        drop(file);
+        std::fs::rename(&hidden, dir.join(name)).expect("rename");
+    }
+}
+
 /// A scratch directory laid out like a deployment: `config/highwater.yaml`,
 /// `watchers/`, the state file, and whatever the test adds.
 pub struct Project {

@@ -301,7 +301,8 @@ impl AirflowSink {
             match &mut self.auth {
                 // Expired: one new token, one more try.
                 Auth::Password { token, .. } if !renewed => {
-                    tracing::debug!(url = %self.shown, "Airflow refused the token (expired?); fetching a new one.");
+                    // `token`: a field log queries (and the end-to-end test) can match.
+                    tracing::debug!(url = %self.shown, token = "refused", "Airflow refused the token (expired?); fetching a new one.");
                     *token = None;
                     renewed = true;
                 }

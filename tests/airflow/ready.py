@@ -1,10 +1,15 @@
 """Waits until the Airflow started by start.sh can take asset events for the test DAG.
 
 Usage: ready.py BASE_URL AIRFLOW_HOME. Exits 0 when the API answers, the test DAG is
-parsed and unpaused and its asset is registered; 1 after 100 s, printing the logs' tails.
+parsed and unpaused and its asset is registered; 3 when the API server exited before
+(its port was taken: the caller starts again on another); 1 after 100 s. Both failures
+print the logs' tails.
+
+start.sh execs this script, so the Airflow processes it started are its children.
 """
 
 import json
+import os
 import pathlib
 import sys
 import time
@@ -33,16 +38,32 @@ def call(method, path, body=None, token=None):
         return None, None
 
 
+def print_logs():
+    for log in sorted(HOME.glob("*.log")):
+        print(f"--- {log.name} (tail)", file=sys.stderr)
+        print("\n".join(log.read_text(errors="replace").splitlines()[-30:]), file=sys.stderr)
+
+
+def api_server_exited():
+    pid = int((HOME / "api-server.pid").read_text())
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return True
+
+
 def wait(what, probe):
     while time.monotonic() < DEADLINE:
+        if api_server_exited():
+            print(f"Airflow's API server exited while waiting for: {what}", file=sys.stderr)
+            print_logs()
+            sys.exit(3)
         result = probe()
         if result:
             return result
         time.sleep(0.5)
     print(f"Airflow not ready: {what}", file=sys.stderr)
-    for log in sorted(HOME.glob("*.log")):
-        print(f"--- {log.name} (tail)", file=sys.stderr)
-        print("\n".join(log.read_text(errors="replace").splitlines()[-30:]), file=sys.stderr)
+    print_logs()
     sys.exit(1)
 
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::util::Project;
+use crate::util::{Project, eventually, field_str};
 
 const DAG_ID: &str = "highwater_e2e";
 const ASSET_URI: &str = "s3://highwater-e2e/landing";
@@ -32,21 +32,31 @@ impl Airflow {
                  Apache Airflow for this test (tests/setup/airflow.sh)"
             )
         });
-        let port = {
-            let probe = TcpListener::bind("127.0.0.1:0").expect("bind");
-            probe.local_addr().expect("addr").port()
-        };
-        let airflow =
-            Airflow { home: tempfile::tempdir().expect("tempdir"), base: format!("http://127.0.0.1:{port}") };
-        let status = Command::new(scripts().join("start.sh"))
-            .env("HIGHWATER_E2E_TOKEN_SECONDS", TOKEN_SECONDS.to_string())
-            .arg(&venv)
-            .arg(airflow.home.path())
-            .arg(port.to_string())
-            .status()
-            .expect("run tests/airflow/start.sh");
-        assert!(status.success(), "Airflow did not start (logs in the output above)");
-        airflow
+        // The port is free when picked, but another process may take it before the API
+        // server binds it; start.sh then exits 3, and Airflow starts again on another.
+        for _ in 0..3 {
+            let port = {
+                let probe = TcpListener::bind("127.0.0.1:0").expect("bind");
+                probe.local_addr().expect("addr").port()
+            };
+            let airflow = Airflow {
+                home: tempfile::tempdir().expect("tempdir"),
+                base: format!("http://127.0.0.1:{port}"),
+            };
+            let status = Command::new(scripts().join("start.sh"))
+                .env("HIGHWATER_E2E_TOKEN_SECONDS", TOKEN_SECONDS.to_string())
+                .arg(&venv)
+                .arg(airflow.home.path())
+                .arg(port.to_string())
+                .status()
+                .expect("run tests/airflow/start.sh");
+            match status.code() {
+                Some(0) => return airflow,
+                Some(3) => eprintln!("Airflow's port {port} was taken; starting again on another"),
+                _ => panic!("Airflow did not start (logs in the output above)"),
+            }
+        }
+        panic!("Airflow's port was taken three times in a row");
     }
 
     fn log_tails(&self) -> String {
@@ -136,6 +146,14 @@ impl Api {
     fn get(&self, path: &str) -> Value {
         self.call(reqwest::Method::GET, path, None)
     }
+
+    /// The status of `GET path` with `token`.
+    fn status_with(&self, token: &str, path: &str) -> u16 {
+        self.runtime.block_on(async {
+            let request = self.client.get(format!("{}{path}", self.base)).bearer_auth(token);
+            request.send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+        })
+    }
 }
 
 #[test]
@@ -185,16 +203,21 @@ fn a_dropped_file_starts_an_asset_triggered_dag_run() {
         project.start_with(&[("AIRFLOW_PASSWORD", "admin"), ("RUST_LOG", "highwater=debug")], &[]);
     project.write("landing/orders-1.csv", "id,amount\n1,10\n");
     project.write("early/too-soon.csv", "x\n");
-    let posted = daemon.wait_log("Posted asset event.", Duration::from_secs(30));
-    let posted_at = Instant::now();
-    let posted: Value = serde_json::from_str(&posted).expect("JSON log line");
-    let event_id = posted["event"].as_str().unwrap_or_else(|| panic!("event id in {posted}")).to_string();
-    let held =
-        daemon.wait_log("has no asset URI `s3://highwater-e2e/not-declared-yet`", Duration::from_secs(10));
-    assert!(held.contains("held"), "{held}");
+    let posted = daemon.wait_log_where("of a posted asset event", |l| {
+        field_str(l, "event").is_some() && l.get("asset_id").is_some()
+    });
+    // Issued after the sink's token: once Airflow refuses this one, it refuses that one.
+    let api = Api::new(&airflow.base);
+    let later_token = api.runtime.block_on(api.token());
+    let event_id = field_str(&posted, "event").expect("event id").to_string();
+    let held = daemon.wait_log_where("of the undeclared asset's delivery failing", |l| {
+        field_str(l, "watcher") == Some("e2e/early")
+            && field_str(l, "reason")
+                .is_some_and(|r| r.contains("has no asset URI `s3://highwater-e2e/not-declared-yet`"))
+    });
+    assert!(field_str(&held, "reason").is_some_and(|r| r.contains("held")), "{held}");
 
     // The run Airflow's scheduler creates from the event.
-    let api = Api::new(&airflow.base);
     let deadline = Instant::now() + Duration::from_secs(45);
     let run = loop {
         let runs = api.get(&format!("/api/v2/dags/{DAG_ID}/dagRuns?run_type=asset_triggered"));
@@ -232,10 +255,14 @@ fn a_dropped_file_starts_an_asset_triggered_dag_run() {
     assert_eq!(ours["extra"]["item"]["relative_path"], "orders-1.csv");
     assert_eq!(ours["extra"]["watcher"], "landing");
 
-    // The sink's token has expired by now: the next event makes it fetch a new one.
-    std::thread::sleep(Duration::from_secs(TOKEN_SECONDS + 1).saturating_sub(posted_at.elapsed()));
+    // Once the sink's token has expired, the next event makes it fetch a new one.
+    eventually(
+        "Airflow refusing a token issued after the sink's",
+        Duration::from_secs(TOKEN_SECONDS * 5),
+        || (api.status_with(&later_token, "/api/v2/assets?limit=1") == 401).then_some(()),
+    );
     project.write("landing/orders-2.csv", "id,amount\n2,20\n");
-    daemon.wait_log("fetching a new one", Duration::from_secs(20));
+    daemon.wait_log_field("token", "refused");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let events = api.get("/api/v2/assets/events?limit=100&order_by=-timestamp");

@@ -223,37 +223,6 @@ impl Daemon {
         out
     }
 
-    /// Asserts that no event arrives within `quiet`. Being replaced by
-    /// [`Daemon::assert_idle`], which cannot pass without the daemon having polled.
-    pub fn no_events(&mut self, quiet: Duration) {
-        if let Ok(line) = self.stdout.recv_timeout(quiet) {
-            panic!("unexpected event: {line}");
-        }
-    }
-
-    /// Waits for a log line containing `needle`, returning it. Being replaced by
-    /// [`Daemon::wait_log_where`] and the metric waits, which match fields, not text.
-    pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        if let Some(line) = self.logs.iter().find(|l| l.contains(needle)) {
-            return line.clone();
-        }
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) => {
-                    self.logs.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => {
-                    panic!("no log line with {needle:?} in {timeout:?}; logs:\n{}", self.logs.join("\n"))
-                }
-            }
-        }
-    }
-
     /// Waits for the first JSON log line (of those read so far, then of new ones) for
     /// which `matches` holds, and returns it parsed; `what` says what was awaited when
     /// none comes.

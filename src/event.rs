@@ -88,6 +88,10 @@ pub struct RowItem {
     /// Key, cursor and the configured `columns`, each as faithful JSON (integers,
     /// numeric as a string, RFC 3339 timestamps, bytea as base64, arrays, json).
     pub columns: serde_json::Map<String, serde_json::Value>,
+    /// Columns whose value (or an element of it) is Postgres' text form because it
+    /// could not be decoded into JSON; absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub as_text: Vec<String>,
 }
 
 /// The rows of one poll, for `emit: batch`.

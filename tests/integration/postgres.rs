@@ -18,7 +18,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// The watcher every test here runs.
 const ROWS: &str = "pg/rows";
 
-fn url() -> String {
+pub(crate) fn url() -> String {
     std::env::var("HIGHWATER_TEST_PG_URL").unwrap_or_else(|_| {
         panic!(
             "HIGHWATER_TEST_PG_URL is not set: run the tests with scripts/test.sh, which finds or starts \
@@ -29,13 +29,13 @@ fn url() -> String {
 
 /// A connection of the test's own, driven by a runtime of its own so that tests stay
 /// plain blocking code like the rest of the suite.
-struct Pg {
+pub(crate) struct Pg {
     rt: tokio::runtime::Runtime,
     client: tokio_postgres::Client,
 }
 
 impl Pg {
-    fn connect() -> Pg {
+    pub(crate) fn connect() -> Pg {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let client = rt.block_on(async {
             let url = url();
@@ -51,27 +51,27 @@ impl Pg {
         Pg { rt, client }
     }
 
-    fn exec(&self, sql: &str) {
+    pub(crate) fn exec(&self, sql: &str) {
         self.rt.block_on(self.client.batch_execute(sql)).unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     }
 
-    fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+    pub(crate) fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
         self.rt.block_on(self.client.query(sql, &[])).unwrap_or_else(|e| panic!("{sql}: {e:?}"))
     }
 
-    fn text(&self, sql: &str) -> String {
+    pub(crate) fn text(&self, sql: &str) -> String {
         self.query(sql)[0].get(0)
     }
 }
 
 /// A schema for one test, dropped at the end.
-struct Schema {
-    pg: Pg,
-    name: String,
+pub(crate) struct Schema {
+    pub(crate) pg: Pg,
+    pub(crate) name: String,
 }
 
 impl Schema {
-    fn new(name: &str) -> Schema {
+    pub(crate) fn new(name: &str) -> Schema {
         let pg = Pg::connect();
         let name = format!("hw_{name}");
         pg.exec(&format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"));
@@ -80,7 +80,7 @@ impl Schema {
 
     /// `orders(id bigserial primary key, note, hx xid8 default pg_current_xact_id())`,
     /// indexed on `(hx, id)` as README advises.
-    fn orders(&self) -> String {
+    pub(crate) fn orders(&self) -> String {
         let table = format!("{}.orders", self.name);
         self.pg.exec(&format!(
             "CREATE TABLE {table} (id bigserial PRIMARY KEY, note text, \
@@ -99,7 +99,7 @@ impl Drop for Schema {
     }
 }
 
-fn watcher_project(table: &str, extra: &str) -> Project {
+pub(crate) fn watcher_project(table: &str, extra: &str) -> Project {
     let project = Project::default_config();
     project.watcher(
         "rows",
@@ -121,7 +121,7 @@ fn xid_project(table: &str, batch_size: usize) -> Project {
     project
 }
 
-fn ids(events: &[Value]) -> Vec<i64> {
+pub(crate) fn ids(events: &[Value]) -> Vec<i64> {
     events.iter().map(|e| e["item"]["key"]["id"].as_i64().expect("id")).collect()
 }
 
@@ -130,7 +130,7 @@ fn assert_unique(events: &[Value]) {
     assert_eq!(set.len(), events.len(), "repeated event ids: {events:?}");
 }
 
-fn start(project: &Project) -> Daemon {
+pub(crate) fn start(project: &Project) -> Daemon {
     project.start_with(&[("RUST_LOG", "highwater=debug")], &[])
 }
 

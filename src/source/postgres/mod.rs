@@ -79,12 +79,15 @@ pub struct Postgres {
     skipped_null_cursor: u64,
     /// The same, not yet handed to the watcher's counter.
     skipped_untaken: u64,
+    /// Values delivered in Postgres' text form because they could not be decoded,
+    /// since start (for the log).
+    as_text_total: u64,
 }
 
 impl Postgres {
     /// Builds the source; nothing is touched until the first poll or check.
     pub fn new(config: PostgresConfig) -> Self {
-        Postgres { config, conn: None, skipped_null_cursor: 0, skipped_untaken: 0 }
+        Postgres { config, conn: None, skipped_null_cursor: 0, skipped_untaken: 0, as_text_total: 0 }
     }
 
     /// The open connection, opening it and reading the catalog if needed.
@@ -122,6 +125,21 @@ impl Postgres {
                 rows = n,
                 skipped_total = self.skipped_null_cursor,
                 "Skipped rows with a NULL cursor column."
+            );
+        }
+    }
+
+    /// Warns about values that went as text, with a running total.
+    fn count_as_text(&mut self, table: &str, items: &[super::Found]) {
+        let (n, columns) = rows::as_text(items);
+        if n > 0 {
+            self.as_text_total += n;
+            tracing::warn!(
+                table,
+                values = n,
+                columns = %columns.join(", "),
+                as_text_total = self.as_text_total,
+                "Delivered values that could not be decoded in Postgres' text form."
             );
         }
     }
@@ -192,6 +210,7 @@ impl Postgres {
                     Mark::Xid { from: Some(to), to: None, after: None }
                 };
                 tracing::debug!(table = %name, queries, rows = rows.len(), "Polled table.");
+                self.count_as_text(&name, &items);
                 Ok(Polled { items, next: mark_value(&next), more })
             }
             Mark::Cursor { after } => {
@@ -203,6 +222,8 @@ impl Postgres {
                 let last = rows.last().map(|r| rows::position(plan, r, false)).transpose()?;
                 let items = rows::found(plan, &rows, emit)?;
                 tracing::debug!(table = %plan.name, queries = 1, rows = rows.len(), "Polled table.");
+                let name = plan.name.clone();
+                self.count_as_text(&name, &items);
                 Ok(Polled { items, next: mark_value(&Mark::Cursor { after: last.or(after) }), more })
             }
         }

@@ -43,14 +43,16 @@ pub(super) fn found(plan: &Plan, rows: &[Row], emit: Emit) -> Result<Vec<Found>,
             identity.push(text(plan, row, plan.cursor_text(i))?);
         }
         let mut decoded = Map::new();
+        let mut as_text = Vec::new();
         for (i, column) in plan.values.iter().enumerate() {
             let index = plan.value(i);
             let ty = row.columns()[index].type_().clone();
             let raw: Raw = row.try_get(index).map_err(|e| query_error(&plan.name, e))?;
-            let value = decode(&ty, raw.0).map_err(|e| {
-                SourceError::needs_attention(format!("{}: cannot decode column {column}: {e}", plan.name))
-            })?;
-            decoded.insert(column.clone(), value);
+            let cell = decode(&ty, raw.0);
+            if cell.as_text {
+                as_text.push(column.clone());
+            }
+            decoded.insert(column.clone(), cell.value);
         }
         let pick = |names: &[String]| -> Map<String, Value> {
             names.iter().map(|n| (n.clone(), decoded.get(n).cloned().unwrap_or(Value::Null))).collect()
@@ -60,6 +62,7 @@ pub(super) fn found(plan: &Plan, rows: &[Row], emit: Emit) -> Result<Vec<Found>,
             key: pick(&plan.key),
             cursor: pick(&plan.cursor),
             columns: decoded.clone(),
+            as_text,
         };
         items.push(Found { change: Change::Created, item: Item::Row(item), identity });
     }
@@ -76,4 +79,26 @@ pub(super) fn found(plan: &Plan, rows: &[Row], emit: Emit) -> Result<Vec<Found>,
         return Ok(vec![Found { change: Change::Created, item, identity }]);
     }
     Ok(items)
+}
+
+/// How many values of these items went as text, and in which columns.
+pub(super) fn as_text(items: &[Found]) -> (u64, Vec<String>) {
+    let mut n = 0;
+    let mut columns: Vec<String> = Vec::new();
+    let mut count = |row: &RowItem| {
+        n += row.as_text.len() as u64;
+        for column in &row.as_text {
+            if !columns.contains(column) {
+                columns.push(column.clone());
+            }
+        }
+    };
+    for found in items {
+        match &found.item {
+            Item::Row(row) => count(row),
+            Item::Rows(rows) => rows.rows.iter().for_each(&mut count),
+            _ => {}
+        }
+    }
+    (n, columns)
 }

@@ -1,0 +1,277 @@
+//! The `airflow` sink: one Airflow 3 asset event per highwater event, through the REST
+//! API (`POST /api/v2/assets/events`), so that a DAG scheduled on the asset runs.
+//!
+//! The API takes a numeric asset id; the watcher names the asset by URI (or name). The
+//! id is looked up with `GET /api/v2/assets?uri_pattern=…` (a case-insensitive
+//! substring match, so the exact URI is picked here), cached, and looked up again when
+//! Airflow answers 404 ([`asset`]). Tokens come from `POST /auth/token` and are fetched
+//! again, once, when Airflow answers 401 ([`api`]).
+//!
+//! The API has no idempotency of its own: every event carries its highwater id in
+//! `extra.event_id`, the same on every redelivery, for the DAG to drop repeats.
+
+mod api;
+mod asset;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+
+use self::api::{Api, Auth};
+use self::asset::{Asset, AssetRef};
+use super::http::{self, SecretKeys};
+use super::{BuildError, Delivery, Sink, SinkKind};
+use crate::event::Event;
+use crate::value::{HttpUrl, HumanDuration, Kind, Template};
+
+/// `sink: {type: airflow}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AirflowConfig {
+    /// Airflow's API server, e.g. `https://airflow.example.com`; `/auth/token` and
+    /// `/api/v2/…` are called under it.
+    pub base_url: HttpUrl,
+    /// User whose password is exchanged for a token at `POST /auth/token`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Environment variable holding the password of `username`.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the password of `username` (instead of `password_env`).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding a token to send as is (instead of
+    /// `username`/`password_*`). A token cannot be renewed by the sink.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// File holding such a token (instead of `token_env`).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The asset's URI, exactly as the DAG declares it
+    /// (`Asset(name="…", uri="s3://bucket/landing")`).
+    #[serde(default)]
+    pub asset_uri: Option<String>,
+    /// The asset's name (instead of `asset_uri`).
+    #[serde(default)]
+    pub asset_name: Option<String>,
+    /// The event's partition key, built from the item: `{field}` is replaced by that
+    /// field of the item (`"{relative_path}"`, `"day={date}"`), `{{` and `}}` are
+    /// literal braces. Default: no partition key.
+    #[serde(default)]
+    pub partition_key: Option<Template>,
+    /// How long one request may take, connecting included.
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// How long to wait before trying again when Airflow cannot take events until an
+    /// operator acts: the asset does not exist (no DAG declares it yet) or the
+    /// credentials are refused. Events are held, never dropped, meanwhile.
+    #[serde(default = "default_slow_retry")]
+    pub slow_retry: HumanDuration,
+}
+
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+fn default_slow_retry() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+impl AirflowConfig {
+    fn password_keys(&self) -> SecretKeys<'_> {
+        SecretKeys { key: "password", env: self.password_env.as_deref(), file: self.password_file.as_deref() }
+    }
+
+    fn token_keys(&self) -> SecretKeys<'_> {
+        SecretKeys { key: "token", env: self.token_env.as_deref(), file: self.token_file.as_deref() }
+    }
+
+    fn asset(&self) -> AssetRef {
+        match (&self.asset_uri, &self.asset_name) {
+            (Some(uri), _) => AssetRef::Uri(uri.clone()),
+            (None, Some(name)) => AssetRef::Name(name.clone()),
+            (None, None) => AssetRef::Uri(String::new()),
+        }
+    }
+}
+
+impl Kind for AirflowConfig {
+    const TAG: &'static str = "airflow";
+}
+
+impl SinkKind for AirflowConfig {
+    /// Never a secret.
+    fn describe(&self) -> String {
+        let url = &self.base_url;
+        let auth = match (&self.username, self.token_keys().is_set()) {
+            (Some(user), _) => format!(", as {user}"),
+            (None, true) => ", with a token".to_string(),
+            (None, false) => String::new(),
+        };
+        format!("{} {url} {}{auth}", Self::TAG, self.asset())
+    }
+
+    fn validate(&self) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        match (&self.asset_uri, &self.asset_name) {
+            (None, None) => {
+                errors.push(("asset_uri".into(), "name the asset with `asset_uri` or `asset_name`".into()))
+            }
+            (Some(_), Some(_)) => {
+                errors.push(("asset_name".into(), "give `asset_uri` or `asset_name`, not both".into()))
+            }
+            (Some(v), None) | (None, Some(v)) if v.trim().is_empty() => {
+                let key = if self.asset_uri.is_some() { "asset_uri" } else { "asset_name" };
+                errors.push((key.into(), "must not be empty".into()));
+            }
+            _ => {}
+        }
+        errors.extend(self.password_keys().validate());
+        errors.extend(self.token_keys().validate());
+        let (user, password, token) =
+            (self.username.is_some(), self.password_keys().is_set(), self.token_keys().is_set());
+        if user && !password {
+            errors.push(("username".into(), "needs `password_env` or `password_file`".into()));
+        }
+        if !user && password {
+            errors.push(("password_env".into(), "needs `username`".into()));
+        }
+        if user && token {
+            errors.push(("token_env".into(), "give `username`/`password_*` or `token_*`, not both".into()));
+        }
+        for (key, value) in [("timeout", self.timeout), ("slow_retry", self.slow_retry)] {
+            if value.0.is_zero() {
+                errors.push((key.into(), "must be more than 0".into()));
+            }
+        }
+        errors
+    }
+
+    fn build(&self) -> Result<Box<dyn Sink>, BuildError> {
+        Ok(Box::new(AirflowSink::new(self)?))
+    }
+}
+
+/// The runtime `airflow` sink.
+pub struct AirflowSink {
+    /// Requests to Airflow's API, with their credentials.
+    api: Api,
+    /// The asset events are posted to, and its id once looked up.
+    asset: Asset,
+    /// Makes each event's partition key, when configured.
+    partition_key: Option<Template>,
+}
+
+impl AirflowSink {
+    /// Builds the sink: reads the secrets and prepares the client. Nothing is contacted.
+    pub fn new(config: &AirflowConfig) -> Result<Self, BuildError> {
+        let auth = match (&config.username, config.password_keys().load()?, config.token_keys().load()?) {
+            (Some(username), Some(password), _) => {
+                Auth::Password { username: username.clone(), password, token: None }
+            }
+            (_, _, Some(token)) => Auth::Static(token),
+            _ => Auth::None,
+        };
+        Ok(AirflowSink {
+            api: Api {
+                client: http::client(config.timeout.0)?,
+                shown: config.base_url.to_string(),
+                base: config.base_url.url().clone(),
+                auth,
+                timeout: config.timeout.0,
+                slow_retry: config.slow_retry.0,
+            },
+            asset: Asset::new(config.asset()),
+            partition_key: config.partition_key.clone(),
+        })
+    }
+
+    /// Posts one asset event; looks the asset up again once if Airflow says it is gone.
+    async fn post(&mut self, event: &Event) -> Delivery {
+        let item = match serde_json::to_value(&event.item) {
+            Ok(item) => item,
+            Err(e) => return Delivery::permanent(format!("cannot encode event {}: {e}", event.id)),
+        };
+        let partition_key = match &self.partition_key {
+            Some(template) => match template.render(&item) {
+                Ok(key) => Some(key),
+                Err(message) => {
+                    return Delivery::permanent(format!("event {}: partition_key: {message}", event.id));
+                }
+            },
+            None => None,
+        };
+        let extra = json!({
+            "event_id": event.id,
+            "namespace": event.namespace,
+            "watcher": event.watcher,
+            "source": event.source,
+            "type": event.change,
+            "item": item,
+            "emitted_at": event.emitted_at,
+        });
+        let what = format!("{} /api/v2/assets/events", self.api.shown);
+        let url = self.api.url("/api/v2/assets/events");
+        let mut looked_again = false;
+        loop {
+            let asset_id = match self.asset.id(&mut self.api).await {
+                Ok(id) => id,
+                Err(failed) => return failed,
+            };
+            let mut body = json!({"asset_id": asset_id, "extra": extra});
+            if let Some(key) = &partition_key {
+                body["partition_key"] = json!(key);
+            }
+            let response = match self.api.send(&what, |client| client.post(url.clone()).json(&body)).await {
+                Ok(response) => response,
+                Err(failed) => return failed,
+            };
+            if response.status() == StatusCode::NOT_FOUND && !looked_again {
+                // The asset was removed or re-created under a new id.
+                tracing::info!(asset = %self.asset.name, id = asset_id, "Airflow no longer knows the asset id; looking it up again.");
+                self.asset.forget();
+                looked_again = true;
+                continue;
+            }
+            if response.status() == StatusCode::NOT_FOUND {
+                self.asset.forget();
+                return self
+                    .api
+                    .needs_operator(format!("{what} answered 404 for {} (id {asset_id})", self.asset.name));
+            }
+            let outcome = http::classify_response(response, &what).await;
+            if outcome == Delivery::Acknowledged {
+                tracing::debug!(event = %event.id, asset_id, "Posted asset event.");
+            }
+            return outcome;
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for AirflowSink {
+    async fn deliver(&mut self, events: &[Event]) -> Delivery {
+        for event in events {
+            // One event per request (the API takes no batches), in order; a failure
+            // part-way sends the whole batch again later, with the same event ids.
+            match self.post(event).await {
+                Delivery::Acknowledged => {}
+                failed => return failed,
+            }
+        }
+        Delivery::Acknowledged
+    }
+
+    async fn check(&mut self) -> Result<(), String> {
+        self.asset.id(&mut self.api).await.map(|_| ()).map_err(|failed| match failed {
+            Delivery::RetryLater { reason, .. } | Delivery::Permanent { reason } => reason,
+            Delivery::Acknowledged => String::new(),
+        })
+    }
+}

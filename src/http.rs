@@ -289,7 +289,7 @@ impl Collector for WatcherCollector {
         )?;
         let mut family = encoder.encode_descriptor(
             "highwater_watcher_state",
-            "1 for the state the watcher is in (ok, retrying, blocked, error), 0 for the others.",
+            "1 for the state the watcher is in (ok, retrying, blocked, error, waiting), 0 for the others.",
             None,
             MetricType::Gauge,
         )?;

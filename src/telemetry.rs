@@ -19,12 +19,20 @@ pub enum WatcherState {
     Blocked = 2,
     /// The source needs an operator (missing directory, bucket, table, access).
     Error = 3,
+    /// The source waits on another session (a poll timed out waiting for a table
+    /// lock) and is retried.
+    Waiting = 4,
 }
 
 impl WatcherState {
     /// Every state, in the order of their numbers.
-    pub const ALL: [WatcherState; 4] =
-        [WatcherState::Ok, WatcherState::Retrying, WatcherState::Blocked, WatcherState::Error];
+    pub const ALL: [WatcherState; 5] = [
+        WatcherState::Ok,
+        WatcherState::Retrying,
+        WatcherState::Blocked,
+        WatcherState::Error,
+        WatcherState::Waiting,
+    ];
 
     /// The lower-case name used in logs and metrics.
     pub fn as_str(self) -> &'static str {
@@ -33,6 +41,7 @@ impl WatcherState {
             WatcherState::Retrying => "retrying",
             WatcherState::Blocked => "blocked",
             WatcherState::Error => "error",
+            WatcherState::Waiting => "waiting",
         }
     }
 
@@ -41,6 +50,7 @@ impl WatcherState {
             1 => WatcherState::Retrying,
             2 => WatcherState::Blocked,
             3 => WatcherState::Error,
+            4 => WatcherState::Waiting,
             _ => WatcherState::Ok,
         }
     }
@@ -179,8 +189,8 @@ impl Telemetry {
     }
 
     /// How many watchers are in each state, in [`WatcherState::ALL`] order.
-    pub fn state_counts(&self) -> [usize; 4] {
-        let mut counts = [0; 4];
+    pub fn state_counts(&self) -> [usize; WatcherState::ALL.len()] {
+        let mut counts = [0; WatcherState::ALL.len()];
         let guard = self.watchers.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         for stats in guard.values() {
             counts[stats.state() as usize] += 1;

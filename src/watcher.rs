@@ -143,6 +143,7 @@ impl Watcher {
     fn report_error(&self, error: &WatcherError, delay: Duration, attempt: u32) {
         let state = match error {
             WatcherError::Source(e) if e.class == ErrorClass::NeedsAttention => WatcherState::Error,
+            WatcherError::Source(e) if e.class == ErrorClass::Waiting => WatcherState::Waiting,
             _ => WatcherState::Retrying,
         };
         if matches!(error, WatcherError::Source(_)) {

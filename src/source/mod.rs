@@ -47,6 +47,9 @@ pub enum ErrorClass {
     /// Needs an operator (missing bucket, table or directory, access denied, bad
     /// credentials): the watcher is in error state and retries slowly.
     NeedsAttention,
+    /// Another session holds what the source needs (a table lock): retried like a
+    /// passing fault, with the watcher in state `waiting`.
+    Waiting,
 }
 
 /// A failed poll. The message names the item or resource and never holds a secret.

@@ -8,6 +8,7 @@ mod conformance;
 mod core;
 mod local_dir;
 mod postgres;
+mod postgres_session;
 mod postgres_values;
 mod s3;
 mod s3_support;

@@ -2,6 +2,7 @@
 //! no network, no environment.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -37,8 +38,9 @@ pub struct PostgresConfig {
     #[serde(default)]
     pub sslrootcert: Option<PathBuf>,
     /// The table, `schema.table` (a bare name means `public`). Names are taken as
-    /// written, case included, and always quoted.
-    pub table: String,
+    /// written, case included, and always quoted in queries; a name holding a dot or a
+    /// double quote is written in double quotes, as in SQL (`sales."order.lines"`).
+    pub table: TableName,
     /// The column or columns that order the rows (`id`, or `[updated_at, id]`). Their
     /// values together must be unique; they also identify a row in its event id.
     #[serde(deserialize_with = "one_or_many")]
@@ -70,6 +72,109 @@ pub struct PostgresConfig {
     /// `batch_size` rows.
     #[serde(default)]
     pub emit: Emit,
+    /// How long one query may run before the server cancels it; the poll is then
+    /// retried. `0s`: no limit.
+    #[serde(default = "default_statement_timeout")]
+    pub statement_timeout: HumanDuration,
+    /// How long a query may wait for a lock another session holds (an `ALTER TABLE`,
+    /// `VACUUM FULL` or `LOCK TABLE` on the table) before it gives up; the watcher then
+    /// shows state `waiting` and retries. `0s`: wait for as long as it takes.
+    #[serde(default = "default_lock_timeout")]
+    pub lock_timeout: HumanDuration,
+}
+
+fn default_statement_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+fn default_lock_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+/// A table's schema and name, parsed from `table:` once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    /// The schema (`public` when the config names the table alone).
+    pub schema: String,
+    /// The table.
+    pub table: String,
+}
+
+impl TableName {
+    /// Reads `table`, `schema.table`, either part in double quotes (`""` for a quote
+    /// inside them). Unquoted parts are taken as written, case included.
+    pub fn parse(text: &str) -> Result<TableName, String> {
+        let wrong = || {
+            format!(
+                "`{text}`: write `schema.table` or `table`, with a name that holds a dot or a \
+                 double quote in double quotes (`\"my.schema\".\"my.table\"`)"
+            )
+        };
+        let mut parts = Vec::new();
+        let mut rest = text;
+        loop {
+            let (part, after) = match rest.strip_prefix('"') {
+                Some(quoted) => {
+                    let mut part = String::new();
+                    let mut chars = quoted.char_indices();
+                    let end = loop {
+                        match chars.next() {
+                            Some((i, '"')) if quoted[i + 1..].starts_with('"') => {
+                                part.push('"');
+                                chars.next();
+                            }
+                            Some((i, '"')) => break i + 1,
+                            Some((_, c)) => part.push(c),
+                            None => return Err(wrong()),
+                        }
+                    };
+                    (part, &quoted[end..])
+                }
+                None => {
+                    let end = rest.find(['.', '"']).unwrap_or(rest.len());
+                    (rest[..end].to_string(), &rest[end..])
+                }
+            };
+            if part.is_empty() {
+                return Err(wrong());
+            }
+            parts.push(part);
+            match after.strip_prefix('.') {
+                Some(next) => rest = next,
+                None if after.is_empty() => break,
+                None => return Err(wrong()),
+            }
+        }
+        match <[String; 1]>::try_from(parts) {
+            Ok([table]) => Ok(TableName { schema: "public".into(), table }),
+            Err(parts) => match <[String; 2]>::try_from(parts) {
+                Ok([schema, table]) => Ok(TableName { schema, table }),
+                Err(_) => Err(wrong()),
+            },
+        }
+    }
+}
+
+/// `schema.table`, a part in double quotes when it holds a dot or a double quote (so
+/// that the text reads back as the same name): for events and messages.
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let part = |name: &str| {
+            if name.contains(['.', '"']) {
+                format!("\"{}\"", name.replace('"', "\"\""))
+            } else {
+                name.to_string()
+            }
+        };
+        write!(f, "{}.{}", part(&self.schema), part(&self.table))
+    }
+}
+
+impl<'de> Deserialize<'de> for TableName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        TableName::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// How new rows are found.
@@ -113,14 +218,6 @@ fn one_or_many_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>
 }
 
 impl PostgresConfig {
-    /// `(schema, table)`.
-    pub(super) fn names(&self) -> (String, String) {
-        match self.table.split_once('.') {
-            Some((schema, table)) => (schema.to_string(), table.to_string()),
-            None => ("public".to_string(), self.table.clone()),
-        }
-    }
-
     pub(super) fn settings(&self) -> ConnectSettings {
         ConnectSettings {
             connection: self.connection.clone(),
@@ -139,20 +236,15 @@ impl Kind for PostgresConfig {
 impl SourceKind for PostgresConfig {
     /// No connection string: it may hold a password.
     fn describe(&self) -> String {
-        let (schema, table) = self.names();
         let mode = match self.mode {
             Mode::Xid => format!("xid column {}", self.xid_column.as_deref().unwrap_or("?")),
             Mode::Cursor => "cursor".into(),
         };
-        format!("postgres {schema}.{table} ({mode}; cursor {})", self.cursor.join(", "))
+        format!("postgres {} ({mode}; cursor {})", self.table, self.cursor.join(", "))
     }
 
     fn validate(&self) -> Vec<(String, String)> {
         let mut errors = connect::validate(&self.settings());
-        let (schema, table) = self.names();
-        if schema.is_empty() || table.is_empty() || table.contains('.') {
-            errors.push(("table".into(), "write `schema.table` or `table`".into()));
-        }
         if self.cursor.is_empty() || self.cursor.iter().any(String::is_empty) {
             errors.push(("cursor".into(), "name at least one column".into()));
         }
@@ -207,5 +299,22 @@ mod tests {
         let c = config("table: app.orders\ncursor: [updated_at, id]\nxid_column: hx\n");
         assert!(c.validate().is_empty());
         assert_eq!(c.cursor, vec!["updated_at", "id"]);
+    }
+
+    #[test]
+    fn table_names_with_dots_and_quotes_are_written_in_double_quotes() {
+        let t = |text: &str| TableName::parse(text).map(|t| (t.schema, t.table));
+        assert_eq!(t("orders"), Ok(("public".into(), "orders".into())));
+        assert_eq!(t("Sales.Orders"), Ok(("Sales".into(), "Orders".into())));
+        assert_eq!(t("sales.\"order.lines\""), Ok(("sales".into(), "order.lines".into())));
+        assert_eq!(t("\"my.schema\".\"a \"\"b\"\"\""), Ok(("my.schema".into(), "a \"b\"".into())));
+        assert_eq!(t("\"x.y\""), Ok(("public".into(), "x.y".into())));
+        for bad in ["a.b.c", "", "a.", ".b", "\"open", "a\"b", "\"a\"b", "\"\".b"] {
+            assert!(t(bad).is_err(), "{bad}");
+        }
+        let name = TableName::parse("\"my.schema\".\"a \"\"b\"\"\"").expect("parse");
+        assert_eq!(name.to_string(), "\"my.schema\".\"a \"\"b\"\"\"");
+        assert_eq!(TableName::parse(&name.to_string()), Ok(name));
+        assert_eq!(TableName::parse("sales.orders").expect("parse").to_string(), "sales.orders");
     }
 }

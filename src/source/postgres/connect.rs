@@ -401,15 +401,19 @@ pub fn message(error: &tokio_postgres::Error) -> String {
 }
 
 /// Which failures pass by themselves: a lost connection, a server shutting down or
-/// starting, too many connections, a cancelled or conflicting query. Everything the
-/// server rejects for a reason an operator must fix (a missing table, column or
-/// database, a privilege, a password, bad SQL in `where`) needs attention.
+/// starting, too many connections, a cancelled (`statement_timeout`) or conflicting
+/// query; a lock another session holds past `lock_timeout` is waited out the same way,
+/// but shown as its own state. Everything the server rejects for a reason an operator
+/// must fix (a missing table, column or database, a privilege, a password, bad SQL in
+/// `where`) needs attention.
 pub fn classify(error: &tokio_postgres::Error) -> ErrorClass {
     let Some(code) = error.code() else {
         return ErrorClass::Transient; // I/O, closed connection, timeout
     };
     let class = &code.code()[..2];
-    if matches!(class, "08" | "57" | "53" | "40" | "58") || *code == SqlState::LOCK_NOT_AVAILABLE {
+    if *code == SqlState::LOCK_NOT_AVAILABLE {
+        ErrorClass::Waiting
+    } else if matches!(class, "08" | "57" | "53" | "40" | "58") {
         ErrorClass::Transient
     } else {
         ErrorClass::NeedsAttention

@@ -99,7 +99,12 @@ impl Postgres {
             let target = connect::resolve(&self.config.settings())?;
             let client = connect::connect(&target).await?;
             let plan = plan::prepare(&client, &self.config).await?;
-            tracing::info!(server = %target.describe(), table = %plan.name, "Connected to Postgres.");
+            tracing::info!(
+                server = %target.describe(),
+                table = %plan.name,
+                time_zone = %plan.zone,
+                "Connected to Postgres."
+            );
             if self.config.mode == Mode::Cursor && !plan.nullable.is_empty() {
                 let n = plan.count_null_cursors(&client).await?;
                 if n > 0 {
@@ -190,6 +195,7 @@ impl Postgres {
                     from: from.as_ref(),
                     after: position,
                     grace: None,
+                    zone: None,
                     limit: row_limit,
                 };
                 let rows = plan.page(client, shape, &args).await?;
@@ -216,7 +222,14 @@ impl Postgres {
             Mark::Cursor { after } => {
                 let shape = Shape { since: false, resume: after.is_some() };
                 let position = after.as_deref().unwrap_or_default();
-                let args = Args { to: None, from: None, after: position, grace, limit: row_limit };
+                let args = Args {
+                    to: None,
+                    from: None,
+                    after: position,
+                    grace,
+                    zone: Some(&plan.zone),
+                    limit: row_limit,
+                };
                 let rows = plan.page(client, shape, &args).await?;
                 let more = rows.len() >= limit;
                 let last = rows.last().map(|r| rows::position(plan, r, false)).transpose()?;
@@ -238,7 +251,13 @@ fn mark_value(mark: &Mark) -> Value {
 /// connection string is not part of any query).
 pub(super) fn query_error(table: &str, e: tokio_postgres::Error) -> SourceError {
     let class = connect::classify(&e);
-    SourceError { class, message: format!("{table}: {}", connect::message(&e)), source: Some(Box::new(e)) }
+    let message = match class {
+        ErrorClass::Waiting => {
+            format!("{table}: waiting on a lock another session holds ({})", connect::message(&e))
+        }
+        _ => format!("{table}: {}", connect::message(&e)),
+    };
+    SourceError { class, message, source: Some(Box::new(e)) }
 }
 
 #[async_trait]

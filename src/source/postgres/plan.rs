@@ -29,6 +29,8 @@ enum Param {
     After(usize),
     /// The grace delay in seconds (mode `cursor`).
     Grace,
+    /// The server's time zone, for a grace delay on a local time.
+    Zone,
     /// The row limit.
     Limit,
 }
@@ -72,6 +74,8 @@ pub(super) struct Args<'a> {
     pub after: &'a [String],
     /// The grace delay in seconds.
     pub grace: Option<f64>,
+    /// The server's time zone.
+    pub zone: Option<&'a String>,
     /// The row limit.
     pub limit: i64,
 }
@@ -87,6 +91,7 @@ impl<'a> Args<'a> {
                     Param::From => self.from.ok_or_else(|| missing("from"))?,
                     Param::After(i) => self.after.get(*i).ok_or_else(|| missing("after"))?,
                     Param::Grace => self.grace.as_ref().ok_or_else(|| missing("grace"))?,
+                    Param::Zone => self.zone.ok_or_else(|| missing("zone"))?,
                     Param::Limit => &self.limit,
                 })
             })
@@ -134,6 +139,9 @@ pub(super) struct Plan {
     xid: Option<String>,
     /// The `where` condition, ready to append.
     filter: String,
+    /// The server's time zone (`TimeZone` of a session that sets none), read at
+    /// connect: what a `timestamp without time zone` is compared in.
+    pub zone: String,
     /// The page queries, prepared.
     queries: HashMap<Shape, Query>,
 }
@@ -154,29 +162,97 @@ impl Plan {
     }
 }
 
+/// The `where` condition, ready to append. On lines of its own, so that a condition
+/// ending in a `-- comment` comments out nothing of the query.
 fn filter_sql(config: &PostgresConfig) -> String {
-    config.filter.as_ref().map_or_else(String::new, |f| format!(" AND ({f})"))
+    config.filter.as_ref().map_or_else(String::new, |f| format!(" AND (\n{f}\n)"))
+}
+
+/// What the catalog says about one column.
+struct Column {
+    ty: Option<Type>,
+    /// `format_type`: the cast that turns text back into a value of the column.
+    formatted: String,
+    nullable: bool,
+    /// The default expression, as `pg_get_expr` writes it.
+    default: Option<String>,
+    /// Some index has this column first.
+    leads_an_index: bool,
+}
+
+/// How the grace delay compares the first cursor column with the server's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grace {
+    /// `timestamptz`: an instant, compared with `now()`.
+    Instant,
+    /// `timestamp` or `date`: a local time, compared with `now()` in the server's zone.
+    Local,
+}
+
+/// The xid column must be an `xid8` that Postgres fills itself: with any other default
+/// (`'0'`), rows would carry an id that no snapshot ever shows as new. Without an
+/// index starting with it, every poll reads the whole table: worth a warning.
+fn check_xid_column(table: &str, xid: &str, column: &Column, is_table: bool) -> Result<(), SourceError> {
+    if column.ty != Some(Type::XID8) {
+        return Err(SourceError::needs_attention(format!(
+            "xid_column {xid} of {table} must be of type xid8 (DEFAULT pg_current_xact_id())"
+        )));
+    }
+    if !is_table {
+        return Ok(());
+    }
+    if column.default.as_deref() != Some("pg_current_xact_id()") {
+        let has = match &column.default {
+            Some(default) => format!("it has DEFAULT {default}"),
+            None => "it has no default".into(),
+        };
+        return Err(SourceError::needs_attention(format!(
+            "xid_column {xid} of {table} must have DEFAULT pg_current_xact_id() ({has}): \
+             rows whose {xid} is not the id of the transaction that wrote them are never announced"
+        )));
+    }
+    if !column.leads_an_index {
+        tracing::warn!(
+            table,
+            column = xid,
+            "No index starts with the xid column: every poll reads the whole table (README: CREATE INDEX ON table (xid_column, cursor…))."
+        );
+    }
+    Ok(())
 }
 
 /// Reads the catalog, checks every configured name, builds and prepares the queries
 /// (preparing also checks the `where` filter and the SELECT privilege).
 pub(super) async fn prepare(client: &Client, config: &PostgresConfig) -> Result<Plan, SourceError> {
-    let (schema, table) = config.names();
-    let name = format!("{schema}.{table}");
+    let (schema, table) = (&config.table.schema, &config.table.table);
+    let name = config.table.to_string();
     let err = |e| query_error(&name, e);
+    // The zone a session of this server gets unless it sets its own: the one writers
+    // of a `timestamp without time zone` most likely wrote their local times in.
+    let zone: String = client
+        .query_one("SELECT current_setting('TimeZone')", &[])
+        .await
+        .map_err(err)?
+        .try_get(0)
+        .map_err(err)?;
+    // Timeouts first: even reading the catalog and preparing a query can wait on a
+    // lock. Milliseconds are integers written here, never text from the config.
     client
-        .batch_execute(
-            "SET default_transaction_read_only = on; SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; \
+        .batch_execute(&format!(
+            "SET statement_timeout = {}; SET lock_timeout = {}; \
+             SET default_transaction_read_only = on; SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; \
              SET extra_float_digits = 3",
-        )
+            config.statement_timeout.0.as_millis(),
+            config.lock_timeout.0.as_millis()
+        ))
         .await
         .map_err(err)?;
     let found = client
         .query_opt(
-            "SELECT c.oid, has_table_privilege(c.oid, 'SELECT') FROM pg_class c \
+            "SELECT c.oid, has_table_privilege(c.oid, 'SELECT'), c.relkind IN ('r', 'p') FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
-            &[&schema, &table],
+            &[schema, table],
         )
         .await
         .map_err(err)?;
@@ -185,16 +261,21 @@ pub(super) async fn prepare(client: &Client, config: &PostgresConfig) -> Result<
     };
     let oid: u32 = found.try_get(0).map_err(err)?;
     let can_read: bool = found.try_get(1).map_err(err)?;
+    // Only tables have column defaults and indexes of their own (not views).
+    let is_table: bool = found.try_get(2).map_err(err)?;
     if !can_read {
         return Err(SourceError::needs_attention(format!(
             "permission denied: the user cannot SELECT from {name}"
         )));
     }
-    let mut types: HashMap<String, (Option<Type>, String, bool)> = HashMap::new();
+    let mut types: HashMap<String, Column> = HashMap::new();
     for row in client
         .query(
-            "SELECT attname::text, atttypid, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute \
-             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+            "SELECT a.attname::text, a.atttypid, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+             pg_get_expr(d.adbin, d.adrelid), \
+             EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indkey[0] = a.attnum) \
+             FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
             &[&oid],
         )
         .await
@@ -202,9 +283,17 @@ pub(super) async fn prepare(client: &Client, config: &PostgresConfig) -> Result<
     {
         let column: String = row.try_get(0).map_err(err)?;
         let type_oid: u32 = row.try_get(1).map_err(err)?;
-        let formatted: String = row.try_get(2).map_err(err)?;
         let not_null: bool = row.try_get(3).map_err(err)?;
-        types.insert(column, (Type::from_oid(type_oid), formatted, !not_null));
+        types.insert(
+            column,
+            Column {
+                ty: Type::from_oid(type_oid),
+                formatted: row.try_get(2).map_err(err)?,
+                nullable: !not_null,
+                default: row.try_get(4).map_err(err)?,
+                leads_an_index: row.try_get(5).map_err(err)?,
+            },
+        );
     }
     let key = match &config.key {
         Some(key) => key.clone(),
@@ -230,23 +319,24 @@ pub(super) async fn prepare(client: &Client, config: &PostgresConfig) -> Result<
             return Err(SourceError::needs_attention(format!("column {column} does not exist in {name}")));
         }
     }
-    if let Some(xid) = &config.xid_column
-        && types.get(xid).and_then(|t| t.0.clone()) != Some(Type::XID8)
-    {
-        return Err(SourceError::needs_attention(format!(
-            "xid_column {xid} of {name} must be of type xid8 (DEFAULT pg_current_xact_id())"
-        )));
+    if let Some(xid) = &config.xid_column {
+        check_xid_column(&name, xid, &types[xid], is_table)?;
     }
-    let cursor_types: Vec<String> = config.cursor.iter().map(|c| types[c].1.clone()).collect();
-    if config.grace.is_some() {
-        let first = types[&config.cursor[0]].0.clone();
-        if !matches!(first, Some(Type::TIMESTAMPTZ | Type::TIMESTAMP | Type::DATE)) {
-            return Err(SourceError::needs_attention(format!(
-                "grace needs the first cursor column ({}) to be a timestamp or date",
-                config.cursor[0]
-            )));
-        }
-    }
+    let cursor_types: Vec<String> = config.cursor.iter().map(|c| types[c].formatted.clone()).collect();
+    let grace = match config.grace {
+        None => None,
+        Some(_) => match types[&config.cursor[0]].ty {
+            Some(Type::TIMESTAMPTZ) => Some(Grace::Instant),
+            // Local times: compared with the server's clock read in the server's zone.
+            Some(Type::TIMESTAMP | Type::DATE) => Some(Grace::Local),
+            _ => {
+                return Err(SourceError::needs_attention(format!(
+                    "grace needs the first cursor column ({}) to be a timestamp or date",
+                    config.cursor[0]
+                )));
+            }
+        },
+    };
     let mut values: Vec<String> = Vec::new();
     for column in key.iter().chain(&config.cursor).chain(&config.columns) {
         if !values.contains(column) {
@@ -263,15 +353,15 @@ pub(super) async fn prepare(client: &Client, config: &PostgresConfig) -> Result<
     });
     for column in &values {
         let quoted = quote_ident(column);
-        select.push(match &types[column].0 {
+        select.push(match &types[column].ty {
             Some(ty) if !needs_text(ty) => quoted,
             Some(ty) if matches!(ty.kind(), Kind::Array(_)) => format!("{quoted}::text[]"),
             _ => format!("{quoted}::text"),
         });
     }
-    let nullable: Vec<String> = config.cursor.iter().filter(|c| types[*c].2).cloned().collect();
+    let nullable: Vec<String> = config.cursor.iter().filter(|c| types[*c].nullable).cloned().collect();
     let mut plan = Plan {
-        from: format!("{}.{}", quote_ident(&schema), quote_ident(&table)),
+        from: format!("{}.{}", quote_ident(schema), quote_ident(table)),
         name,
         key,
         cursor: config.cursor.clone(),
@@ -288,9 +378,9 @@ pub(super) async fn prepare(client: &Client, config: &PostgresConfig) -> Result<
             .join(", "),
         xid: config.xid_column.as_deref().map(quote_ident),
         filter: filter_sql(config),
+        zone,
         queries: HashMap::new(),
     };
-    let grace = config.grace.is_some();
     let shapes: &[Shape] = match config.mode {
         Mode::Xid => &[
             Shape { since: false, resume: false },
@@ -368,16 +458,20 @@ impl Plan {
     }
 
     /// Mode `cursor`: one page in cursor order, held back by the grace delay when set.
-    fn cursor_page(&self, shape: Shape, grace: bool) -> Sql {
+    fn cursor_page(&self, shape: Shape, grace: Option<Grace>) -> Sql {
         let mut sql = Sql::new(format!("SELECT {} FROM {} WHERE true", self.select, self.from));
         if shape.resume {
             self.keyset(&mut sql, None);
         }
         sql.push(&self.not_null());
-        if grace {
+        if let Some(kind) = grace {
+            let now = match kind {
+                Grace::Instant => "now()".to_string(),
+                Grace::Local => format!("(now() AT TIME ZONE {}::text)", sql.param(Param::Zone)),
+            };
             let grace = sql.param(Param::Grace);
             sql.push(&format!(
-                " AND {} <= now() - make_interval(secs => {grace}::float8)",
+                " AND {} <= {now} - make_interval(secs => {grace}::float8)",
                 quote_ident(&self.cursor[0])
             ));
         }
@@ -442,6 +536,7 @@ mod tests {
             select: "1".into(),
             xid: Some(quote_ident("x")),
             filter: String::new(),
+            zone: "UTC".into(),
             queries: HashMap::new(),
         }
     }
@@ -476,14 +571,22 @@ mod tests {
     #[test]
     fn cursor_mode_binds_the_grace_delay_between_position_and_limit() {
         let plan = plan(&["at", "id"], &["timestamp with time zone", "integer"]);
-        let sql = plan.cursor_page(Shape { since: false, resume: true }, true);
+        let sql = plan.cursor_page(Shape { since: false, resume: true }, Some(Grace::Instant));
         assert_eq!(sql.params, vec![Param::After(0), Param::After(1), Param::Grace, Param::Limit]);
-        assert!(sql.text.contains("make_interval(secs => $3::float8)"), "{}", sql.text);
+        assert!(sql.text.contains("<= now() - make_interval(secs => $3::float8)"), "{}", sql.text);
         let to = "1:2:".to_string();
         let after = vec!["2026-01-01".to_string(), "4".to_string()];
-        let args = Args { to: Some(&to), from: None, after: &after, grace: Some(2.0), limit: 10 };
+        let args = Args { to: Some(&to), from: None, after: &after, grace: Some(2.0), zone: None, limit: 10 };
         assert_eq!(args.bind(&sql.params).expect("bind").len(), 4);
         let args = Args { grace: None, ..args };
         assert!(args.bind(&sql.params).is_err());
+        // A local time is compared with the clock read in the server's zone.
+        let sql = plan.cursor_page(Shape { since: false, resume: false }, Some(Grace::Local));
+        assert_eq!(sql.params, vec![Param::Zone, Param::Grace, Param::Limit]);
+        assert!(
+            sql.text.contains("<= (now() AT TIME ZONE $1::text) - make_interval(secs => $2::float8)"),
+            "{}",
+            sql.text
+        );
     }
 }

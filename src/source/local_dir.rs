@@ -7,10 +7,15 @@
 //! new when it lands.
 //!
 //! The watermark holds the newest change time announced, plus the files announced
-//! within the look-back window before it (path, modification time and size), so that
-//! files sharing a timestamp and files that land late inside the window are announced
-//! exactly once. The window's memory is capped; when the cap bites, the oldest part of
-//! the window is dropped and its floor recorded.
+//! within the look-back window before it (path, modification time, size, inode and inode
+//! change time), so that files sharing a timestamp and files that land late inside the
+//! window are announced exactly once. The window's memory is capped; when the cap bites,
+//! the oldest part of the window is dropped and its floor recorded.
+//!
+//! A file is the same file as remembered only when its inode, inode change time, size
+//! and modification time all match: a file deleted and written again with the same size
+//! and a preserved modification time is a new inode (and a new change time), so it is
+//! announced, with a new id.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -51,8 +56,8 @@ pub struct LocalDirConfig {
     /// How far behind the newest announced file to keep looking for files that land late.
     #[serde(default = "default_lookback")]
     pub lookback: HumanDuration,
-    /// Which changes become events: `created`, `updated` (the same path with a new size
-    /// or modification time).
+    /// Which changes become events: `created`, `updated` (the same path with a new
+    /// inode, inode change time, size or modification time).
     #[serde(default = "default_events")]
     pub events: Vec<Change>,
     /// Most files remembered inside the look-back window (bounds the watermark's size).
@@ -126,9 +131,58 @@ struct Mark {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     floor_ns: Option<i64>,
     /// Files announced inside the look-back window: relative path → [change time,
-    /// modification time, size].
+    /// modification time, size, inode, inode change time].
     #[serde(default)]
-    seen: BTreeMap<String, (i64, i64, u64)>,
+    seen: BTreeMap<String, Entry>,
+}
+
+/// A remembered file. Stored as an array to keep the watermark compact; a watermark of
+/// an older release holds only the first three (change time, modification time, size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    changed_ns: i64,
+    mtime_ns: i64,
+    size: u64,
+    /// (inode, inode change time); None in an entry of an older release.
+    inode: Option<(u64, i64)>,
+}
+
+impl Entry {
+    /// True when the file found is the one remembered. An entry of an older release is
+    /// judged by modification time and size, as it was written.
+    fn is(&self, found: &Entry) -> bool {
+        self.mtime_ns == found.mtime_ns
+            && self.size == found.size
+            && self.inode.is_none_or(|inode| found.inode == Some(inode))
+    }
+}
+
+impl Serialize for Entry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.inode {
+            Some((ino, ctime_ns)) => {
+                (self.changed_ns, self.mtime_ns, self.size, ino, ctime_ns).serialize(serializer)
+            }
+            None => (self.changed_ns, self.mtime_ns, self.size).serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Entry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Now(i64, i64, u64, u64, i64),
+            Older(i64, i64, u64),
+        }
+        Ok(match Stored::deserialize(deserializer)? {
+            Stored::Now(changed_ns, mtime_ns, size, ino, ctime_ns) => {
+                Entry { changed_ns, mtime_ns, size, inode: Some((ino, ctime_ns)) }
+            }
+            Stored::Older(changed_ns, mtime_ns, size) => Entry { changed_ns, mtime_ns, size, inode: None },
+        })
+    }
 }
 
 /// A file that may be announced, ordered by (change time, path): the delivery order.
@@ -138,6 +192,8 @@ struct Candidate {
     relative: String,
     mtime_ns: i64,
     size: u64,
+    ino: u64,
+    ctime_ns: i64,
     change: Change,
 }
 
@@ -300,17 +356,24 @@ fn scan(
             if horizon.is_some_and(|h| changed_ns < h) {
                 continue;
             }
+            let found = Entry { changed_ns, mtime_ns, size: meta.len(), inode: Some((meta.ino(), ctime_ns)) };
             let change = match seen.get(&relative) {
-                Some(&(_, seen_mtime, seen_size)) if seen_mtime == mtime_ns && seen_size == meta.len() => {
-                    continue;
-                }
+                Some(entry) if entry.is(&found) => continue,
                 Some(_) => Change::Updated,
                 None => Change::Created,
             };
             if !config.events.contains(&change) {
                 continue;
             }
-            heap.push(Candidate { changed_ns, relative, mtime_ns, size: meta.len(), change });
+            heap.push(Candidate {
+                changed_ns,
+                relative,
+                mtime_ns,
+                size: meta.len(),
+                ino: meta.ino(),
+                ctime_ns,
+                change,
+            });
         }
     }
 
@@ -320,11 +383,27 @@ fn scan(
     let mut items = Vec::with_capacity(chosen.len());
     for c in chosen {
         next.high_ns = next.high_ns.max(c.changed_ns);
-        next.seen.insert(c.relative.clone(), (c.changed_ns, c.mtime_ns, c.size));
+        next.seen.insert(
+            c.relative.clone(),
+            Entry {
+                changed_ns: c.changed_ns,
+                mtime_ns: c.mtime_ns,
+                size: c.size,
+                inode: Some((c.ino, c.ctime_ns)),
+            },
+        );
         let modified = DateTime::<Utc>::from_timestamp_nanos(c.mtime_ns);
         items.push(Found {
             change: c.change,
-            identity: vec![c.relative.clone(), c.size.to_string(), c.mtime_ns.to_string()],
+            // Inode and change time tell generations of a path apart: a file written
+            // again, even with the same size and modification time, gets a new id.
+            identity: vec![
+                c.relative.clone(),
+                c.size.to_string(),
+                c.mtime_ns.to_string(),
+                c.ino.to_string(),
+                c.ctime_ns.to_string(),
+            ],
             item: Item::File(FileItem {
                 path: root.join(&c.relative).to_string_lossy().into_owned(),
                 relative_path: c.relative,
@@ -343,7 +422,7 @@ fn prune(mark: &mut Mark, lookback_ns: i64, cap: usize) {
     let high = mark.high_ns;
     window::prune(
         &mut mark.seen,
-        |(changed, _, _)| *changed,
+        |entry| entry.changed_ns,
         high,
         &mut mark.floor_ns,
         lookback_ns,
@@ -460,17 +539,54 @@ mod tests {
     #[test]
     fn pruning_applies_the_window_and_the_cap() {
         let mut mark = Mark { high_ns: 100, floor_ns: None, seen: BTreeMap::new() };
+        let entry = |changed_ns| Entry { changed_ns, mtime_ns: 0, size: 0, inode: Some((1, 0)) };
         for i in 0..5 {
-            mark.seen.insert(format!("old{i}"), (50 + i, 0, 0));
+            mark.seen.insert(format!("old{i}"), entry(50 + i));
         }
         for i in 0..3 {
-            mark.seen.insert(format!("new{i}"), (100, 0, 0));
+            mark.seen.insert(format!("new{i}"), entry(100));
         }
         prune(&mut mark, 1000, 4);
         assert_eq!(mark.seen.len(), 4);
         assert_eq!(mark.floor_ns, Some(53));
         prune(&mut mark, 10, 100);
         assert_eq!(mark.seen.len(), 3, "outside the window");
+    }
+
+    #[test]
+    fn a_file_written_again_with_the_same_size_and_mtime_is_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let path = dir.path().join("a.csv");
+        std::fs::write(&path, "same").unwrap();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let now = nanos(SystemTime::now()) + 10_000_000_000;
+        let first = scan(&cfg, None, 100, now).unwrap();
+        let mark: Mark = serde_json::from_value(first.next).unwrap();
+        assert!(scan(&cfg, Some(mark.clone()), 100, now).unwrap().items.is_empty());
+        // Deleted and written again as `cp -p` would: same size, same modification time.
+        // A hidden link keeps the old inode taken, so the new file cannot get it back
+        // within the same tick of the change-time clock.
+        std::fs::hard_link(&path, dir.path().join(".old")).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "same").unwrap();
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+        let second = scan(&cfg, Some(mark), 100, now).unwrap();
+        assert_eq!(names(&second), vec!["a.csv"]);
+        assert_eq!(second.items[0].change, Change::Updated);
+        assert_ne!(first.items[0].identity, second.items[0].identity, "a new generation, a new id");
+    }
+
+    #[test]
+    fn watermarks_of_the_older_format_are_read() {
+        let old = serde_json::json!({"high_ns": 5, "seen": {"a.csv": [5, 4, 3]}});
+        let mark: Mark = serde_json::from_value(old).unwrap();
+        let entry = mark.seen["a.csv"];
+        assert_eq!(entry.inode, None);
+        assert!(entry.is(&Entry { changed_ns: 9, mtime_ns: 4, size: 3, inode: Some((7, 9)) }));
+        let new =
+            serde_json::to_value(Entry { changed_ns: 1, mtime_ns: 2, size: 3, inode: Some((4, 5)) }).unwrap();
+        assert_eq!(new, serde_json::json!([1, 2, 3, 4, 5]));
     }
 
     #[test]

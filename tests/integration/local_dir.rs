@@ -1,11 +1,13 @@
-//! The `local_dir` source against a real directory: the shared conformance suite.
-//! (The quick start, crash safety and a missing directory are in `core`.)
+//! The `local_dir` source against a real directory: the shared conformance suite, and
+//! what is specific to files (generations of a path told apart by inode and change
+//! time). (The quick start, crash safety and a missing directory are in `core`.)
 
 use serde_json::Value;
 use std::path::PathBuf;
+use std::process::Command;
 
 use crate::conformance::{self, SourceFixture};
-use crate::util::land_tied_files;
+use crate::util::{Project, land_tied_files};
 
 /// A directory of its own.
 struct LocalDir {
@@ -49,4 +51,47 @@ impl SourceFixture for LocalDir {
 #[test]
 fn local_dir_conformance() {
     conformance::run(&LocalDir { dir: tempfile::tempdir().expect("tempdir") });
+}
+
+/// `highwater once`; the events it printed.
+fn once(project: &Project) -> Vec<serde_json::Value> {
+    let out = project.run(&["once"]);
+    assert_eq!(out.code, Some(0), "once failed:\n{}", out.stderr);
+    out.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+/// A file deleted and copied in again with `cp -p` (same size, same modification time)
+/// used to match its remembered entry and never be announced.
+#[test]
+fn local_dir_a_file_copied_in_again_with_its_times_kept_is_announced() {
+    let p = Project::default_config();
+    p.watcher(
+        "landing",
+        "name: landing\nsource: {type: local_dir, path: landing, min_age: 0s}\nsink: {type: stdout}\n",
+    );
+    let source = p.write("outside/orders.csv", "1,2,3\n");
+    // An upload keeps the time the file was made elsewhere.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+    std::fs::File::options().write(true).open(&source).expect("open").set_modified(old).expect("set mtime");
+    std::fs::create_dir_all(p.path().join("landing")).expect("mkdir");
+    let target = p.path().join("landing/orders.csv");
+    let cp = || {
+        let status = Command::new("cp").arg("-p").arg(&source).arg(&target).status().expect("cp -p");
+        assert!(status.success());
+    };
+    cp();
+    let first = once(&p);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(once(&p).is_empty());
+    std::fs::remove_file(&target).expect("rm");
+    cp();
+    let again = once(&p);
+    assert_eq!(again.len(), 1, "the new copy is announced: {again:?}");
+    assert_eq!(again[0]["item"]["modified"], first[0]["item"]["modified"], "same modification time");
+    assert_eq!(again[0]["item"]["size"], first[0]["item"]["size"]);
+    assert_ne!(again[0]["id"], first[0]["id"], "a new generation, a new id");
+    assert!(once(&p).is_empty());
 }

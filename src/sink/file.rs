@@ -1,7 +1,12 @@
 //! The `file` sink: JSON lines appended to a file, synced to disk before acknowledging.
+//!
+//! A crash in the middle of a write (kill -9, a power cut) can leave a partial last
+//! line, and the batch is then delivered again. The next append first ends that line,
+//! so the redelivered events start on a line of their own.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -62,21 +67,56 @@ impl Sink for FileSink {
             Err(failed) => return failed,
         };
         let path = self.config.path.clone();
-        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)?;
-            }
-            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
-            file.write_all(&buffer)?;
-            // Acknowledging means the events survive a power cut. A named pipe or a
-            // device has nothing to sync (and refuses the call).
-            if file.metadata()?.is_file() { file.sync_data() } else { Ok(()) }
-        })
-        .await;
+        let written = tokio::task::spawn_blocking(move || append(&path, &buffer)).await;
         match written {
             Ok(Ok(())) => Delivery::Acknowledged,
             Ok(Err(e)) => Delivery::retry(format!("cannot append to {}: {e}", self.config.path.display())),
             Err(e) => Delivery::retry(format!("file sink task failed: {e}")),
         }
+    }
+}
+
+/// Appends `buffer` (whole JSON lines) to the file at `path`, creating it (and its
+/// directory) if missing, and syncs it.
+fn append(path: &Path, buffer: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    // A regular file is opened for reading too, to look at its last byte; a named pipe
+    // must not be (a reader-writer open of a FIFO never blocks and never sees EPIPE).
+    let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).read(regular).open(path)?;
+    let meta = file.metadata()?;
+    if meta.is_file() && meta.len() > 0 && regular {
+        let mut last = [0u8; 1];
+        file.read_exact_at(&mut last, meta.len() - 1)?;
+        if last[0] != b'\n' {
+            // The rest of a line torn by a crash: end it, so that a line-by-line reader
+            // meets one bad line and then the redelivered batch, not one glued line.
+            file.write_all(b"\n")?;
+        }
+    }
+    file.write_all(buffer)?;
+    // Acknowledging means the events survive a power cut. A named pipe or a device has
+    // nothing to sync (and refuses the call).
+    if meta.is_file() { file.sync_data() } else { Ok(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_ended_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out/events.jsonl");
+        append(&path, b"{\"a\":1}\n").unwrap();
+        append(&path, b"{\"b\":2}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
+        // A crash in the middle of a line.
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"c\":").unwrap();
+        append(&path, b"{\"c\":3}\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"a\":1}\n{\"b\":2}\n{\"c\":\n{\"c\":3}\n");
     }
 }

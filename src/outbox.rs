@@ -321,6 +321,21 @@ impl Outbox {
         Ok(staged.batch.change.take())
     }
 
+    /// Applies a state change that no batch carries (a poll that announced nothing but
+    /// whose source asked for its watermark to be stored, `Source::store_idle`), checked
+    /// against the watermark this handle last saw. False when someone else changed the
+    /// watermark meanwhile (the next load reports it); nothing is written then.
+    pub async fn store_idle(&mut self, change: &StateChange) -> Result<bool, OutboxError> {
+        match self.transact(vec![change.op(self.expect_watermark())]).await {
+            Ok(written) => {
+                self.seen = Some(self.version_written(&written, 0)?);
+                Ok(true)
+            }
+            Err(StoreError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Queues dead letter `batch_id` for delivery again, without a state change, and
     /// removes the dead letter, in one transaction.
     pub async fn replay(&self, batch_id: &str) -> Result<Replay, OutboxError> {

@@ -186,7 +186,13 @@ impl Watcher {
             if self.stats.state() != WatcherState::Blocked {
                 self.stats.set_state(WatcherState::Ok);
             }
-            self.watermark = Some(polled.next);
+            if self.source.store_idle() {
+                // The one exception to "an idle poll writes nothing", rare by the
+                // source's contract (an ordered S3 watcher's last full listing).
+                self.store_idle_watermark(polled.next).await?;
+            } else {
+                self.watermark = Some(polled.next);
+            }
             return Ok(report);
         }
         report.more = polled.more;
@@ -232,6 +238,19 @@ impl Watcher {
             self.watermark = committed.value;
         }
         Ok(loaded.pending)
+    }
+
+    /// Stores the watermark of a poll that found nothing, as a state change committed
+    /// without a batch. Refused when the watermark was set meanwhile: the next cycle
+    /// reads the stored one. On a failure the next poll starts from the stored one
+    /// again, and asks again.
+    async fn store_idle_watermark(&mut self, next: serde_json::Value) -> Result<(), WatcherError> {
+        let change = StateChange::replace_watermark(next);
+        if self.outbox.store_idle(&change).await? {
+            change.apply(&mut self.watermark);
+            self.stats.watermark_moved_ms.store(now_ms(), Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Turns polled items into events with their ids, and the batch that carries them.

@@ -105,6 +105,14 @@ pub trait Source: Send {
         Ok(())
     }
 
+    /// After a poll that found nothing: true when the watermark it returned must be
+    /// stored all the same, because a restart must not lose it (the `s3` source in
+    /// ordered mode: when its last full listing ran). Rare by contract: a source asks
+    /// for it at most once per its own schedule, so an idle watcher stays quiet.
+    fn store_idle(&self) -> bool {
+        false
+    }
+
     /// Items skipped as unusable since the last call (a row whose cursor is NULL), for
     /// the watcher's `items_skipped` counter. The source logs each skip itself.
     fn take_skipped(&mut self) -> u64 {

@@ -1,12 +1,17 @@
 //! The `s3` source against a real S3-compatible server (SeaweedFS on loopback), through
 //! the real binary: pagination, ties, late objects, odd keys, overwrites, deletes,
-//! restarts between every step, server errors and a missing bucket.
+//! restarts between every step, server errors and a missing bucket; keys XML cannot
+//! carry, a server that lists out of byte order, clocks ahead, a changed scope, objects
+//! re-created, `once` from cron, a file sink after a crash, and the credentials,
+//! proxies, private CAs and regions of the networks people use.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::conformance::{self, SourceFixture};
-use crate::s3_support::{ACCESS_KEY, Bucket, Proxy, SECRET_KEY, weed};
+use crate::s3_support::{
+    ACCESS_KEY, Bucket, ConnectProxy, Proxy, SECRET_KEY, Silent, SsoPortal, TlsFront, weed,
+};
 use crate::util::{Daemon, Output, Project, WAIT, eventually, field_str};
 
 /// The AWS environment every daemon under test gets: static credentials (with a secret
@@ -23,9 +28,50 @@ const AWS_ENV: &[(&str, &str)] = &[
 /// A watcher file for `bucket` at `endpoint`, prefix `in/`; `extra` holds more source
 /// keys, each line indented by two spaces.
 fn watcher(name: &str, bucket: &str, endpoint: &str, extra: &str, batch_size: usize) -> String {
+    watcher_at(name, bucket, endpoint, &format!("  prefix: in/\n{extra}"), batch_size, "{type: stdout}")
+}
+
+/// A watcher file whose source keys past bucket and endpoint are `keys` (indented by
+/// two spaces), with `sink`.
+fn watcher_at(name: &str, bucket: &str, endpoint: &str, keys: &str, batch_size: usize, sink: &str) -> String {
     format!(
-        "name: {name}\nsource:\n  type: s3\n  bucket: {bucket}\n  prefix: in/\n  endpoint_url: {endpoint}\n  force_path_style: true\n{extra}sink: {{type: stdout}}\npoll_interval: 200ms\nbatch_size: {batch_size}\nretry: {{initial: 100ms, max: 1s}}\n"
+        "name: {name}\nsource:\n  type: s3\n  bucket: {bucket}\n  endpoint_url: {endpoint}\n  force_path_style: true\n{keys}sink: {sink}\npoll_interval: 200ms\nbatch_size: {batch_size}\nretry: {{initial: 100ms, max: 1s}}\n"
     )
+}
+
+/// The structured log lines (JSON) of a run's standard error.
+fn logs(stderr: &str) -> Vec<serde_json::Value> {
+    stderr.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// `highwater state list --json`, by watcher name.
+fn state_list(project: &Project) -> BTreeMap<String, serde_json::Value> {
+    let out = project.run(&["state", "list", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).expect("state list JSON");
+    rows.into_iter().map(|r| (r["name"].as_str().unwrap_or("").to_string(), r)).collect()
+}
+
+/// Waits until the wall clock is past the second of `event`'s `LastModified`: servers
+/// stamp it in whole seconds (on this machine's clock), and a new write must be told
+/// from the last one.
+fn past_last_modified(event: &serde_json::Value) {
+    let stamped: chrono::DateTime<chrono::Utc> =
+        event["item"]["last_modified"].as_str().and_then(|t| t.parse().ok()).expect("last_modified");
+    while chrono::Utc::now().timestamp() <= stamped.timestamp() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Makes the next poll of an ordered watcher a full listing, as if its
+/// `full_relist_every` had passed, by editing its watermark as an operator could.
+fn full_listing_due(project: &Project, watcher: &str) {
+    let out = project.run(&["state", "get", watcher, "watermark"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let mut mark: serde_json::Value = serde_json::from_str(&out.stdout).expect("watermark JSON");
+    mark["full_at_ms"] = 0.into();
+    let out = project.run(&["state", "set", watcher, "watermark", &mark.to_string()]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
 }
 
 fn project(watchers: &[(&str, String)]) -> Project {
@@ -493,4 +539,522 @@ fn s3_conformance_any_key_order() {
 #[test]
 fn s3_conformance_lexicographic_key_order() {
     conformance::run(&S3Source::new("conformance-lexicographic", "lexicographic"));
+}
+
+/// `highwater once` with `env` instead of `AWS_ENV` (and the AWS variables a developer's
+/// shell may hold removed), events printed and the log.
+fn once_with(project: &Project, watchers: &[&str], env: &[(&str, &str)]) -> (Output, Vec<serde_json::Value>) {
+    let mut args = vec!["once"];
+    args.extend_from_slice(watchers);
+    let mut cmd = project.command(&args);
+    for var in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_PROFILE",
+        "AWS_CA_BUNDLE",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd.envs(env.iter().copied()).output().expect("run highwater once");
+    let out = Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    let events = out.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    (out, events)
+}
+
+/// Keys with control characters come back from a listing without `encoding-type=url` as
+/// U+FFFD: events named keys that do not exist, two such keys flip-flopped as `updated`,
+/// and deletes stopped the watcher.
+#[test]
+fn s3_keys_with_control_characters_are_named_exactly() {
+    let bucket = Bucket::new("ctl");
+    let keys =
+        ["in/ctl\u{1}.csv", "in/ctl\u{2}.csv", "in/ctl\u{1f}x.csv", "in/tab\tx.csv", "in/a+b c%2B.csv"];
+    for (i, k) in keys.iter().enumerate() {
+        bucket.put(k, &"x".repeat(i + 1));
+    }
+    let endpoint = &weed().endpoint;
+    let p =
+        project(&[("ctl", watcher("ctl", "ctl", endpoint, "  events: [created, updated, deleted]\n", 100))]);
+    let created = once_ok(&p, &[]);
+    assert_eq!(
+        created.iter().map(key).collect::<BTreeSet<_>>(),
+        keys.iter().map(|k| k.to_string()).collect()
+    );
+    assert!(created.iter().all(|e| e["type"] == "created"), "{created:?}");
+    for _ in 0..2 {
+        assert!(once_ok(&p, &[]).is_empty(), "no flip-flop between keys that XML would merge");
+    }
+    bucket.delete("in/ctl\u{2}.csv");
+    let deleted = once_ok(&p, &[]);
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert_eq!(
+        (deleted[0]["type"].as_str(), key(&deleted[0])),
+        (Some("deleted"), "in/ctl\u{2}.csv".to_string())
+    );
+    assert!(once_ok(&p, &[]).is_empty());
+}
+
+/// SeaweedFS lists a directory's entries in walk order: `2026-11-25/part-0.parquet`
+/// before `2026-11-25.manifest`. With deletes on, every poll used to fail.
+#[test]
+fn s3_a_server_listing_out_of_byte_order_stops_no_watcher() {
+    let bucket = Bucket::new("walk");
+    for k in [
+        "in/2026-11-24/part-0.parquet",
+        "in/2026-11-24.manifest",
+        "in/2026-11-25/part-0.parquet",
+        "in/2026-11-25.manifest",
+    ] {
+        bucket.put(k, "x");
+    }
+    let endpoint = &weed().endpoint;
+    let p = project(&[
+        ("any", watcher("any", "walk", endpoint, "  events: [created, deleted]\n", 100)),
+        (
+            "ordered",
+            watcher(
+                "ordered",
+                "walk",
+                endpoint,
+                "  key_order: lexicographic\n  events: [created, deleted]\n",
+                100,
+            ),
+        ),
+        ("ordered-2", watcher("ordered-2", "walk", endpoint, "  key_order: lexicographic\n", 2)),
+    ]);
+    let mut tally = Tally::default();
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        let (out, events) = once(&p, &[]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        let warned: Vec<String> = logs(&out.stderr)
+            .iter()
+            .filter(|l| l["listing_order"] == "unordered")
+            .map(|l| l["watcher"].to_string() + &l["key"].to_string())
+            .collect();
+        if first.is_empty() {
+            assert!(warned.len() >= 3, "said once per watcher: {}", out.stderr);
+        } else {
+            assert!(warned.is_empty(), "said once, not at every run: {warned:?}");
+        }
+        tally.add(&events);
+        first.extend(events);
+    }
+    for w in ["any", "ordered", "ordered-2"] {
+        assert_eq!(tally.0[w].len(), 4, "{w}: {:?}", tally.0[w]);
+    }
+    let states = state_list(&p);
+    for w in ["any", "ordered", "ordered-2"] {
+        assert_eq!(states[w]["watermark"]["listing"], "unordered", "{w}: {}", states[w]);
+    }
+    let check = p.command(&["check", "--connect"]).envs(AWS_ENV.iter().copied()).output().expect("check");
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(0), "{stderr}");
+    assert!(logs(&stderr).iter().any(|l| l["listing_order"] == "unordered"), "{stderr}");
+
+    // A delete, a key past the ordered cursor and one below it: all seen, none stops.
+    bucket.delete("in/2026-11-24.manifest");
+    bucket.put("in/2026-11-24/part-1.parquet", "late");
+    bucket.put("in/2026-11-26/part-0.parquet", "new");
+    let events = once_ok(&p, &[]);
+    let mut got: Vec<(String, String, String)> = events
+        .iter()
+        .map(|e| {
+            (e["watcher"].as_str().unwrap_or("").into(), e["type"].as_str().unwrap_or("").into(), key(e))
+        })
+        .collect();
+    got.sort();
+    let mut expected = Vec::new();
+    for w in ["any", "ordered"] {
+        expected.push((w.to_string(), "created".to_string(), "in/2026-11-24/part-1.parquet".to_string()));
+        expected.push((w.to_string(), "created".to_string(), "in/2026-11-26/part-0.parquet".to_string()));
+        expected.push((w.to_string(), "deleted".to_string(), "in/2026-11-24.manifest".to_string()));
+    }
+    expected.push(("ordered-2".into(), "created".into(), "in/2026-11-24/part-1.parquet".into()));
+    expected.push(("ordered-2".into(), "created".into(), "in/2026-11-26/part-0.parquet".into()));
+    expected.sort();
+    assert_eq!(got, expected);
+    assert!(once_ok(&p, &[]).is_empty());
+}
+
+/// One object stamped two days ahead (clock skew, a restored object) used to hide every
+/// object after it: the watermark jumped into the future.
+#[test]
+fn s3_an_object_from_the_future_hides_nothing() {
+    let bucket = Bucket::new("future");
+    let proxy = Proxy::start();
+    let ahead = (chrono::Utc::now() + chrono::Duration::days(2)).format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    proxy.state().last_modified.insert("in/m-future.csv".into(), ahead);
+    bucket.put("in/m-future.csv", "f");
+    let p = project(&[
+        ("any", watcher("any", "future", &proxy.endpoint, "  lookback: 1h\n", 100)),
+        (
+            "ordered",
+            watcher(
+                "ordered",
+                "future",
+                &proxy.endpoint,
+                "  lookback: 1h\n  key_order: lexicographic\n",
+                100,
+            ),
+        ),
+    ]);
+    let mut tally = Tally::default();
+    let (out, events) = once(&p, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(events.len(), 2, "announced once by each: {events:?}");
+    assert!(
+        logs(&out.stderr).iter().any(|l| l["key"] == "in/m-future.csv"),
+        "a warning names it: {}",
+        out.stderr
+    );
+    tally.add(&events);
+    for (name, state) in state_list(&p) {
+        let moved: chrono::DateTime<chrono::Utc> =
+            state["watermark"]["last_modified"].as_str().and_then(|t| t.parse().ok()).expect("last_modified");
+        assert!(moved < chrono::Utc::now() + chrono::Duration::minutes(1), "{name}: {state}");
+    }
+    // Objects of the present, one of them below the ordered cursor.
+    bucket.put("in/a-present.csv", "a");
+    bucket.put("in/z-present.csv", "z");
+    // The ordered watcher finds the one below its cursor at its next full listing.
+    full_listing_due(&p, "ordered");
+    let events = once_ok(&p, &[]);
+    tally.add(&events);
+    for w in ["any", "ordered"] {
+        let keys: BTreeSet<String> = of(&events, w).iter().map(|e| key(e)).collect();
+        assert_eq!(keys, ["in/a-present.csv".to_string(), "in/z-present.csv".to_string()].into(), "{w}");
+    }
+    full_listing_due(&p, "ordered");
+    assert!(once_ok(&p, &[]).is_empty());
+}
+
+/// Changing `prefix` or `glob` with deletes on used to announce `deleted` for objects
+/// that still exist, and `created` again when changed back.
+#[test]
+fn s3_a_changed_prefix_or_glob_forgets_keys_outside_it_silently() {
+    let bucket = Bucket::new("scope");
+    bucket.put("in/a/1.csv", "a");
+    bucket.put("in/b/1.csv", "b");
+    let endpoint = &weed().endpoint;
+    let any = |keys: &str| watcher_at("any", "scope", endpoint, keys, 100, "{type: stdout}");
+    let ordered = |prefix: &str| {
+        watcher_at(
+            "ordered",
+            "scope",
+            endpoint,
+            &format!("  prefix: {prefix}\n  key_order: lexicographic\n  events: [created, deleted]\n"),
+            100,
+            "{type: stdout}",
+        )
+    };
+    let deletes = "  events: [created, updated, deleted]\n";
+    let p = project(&[("any", any(&format!("  prefix: in/\n{deletes}"))), ("ordered", ordered("in/b/"))]);
+    let mut all = once_ok(&p, &[]);
+    assert_eq!(of(&all, "any").len(), 2);
+    assert_eq!(of(&all, "ordered").iter().map(|e| key(e)).collect::<Vec<_>>(), ["in/b/1.csv"]);
+    let first_b =
+        of(&all, "any").iter().find(|e| key(e) == "in/b/1.csv").map(|e| e["id"].clone()).expect("b");
+
+    // Narrowed: the prefix, then the glob. Nothing is announced; the change is logged.
+    p.watcher("any", &any(&format!("  prefix: in/a/\n{deletes}")));
+    p.watcher("ordered", &ordered("in/a/"));
+    let (out, events) = once(&p, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(of(&events, "any").is_empty(), "{events:?}");
+    assert!(
+        logs(&out.stderr).iter().any(|l| l["forgotten"] == 1 && l["from_prefix"] == "in/"),
+        "{}",
+        out.stderr
+    );
+    // The ordered cursor was past every key of the new prefix: the window judges them,
+    // and the cursor moves into the prefix, so new keys there are found again.
+    assert_eq!(of(&events, "ordered").iter().map(|e| key(e)).collect::<Vec<_>>(), ["in/a/1.csv"]);
+    all.extend(events);
+    bucket.put("in/a/2.csv", "a2");
+    let events = once_ok(&p, &[]);
+    assert_eq!(events.iter().map(|e| (e["watcher"].to_string(), key(e))).collect::<BTreeSet<_>>().len(), 2);
+    all.extend(events);
+    p.watcher("any", &any(&format!("  prefix: in/\n  glob: \"a/**\"\n{deletes}")));
+    all.extend(once_ok(&p, &[]));
+    bucket.put("in/b/2.csv", "b2");
+    assert!(of(&once_ok(&p, &[]), "any").is_empty(), "outside the glob");
+
+    // Widened again: what comes back into scope is judged by the look-back window. The
+    // object that never changed is announced as the repeat it is, with its first id.
+    p.watcher("any", &any(&format!("  prefix: in/\n{deletes}")));
+    let events = once_ok(&p, &["any"]);
+    let back: BTreeMap<String, serde_json::Value> =
+        events.iter().map(|e| (key(e), e["id"].clone())).collect();
+    assert_eq!(back.keys().cloned().collect::<Vec<_>>(), ["in/b/1.csv", "in/b/2.csv"]);
+    assert_eq!(back["in/b/1.csv"], first_b);
+    all.extend(events);
+    assert!(all.iter().all(|e| e["type"] == "created"), "no delete for a key that exists: {all:?}");
+}
+
+/// A key deleted and written again with the same content used to get its first id back,
+/// so a consumer dropping repeats by id dropped the re-creation.
+#[test]
+fn s3_an_object_written_again_is_a_new_object() {
+    let bucket = Bucket::new("again");
+    let endpoint = &weed().endpoint;
+    let p = project(&[(
+        "again",
+        watcher("again", "again", endpoint, "  events: [created, updated, deleted]\n", 100),
+    )]);
+    bucket.put("in/a.csv", "same");
+    let created = once_ok(&p, &[]);
+    assert_eq!(created.len(), 1);
+    bucket.delete("in/a.csv");
+    let deleted = once_ok(&p, &[]);
+    assert_eq!(deleted[0]["type"], "deleted");
+    past_last_modified(&created[0]);
+    bucket.put("in/a.csv", "same");
+    let again = once_ok(&p, &[]);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0]["type"], "created");
+    assert_eq!(again[0]["item"]["etag"], created[0]["item"]["etag"], "the same content");
+    assert_ne!(again[0]["id"], created[0]["id"], "a new object, a new id");
+    assert!(once_ok(&p, &[]).is_empty(), "a repeat of the listing is not a new object");
+    // The same content written over it: a new write, announced as S3 itself would.
+    past_last_modified(&again[0]);
+    bucket.put("in/a.csv", "same");
+    let overwritten = once_ok(&p, &[]);
+    assert_eq!(overwritten.len(), 1, "{overwritten:?}");
+    assert_eq!(overwritten[0]["type"], "updated");
+    let ids: BTreeSet<String> =
+        [&created[0], &deleted[0], &again[0], &overwritten[0]].iter().map(|e| e["id"].to_string()).collect();
+    assert_eq!(ids.len(), 4);
+    bucket.delete("in/a.csv");
+    let deleted_again = once_ok(&p, &[]);
+    assert_ne!(deleted_again[0]["id"], deleted[0]["id"], "the delete of another generation");
+}
+
+/// `highwater once` from cron in `lexicographic` order used to list the whole prefix at
+/// every run after an idle `full_relist_every`: when the last full listing ran was kept
+/// in memory only.
+#[test]
+fn s3_once_from_cron_remembers_its_last_full_listing() {
+    let bucket = Bucket::new("cron");
+    let proxy = Proxy::start();
+    bucket.put("in/2026-01-01.csv", "x");
+    let p = project(&[
+        ("ordered", watcher("ordered", "cron", &proxy.endpoint, "  key_order: lexicographic\n", 100)),
+        ("any", watcher("any", "cron", &proxy.endpoint, "", 100)),
+    ]);
+    assert_eq!(once_ok(&p, &[]).len(), 2);
+    let version = |w: &str| state_list(&p)[w]["watermark_version"].as_i64().expect("version");
+    let any_v = version("any");
+    // Idle and not due: a listing after the cursor, nothing stored.
+    let ordered_v = version("ordered");
+    proxy.state().full_listings = 0;
+    assert!(once_ok(&p, &["ordered"]).is_empty());
+    assert_eq!((proxy.state().full_listings, version("ordered")), (0, ordered_v));
+    // Due (an hour passed): one full listing, stored although it found nothing…
+    full_listing_due(&p, "ordered");
+    let ordered_v = version("ordered");
+    assert!(once_ok(&p, &["ordered"]).is_empty());
+    assert_eq!((proxy.state().full_listings, version("ordered")), (1, ordered_v + 1));
+    // …so the next run does not list in full again.
+    for _ in 0..2 {
+        assert!(once_ok(&p, &["ordered"]).is_empty());
+        assert_eq!((proxy.state().full_listings, version("ordered")), (1, ordered_v + 1));
+    }
+    // `any` order lists in full every time and stores nothing when idle.
+    assert!(once_ok(&p, &["any"]).is_empty());
+    assert_eq!(version("any"), any_v);
+}
+
+/// After kill -9 the file sink's file can end in a torn line; the redelivered batch was
+/// glued onto it.
+#[test]
+fn s3_file_sink_ends_a_torn_line_before_appending() {
+    let bucket = Bucket::new("torn");
+    bucket.put("in/1.csv", "1");
+    let endpoint = &weed().endpoint;
+    let p = project(&[(
+        "torn",
+        watcher_at("torn", "torn", endpoint, "  prefix: in/\n", 100, "{type: file, path: out/events.jsonl}"),
+    )]);
+    assert!(once_ok(&p, &[]).is_empty(), "events go to the file");
+    let path = p.path().join("out/events.jsonl");
+    let text = std::fs::read_to_string(&path).expect("events file");
+    // A crash in the middle of the next write leaves part of a line.
+    let torn = &text[..text.len() / 2];
+    std::fs::write(&path, format!("{text}{torn}")).expect("tear");
+    bucket.put("in/2.csv", "2");
+    assert!(once_ok(&p, &[]).is_empty());
+    let text = std::fs::read_to_string(&path).expect("events file");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[1], torn, "the torn line stays on its own");
+    let last: serde_json::Value = serde_json::from_str(lines[2]).expect("the new event is a whole line");
+    assert_eq!(key(&last), "in/2.csv");
+    assert!(text.ends_with('\n'));
+}
+
+/// Without a region anywhere, `check --connect` used to wait on the instance metadata
+/// address, which answers only on EC2.
+#[test]
+fn s3_without_a_region_one_is_assumed_and_instance_metadata_is_not_asked() {
+    let bucket = Bucket::new("noregion");
+    bucket.put("in/a.csv", "a");
+    let imds = Silent::start();
+    let endpoint = &weed().endpoint;
+    let p = project(&[("noregion", watcher("noregion", "noregion", endpoint, "", 100))]);
+    let env = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ("AWS_CONFIG_FILE", "/nonexistent/highwater-test"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/highwater-test"),
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint.as_str()),
+    ];
+    let check = p
+        .command(&["check", "--connect"])
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .env_remove("AWS_EC2_METADATA_DISABLED")
+        .envs(env.iter().copied())
+        .output()
+        .expect("check");
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(0), "{stderr}");
+    assert!(
+        logs(&stderr).iter().any(|l| l["region"] == "us-east-1" && l["region_from"] == "assumed"),
+        "says which region it assumed: {stderr}"
+    );
+    let (out, events) = once_with(&p, &[], &env);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(events.len(), 1);
+    assert_eq!(imds.connections.load(std::sync::atomic::Ordering::SeqCst), 0, "instance metadata was asked");
+}
+
+/// Profiles that use `credential_process` or IAM Identity Center failed: the AWS chain
+/// was built without them.
+#[test]
+fn s3_credentials_from_credential_process_and_identity_center_profiles() {
+    let bucket = Bucket::new("profiles");
+    bucket.put("in/a.csv", "a");
+    let proxy = Proxy::start();
+    let portal = SsoPortal::start("cached-sso-token", "HWSSOROLEKEY");
+    let p = project(&[
+        ("proc", watcher("proc", "profiles", &proxy.endpoint, "", 100)),
+        ("sso", watcher("sso", "profiles", &proxy.endpoint, "", 100)),
+    ]);
+    let script = p.write(
+        "bin/creds.sh",
+        "#!/bin/sh\necho '{\"Version\": 1, \"AccessKeyId\": \"HWPROCESSKEY\", \"SecretAccessKey\": \"process-secret\"}'\n",
+    );
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let start_url = "https://highwater-test.awsapps.com/start";
+    let config = p.write(
+        "aws/config",
+        &format!(
+            "[profile proc]\ncredential_process = {}\nregion = us-east-1\n\n\
+             [profile sso]\nsso_start_url = {start_url}\nsso_region = us-east-1\nsso_account_id = 123456789012\nsso_role_name = Reader\nregion = us-east-1\n",
+            script.display()
+        ),
+    );
+    // The token `aws sso login` leaves in the cache, under the SHA-1 of the start URL.
+    let digest = <sha1::Sha1 as sha1::Digest>::digest(start_url.as_bytes());
+    let name: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    p.write(
+        &format!(".aws/sso/cache/{name}.json"),
+        &format!(
+            "{{\"accessToken\": \"cached-sso-token\", \"expiresAt\": \"2099-01-01T00:00:00Z\", \"region\": \"us-east-1\", \"startUrl\": \"{start_url}\"}}"
+        ),
+    );
+    let home = p.path().display().to_string();
+    let config = config.display().to_string();
+    let base = [
+        ("HOME", home.as_str()),
+        ("AWS_CONFIG_FILE", config.as_str()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/highwater-test"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_ENDPOINT_URL_SSO", portal.endpoint.as_str()),
+    ];
+    for (watcher, profile, key_id) in [("proc", "proc", "HWPROCESSKEY"), ("sso", "sso", "HWSSOROLEKEY")] {
+        let mut env = base.to_vec();
+        env.push(("AWS_PROFILE", profile));
+        let (out, events) = once_with(&p, &[watcher], &env);
+        assert_eq!(out.code, Some(0), "{watcher}: {}", out.stderr);
+        assert_eq!(events.len(), 1, "{watcher}");
+        assert!(proxy.state().access_keys.contains(key_id), "{watcher}: {:?}", proxy.state().access_keys);
+        assert!(!out.stderr.contains("process-secret") && !out.stderr.contains("sso-secret"));
+    }
+    assert_eq!(portal.answered.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// An `endpoint_url` server with a private CA (`AWS_CA_BUNDLE`), reached through
+/// `HTTPS_PROXY` unless `NO_PROXY` says otherwise.
+#[test]
+fn s3_a_private_ca_and_an_https_proxy() {
+    let bucket = Bucket::new("tls");
+    bucket.put("in/a.csv", "a");
+    bucket.put("in/b.csv", "b");
+    let front = TlsFront::start();
+    let proxy = ConnectProxy::start();
+    let p = project(&[
+        ("tls", watcher("tls", "tls", &front.endpoint, "", 1)),
+        ("direct", watcher("direct", "tls", &front.endpoint, "", 1)),
+    ]);
+    let ca = front.ca_file.display().to_string();
+    let creds = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", "/nonexistent/highwater-test"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/highwater-test"),
+    ];
+    fn with<'a>(creds: &[(&'a str, &'a str)], extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        creds.iter().chain(extra).copied().collect()
+    }
+    let tunnels = || proxy.tunnels.load(std::sync::atomic::Ordering::SeqCst);
+
+    // The private CA is not trusted by default: a TLS error, retried, nothing lost.
+    let (out, _) = once_with(&p, &["tls"], &with(&creds, &[]));
+    assert_eq!(out.code, Some(75), "{}", out.stderr);
+    assert!(out.stderr.to_lowercase().contains("certificate"), "{}", out.stderr);
+    // A bundle that is not one is named, before any connection.
+    let bogus = p.write("bogus.pem", "not a certificate\n").display().to_string();
+    let (out, _) = once_with(&p, &["tls"], &with(&creds, &[("AWS_CA_BUNDLE", bogus.as_str())]));
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("AWS_CA_BUNDLE") && out.stderr.contains("bogus.pem"), "{}", out.stderr);
+
+    let (out, events) = once_with(
+        &p,
+        &["tls"],
+        &with(&creds, &[("AWS_CA_BUNDLE", ca.as_str()), ("HTTPS_PROXY", proxy.url.as_str())]),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(events.len(), 1);
+    assert!(tunnels() >= 1, "went through the proxy");
+    let before = tunnels();
+    let (out, events) = once_with(
+        &p,
+        &["direct"],
+        &with(
+            &creds,
+            &[("AWS_CA_BUNDLE", ca.as_str()), ("HTTPS_PROXY", proxy.url.as_str()), ("NO_PROXY", "127.0.0.1")],
+        ),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(events.len(), 1);
+    assert_eq!(tunnels(), before, "NO_PROXY bypasses the proxy");
 }

@@ -1,6 +1,9 @@
 //! S3 test support: one SeaweedFS server per test binary on free loopback ports, an S3
 //! client to put and delete objects, and a proxy in front of the server that can fail
-//! requests (503/500) and rewrite `LastModified` in listings.
+//! requests (503/500), rewrite `LastModified` in listings and note what it forwarded.
+//! Around the server, what the networks people use put in the way: a TLS front with a
+//! private CA, an HTTP CONNECT proxy, an instance-metadata address that never answers,
+//! and an IAM Identity Center portal handing out role credentials.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -294,6 +297,8 @@ pub struct ProxyState {
     /// Listings from the start of the prefix seen: ListObjectsV2 requests with neither
     /// `start-after` nor a continuation token.
     pub full_listings: u64,
+    /// Access key ids the requests were signed with.
+    pub access_keys: std::collections::BTreeSet<String>,
 }
 
 /// A proxy on a free loopback port in front of the shared server.
@@ -333,11 +338,20 @@ async fn forward(State(shared): State<Shared>, request: Request) -> Response {
             .uri
             .query()
             .is_some_and(|q| !q.contains("start-after=") && !q.contains("continuation-token="));
+    let access_key = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| between(v, "Credential=", "/"))
+        .map(str::to_string);
     let (fail, rewrite) = {
         let mut s = state.lock().expect("proxy state");
         s.requests += 1;
         if is_list {
             s.list_requests += 1;
+        }
+        if let Some(key) = access_key {
+            s.access_keys.insert(key);
         }
         if is_full_listing {
             s.full_listings += 1;
@@ -394,7 +408,8 @@ async fn forward(State(shared): State<Shared>, request: Request) -> Response {
 }
 
 /// Replaces `<LastModified>` of the `<Contents>` entries whose `<Key>` is in `times`.
-/// Keys given here are plain ASCII, so XML escaping does not matter.
+/// Keys given here are ASCII letters, digits and `-._/`, which neither XML escaping nor
+/// the listing's URL encoding changes.
 fn rewrite_last_modified(xml: &str, times: &HashMap<String, String>) -> String {
     let mut out = String::with_capacity(xml.len());
     let mut rest = xml;
@@ -423,4 +438,228 @@ fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
     let start = text.find(open)? + open.len();
     let len = text[start..].find(close)?;
     Some(&text[start..start + len])
+}
+
+/// A loopback listener that accepts connections and never answers: an address that
+/// exists only on EC2 (instance metadata), as seen from anywhere else. Counts the
+/// connections made to it.
+pub struct Silent {
+    pub endpoint: String,
+    pub connections: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Silent {
+    pub fn start() -> Self {
+        let listener = rt().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = Arc::clone(&connections);
+        rt().spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        Silent { endpoint: format!("http://127.0.0.1:{port}"), connections }
+    }
+}
+
+/// An HTTP proxy on loopback that tunnels `CONNECT host:port` requests (what a client
+/// behind `HTTPS_PROXY` sends) and counts them.
+pub struct ConnectProxy {
+    pub url: String,
+    pub tunnels: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ConnectProxy {
+    pub fn start() -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = rt().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let tunnels = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = Arc::clone(&tunnels);
+        rt().spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    // The request head, up to the blank line; the tunnel starts after it.
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if client.read_exact(&mut byte).await.is_err() || head.len() > 8192 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head);
+                    let Some(target) = head.strip_prefix("CONNECT ").and_then(|r| r.split(' ').next()) else {
+                        let _ = client.write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n").await;
+                        return;
+                    };
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                        return;
+                    };
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if client.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await.is_ok() {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                });
+            }
+        });
+        ConnectProxy { url: format!("http://127.0.0.1:{port}"), tunnels }
+    }
+}
+
+/// HTTPS in front of the shared server, with a certificate for 127.0.0.1 signed by a
+/// private CA made for this run (`ca_file`, the PEM a client must be told to trust).
+pub struct TlsFront {
+    pub endpoint: String,
+    pub ca_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsFront {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run openssl (needed to make a test CA): {e}"));
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=highwater test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write ext");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        use rustls::pki_types::pem::PemObject;
+        let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
+            rustls::pki_types::CertificateDer::pem_file_iter(d.join("server.pem"))
+                .expect("server.pem")
+                .collect::<Result<_, _>>()
+                .expect("certs");
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(d.join("server.key")).expect("server.key");
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let upstream = weed().endpoint.trim_start_matches("http://").to_string();
+        let listener = rt().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        rt().spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(client).await else { return };
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+        TlsFront { endpoint: format!("https://127.0.0.1:{port}"), ca_file: d.join("ca.pem"), _dir: dir }
+    }
+}
+
+/// An IAM Identity Center portal (`GetRoleCredentials`) on loopback: a client pointed at
+/// it with `AWS_ENDPOINT_URL_SSO` and holding `token` gets `access_key` for the role.
+pub struct SsoPortal {
+    pub endpoint: String,
+    /// Role credential requests answered.
+    pub answered: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SsoPortal {
+    pub fn start(token: &'static str, access_key: &'static str) -> Self {
+        let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = Arc::clone(&answered);
+        let app = axum::Router::new().route(
+            "/federation/credentials",
+            axum::routing::get(move |headers: HeaderMap| {
+                let counter = Arc::clone(&counter);
+                async move {
+                    if headers.get("x-amz-sso_bearer_token").and_then(|v| v.to_str().ok()) != Some(token) {
+                        return Response::builder()
+                            .status(401)
+                            .header("x-amzn-errortype", "UnauthorizedException")
+                            .body(Body::from("{\"message\":\"bad token\"}"))
+                            .expect("response");
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let expiration = (chrono::Utc::now() + chrono::Duration::hours(1)).timestamp_millis();
+                    let body = format!(
+                        "{{\"roleCredentials\":{{\"accessKeyId\":\"{access_key}\",\"secretAccessKey\":\"sso-secret\",\"sessionToken\":\"sso-session\",\"expiration\":{expiration}}}}}"
+                    );
+                    Response::builder()
+                        .status(200)
+                        .header("content-type", "application/json")
+                        .body(Body::from(body))
+                        .expect("response")
+                }
+            }),
+        );
+        let listener = rt().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        rt().spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        SsoPortal { endpoint: format!("http://127.0.0.1:{port}"), answered }
+    }
 }

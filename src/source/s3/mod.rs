@@ -1,8 +1,9 @@
 //! The `s3` source: new, changed and deleted objects under an S3 prefix.
 //!
-//! Listings are streamed page by page (ListObjectsV2) through a [`scan::Scan`], which
-//! keeps at most one batch of candidates; the watermark and its semantics are in
-//! [`scan`]. [`client`] builds the SDK client and classifies its errors.
+//! Listings are streamed page by page (ListObjectsV2, keys URL-encoded by the server and
+//! decoded here, so that no key is mangled on its way through XML) through a
+//! [`scan::Scan`], which keeps at most one batch of candidates; the watermark and its
+//! semantics are in [`scan`]. [`client`] builds the SDK client and classifies its errors.
 
 pub mod client;
 pub mod scan;
@@ -13,7 +14,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use self::scan::{Candidate, Flow, Listed, Mark, Rules, Scan};
+use aws_sdk_s3::types::EncodingType;
+
+use self::scan::{Candidate, Flow, Listed, Mark, OrderNote, Rules, Scan};
 use super::{Found, Polled, Source, SourceError, SourceKind};
 use crate::event::{Change, Item, S3Object, S3Objects};
 use crate::value::{Glob, HumanDuration, Kind};
@@ -126,6 +129,7 @@ impl S3Config {
 
     fn rules(&self) -> Rules {
         Rules {
+            bucket: self.bucket.clone(),
             prefix: self.prefix.clone(),
             glob: self.glob.clone(),
             min_size: self.min_size,
@@ -201,27 +205,126 @@ impl SourceKind for S3Config {
 /// The runtime `s3` source.
 pub struct S3Source {
     config: S3Config,
-    rules: Rules,
+    /// Shared with each poll's scan, which borrows it while the source lists.
+    rules: std::sync::Arc<Rules>,
     /// Built by the first poll or check.
-    client: Option<aws_sdk_s3::Client>,
+    client: Option<client::Built>,
+    /// The last poll found nothing but its watermark must be stored all the same.
+    store_idle: bool,
+    /// Keys skipped since the last `take_skipped` (not decodable as UTF-8).
+    skipped: u64,
+    /// The scope change was logged (once per process).
+    scope_logged: bool,
 }
 
 impl S3Source {
     /// Builds the source; nothing is touched until the first poll.
     pub fn new(config: S3Config) -> Self {
-        let rules = config.rules();
-        S3Source { config, rules, client: None }
+        let rules = std::sync::Arc::new(config.rules());
+        S3Source { config, rules, client: None, store_idle: false, skipped: 0, scope_logged: false }
     }
 
-    async fn client(&mut self) -> aws_sdk_s3::Client {
-        match &self.client {
-            Some(client) => client.clone(),
-            None => {
-                let client = client::build(&self.config).await;
-                self.client = Some(client.clone());
-                client
+    async fn client(&mut self) -> Result<(aws_sdk_s3::Client, client::ServerClock), SourceError> {
+        if self.client.is_none() {
+            let built = client::build(&self.config).await?;
+            if built.region_from == "assumed" {
+                tracing::info!(
+                    bucket = %self.config.bucket,
+                    region = %built.region,
+                    region_from = built.region_from,
+                    "No region in the config, AWS_REGION or the profile; assuming {}.",
+                    built.region
+                );
+            } else {
+                tracing::debug!(region = %built.region, region_from = built.region_from, "S3 client built.");
+            }
+            self.client = Some(built);
+        }
+        let built = self.client.as_ref().expect("built above");
+        Ok((built.client.clone(), built.clock.clone()))
+    }
+
+    /// Lists from where the scan says, offering every object to it, until the listing
+    /// ends, the scan has enough, or it asks to start again.
+    async fn list(
+        &mut self,
+        client: &aws_sdk_s3::Client,
+        scan: &mut Scan<'_>,
+        stats: &mut ListStats,
+    ) -> Result<Listing, SourceError> {
+        let url = self.config.url();
+        let bucket = self.config.bucket.clone();
+        let bucket = bucket.as_str();
+        let start_after = scan.start_after().map(str::to_string);
+        let mut token: Option<String> = None;
+        loop {
+            let mut request = client
+                .list_objects_v2()
+                .bucket(bucket)
+                .encoding_type(EncodingType::Url)
+                .set_continuation_token(token.take());
+            if !self.config.prefix.is_empty() {
+                request = request.prefix(&self.config.prefix);
+            }
+            if let Some(after) = &start_after {
+                request = request.start_after(after);
+            }
+            let page =
+                request.send().await.map_err(|e| client::classify(&e, bucket, &format!("listing {url}")))?;
+            stats.requests += 1;
+            // A server that ignores `encoding-type` says so by not echoing it; its keys
+            // are then taken as they are.
+            let encoded = page.encoding_type() == Some(&EncodingType::Url);
+            for object in page.contents() {
+                let Some(object) = self.listed(object, encoded) else { continue };
+                stats.listed += 1;
+                match scan.offer(object) {
+                    Flow::Continue => {}
+                    Flow::Stop => return Ok(Listing::Stopped),
+                    Flow::Restart { previous, key } => return Ok(Listing::Restart { previous, key }),
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(Listing::Complete);
+            }
+            token = page.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                return Err(SourceError::transient(format!(
+                    "listing {url}: the server said the listing goes on but gave no continuation token"
+                )));
             }
         }
+    }
+
+    /// Converts one listed object; None for an entry without a key or with one that does
+    /// not decode (counted and logged: it cannot be named in an event).
+    fn listed(&mut self, object: &aws_sdk_s3::types::Object, encoded: bool) -> Option<Listed> {
+        let raw = object.key()?;
+        let key = if encoded {
+            match decode_key(raw) {
+                Some(key) => key,
+                None => {
+                    self.skipped += 1;
+                    tracing::warn!(
+                        bucket = %self.config.bucket,
+                        encoded_key = raw,
+                        "Skipping a listed key that is not URL-encoded UTF-8."
+                    );
+                    return None;
+                }
+            }
+        } else {
+            raw.to_string()
+        };
+        Some(Listed {
+            key,
+            // An object listed without a time sorts first: announced on a first poll, and
+            // outside the window after that.
+            last_modified_ms: object.last_modified().and_then(|t| t.to_millis().ok()).unwrap_or(0),
+            etag: object.e_tag().unwrap_or("").trim_matches('"').to_string(),
+            size: object.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+            storage_class: object.storage_class().map(|c| c.as_str().to_string()),
+        })
     }
 
     fn object(&self, c: Candidate) -> S3Object {
@@ -237,10 +340,17 @@ impl S3Source {
         }
     }
 
-    /// The event id's input for one object: bucket, key, ETag (and version id); a
-    /// delete is told from the creation of the same content.
+    /// The event id's input for one object: bucket, key, ETag, `LastModified` (and
+    /// version id). `LastModified` tells generations apart: the same content written
+    /// again, or deleted and re-created, is a new object with a new id, while a repeat of
+    /// the same listing entry keeps its id. A delete is told from the creation.
     fn identity(object: &S3Object, change: Change) -> Vec<String> {
-        let mut parts = vec![object.bucket.clone(), object.key.clone(), object.etag.clone()];
+        let mut parts = vec![
+            object.bucket.clone(),
+            object.key.clone(),
+            object.etag.clone(),
+            object.last_modified.timestamp_millis().to_string(),
+        ];
         if let Some(version) = &object.version_id {
             parts.push(version.clone());
         }
@@ -284,18 +394,49 @@ impl S3Source {
     }
 }
 
-/// Converts one listed object; None for an entry without a key.
-fn listed(object: &aws_sdk_s3::types::Object) -> Option<Listed> {
-    let key = object.key()?.to_string();
-    Some(Listed {
-        key,
-        // An object listed without a time sorts first: announced on a first poll, and
-        // outside the window after that.
-        last_modified_ms: object.last_modified().and_then(|t| t.to_millis().ok()).unwrap_or(0),
-        etag: object.e_tag().unwrap_or("").trim_matches('"').to_string(),
-        size: object.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
-        storage_class: object.storage_class().map(|c| c.as_str().to_string()),
-    })
+/// How far a listing got.
+enum Listing {
+    /// To its end.
+    Complete,
+    /// The scan had enough.
+    Stopped,
+    /// The scan met keys out of byte order and must start again.
+    Restart { previous: String, key: String },
+}
+
+/// Requests and objects of one poll, for the debug log.
+#[derive(Default)]
+struct ListStats {
+    requests: u64,
+    listed: u64,
+}
+
+/// Decodes a key the server URL-encoded (`encoding-type=url`): `%XX` escapes, and `+`
+/// for a space as AWS and the servers that follow it write it (a `+` itself comes as
+/// `%2B`). None when the result is not UTF-8 or an escape is malformed.
+fn decode_key(encoded: &str) -> Option<String> {
+    let bytes = encoded.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 #[async_trait]
@@ -309,79 +450,128 @@ impl Source for S3Source {
         watermark: Option<&serde_json::Value>,
         limit: usize,
     ) -> Result<Polled, SourceError> {
+        self.store_idle = false;
         let mark: Option<Mark> = crate::source::read_watermark(S3Config::TAG, watermark)?;
-        let client = self.client().await;
+        let (client, clock) = self.client().await?;
         let url = self.config.url();
-        let bucket = self.config.bucket.as_str();
-        let mut scan = Scan::new(&self.rules, mark, limit, Utc::now().timestamp_millis());
-        let start_after = scan.start_after().map(str::to_string);
-        let mut token: Option<String> = None;
-        let (mut requests, mut listed_count) = (0u64, 0u64);
-        let mut complete = true;
-        'pages: loop {
-            let mut request = client.list_objects_v2().bucket(bucket).set_continuation_token(token.take());
-            if !self.config.prefix.is_empty() {
-                request = request.prefix(&self.config.prefix);
-            }
-            if let Some(after) = &start_after {
-                request = request.start_after(after);
-            }
-            let page =
-                request.send().await.map_err(|e| client::classify(&e, bucket, &format!("listing {url}")))?;
-            requests += 1;
-            for object in page.contents() {
-                let Some(object) = listed(object) else { continue };
-                listed_count += 1;
-                let flow = scan.offer(object).map_err(|e| {
-                    SourceError::needs_attention(format!("listing {url}: {e}")).with_source(e)
-                })?;
-                if flow == Flow::Stop {
-                    complete = false;
-                    break 'pages;
+        let rules = std::sync::Arc::clone(&self.rules);
+        let mut scan = Scan::new(&rules, mark, limit, Utc::now().timestamp_millis());
+        if let Some(change) = scan.scope_change()
+            && !self.scope_logged
+        {
+            self.scope_logged = true;
+            tracing::info!(
+                from_bucket = %change.from.bucket,
+                from_prefix = %change.from.prefix,
+                from_glob = change.from.glob.as_deref().unwrap_or(""),
+                forgotten = change.forgotten,
+                "The watcher's bucket, prefix or glob changed: remembered keys outside it are forgotten, \
+                 and objects it brings in are announced if inside the look-back window."
+            );
+        }
+        clock.reset();
+        let mut stats = ListStats::default();
+        let complete = loop {
+            match self.list(&client, &mut scan, &mut stats).await? {
+                Listing::Complete => break true,
+                Listing::Stopped => break false,
+                Listing::Restart { previous, key } => {
+                    tracing::debug!(
+                        previous,
+                        key,
+                        "Listing out of byte order; listing again without relying on it."
+                    );
+                    scan = scan.restart();
                 }
             }
-            if page.is_truncated() != Some(true) {
-                break;
-            }
-            token = page.next_continuation_token().map(str::to_string);
-            if token.is_none() {
-                return Err(SourceError::transient(format!(
-                    "listing {url}: the server said the listing goes on but gave no continuation token"
-                )));
-            }
-        }
+        };
         let full = scan.is_full();
-        let outcome = scan.finish(complete, Utc::now().timestamp_millis());
+        let now = Utc::now().timestamp_millis();
+        let outcome = scan.finish(complete, now, clock.last().unwrap_or(now));
+        match &outcome.order {
+            OrderNote::Broken { previous, key } => tracing::warn!(
+                bucket = %self.config.bucket,
+                previous = %previous,
+                key = %key,
+                listing_order = "unordered",
+                "The server lists keys out of UTF-8 byte order; deletes are judged against the whole \
+                 listing, and `key_order: lexicographic` lists in full on every poll."
+            ),
+            OrderNote::Restored => tracing::info!(
+                bucket = %self.config.bucket,
+                listing_order = "byte",
+                "The server listed every key in UTF-8 byte order again."
+            ),
+            OrderNote::Same => {}
+        }
+        for (key, time_ms) in &outcome.future {
+            tracing::warn!(
+                bucket = %self.config.bucket,
+                key = %key,
+                last_modified = %DateTime::<Utc>::from_timestamp_millis(*time_ms).unwrap_or_default().to_rfc3339(),
+                "Object's LastModified is ahead of the server's clock; announced, the watermark stays at the present."
+            );
+        }
         tracing::debug!(
-            requests,
-            listed = listed_count,
+            requests = stats.requests,
+            listed = stats.listed,
             full,
             found = outcome.items.len(),
             more = outcome.more,
             "Listed {url}."
         );
+        self.store_idle = outcome.items.is_empty() && outcome.store_idle;
         let next = serde_json::to_value(&outcome.next)
             .map_err(|e| SourceError::transient(format!("cannot encode the watermark: {e}")))?;
         Ok(Polled { items: self.found(outcome.items), next, more: outcome.more })
     }
 
+    fn store_idle(&self) -> bool {
+        self.store_idle
+    }
+
+    fn take_skipped(&mut self) -> u64 {
+        std::mem::take(&mut self.skipped)
+    }
+
     async fn check(&mut self) -> Result<(), SourceError> {
-        let client = self.client().await;
-        let bucket = self.config.bucket.as_str();
+        let (client, _) = self.client().await?;
+        let bucket = self.config.bucket.clone();
         let url = self.config.url();
-        // HeadBucket says whether the bucket exists and is ours to read; a one-key
-        // listing says whether the prefix may be listed.
+        // HeadBucket says whether the bucket exists and is ours to read; a listing of
+        // the first page says whether the prefix may be listed, and whether the server
+        // lists it in byte order.
         client
             .head_bucket()
-            .bucket(bucket)
+            .bucket(&bucket)
             .send()
             .await
-            .map_err(|e| client::classify(&e, bucket, &format!("checking {url}")))?;
-        let mut request = client.list_objects_v2().bucket(bucket).max_keys(1);
+            .map_err(|e| client::classify(&e, &bucket, &format!("checking {url}")))?;
+        let mut request = client.list_objects_v2().bucket(&bucket).encoding_type(EncodingType::Url);
         if !self.config.prefix.is_empty() {
             request = request.prefix(&self.config.prefix);
         }
-        request.send().await.map_err(|e| client::classify(&e, bucket, &format!("listing {url}")))?;
+        let page =
+            request.send().await.map_err(|e| client::classify(&e, &bucket, &format!("listing {url}")))?;
+        let encoded = page.encoding_type() == Some(&EncodingType::Url);
+        let mut previous: Option<String> = None;
+        for object in page.contents() {
+            let Some(object) = self.listed(object, encoded) else { continue };
+            if let Some(previous) = previous.as_deref()
+                && object.key.as_str() <= previous
+            {
+                tracing::warn!(
+                    bucket = %bucket,
+                    previous = %previous,
+                    key = %object.key,
+                    listing_order = "unordered",
+                    "The server lists {url} out of UTF-8 byte order; deletes will be judged against the \
+                     whole listing, and `key_order: lexicographic` will list in full on every poll."
+                );
+                break;
+            }
+            previous = Some(object.key);
+        }
         Ok(())
     }
 
@@ -398,6 +588,11 @@ impl Source for S3Source {
         });
         if let Some(after) = watermark.get("after") {
             summary["after"] = after.clone();
+        }
+        if watermark.get("unordered").and_then(serde_json::Value::as_bool) == Some(true) {
+            // The status operators read (`state list`, each event): this server's
+            // listings cannot be merged or resumed by key.
+            summary["listing"] = "unordered".into();
         }
         summary
     }
@@ -451,12 +646,23 @@ mod tests {
             change,
         };
         let found = source.found(vec![candidate(Change::Created), candidate(Change::Deleted)]);
-        assert_eq!(found[0].identity, ["b", "in/a b+c%.csv", "abc"]);
+        assert_eq!(found[0].identity, ["b", "in/a b+c%.csv", "abc", "1700000000000"]);
         assert_ne!(found[0].identity, found[1].identity);
         let json = serde_json::to_value(&found[0].item).unwrap();
         assert_eq!(json["kind"], "s3_object");
         assert_eq!(json["last_modified"], "2023-11-14T22:13:20Z");
         assert!(json.get("version_id").is_none());
+    }
+
+    #[test]
+    fn keys_are_decoded_as_servers_encode_them() {
+        assert_eq!(decode_key("in/a+b%2Bc%25d.csv").as_deref(), Some("in/a b+c%d.csv"));
+        assert_eq!(decode_key("in/ctl%01%1F%09.csv").as_deref(), Some("in/ctl\u{1}\u{1f}\t.csv"));
+        assert_eq!(decode_key("in/%C3%A9%E6%97%A5.csv").as_deref(), Some("in/é日.csv"));
+        assert_eq!(decode_key("in/~a_b-c.d/e"), Some("in/~a_b-c.d/e".into()));
+        assert_eq!(decode_key("in/%ZZ"), None);
+        assert_eq!(decode_key("in/%C3"), None, "not UTF-8");
+        assert_eq!(decode_key("in/%4"), None);
     }
 
     #[test]
@@ -469,6 +675,9 @@ mod tests {
             summary,
             serde_json::json!({"last_modified": "2023-11-14T22:13:20.000Z", "remembered": 1, "after": "in/9"})
         );
+        mark.unordered = true;
+        let summary = source.summarize(&serde_json::to_value(&mark).unwrap());
+        assert_eq!(summary["listing"], "unordered");
     }
 
     #[test]

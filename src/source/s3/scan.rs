@@ -1,24 +1,38 @@
 //! What the `s3` source announces, apart from the network: a [`Scan`] is offered the
-//! objects of a listing one by one, in the order S3 lists them, and keeps only what one
-//! poll may announce (at most `limit` candidates), so memory never grows with the
-//! prefix.
+//! objects of a listing one by one, in the order the server lists them, and keeps only
+//! what one poll may announce (at most `limit` candidates), so memory never grows with
+//! the prefix.
 //!
 //! The watermark ([`Mark`]) is the newest `LastModified` announced, the keys announced
-//! within the look-back window before it (with their ETags), a floor when the cap on
-//! remembered keys bit, and in ordered mode the greatest key announced and when the
-//! last full listing finished.
+//! within the look-back window before it (with their `LastModified` and ETag), a floor
+//! when the cap on remembered keys bit, the scope (bucket, prefix, glob) the remembered
+//! keys belong to, whether the server was seen listing out of byte order, and in ordered
+//! mode the greatest key announced and when the last full listing finished.
 //!
 //! - `key_order: any`: every poll lists the whole prefix. An object is a candidate when
-//!   its `LastModified` is inside the window and its key (with that ETag) was not
-//!   announced; the oldest `limit` candidates are announced. Ties and late objects
-//!   inside the window are announced exactly once.
+//!   its `LastModified` is inside the window and that key with that `LastModified` and
+//!   ETag was not announced; the oldest `limit` candidates are announced. Ties and late
+//!   objects inside the window are announced exactly once.
 //! - `key_order: lexicographic`: a poll lists only the keys after the greatest key
 //!   announced (`StartAfter`), and takes them in key order whatever their time. On a
 //!   schedule (`full_relist_every`) a poll lists from the start instead, and keys at or
 //!   below that cursor are judged as in `any` mode: what arrived out of order inside the
 //!   window is caught there.
+//!
+//! Servers are not trusted blindly:
+//! - S3 lists in UTF-8 byte order, and deletes are found by merging the listing with the
+//!   remembered keys, which needs that order. A scan that meets a key out of order asks
+//!   for the listing to start again ([`Flow::Restart`]) and the watermark remembers the
+//!   server as `unordered`: deletes are then judged against the whole listing (a set of
+//!   the remembered keys that were listed, bounded by `max_remembered`) and in ordered
+//!   mode every poll lists in full. A whole listing in byte order trusts the server again.
+//! - The watermark never moves past the server's clock (plus [`FUTURE_TOLERANCE_MS`]):
+//!   an object stamped in the future is announced once and does not hide the present.
+//! - A changed scope forgets the remembered keys outside it, silently; in ordered mode
+//!   the first poll after the change judges every key by the window and then moves the
+//!   cursor to the greatest key in the new scope.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +40,10 @@ use serde::{Deserialize, Serialize};
 use super::super::window::{self, Smallest};
 use crate::event::Change;
 use crate::value::Glob;
+
+/// How far past the server's clock a `LastModified` may move the watermark: listings and
+/// clocks of a distributed server differ by a little, never by much.
+pub const FUTURE_TOLERANCE_MS: i64 = 5_000;
 
 /// One object of a listing, as the scan needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,11 +64,26 @@ pub struct Listed {
 /// stored watermark compact: it may hold many thousands of these.
 pub type Seen = (i64, String, u64);
 
+/// What a watermark's remembered keys belong to: a key outside it cannot be listed by
+/// this watcher, so it must neither be announced as deleted nor keep its old ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scope {
+    /// The bucket.
+    pub bucket: String,
+    /// The prefix.
+    pub prefix: String,
+    /// The glob, as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub glob: Option<String>,
+}
+
 /// The stored watermark of an `s3` watcher.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mark {
-    /// Newest `LastModified` announced, milliseconds since the epoch.
+    /// Newest `LastModified` announced, milliseconds since the epoch (never past the
+    /// server's clock at the time).
     pub high_ms: i64,
     /// Objects modified at or before this are not looked at again (set when the
     /// remembered set overflowed); None while it never did.
@@ -64,14 +97,24 @@ pub struct Mark {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
     /// Ordered mode: when the last full listing got through every key up to `after`
-    /// (milliseconds since the epoch, wall clock).
+    /// (milliseconds since the epoch, wall clock). Stored even by a poll that found
+    /// nothing, so that a `highwater once` from cron does not list in full every time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub full_at_ms: Option<i64>,
+    /// The scope `seen` belongs to; None in a watermark set by hand or written by an
+    /// older release (adopted as it is, keys outside the scope forgotten).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    /// The server was seen listing keys out of UTF-8 byte order.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unordered: bool,
 }
 
 /// The settings a scan follows, taken from the source's config.
 #[derive(Debug, Clone)]
 pub struct Rules {
+    /// The bucket (part of the scope).
+    pub bucket: String,
     /// Stripped from a key before the glob sees it.
     pub prefix: String,
     /// Only keys (after the prefix) that match.
@@ -92,6 +135,23 @@ pub struct Rules {
     pub max_remembered: usize,
 }
 
+impl Rules {
+    /// The scope a watermark of these rules belongs to.
+    pub fn scope(&self) -> Scope {
+        Scope {
+            bucket: self.bucket.clone(),
+            prefix: self.prefix.clone(),
+            glob: self.glob.as_ref().map(|g| g.pattern.clone()),
+        }
+    }
+
+    /// True when `key` (of this bucket) is inside the prefix and matches the glob.
+    fn in_scope(&self, key: &str) -> bool {
+        let Some(relative) = key.strip_prefix(self.prefix.as_str()) else { return false };
+        self.glob.as_ref().is_none_or(|glob| glob.is_match(relative))
+    }
+}
+
 /// An object (or a remembered one that is gone) that a poll may announce, ordered by
 /// (`LastModified`, key): the delivery order of the window's candidates.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -110,25 +170,46 @@ pub struct Candidate {
     pub change: Change,
 }
 
+/// A candidate past the ordered cursor, ordered by key: those are taken in key order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ByKey(Candidate);
+
+impl Ord for ByKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.key.cmp(&other.0.key)
+    }
+}
+
+impl PartialOrd for ByKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 /// Whether the listing should go on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Flow {
     /// Offer the next object.
     Continue,
     /// Enough for this poll: stop listing.
     Stop,
+    /// The server listed `key` after `previous`, out of byte order, and this scan relied
+    /// on that order: discard it, [`Scan::restart`] and list again from the start.
+    Restart {
+        /// The key listed first.
+        previous: String,
+        /// The key listed after it.
+        key: String,
+    },
 }
 
-/// A listing that came back in an order the scan cannot trust.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the server listed key {key:?} after {previous:?}, not in UTF-8 byte order; deletes cannot be detected on it"
-)]
-pub struct OutOfOrder {
-    /// The key listed first.
-    pub previous: String,
-    /// The key listed after it.
-    pub key: String,
+/// A change of scope a poll noticed, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeChange {
+    /// The scope the watermark belonged to.
+    pub from: Scope,
+    /// Remembered keys forgotten because they are outside the new scope.
+    pub forgotten: usize,
 }
 
 /// What a finished scan decided.
@@ -140,6 +221,32 @@ pub struct Outcome {
     pub next: Mark,
     /// More is waiting: poll again at once.
     pub more: bool,
+    /// The watermark changed in a way a restart must not lose although nothing may be
+    /// announced (a full listing ran, the server's order or the scope changed): store it
+    /// even after an idle poll. At most once per `full_relist_every` in ordered mode.
+    pub store_idle: bool,
+    /// The server's listing order was found broken (Some) or whole again (None after
+    /// `unordered` was set), for the log: `(previous, key)`.
+    pub order: OrderNote,
+    /// Objects announced whose `LastModified` is past the server's clock, for the log:
+    /// `(key, LastModified ms)`.
+    pub future: Vec<(String, i64)>,
+}
+
+/// What a scan saw of the server's listing order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderNote {
+    /// Nothing new.
+    Same,
+    /// Keys came out of byte order (the first pair seen).
+    Broken {
+        /// The key listed first.
+        previous: String,
+        /// The key listed after it.
+        key: String,
+    },
+    /// A whole listing came back in byte order after the server had been out of order.
+    Restored,
 }
 
 /// One poll's pass over a listing.
@@ -147,45 +254,114 @@ pub struct Outcome {
 pub struct Scan<'a> {
     rules: &'a Rules,
     mark: Mark,
+    /// The watcher's first poll (no watermark yet).
+    first: bool,
+    /// Wall clock at the start of the poll.
+    now_ms: i64,
+    limit: usize,
     /// Oldest time looked at in the window (None on a watcher's first poll: everything).
     horizon: Option<i64>,
     /// This poll lists the whole prefix from its start.
     full: bool,
+    /// The listing is trusted to come in byte order (the server was never seen
+    /// otherwise): deletes are merged, and ordered mode may stop early.
+    trust_order: bool,
+    /// Ordered mode's cursor is in use (not while re-judging after a scope change).
+    cursor: bool,
+    /// The scope changed in ordered mode: every key is judged by the window this poll,
+    /// then the cursor moves to the greatest key of the new scope.
+    rejudge: bool,
     /// Look for remembered keys that are no longer listed.
     detect_deletes: bool,
-    limit: usize,
     /// Candidates judged by time and the window.
     window: Smallest<Candidate>,
-    /// Ordered mode: keys past the cursor, in key order.
-    ordered: Vec<Candidate>,
+    /// Ordered mode: keys past the cursor, the smallest keys first.
+    past: Smallest<ByKey>,
     /// Ordered mode: the listing was stopped with keys past the cursor left unlisted.
     stopped: bool,
-    /// The last key listed, for delete detection and the order check.
+    /// The last key listed: the order check and the delete merge.
     last_key: Option<String>,
+    /// The greatest key listed.
+    max_key: Option<String>,
+    /// The first pair of keys seen out of byte order.
+    disorder: Option<(String, String)>,
+    /// Remembered keys that were listed (deletes of an untrusted listing).
+    listed: HashSet<String>,
+    /// The scope change this poll applies, for the log.
+    scope_change: Option<ScopeChange>,
+    /// The parts of the watermark an idle poll must still store when they change.
+    before: (Option<i64>, Option<Scope>, bool),
 }
 
 impl<'a> Scan<'a> {
     /// Starts a poll from `mark` (None on the watcher's first poll) at wall-clock `now_ms`.
     pub fn new(rules: &'a Rules, mark: Option<Mark>, limit: usize, now_ms: i64) -> Self {
         let first = mark.is_none();
-        let mark = mark.unwrap_or_default();
+        Scan::build(rules, mark.unwrap_or_default(), first, limit, now_ms)
+    }
+
+    fn build(rules: &'a Rules, mut mark: Mark, first: bool, limit: usize, now_ms: i64) -> Self {
+        let before = (mark.full_at_ms, mark.scope.clone(), mark.unordered);
+        let scope = rules.scope();
+        let mut scope_change = None;
+        let mut rejudge = false;
+        if !first && mark.scope.as_ref() != Some(&scope) {
+            let count = mark.seen.len();
+            if mark.scope.as_ref().is_some_and(|old| old.bucket != scope.bucket) {
+                mark.seen.clear();
+            } else {
+                mark.seen.retain(|key, _| rules.in_scope(key));
+            }
+            if let Some(from) = mark.scope.clone() {
+                // A watermark from a hand or an older release has no scope: it is
+                // adopted with its cursor. A real change re-judges the cursor.
+                rejudge = rules.ordered;
+                scope_change = Some(ScopeChange { from, forgotten: count - mark.seen.len() });
+            }
+        }
         let horizon = (!first).then(|| window::horizon(mark.high_ms, mark.floor_ms, rules.lookback_ms));
-        let full = !rules.ordered
+        let trust_order = !mark.unordered;
+        let cursor = rules.ordered && !rejudge;
+        let full = !cursor
+            || !trust_order
             || mark.after.is_none()
             || mark.full_at_ms.is_none_or(|at| now_ms.saturating_sub(at) >= rules.full_relist_every_ms);
         let limit = limit.max(1);
         Scan {
             rules,
+            first,
+            now_ms,
+            limit,
             horizon,
             full,
+            trust_order,
+            cursor,
+            rejudge,
             detect_deletes: full && rules.events.contains(&Change::Deleted),
-            limit,
             window: Smallest::new(limit),
-            ordered: Vec::new(),
+            past: Smallest::new(limit),
             stopped: false,
             last_key: None,
+            max_key: None,
+            disorder: None,
+            listed: HashSet::new(),
+            scope_change,
+            before,
             mark,
         }
+    }
+
+    /// The same poll started again after [`Flow::Restart`], with the server known to
+    /// list out of byte order. (Offering objects never changes the watermark, so the
+    /// scan still holds the one it started from.)
+    pub fn restart(self) -> Self {
+        let mut mark = self.mark;
+        mark.unordered = true;
+        let mut scan = Scan::build(self.rules, mark, self.first, self.limit, self.now_ms);
+        scan.before = self.before;
+        scan.scope_change = self.scope_change;
+        scan.disorder = self.disorder;
+        scan
     }
 
     /// Where the listing starts: after this key (ordered mode between full listings), or
@@ -199,32 +375,60 @@ impl<'a> Scan<'a> {
         self.full
     }
 
+    /// The scope change this poll applies, if any.
+    pub fn scope_change(&self) -> Option<&ScopeChange> {
+        self.scope_change.as_ref()
+    }
+
+    /// True when `key` is past the ordered cursor (taken whatever its time).
+    fn past_cursor(&self, key: &str) -> bool {
+        self.cursor && self.mark.after.as_deref().is_none_or(|after| key > after)
+    }
+
     /// Takes the next object of the listing.
-    pub fn offer(&mut self, object: Listed) -> Result<Flow, OutOfOrder> {
-        if self.detect_deletes {
-            if let Some(previous) = &self.last_key
-                && object.key.as_str() <= previous.as_str()
-            {
-                return Err(OutOfOrder { previous: previous.clone(), key: object.key });
+    pub fn offer(&mut self, object: Listed) -> Flow {
+        let previous = self.last_key.as_deref().or(self.start_after());
+        if let Some(previous) = previous
+            && object.key.as_str() <= previous
+        {
+            let pair = (previous.to_string(), object.key.clone());
+            // Only a scan that merges deletes or moves the cursor by listing order
+            // depends on it; any other one goes on and only remembers what it saw.
+            if self.trust_order && (self.detect_deletes || self.cursor) {
+                self.disorder = Some(pair.clone());
+                return Flow::Restart { previous: pair.0, key: pair.1 };
             }
-            self.gone_before(Some(&object.key));
+            self.disorder.get_or_insert(pair);
+        }
+        if self.detect_deletes {
+            if self.trust_order {
+                self.gone_before(Some(&object.key));
+            } else if self.mark.seen.contains_key(&object.key) {
+                self.listed.insert(object.key.clone());
+            }
+        }
+        if self.max_key.as_ref().is_none_or(|max| object.key > *max) {
+            self.max_key = Some(object.key.clone());
         }
         self.last_key = Some(object.key.clone());
         if !self.wanted(&object) {
-            return Ok(Flow::Continue);
+            return Flow::Continue;
         }
-        let past_cursor =
-            self.rules.ordered && self.mark.after.as_ref().is_none_or(|after| object.key > *after);
+        let past_cursor = self.past_cursor(&object.key);
         if !past_cursor && self.horizon.is_some_and(|h| object.last_modified_ms < h) {
-            return Ok(Flow::Continue);
+            return Flow::Continue;
         }
         let change = match self.mark.seen.get(&object.key) {
-            Some((_, etag, _)) if *etag == object.etag => return Ok(Flow::Continue),
+            // The same entry as announced: a repeat. A new `LastModified` with the same
+            // ETag is a new write of the same content, as S3's own notifications count it.
+            Some((time, etag, _)) if *etag == object.etag && *time == object.last_modified_ms => {
+                return Flow::Continue;
+            }
             Some(_) => Change::Updated,
             None => Change::Created,
         };
         if !self.rules.events.contains(&change) {
-            return Ok(Flow::Continue);
+            return Flow::Continue;
         }
         let candidate = Candidate {
             time_ms: object.last_modified_ms,
@@ -236,21 +440,26 @@ impl<'a> Scan<'a> {
         };
         if !past_cursor {
             self.window.push(candidate);
-            return Ok(Flow::Continue);
+            return Flow::Continue;
+        }
+        if !self.trust_order {
+            // Keys past the cursor may come in any order: keep the smallest ones.
+            self.past.push(ByKey(candidate));
+            return Flow::Continue;
         }
         // Keys past the cursor come after every key at or below it, so the window's
         // candidates are final here and the room left is known.
         let room = self.limit.saturating_sub(self.window.len());
-        if self.window.overflowed() || self.ordered.len() >= room {
+        if self.window.overflowed() || self.past.len() >= room {
             self.stopped = true;
-            return Ok(Flow::Stop);
+            return Flow::Stop;
         }
-        self.ordered.push(candidate);
-        if self.ordered.len() >= room {
+        self.past.push(ByKey(candidate));
+        if self.past.len() >= room {
             self.stopped = true;
-            return Ok(Flow::Stop);
+            return Flow::Stop;
         }
-        Ok(Flow::Continue)
+        Flow::Continue
     }
 
     /// Filters that do not depend on the watermark.
@@ -261,8 +470,7 @@ impl<'a> Scan<'a> {
         if object.size < self.rules.min_size {
             return false;
         }
-        let relative = object.key.strip_prefix(self.rules.prefix.as_str()).unwrap_or(&object.key);
-        self.rules.glob.as_ref().is_none_or(|glob| glob.is_match(relative))
+        self.rules.in_scope(&object.key)
     }
 
     /// Remembered keys after the last listed key and before `upto` (None: to the end)
@@ -273,58 +481,90 @@ impl<'a> Scan<'a> {
             None => Bound::Unbounded,
         };
         let upper = upto.map_or(Bound::Unbounded, Bound::Excluded);
-        for (key, (time_ms, etag, size)) in self.mark.seen.range::<str, _>((lower, upper)) {
-            self.window.push(Candidate {
-                time_ms: *time_ms,
-                key: key.clone(),
-                etag: etag.clone(),
-                size: *size,
-                storage_class: None,
-                change: Change::Deleted,
-            });
+        for (key, seen) in self.mark.seen.range::<str, _>((lower, upper)) {
+            self.window.push(gone(key, seen));
         }
     }
 
-    /// Ends the poll. `complete` says the listing reached its end (it was not stopped).
-    pub fn finish(mut self, complete: bool, now_ms: i64) -> Outcome {
+    /// Ends the poll. `complete` says the listing reached its end (it was not stopped);
+    /// `now_ms` is the wall clock, `clock_ms` the server's (its `Date` header, or the
+    /// wall clock when it sent none).
+    pub fn finish(mut self, complete: bool, now_ms: i64, clock_ms: i64) -> Outcome {
         if self.detect_deletes && complete {
-            self.gone_before(None);
+            if self.trust_order {
+                self.gone_before(None);
+            } else {
+                for (key, seen) in &self.mark.seen {
+                    if !self.listed.contains(key) {
+                        self.window.push(gone(key, seen));
+                    }
+                }
+            }
         }
         let window_overflow = self.window.overflowed();
         let mut items = self.window.into_sorted_vec();
         let room = self.limit.saturating_sub(items.len());
-        let ordered_more = self.ordered.len() > room;
-        self.ordered.truncate(room);
+        let past_overflow = self.past.overflowed();
+        let mut past: Vec<Candidate> = self.past.into_sorted_vec().into_iter().map(|c| c.0).collect();
+        let past_more = past_overflow || past.len() > room;
+        past.truncate(room);
+        // The watermark follows `LastModified` up to the server's present, never past it:
+        // one object stamped in the future must not put the present outside the window.
+        let cap = clock_ms.saturating_add(FUTURE_TOLERANCE_MS);
+        let mut future = Vec::new();
         let mut next = self.mark;
-        for c in &items {
+        for c in items.iter().chain(&past) {
             if c.change == Change::Deleted {
                 next.seen.remove(&c.key);
-            } else {
-                next.high_ms = next.high_ms.max(c.time_ms);
-                next.seen.insert(c.key.clone(), (c.time_ms, c.etag.clone(), c.size));
+                continue;
             }
-        }
-        for c in &self.ordered {
-            next.high_ms = next.high_ms.max(c.time_ms);
+            if c.time_ms > cap {
+                future.push((c.key.clone(), c.time_ms));
+            }
+            next.high_ms = next.high_ms.max(c.time_ms.min(cap));
             next.seen.insert(c.key.clone(), (c.time_ms, c.etag.clone(), c.size));
-            next.after = Some(c.key.clone());
+        }
+        if let Some(last) = past.last() {
+            next.after = Some(last.key.clone());
         }
         // A listing that reached its end judged every key past the cursor: each was
         // taken above or refused for good (filters, an unwanted change), so the cursor
         // may pass them all and the next poll need not list them again.
-        if self.rules.ordered
+        if self.cursor
             && complete
             && !self.stopped
-            && let Some(last) = self.last_key.take()
-            && next.after.as_ref().is_none_or(|after| last > *after)
+            && !past_more
+            && let Some(max) = self.max_key.take()
+            && next.after.as_ref().is_none_or(|after| max > *after)
         {
-            next.after = Some(last);
+            next.after = Some(max);
         }
-        if self.rules.ordered && self.full && !window_overflow {
+        let scope_settled = !self.rejudge || (complete && !window_overflow);
+        if self.rejudge && scope_settled {
+            // Every key of the new scope was judged by the window: the cursor goes to the
+            // greatest of them, and polls list after it again.
+            next.after = self.max_key.take();
+        }
+        if scope_settled {
+            next.scope = Some(self.rules.scope());
+        }
+        if self.rules.ordered && self.full && self.trust_order && !window_overflow && scope_settled {
             // Every key up to the cursor was judged: the next full listing is due a
-            // whole period from now.
+            // whole period from now. (A server out of order gets a full listing every
+            // poll, which needs no schedule and no write.)
             next.full_at_ms = Some(now_ms);
         }
+        let order = match self.disorder {
+            Some((previous, key)) => {
+                next.unordered = true;
+                if self.before.2 { OrderNote::Same } else { OrderNote::Broken { previous, key } }
+            }
+            None if next.unordered && !self.trust_order && self.full && complete => {
+                next.unordered = false;
+                OrderNote::Restored
+            }
+            None => OrderNote::Same,
+        };
         let keep_outside = self.rules.events.contains(&Change::Deleted);
         let high = next.high_ms;
         window::prune(
@@ -336,8 +576,26 @@ impl<'a> Scan<'a> {
             self.rules.max_remembered,
             keep_outside,
         );
-        items.append(&mut self.ordered);
-        Outcome { items, next, more: window_overflow || self.stopped || ordered_more }
+        // When the last full listing ran matters only once there is a cursor to list
+        // after (before that, every poll lists from the start): with one, it changes
+        // only on schedule, so an idle watcher stores it at most once per period.
+        let full_at_moved = next.full_at_ms != self.before.0 && next.after.is_some();
+        let store_idle =
+            !self.first && (full_at_moved || next.scope != self.before.1 || next.unordered != self.before.2);
+        items.append(&mut past);
+        Outcome { items, next, more: window_overflow || self.stopped || past_more, store_idle, order, future }
+    }
+}
+
+/// The delete candidate of a remembered key.
+fn gone(key: &str, (time_ms, etag, size): &Seen) -> Candidate {
+    Candidate {
+        time_ms: *time_ms,
+        key: key.to_string(),
+        etag: etag.clone(),
+        size: *size,
+        storage_class: None,
+        change: Change::Deleted,
     }
 }
 
@@ -347,6 +605,7 @@ mod tests {
 
     fn rules(ordered: bool, events: &[Change]) -> Rules {
         Rules {
+            bucket: "b".into(),
             prefix: "in/".into(),
             glob: None,
             min_size: 0,
@@ -363,6 +622,26 @@ mod tests {
         Listed { key: key.into(), last_modified_ms: time, etag: etag.into(), size: 1, storage_class: None }
     }
 
+    /// Offers one listing (as the server gives it: from the start, or after the scan's
+    /// `StartAfter` in byte order or not), restarting as the source does.
+    fn one_poll(rules: &Rules, listing: &[Listed], mark: Option<Mark>, limit: usize, now: i64) -> Outcome {
+        let mut scan = Scan::new(rules, mark, limit, now);
+        'listing: loop {
+            let start = scan.start_after().map(str::to_string);
+            for o in listing.iter().filter(|o| start.as_ref().is_none_or(|s| o.key > *s)) {
+                match scan.offer(o.clone()) {
+                    Flow::Continue => {}
+                    Flow::Stop => return scan.finish(false, now, now),
+                    Flow::Restart { .. } => {
+                        scan = scan.restart();
+                        continue 'listing;
+                    }
+                }
+            }
+            return scan.finish(true, now, now);
+        }
+    }
+
     /// Runs polls over a fixed listing until nothing is left, as the loop would.
     fn drain(
         rules: &Rules,
@@ -374,16 +653,7 @@ mod tests {
         let mut mark = mark;
         let mut out = Vec::new();
         for _ in 0..1000 {
-            let mut scan = Scan::new(rules, mark.clone(), limit, now);
-            let start = scan.start_after().map(str::to_string);
-            let mut complete = true;
-            for o in listing.iter().filter(|o| start.as_ref().is_none_or(|s| o.key > *s)) {
-                if scan.offer(o.clone()).unwrap() == Flow::Stop {
-                    complete = false;
-                    break;
-                }
-            }
-            let outcome = scan.finish(complete, now);
+            let outcome = one_poll(rules, listing, mark.clone(), limit, now);
             let done = outcome.items.is_empty();
             out.extend(outcome.items.into_iter().map(|c| (c.change, c.key)));
             mark = Some(outcome.next);
@@ -416,12 +686,12 @@ mod tests {
     fn a_late_object_inside_the_window_is_announced_once() {
         let r = rules(false, &[Change::Created]);
         let mut listing = vec![obj("in/a", 10_000_000, "1"), obj("in/c", 10_000_000, "1")];
-        let (_, mark) = drain(&r, &listing, None, 100, 0);
+        let (_, mark) = drain(&r, &listing, None, 100, 10_000_000);
         listing.insert(1, obj("in/b-late", 10_000_000 - 600_000, "1"));
         listing.push(obj("in/z-too-late", 10_000_000 - 7_200_000, "1"));
-        let (items, mark) = drain(&r, &listing, Some(mark), 100, 0);
+        let (items, mark) = drain(&r, &listing, Some(mark), 100, 10_000_000);
         assert_eq!(keys(&items), vec!["in/b-late"]);
-        assert_eq!(drain(&r, &listing, Some(mark), 100, 0).0, vec![]);
+        assert_eq!(drain(&r, &listing, Some(mark), 100, 10_000_000).0, vec![]);
     }
 
     #[test]
@@ -433,9 +703,13 @@ mod tests {
         let (items, mark) = drain(&r, &listing, Some(mark), 100, 0);
         assert_eq!(items, vec![(Change::Deleted, "in/b".into()), (Change::Updated, "in/c".into())]);
         assert!(drain(&r, &listing, Some(mark.clone()), 100, 0).0.is_empty());
+        // The same content written again is a new write: S3 announces every PUT.
+        let listing = vec![obj("in/a", 3000, "1"), obj("in/c", 2000, "2")];
+        let (items, mark) = drain(&r, &listing, Some(mark), 100, 0);
+        assert_eq!(items, vec![(Change::Updated, "in/a".into())]);
         // Everything gone: deletes to the end of the remembered set.
         let (items, _) = drain(&r, &[], Some(mark), 100, 0);
-        assert_eq!(keys(&items), vec!["in/a", "in/c"]);
+        assert_eq!(keys(&items), vec!["in/c", "in/a"]);
     }
 
     #[test]
@@ -453,7 +727,7 @@ mod tests {
         let mut marker = obj("in/dir/", 1, "m");
         marker.size = 0;
         let listing =
-            vec![marker, obj("in/x/a.csv", 1, "1"), obj("in/b.txt", 1, "1"), obj("in/c.csv", 1, "1")];
+            vec![marker, obj("in/b.txt", 1, "1"), obj("in/c.csv", 1, "1"), obj("in/x/a.csv", 1, "1")];
         assert_eq!(keys(&drain(&r, &listing, None, 100, 0).0), vec!["in/c.csv", "in/x/a.csv"]);
     }
 
@@ -488,12 +762,12 @@ mod tests {
         let mut offered = 0;
         for o in &listing {
             offered += 1;
-            if scan.offer(o.clone()).unwrap() == Flow::Stop {
+            if scan.offer(o.clone()) == Flow::Stop {
                 break;
             }
         }
         assert_eq!(offered, 3);
-        let outcome = scan.finish(false, 0);
+        let outcome = scan.finish(false, 0, 0);
         assert!(outcome.more);
         assert_eq!(outcome.next.after.as_deref(), Some("in/2"));
     }
@@ -508,13 +782,148 @@ mod tests {
         assert_eq!(mark.after.as_deref(), Some("in/3.tmp"), "an idle poll lists nothing it judged before");
     }
 
+    /// SeaweedFS's directory-walk order: `a/b` before `a.m`, although `.` < `/`.
+    fn walk_order() -> Vec<Listed> {
+        vec![obj("in/d/part-0", 1000, "1"), obj("in/d.manifest", 1000, "1"), obj("in/e", 1000, "1")]
+    }
+
     #[test]
-    fn an_unordered_listing_is_refused_when_detecting_deletes() {
+    fn an_unordered_listing_restarts_and_deletes_are_judged_against_the_whole_listing() {
         let r = rules(false, &[Change::Created, Change::Deleted]);
-        let mut scan = Scan::new(&r, None, 10, 0);
-        scan.offer(obj("in/b", 1, "1")).unwrap();
-        let err = scan.offer(obj("in/a", 1, "1")).unwrap_err();
-        assert!(err.to_string().contains("in/a"));
+        let (items, mark) = drain(&r, &walk_order(), None, 100, 0);
+        assert_eq!(keys(&items), vec!["in/d.manifest", "in/d/part-0", "in/e"]);
+        assert!(mark.unordered, "remembered, so the next poll does not list twice");
+        assert!(drain(&r, &walk_order(), Some(mark.clone()), 100, 0).0.is_empty(), "no false deletes");
+        let mut scan = Scan::new(&r, Some(mark.clone()), 100, 0);
+        for o in walk_order() {
+            assert_eq!(scan.offer(o), Flow::Continue, "an untrusted scan never restarts");
+        }
+        let mut listing = walk_order();
+        listing.remove(2);
+        let (items, mark) = drain(&r, &listing, Some(mark), 100, 0);
+        assert_eq!(items, vec![(Change::Deleted, "in/e".into())]);
+        assert!(mark.unordered);
+        // A whole listing in byte order trusts the server again.
+        let outcome =
+            one_poll(&r, &[obj("in/d/part-0", 1000, "1"), obj("in/e", 1000, "1")], Some(mark), 100, 0);
+        assert_eq!(outcome.order, OrderNote::Restored);
+        assert!(!outcome.next.unordered && outcome.store_idle);
+    }
+
+    #[test]
+    fn ordered_mode_on_an_unordered_server_lists_in_full_and_keeps_key_order() {
+        let r = rules(true, &[Change::Created]);
+        let (items, mark) = drain(&r, &walk_order(), None, 2, 0);
+        assert_eq!(keys(&items), vec!["in/d.manifest", "in/d/part-0", "in/e"], "smallest keys first");
+        assert!(mark.unordered);
+        assert_eq!(mark.after.as_deref(), Some("in/e"));
+        let scan = Scan::new(&r, Some(mark.clone()), 100, 1);
+        assert!(scan.is_full() && scan.start_after().is_none());
+        let mut listing = walk_order();
+        listing.insert(0, obj("in/c/late", 10, "1"));
+        listing.push(obj("in/f", 10, "1"));
+        let outcome = one_poll(&r, &listing, Some(mark), 100, 1);
+        let got: Vec<&str> = outcome.items.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(got, vec!["in/c/late", "in/f"], "below the cursor by the window, past it by key");
+        assert!(!outcome.store_idle || outcome.items.is_empty());
+        assert_eq!(outcome.next.full_at_ms, None, "no schedule to store on such a server");
+    }
+
+    #[test]
+    fn an_object_from_the_future_is_announced_once_and_hides_nothing() {
+        let day = 86_400_000;
+        let now = 100 * day;
+        for ordered in [false, true] {
+            let mut r = rules(ordered, &[Change::Created]);
+            r.lookback_ms = 3_600_000;
+            let (items, mark) = drain(&r, &[obj("in/m-future", now + 2 * day, "1")], None, 100, now);
+            assert_eq!(keys(&items), vec!["in/m-future"]);
+            assert_eq!(mark.high_ms, now + FUTURE_TOLERANCE_MS, "never past the server's clock");
+            // Objects of the present, below the ordered cursor too, are still inside the window.
+            let listing = vec![
+                obj("in/a-present", now - 60_000, "1"),
+                obj("in/m-future", now + 2 * day, "1"),
+                obj("in/z-present", now + 1000, "1"),
+            ];
+            let later = now + 120_000;
+            let (items, mark) = drain(&r, &listing, Some(mark), 100, later);
+            let mut got = keys(&items);
+            got.sort();
+            assert_eq!(got, vec!["in/a-present", "in/z-present"], "ordered: {ordered}");
+            assert!(drain(&r, &listing, Some(mark), 100, later).0.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_changed_scope_forgets_what_is_outside_it_silently() {
+        let r = rules(false, &[Change::Created, Change::Deleted]);
+        let listing = vec![obj("in/a/1", 1000, "1"), obj("in/b/1", 1000, "1")];
+        let (_, mark) = drain(&r, &listing, None, 100, 1000);
+        assert_eq!(mark.scope, Some(r.scope()));
+        let mut narrow = r.clone();
+        narrow.prefix = "in/a/".into();
+        let scan = Scan::new(&narrow, Some(mark.clone()), 100, 1000);
+        assert_eq!(scan.scope_change().map(|c| c.forgotten), Some(1));
+        let outcome = one_poll(&narrow, &listing[..1], Some(mark), 100, 1000);
+        assert!(outcome.items.is_empty(), "no delete for a key outside the prefix: {:?}", outcome.items);
+        assert!(outcome.store_idle);
+        let mark = outcome.next;
+        assert_eq!(mark.seen.keys().collect::<Vec<_>>(), ["in/a/1"]);
+        // Widened back: what comes into scope is judged by the window, with a new id
+        // (it was forgotten), and the key that never left keeps its place.
+        let (items, _) = drain(&r, &listing, Some(mark.clone()), 100, 1000);
+        assert_eq!(items, vec![(Change::Created, "in/b/1".into())]);
+        let mut far = mark;
+        far.high_ms = 10 * 3_600_000;
+        assert!(drain(&r, &listing, Some(far), 100, 1000).0.is_empty(), "outside the window: not announced");
+    }
+
+    #[test]
+    fn ordered_mode_rejudges_its_cursor_after_a_scope_change() {
+        let r = rules(true, &[Change::Created]);
+        let listing = [obj("in/a/1", 1000, "1"), obj("in/a/2", 1000, "1"), obj("in/b/1", 1000, "1")];
+        let (_, mark) = drain(&r, &listing[2..], None, 100, 1000);
+        assert_eq!(mark.after.as_deref(), Some("in/b/1"));
+        let mut other = r.clone();
+        other.prefix = "in/a/".into();
+        // The old cursor lies past every key of the new prefix: judged by the window
+        // instead, then the cursor moves into the new prefix.
+        let mut recent = mark.clone();
+        recent.high_ms = 1000;
+        let (items, mark) = drain(&other, &listing[..2], Some(recent), 100, 1000);
+        assert_eq!(keys(&items), vec!["in/a/1", "in/a/2"]);
+        assert_eq!(mark.after.as_deref(), Some("in/a/2"));
+        assert_eq!(mark.scope, Some(other.scope()));
+        let scan = Scan::new(&other, Some(mark), 100, 2000);
+        assert_eq!(scan.start_after(), Some("in/a/2"));
+    }
+
+    #[test]
+    fn idle_polls_store_the_last_full_listing_once_per_period() {
+        let r = rules(true, &[Change::Created]);
+        // An empty prefix: every poll lists from the start, and nothing needs storing.
+        let outcome = one_poll(&r, &[], None, 10, 0);
+        let outcome = one_poll(&r, &[], Some(outcome.next), 10, 1000);
+        assert!(!outcome.store_idle, "nothing to list after yet");
+        let listing = [obj("in/a", 1, "1")];
+        let (_, mark) = drain(&r, &listing, Some(outcome.next), 10, 2000);
+        let between = one_poll(&r, &listing, Some(mark.clone()), 10, 30_000);
+        assert!(!between.store_idle && between.next.full_at_ms == mark.full_at_ms);
+        let due = one_poll(&r, &listing, Some(mark), 10, 70_000);
+        assert!(due.store_idle && due.items.is_empty());
+        assert_eq!(due.next.full_at_ms, Some(70_000));
+        assert!(!one_poll(&r, &listing, Some(due.next), 10, 80_000).store_idle);
+    }
+
+    #[test]
+    fn a_hand_written_watermark_is_adopted() {
+        let r = rules(true, &[Change::Created]);
+        let mark = Mark { high_ms: 10_000_000, after: Some("in/b".into()), ..Mark::default() };
+        let scan = Scan::new(&r, Some(mark.clone()), 100, 0);
+        assert!(scan.scope_change().is_none());
+        let outcome = one_poll(&r, &[obj("in/a", 1, "1"), obj("in/c", 1, "1")], Some(mark), 100, 0);
+        assert_eq!(outcome.items.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(), ["in/c"]);
+        assert_eq!(outcome.next.scope, Some(r.scope()));
     }
 
     #[test]

@@ -166,6 +166,9 @@ pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) ->
             let addr =
                 listener.local_addr().map_or_else(|_| http_config.listen.to_string(), |a| a.to_string());
             tracing::info!(addr = %addr, "HTTP listener started: /metrics, /healthz, /readyz.");
+            if let Some(warning) = http_config.exposure_warning() {
+                tracing::warn!(addr = %addr, exposed = true, "{warning}");
+            }
             let task = http::serve(
                 listener,
                 http_config,

@@ -56,6 +56,20 @@ const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// for this long.
 const SUPERVISOR_STALL: Duration = Duration::from_secs(30);
 
+impl HttpConfig {
+    /// Why the address is a risk, when it is not on loopback: the endpoints have no
+    /// authentication. `check` prints it and the daemon logs it at start.
+    pub fn exposure_warning(&self) -> Option<String> {
+        (!self.listen.ip().is_loopback()).then(|| {
+            format!(
+                "http.listen {} is not a loopback address: /metrics, /healthz and /readyz answer anyone \
+                 who can reach it, without authentication",
+                self.listen
+            )
+        })
+    }
+}
+
 /// Binds the listener; a failure here stops the start, so that a port conflict is seen.
 pub async fn bind(config: &HttpConfig) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(config.listen).await
@@ -399,6 +413,19 @@ mod tests {
         let (status, body) = readyz(State(state.clone())).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.starts_with("not ready: watcher ns/stuck blocked for 2m"), "{body}");
+    }
+
+    #[test]
+    fn only_a_loopback_listener_goes_unremarked() {
+        let config = |listen: &str| HttpConfig {
+            listen: listen.parse().unwrap(),
+            ..serde_yaml::from_str("{}").unwrap()
+        };
+        assert_eq!(config("127.0.0.1:9850").exposure_warning(), None);
+        assert_eq!(config("[::1]:9850").exposure_warning(), None);
+        let warning = config("0.0.0.0:9850").exposure_warning().expect("a warning");
+        assert!(warning.starts_with("http.listen 0.0.0.0:9850 is not a loopback address"), "{warning}");
+        assert!(config("192.168.1.5:80").exposure_warning().is_some());
     }
 
     #[test]

@@ -7,6 +7,9 @@ use crate::config::Config;
 /// Reports a loaded (so valid) configuration OK, after trying every source and sink
 /// when `connect` is set.
 pub(super) async fn run(config: &Config, connect: bool) -> Result<(), Failure> {
+    if let Some(warning) = config.daemon.http.as_ref().and_then(|h| h.exposure_warning()) {
+        eprintln!("warning: {}: {warning}", config.file.display());
+    }
     if connect {
         check_connections(config).await?;
     }

@@ -1,4 +1,6 @@
-//! `${VAR}` and `${VAR:-default}` expansion of config text, before YAML parsing.
+//! `${VAR}` and `${VAR:-default}` expansion of config text, before YAML parsing. A
+//! default may itself name variables (`${DATA:-${HOME}/data}`); it is expanded only
+//! when it is used.
 //!
 //! Expansion is textual and keeps every line where it was, so YAML errors still point
 //! at the right line. Comments are left alone (a variable named only in a comment is not
@@ -58,7 +60,7 @@ fn expand_line(
             continue;
         }
         if c == b'$' && line[i..].starts_with("${") {
-            let Some(end) = line[i + 2..].find('}') else {
+            let Some(end) = closing_brace(&line[i + 2..]) else {
                 errors.push(EnvError { line: line_no, column: i + 1, message: "unclosed `${`".into() });
                 out.push_str(&line[i..]);
                 return;
@@ -83,6 +85,16 @@ fn expand_line(
                         column: i + 1,
                         message: format!("environment variable {name} holds a line break, which a config value cannot take"),
                     }),
+                    Some(value) if lookup(name).is_none_or(|v| v.is_empty()) => {
+                        // The default was taken: expand the variables it names.
+                        let before = errors.len();
+                        let mut expanded = String::new();
+                        expand_line(&value, line_no, lookup, &mut expanded, errors);
+                        for error in &mut errors[before..] {
+                            error.column = i + 1;
+                        }
+                        out.push_str(&expanded);
+                    }
                     Some(value) => out.push_str(&value),
                     None => errors.push(EnvError {
                         line: line_no,
@@ -98,6 +110,27 @@ fn expand_line(
         out.push_str(&line[i..i + ch_len]);
         i += ch_len;
     }
+}
+
+/// The index of the `}` that closes a `${` whose body starts `body`, counting the
+/// `${…}` nested in a default.
+fn closing_brace(body: &str) -> Option<usize> {
+    let bytes = body.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'$' if bytes.get(i + 1) == Some(&b'{') => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' if depth == 0 => return Some(i),
+            b'}' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -138,6 +171,18 @@ mod tests {
             expand(text, env).unwrap(),
             "a: 1 # uses ${NOT_NEEDED}\n# ${ALSO}\nb: \"#/home/x\"\nc: ${LITERAL}\n"
         );
+    }
+
+    #[test]
+    fn defaults_may_name_variables_and_are_expanded_only_when_taken() {
+        assert_eq!(expand("a: ${NOPE:-${HOME_DIR}/data}\n", env).unwrap(), "a: /home/x/data\n");
+        assert_eq!(expand("a: ${HOME_DIR:-${NOPE}}\n", env).unwrap(), "a: /home/x\n");
+        assert_eq!(expand("a: ${NOPE:-${EMPTY:-${HOME_DIR}}}!\n", env).unwrap(), "a: /home/x!\n");
+        let errors = expand("a: ${NOPE:-${ALSO_NOPE}}\n", env).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].message.contains("ALSO_NOPE"), "{errors:?}");
+        assert_eq!((errors[0].line, errors[0].column), (1, 4));
+        assert!(expand("a: ${NOPE:-${MULTI}}\n", env).unwrap_err()[0].message.contains("line break"));
     }
 
     #[test]

@@ -22,6 +22,9 @@ use crate::source::SourceConfig;
 use crate::state::StateConfig;
 use crate::value::{HumanDuration, Name};
 
+/// Largest config file read (each file, before `${VAR}` expansion).
+const MAX_FILE_SIZE: u64 = 1024 * 1024;
+
 /// Where `highwater` looks for its config when neither `--config` nor
 /// `HIGHWATER_CONFIG` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "config/highwater.yaml";
@@ -265,7 +268,7 @@ fn load_recorded(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Co
     let daemon: Option<DaemonFile> = daemon_text.as_deref().and_then(|text| {
         // An empty file means "all defaults".
         let text = if text.trim().is_empty() { "{}" } else { text };
-        yaml::parse(path, text).map_err(|e| errors.push(e)).ok()
+        yaml::parse(path, text).map_err(|e| errors.extend(e)).ok()
     });
     let Some(daemon) = daemon else {
         return Err(ConfigErrors(errors));
@@ -294,7 +297,7 @@ fn load_recorded(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         let raw: WatcherFile = match yaml::parse(&file, &text) {
             Ok(raw) => raw,
             Err(e) => {
-                errors.push(e);
+                errors.extend(e);
                 continue;
             }
         };
@@ -336,7 +339,7 @@ pub fn load_daemon(path: &Path) -> Result<DaemonFile, ConfigErrors> {
     let env = Recorded::new(&process_env);
     let parsed = read_expanded(path, &|name| env.lookup(name), &mut errors).and_then(|text| {
         let text = if text.trim().is_empty() { "{}".to_string() } else { text };
-        yaml::parse(path, &text).map_err(|e| errors.push(e)).ok()
+        yaml::parse(path, &text).map_err(|e| errors.extend(e)).ok()
     });
     parsed.ok_or_else(|| env.redact(ConfigErrors(errors)))
 }
@@ -347,10 +350,27 @@ fn read_expanded(
     env: &dyn Fn(&str) -> Option<String>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<String> {
-    let text = match std::fs::read_to_string(path) {
+    // Read at most one byte past the cap: a config file is a few kilobytes, and a huge
+    // one must not be read whole (or parsed) to be refused.
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(path).and_then(|file| {
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_FILE_SIZE + 1), &mut bytes)
+    });
+    if let Err(e) = read {
+        errors.push(ConfigError::file(path, format!("cannot read: {e}")));
+        return None;
+    }
+    if bytes.len() as u64 > MAX_FILE_SIZE {
+        errors.push(ConfigError::file(
+            path,
+            format!("is larger than {} KiB, the most a config file may be", MAX_FILE_SIZE / 1024),
+        ));
+        return None;
+    }
+    let text = match String::from_utf8(bytes) {
         Ok(text) => text,
-        Err(e) => {
-            errors.push(ConfigError::file(path, format!("cannot read: {e}")));
+        Err(_) => {
+            errors.push(ConfigError::file(path, "cannot read: stream did not contain valid UTF-8"));
             return None;
         }
     };

@@ -12,35 +12,200 @@ use serde::{Deserialize, Deserializer};
 use super::error::ConfigError;
 use crate::value::Tagged;
 
-/// Parses `text` (already env-expanded) from `file` into `T`.
-pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+/// Deepest nesting of flow collections (`[`, `{`) accepted. Configs nest three or four
+/// levels; the YAML parser takes time quadratic in the depth (a 200 KB file of
+/// brackets took 37 s), so deeper text is refused before it is parsed.
+const MAX_DEPTH: usize = 32;
+
+/// Most errors reported for one file.
+const MAX_ERRORS: usize = 50;
+
+/// Parses `text` (already env-expanded) from `file` into `T`, or reports every error
+/// it can find: the first at its exact line and column (from the parser), the others
+/// at the line of their key.
+pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, Vec<ConfigError>> {
+    check_depth(file, text)?;
     let deserializer = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(deserializer).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        let location = inner.location();
-        let mut message = inner.to_string();
-        // serde_yaml appends " at line L column C" and sometimes prefixes the key path;
-        // both are already in the error's own fields.
-        if let Some(at) = message.rfind(" at line ") {
-            message.truncate(at);
+    match serde_path_to_error::deserialize(deserializer) {
+        Ok(value) => Ok(value),
+        Err(err) => {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            let location = inner.location();
+            let message = clean_message(inner.to_string(), &path);
+            let mut first = ConfigError {
+                file: file.to_path_buf(),
+                line: location.as_ref().map(|l| l.line()),
+                column: location.as_ref().map(|l| l.column()),
+                key: key_of(&path),
+                message,
+            };
+            place_duplicate(text, &mut first);
+            let mut errors = vec![first];
+            more_errors::<T>(file, text, &mut errors);
+            Err(errors)
         }
-        // serde_yaml may prefix the message with the part of the key path it knows.
-        let segments: Vec<&str> = path.split('.').collect();
-        for n in (1..=segments.len()).rev() {
-            if let Some(rest) = message.strip_prefix(&format!("{}: ", segments[..n].join("."))) {
-                message = rest.to_string();
+    }
+}
+
+/// serde_yaml appends " at line L column C" and sometimes prefixes the key path; both
+/// are already in the error's own fields.
+fn clean_message(mut message: String, path: &str) -> String {
+    if let Some(at) = message.rfind(" at line ") {
+        message.truncate(at);
+    }
+    let segments: Vec<&str> = path.split('.').collect();
+    for n in (1..=segments.len()).rev() {
+        if let Some(rest) = message.strip_prefix(&format!("{}: ", segments[..n].join("."))) {
+            return rest.to_string();
+        }
+    }
+    message
+}
+
+fn key_of(path: &str) -> Option<String> {
+    (path != "." && !path.is_empty()).then(|| path.to_string())
+}
+
+/// A key given twice is reported by serde at the start of its mapping; this moves the
+/// error to the second occurrence of the key.
+fn place_duplicate(text: &str, error: &mut ConfigError) {
+    let Some(field) = error.message.strip_prefix("duplicate field `").and_then(|m| m.strip_suffix('`'))
+    else {
+        return;
+    };
+    let parent = error.key.clone().unwrap_or_default();
+    let path = if parent.is_empty() { field.to_string() } else { format!("{parent}.{field}") };
+    if let Some(first) = locate(text, &path) {
+        let indent = |line: &str| line.len() - line.trim_start().len();
+        let first_line = text.lines().nth(first - 1).unwrap_or("");
+        let needle = format!("{field}:");
+        let second =
+            text.lines().enumerate().skip(first).find(|(_, line)| {
+                line.trim_start().starts_with(&needle) && indent(line) == indent(first_line)
+            });
+        if let Some((index, line)) = second {
+            error.line = Some(index + 1);
+            error.column = Some(indent(line) + 1);
+            error.key = Some(path);
+        }
+    }
+}
+
+/// After the first error, looks for the others: the file is read again as a plain YAML
+/// tree, each top-level key on its own, and every bad key found is dropped so that the
+/// next one shows. Only errors in values are reported here (a key that is missing
+/// because it was dropped is not an error of its own). The lines come from the key
+/// paths ([`locate`]).
+fn more_errors<T: DeserializeOwned>(file: &Path, text: &str, errors: &mut Vec<ConfigError>) {
+    let Ok(serde_yaml::Value::Mapping(tree)) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+        return;
+    };
+    for (key, value) in tree {
+        let mut single = serde_yaml::Mapping::new();
+        single.insert(key, value);
+        let mut document = serde_yaml::Value::Mapping(single);
+        while errors.len() < MAX_ERRORS {
+            let Err(err) = serde_path_to_error::deserialize::<_, T>(document.clone()) else { break };
+            let path = err.path().to_string();
+            let message = clean_message(err.into_inner().to_string(), &path);
+            if message.starts_with("missing field") {
+                break;
+            }
+            let key = key_of(&path);
+            if !errors.iter().any(|e| e.key == key) {
+                errors.push(ConfigError {
+                    file: file.to_path_buf(),
+                    line: locate(text, &path),
+                    column: None,
+                    key: key.clone(),
+                    message,
+                });
+            }
+            if key.is_none() || !drop_path(&mut document, &path) {
                 break;
             }
         }
-        ConfigError {
-            file: file.to_path_buf(),
-            line: location.as_ref().map(|l| l.line()),
-            column: location.as_ref().map(|l| l.column()),
-            key: (path != "." && !path.is_empty()).then_some(path),
-            message,
+    }
+}
+
+/// Removes the value at a key path (`source.events[1]`) from a tree; false when
+/// there is none.
+fn drop_path(tree: &mut serde_yaml::Value, path: &str) -> bool {
+    let mut steps = Vec::new();
+    for segment in path.split('.') {
+        let (key, indexes) = match segment.find('[') {
+            Some(at) => (&segment[..at], &segment[at..]),
+            None => (segment, ""),
+        };
+        if !key.is_empty() {
+            steps.push(Err(key.to_string()));
         }
-    })
+        for index in indexes.split('[').filter(|i| !i.is_empty()) {
+            match index.trim_end_matches(']').parse::<usize>() {
+                Ok(i) => steps.push(Ok(i)),
+                Err(_) => return false,
+            }
+        }
+    }
+    let Some(last) = steps.pop() else { return false };
+    let mut node = tree;
+    for step in steps {
+        let next = match (step, node) {
+            (Err(key), serde_yaml::Value::Mapping(map)) => map.get_mut(key.as_str()),
+            (Ok(i), serde_yaml::Value::Sequence(seq)) => seq.get_mut(i),
+            _ => None,
+        };
+        match next {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    match (last, node) {
+        (Err(key), serde_yaml::Value::Mapping(map)) => map.remove(key.as_str()).is_some(),
+        (Ok(i), serde_yaml::Value::Sequence(seq)) if i < seq.len() => {
+            seq.remove(i);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Refuses flow collections nested deeper than [`MAX_DEPTH`], at the line and column
+/// where the limit is crossed. Quoted text and comments are skipped; this is a guard
+/// against pathological input, not a YAML parser.
+fn check_depth(file: &Path, text: &str) -> Result<(), Vec<ConfigError>> {
+    let mut depth = 0usize;
+    for (index, line) in text.lines().enumerate() {
+        let mut quote: Option<char> = None;
+        let mut previous = ' ';
+        for (column, c) in line.chars().enumerate() {
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None => match c {
+                    '#' if previous.is_whitespace() => break,
+                    '\'' | '"' if previous.is_whitespace() || "[{,:".contains(previous) => quote = Some(c),
+                    '[' | '{' => {
+                        depth += 1;
+                        if depth > MAX_DEPTH {
+                            return Err(vec![ConfigError {
+                                file: file.to_path_buf(),
+                                line: Some(index + 1),
+                                column: Some(column + 1),
+                                key: None,
+                                message: format!("nested more than {MAX_DEPTH} levels deep"),
+                            }]);
+                        }
+                    }
+                    ']' | '}' => depth = depth.saturating_sub(1),
+                    _ => {}
+                },
+            }
+            previous = c;
+        }
+    }
+    Ok(())
 }
 
 /// `Deserialize` for a [`Tagged`] enum, for `#[serde(deserialize_with)]`.
@@ -151,6 +316,73 @@ pub fn locate(text: &str, path: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Doc {
+        name: crate::value::Name,
+        every: crate::value::HumanDuration,
+        #[serde(default)]
+        inner: Option<Inner>,
+        #[serde(default)]
+        count: u32,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        a: u32,
+        #[serde(default)]
+        b: u32,
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        let errors = parse::<Doc>(Path::new("f.yaml"), text).expect_err("invalid");
+        errors.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_at_its_own_line() {
+        let text = "every: 5s\nname: bad/name\ninner:\n  a: x\n  b: 2\n  c: 3\ncount: many\nextra: 1\n";
+        assert_eq!(
+            errors(text),
+            [
+                "f.yaml:2:7: name: `bad/name` may hold only letters, digits, `_`, `-` and `.`",
+                "f.yaml:4: inner.a: invalid type: string \"x\", expected u32",
+                "f.yaml:6: inner.c: unknown field `c`, expected `a` or `b`",
+                "f.yaml:7: count: invalid type: string \"many\", expected u32",
+                "f.yaml:8: extra: unknown field `extra`, expected one of `name`, `every`, `inner`, `count`",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dropped_key_is_not_reported_again_as_missing() {
+        assert_eq!(
+            errors("name: a\nevery: soon\n"),
+            ["f.yaml:2:8: every: `soon` is not a duration (write e.g. 500ms, 30s, 5m, 2h, 1d)"]
+        );
+    }
+
+    #[test]
+    fn a_duplicate_key_is_placed_at_its_second_line() {
+        assert_eq!(errors("name: a\nevery: 1s\nname: b\n"), ["f.yaml:3:1: name: duplicate field `name`"]);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let text = format!("name: a\nevery: 1s\ninner: {}{}\n", "[".repeat(50_000), "]".repeat(50_000));
+        assert_eq!(errors(&text), ["f.yaml:3:40: nested more than 32 levels deep"]);
+        // Brackets inside quotes and comments do not count.
+        let quoted = format!(
+            "name: a\nevery: 1s # {}\ninner: {{a: 1, b: 2}}\nx: '{}'\n",
+            "[".repeat(40),
+            "{".repeat(40)
+        );
+        assert!(errors(&quoted).iter().all(|e| !e.contains("nested")), "{:?}", errors(&quoted));
+    }
 
     #[test]
     fn locate_follows_indentation() {

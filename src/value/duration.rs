@@ -7,10 +7,26 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
 
 /// A duration written as `500ms`, `30s`, `5m`, `2h` or `1d`, or a bare number of seconds.
+/// Either form is at most [`HumanDuration::MAX`]: every timer the daemon sets from a
+/// config value can then be added to the clock without overflowing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
+    /// The longest duration a config may give: ten years.
+    pub const MAX: Duration = Duration::from_secs(10 * 365 * 86400);
+
+    /// A number of seconds (a bare number in the config), checked against the cap.
+    pub fn from_seconds(seconds: f64, written: &dyn fmt::Display) -> Result<Duration, String> {
+        if seconds.is_nan() || seconds < 0.0 {
+            return Err(format!("`{written}` is not a duration (it must not be negative)"));
+        }
+        if seconds > Self::MAX.as_secs_f64() {
+            return Err(format!("`{written}` is too long a duration (at most 10 years)"));
+        }
+        Ok(Duration::from_secs_f64(seconds))
+    }
+
     /// Parses the text form.
     pub fn parse(text: &str) -> Result<Duration, String> {
         let text = text.trim();
@@ -27,11 +43,7 @@ impl HumanDuration {
             "d" => 86400.0,
             other => return Err(format!("`{other}` is not a duration unit (use ms, s, m, h or d)")),
         };
-        let seconds = number * scale;
-        if !seconds.is_finite() || seconds > 10.0 * 365.0 * 86400.0 {
-            return Err(format!("`{text}` is too long a duration"));
-        }
-        Ok(Duration::from_secs_f64(seconds))
+        Self::from_seconds(number * scale, &text)
     }
 }
 
@@ -45,11 +57,16 @@ impl<'de> Deserialize<'de> for HumanDuration {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a duration such as 500ms, 30s, 5m, 2h or 1d")
             }
+            // Bare numbers go through the same cap as the text form: a value too large
+            // for the clock must fail here, not in a watcher's timer.
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<HumanDuration, E> {
-                Ok(HumanDuration(Duration::from_secs(v)))
+                HumanDuration::from_seconds(v as f64, &v).map(HumanDuration).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<HumanDuration, E> {
+                HumanDuration::from_seconds(v as f64, &v).map(HumanDuration).map_err(E::custom)
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<HumanDuration, E> {
-                HumanDuration::parse(&v.to_string()).map(HumanDuration).map_err(E::custom)
+                HumanDuration::from_seconds(v, &v).map(HumanDuration).map_err(E::custom)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<HumanDuration, E> {
                 HumanDuration::parse(v).map(HumanDuration).map_err(E::custom)
@@ -94,5 +111,26 @@ mod tests {
         assert!(HumanDuration::parse("soon").is_err());
         assert_eq!(HumanDuration(Duration::from_secs(7200)).to_string(), "2h");
         assert_eq!(HumanDuration(Duration::from_millis(1500)).to_string(), "1500ms");
+    }
+
+    fn from_yaml(text: &str) -> Result<HumanDuration, String> {
+        serde_yaml::from_str::<HumanDuration>(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn both_forms_share_one_cap() {
+        assert_eq!(from_yaml("30").unwrap(), HumanDuration(Duration::from_secs(30)));
+        assert_eq!(from_yaml("1.5").unwrap(), HumanDuration(Duration::from_millis(1500)));
+        assert_eq!(from_yaml("3650d").unwrap(), HumanDuration(HumanDuration::MAX));
+        assert_eq!(from_yaml("315360000").unwrap(), HumanDuration(HumanDuration::MAX));
+        for too_long in ["18446744073709551615", "1e300", "3651d", "315360001", "99999999999999999999h"] {
+            let error = from_yaml(too_long).unwrap_err();
+            assert!(error.contains("too long a duration"), "{too_long}: {error}");
+        }
+        for negative in ["-1", "-0.5", "-5s"] {
+            assert!(from_yaml(negative).is_err(), "{negative}");
+        }
+        assert!(from_yaml(".nan").is_err());
+        assert!(from_yaml(".inf").is_err());
     }
 }

@@ -72,6 +72,9 @@ pub struct Header {
     pub value: HeaderValue,
 }
 
+/// Most extra headers a sink may send; servers refuse requests with many more.
+const MAX_HEADERS: usize = 64;
+
 /// Extra request headers (a mapping of name to value), each checked while read, in
 /// the order written. A name given twice (in any case) is an error.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -96,6 +99,9 @@ impl Headers {
 
     /// Checks the name of a header to add.
     fn name(&self, written: &str) -> Result<HeaderName, String> {
+        if self.0.len() >= MAX_HEADERS {
+            return Err(format!("at most {MAX_HEADERS} headers"));
+        }
         let name = HeaderName::from_bytes(written.as_bytes())
             .map_err(|_| format!("`{written}` is not a valid HTTP header name"))?;
         if self.0.iter().any(|h| h.name == name) {

@@ -216,6 +216,18 @@ fn nanos(time: SystemTime) -> i64 {
     }
 }
 
+/// How far ahead of this machine's clock a modification time is still believed.
+const FUTURE_TOLERANCE_NS: i64 = 5_000_000_000;
+
+/// A file's place in time: the later of its modification time and its inode change
+/// time. A modification time in the future (an archive from a machine whose clock was
+/// ahead, `touch -d`) is not believed: the change time, which the kernel sets, stands
+/// instead, so such a file is neither held back as still settling until that time nor
+/// lets the watermark jump ahead of the files written after it.
+fn changed_at(mtime_ns: i64, ctime_ns: i64, now_ns: i64) -> i64 {
+    if mtime_ns > now_ns.saturating_add(FUTURE_TOLERANCE_NS) { ctime_ns } else { mtime_ns.max(ctime_ns) }
+}
+
 fn duration_ns(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
@@ -349,7 +361,7 @@ fn scan(
             }
             let mtime_ns = meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec());
             let ctime_ns = meta.ctime().saturating_mul(1_000_000_000).saturating_add(meta.ctime_nsec());
-            let changed_ns = mtime_ns.max(ctime_ns);
+            let changed_ns = changed_at(mtime_ns, ctime_ns, now_ns);
             if changed_ns > settled_before {
                 continue; // still settling; the next poll sees it
             }
@@ -575,6 +587,25 @@ mod tests {
         assert_eq!(names(&second), vec!["a.csv"]);
         assert_eq!(second.items[0].change, Change::Updated);
         assert_ne!(first.items[0].identity, second.items[0].identity, "a new generation, a new id");
+    }
+
+    #[test]
+    fn a_modification_time_in_the_future_neither_waits_nor_hides_the_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.min_age = HumanDuration(Duration::from_secs(1));
+        let path = dir.path().join("ahead.csv");
+        std::fs::write(&path, "x").unwrap();
+        let ahead = SystemTime::now() + Duration::from_secs(2 * 86_400);
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(ahead).unwrap();
+        let now = nanos(SystemTime::now()) + 2_000_000_000;
+        let first = scan(&cfg, None, 100, now).unwrap();
+        assert_eq!(names(&first), vec!["ahead.csv"], "settled by its change time");
+        let mark: Mark = serde_json::from_value(first.next).unwrap();
+        assert!(mark.high_ns <= now, "the watermark stays in the present");
+        std::fs::write(dir.path().join("present.csv"), "y").unwrap();
+        let later = nanos(SystemTime::now()) + 2_000_000_000;
+        assert_eq!(names(&scan(&cfg, Some(mark), 100, later).unwrap()), vec!["present.csv"]);
     }
 
     #[test]

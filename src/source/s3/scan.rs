@@ -41,8 +41,9 @@ use super::super::window::{self, Smallest};
 use crate::event::Change;
 use crate::value::Glob;
 
-/// How far past the server's clock a `LastModified` may move the watermark: listings and
-/// clocks of a distributed server differ by a little, never by much.
+/// How far past the server's clock a `LastModified` may move the watermark (at most half
+/// the look-back window): listings and clocks of a distributed server differ by a
+/// little, never by much.
 pub const FUTURE_TOLERANCE_MS: i64 = 5_000;
 
 /// One object of a listing, as the scan needs it.
@@ -510,7 +511,9 @@ impl<'a> Scan<'a> {
         past.truncate(room);
         // The watermark follows `LastModified` up to the server's present, never past it:
         // one object stamped in the future must not put the present outside the window.
-        let cap = clock_ms.saturating_add(FUTURE_TOLERANCE_MS);
+        // (Never more than half the window, so that a short `lookback` keeps the
+        // present inside it.)
+        let cap = clock_ms.saturating_add(FUTURE_TOLERANCE_MS.min(self.rules.lookback_ms / 2));
         let mut future = Vec::new();
         let mut next = self.mark;
         for c in items.iter().chain(&past) {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use highwater::event::{Change, Event, FileItem, Item};
 use highwater::sink::webhook::{Signer, WebhookConfig, WebhookFormat, WebhookSink, encode_body, webhook_id};
 use highwater::sink::{Delivery, Sink};
-use highwater::value::{HttpUrl, HumanDuration};
+use highwater::value::{HttpUrl, HumanDuration, SecretFile};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -61,7 +61,7 @@ async fn through_sink(
         format: WebhookFormat::Cloudevents,
         batch,
         secret_env: None,
-        secret_file: signed.then(|| secret_file.to_path_buf()),
+        secret_file: signed.then(|| SecretFile::Path(secret_file.to_path_buf())),
         bearer_token_env: None,
         bearer_token_file: None,
         headers: Default::default(),

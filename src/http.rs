@@ -36,7 +36,8 @@ pub struct HttpConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// `/readyz` answers 503 once a watcher has been blocked (its sink refusing a batch
-    /// for good, `on_permanent_failure: block`) for longer than this.
+    /// for good, `on_permanent_failure: block`) or in state `error` (its source or sink
+    /// needs an operator) for longer than this.
     #[serde(default = "default_ready_max_blocked")]
     pub ready_max_blocked: HumanDuration,
 }
@@ -162,9 +163,11 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
         return (StatusCode::OK, "ready\n".to_string());
     }
     let mut body = String::new();
-    for (id, how_long) in blocked {
+    for (id, watcher_state, how_long) in blocked {
+        let what =
+            if watcher_state == WatcherState::Error { "needs attention (state error)" } else { "blocked" };
         body.push_str(&format!(
-            "not ready: watcher {id} blocked for {} (ready_max_blocked: {})\n",
+            "not ready: watcher {id} {what} for {} (ready_max_blocked: {})\n",
             HumanDuration(Duration::from_secs(how_long.as_secs())),
             HumanDuration(state.ready_max_blocked)
         ));
@@ -248,6 +251,7 @@ impl Collector for WatcherCollector {
             for (kind, n) in [
                 ("retry", stats.delivery_retries.load(Ordering::Relaxed)),
                 ("permanent", stats.delivery_permanent_failures.load(Ordering::Relaxed)),
+                ("attention", stats.delivery_attention.load(Ordering::Relaxed)),
             ] {
                 ConstCounter::new(n)
                     .encode(family.encode_family(&[("watcher", id.as_str()), ("kind", kind)])?)?;

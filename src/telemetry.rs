@@ -73,6 +73,9 @@ pub struct WatcherStats {
     pub delivery_retries: AtomicU64,
     /// Delivery attempts answered "permanent failure".
     pub delivery_permanent_failures: AtomicU64,
+    /// Delivery attempts answered "needs attention" (credentials refused, a missing
+    /// consumer): retried slowly until an operator acts.
+    pub delivery_attention: AtomicU64,
     /// Batches moved to a dead-letter key.
     pub batches_dead_lettered: AtomicU64,
     /// Events in the batch waiting for acknowledgement (0 when none).
@@ -214,16 +217,17 @@ impl Telemetry {
         line
     }
 
-    /// Watchers blocked for longer than `max` at `now_ms`, with how long, for `/readyz`.
-    pub fn blocked_longer_than(&self, max: Duration, now_ms: i64) -> Vec<(String, Duration)> {
+    /// Watchers blocked, or needing attention (state `error`), for longer than `max` at
+    /// `now_ms`, with how long, for `/readyz`: both wait for an operator.
+    pub fn blocked_longer_than(&self, max: Duration, now_ms: i64) -> Vec<(String, WatcherState, Duration)> {
         let guard = self.watchers.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         guard
             .iter()
-            .filter(|(_, stats)| stats.state() == WatcherState::Blocked)
+            .filter(|(_, stats)| matches!(stats.state(), WatcherState::Blocked | WatcherState::Error))
             .filter_map(|(id, stats)| {
                 let since = stats.state_since_ms.load(Ordering::Relaxed);
                 let blocked = Duration::from_millis(now_ms.saturating_sub(since).max(0) as u64);
-                (blocked > max).then(|| (id.clone(), blocked))
+                (blocked > max).then(|| (id.clone(), stats.state(), blocked))
             })
             .collect()
     }
@@ -263,6 +267,12 @@ mod tests {
         assert_eq!(telemetry.summary(), "2 watchers: 1 ok, 1 blocked");
         assert!(telemetry.blocked_longer_than(Duration::from_secs(60), since + 59_000).is_empty());
         let late = telemetry.blocked_longer_than(Duration::from_secs(60), since + 61_000);
-        assert_eq!(late, vec![("a/stuck".to_string(), Duration::from_secs(61))]);
+        assert_eq!(late, vec![("a/stuck".to_string(), WatcherState::Blocked, Duration::from_secs(61))]);
+        // A watcher waiting for an operator (state error) counts the same way.
+        let stuck = telemetry.watchers().remove(1).1;
+        stuck.set_state(WatcherState::Error);
+        let since = stuck.state_since_ms.load(Ordering::Relaxed);
+        let late = telemetry.blocked_longer_than(Duration::from_secs(60), since + 61_000);
+        assert_eq!(late, vec![("a/stuck".to_string(), WatcherState::Error, Duration::from_secs(61))]);
     }
 }

@@ -294,6 +294,9 @@ impl Watcher {
             // Not raced against shutdown: an attempt in flight finishes (the daemon's
             // shutdown deadline is the backstop), so it is either committed or pending.
             let outcome = self.sink.deliver(&staged.batch().events).await;
+            // After a failure that may pass by itself, the sink may say sooner than the
+            // backoff that its receiver is back (Airflow's health endpoint answers).
+            let probe = matches!(outcome, Delivery::RetryLater { .. });
             let (reason, delay) = match outcome {
                 Delivery::Acknowledged => {
                     self.commit(&mut staged, None, shutdown).await?;
@@ -311,6 +314,17 @@ impl Watcher {
                     let delay = after.map_or(planned, |a| a.min(MAX_RETRY_AFTER).max(planned / 2));
                     tracing::warn!(batch = %batch_id, attempt = attempts, reason = %reason,
                         retry_in = format!("{:.1}s", delay.as_secs_f64()), "Delivery failed; will retry.");
+                    (reason, delay)
+                }
+                Delivery::NeedsAttention { reason, after } => {
+                    // Held, never set aside: the batch passes once an operator fixed
+                    // what the reason names.
+                    WatcherStats::add(&self.stats.delivery_attention, 1);
+                    self.stats.set_state(WatcherState::Error);
+                    let delay =
+                        after.map_or_else(|| jittered(self.retry.max.0, 0.1), |a| a.min(MAX_RETRY_AFTER));
+                    tracing::error!(batch = %batch_id, events = n, attempt = attempts, reason = %reason,
+                        retry_in = format!("{:.1}s", delay.as_secs_f64()), "Sink needs attention; retrying.");
                     (reason, delay)
                 }
                 Delivery::Permanent { reason } => {
@@ -340,7 +354,18 @@ impl Watcher {
             if self.attempt_limit.is_some_and(|limit| attempts >= limit) {
                 return Err(WatcherError::Delivery(reason));
             }
-            if sleep(delay, shutdown).await.is_err() {
+            let slept = if probe {
+                tokio::select! {
+                    slept = sleep(delay, shutdown) => slept,
+                    () = self.sink.recovered() => {
+                        tracing::info!(batch = %batch_id, recovered = true, "Sink's receiver is back; retrying now.");
+                        Ok(())
+                    }
+                }
+            } else {
+                sleep(delay, shutdown).await
+            };
+            if slept.is_err() {
                 tracing::info!(batch = %batch_id, "Shutting down; batch stays pending and is delivered first at the next start.");
                 return Err(WatcherError::Shutdown);
             }
@@ -468,6 +493,8 @@ mod tests {
         received: Arc<Mutex<Vec<Vec<String>>>>,
         store: Arc<dyn Store>,
         pending_seen: Arc<Mutex<Vec<bool>>>,
+        /// The receiver is back at once after a failure (a health probe answers).
+        recovers: bool,
     }
 
     #[async_trait]
@@ -478,6 +505,12 @@ mod tests {
             self.pending_seen.lock().unwrap().push(pending);
             self.received.lock().unwrap().push(events.iter().map(|e| e.id.clone()).collect());
             self.answers.lock().unwrap().pop_front().unwrap_or(Delivery::Acknowledged)
+        }
+
+        async fn recovered(&mut self) {
+            if !self.recovers {
+                std::future::pending::<()>().await;
+            }
         }
     }
 
@@ -527,6 +560,7 @@ mod tests {
                 received: Arc::clone(&self.received),
                 store: Arc::clone(&self.store),
                 pending_seen: Arc::clone(&self.pending_seen),
+                recovers: false,
             });
             Watcher::new(&config, source, sink, Arc::clone(&self.store), Arc::default())
         }
@@ -668,6 +702,50 @@ mod tests {
         assert_eq!(stats.delivery_permanent_failures.load(Ordering::Relaxed), 2);
         assert_eq!(stats.state(), WatcherState::Ok);
         assert_eq!(rig.watermark().await, Some(json!(1)));
+    }
+
+    #[tokio::test]
+    async fn a_sink_that_needs_attention_holds_its_batch_whatever_the_policy() {
+        let rig = Rig::new();
+        rig.add(&["a"]);
+        let attention =
+            Delivery::NeedsAttention { reason: "HTTP 401".into(), after: Some(Duration::from_millis(1)) };
+        rig.answers.lock().unwrap().extend([attention.clone(), attention]);
+        let stats: Arc<WatcherStats> = Arc::default();
+        let mut w = rig.watcher(FailurePolicy::DeadLetter, 10);
+        w.stats = Arc::clone(&stats);
+        let report = w.cycle(&CancellationToken::new()).await.unwrap();
+        assert_eq!((report.delivered, report.dead_lettered), (1, 0), "held and delivered, never set aside");
+        assert_eq!(rig.received.lock().unwrap().len(), 3);
+        assert_eq!(stats.delivery_attention.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.delivery_permanent_failures.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.state(), WatcherState::Ok);
+        assert!(rig.summary().await.dead_letters.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_receiver_back_from_an_outage_is_retried_at_once() {
+        let rig = Rig::new();
+        rig.add(&["a"]);
+        // A backoff of an hour: only the sink's own "recovered" can end the wait.
+        rig.answers.lock().unwrap().push_back(Delivery::RetryLater {
+            reason: "connection refused".into(),
+            after: Some(Duration::from_secs(3600)),
+        });
+        let mut w = rig.watcher(FailurePolicy::Block, 10);
+        w.sink = Box::new(ScriptSink {
+            answers: Arc::clone(&rig.answers),
+            received: Arc::clone(&rig.received),
+            store: Arc::clone(&rig.store),
+            pending_seen: Arc::clone(&rig.pending_seen),
+            recovers: true,
+        });
+        let report = tokio::time::timeout(Duration::from_secs(10), w.cycle(&CancellationToken::new()))
+            .await
+            .expect("the retry did not wait for the backoff")
+            .unwrap();
+        assert_eq!(report.delivered, 1);
+        assert_eq!(rig.received.lock().unwrap().len(), 2);
     }
 
     #[tokio::test]

@@ -1,15 +1,17 @@
-//! `highwater check`: validate the configuration and, with `--connect`, try every
-//! source and sink.
+//! `highwater check`: validate the configuration and what each sink needs from this
+//! host and, with `--connect`, try every source and sink.
 
 use super::Failure;
-use crate::config::Config;
+use crate::config::{Config, ConfigError, ConfigErrors};
 
-/// Reports a loaded (so valid) configuration OK, after trying every source and sink
-/// when `connect` is set.
+/// Reports a loaded (so valid) configuration OK, after checking what the sinks need
+/// from this host (a trust store for `https://`) and, when `connect` is set, trying
+/// every source and sink.
 pub(super) async fn run(config: &Config, connect: bool) -> Result<(), Failure> {
     if let Some(warning) = config.daemon.http.as_ref().and_then(|h| h.exposure_warning()) {
         eprintln!("warning: {}: {warning}", config.file.display());
     }
+    check_host(config)?;
     if connect {
         check_connections(config).await?;
     }
@@ -23,20 +25,47 @@ pub(super) async fn run(config: &Config, connect: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `check --connect`: tries every source and sink, reporting every failure.
+/// What a sink lacks on this host, without the network (no trust store for an
+/// `https://` receiver): `run` holds such a watcher in state `error`.
+fn check_host(config: &Config) -> Result<(), Failure> {
+    let mut errors = Vec::new();
+    for w in &config.watchers {
+        let error = |key: Option<String>, message: String| ConfigError {
+            file: w.file.clone(),
+            line: None,
+            column: None,
+            key,
+            message: format!("watcher {}: {message}", w.id()),
+        };
+        for (key, message) in w.sink.check_host() {
+            errors.push(error(Some(format!("sink.{key}")), message));
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(Failure::Config(ConfigErrors(errors))) }
+}
+
+/// `check --connect`: tries every source and sink, reporting every failure; what a sink
+/// noted or warned about goes to standard error and does not fail the check.
 async fn check_connections(config: &Config) -> Result<(), Failure> {
     let mut problems = Vec::new();
     for w in &config.watchers {
+        let place = format!("{}: watcher {}", w.file.display(), w.id());
         if let Err(e) = w.source.build().check().await {
-            problems.push(format!("{}: watcher {}: source: {e}", w.file.display(), w.id()));
+            problems.push(format!("{place}: source: {e}"));
         }
         match w.sink.build() {
-            Ok(mut sink) => {
-                if let Err(e) = sink.check().await {
-                    problems.push(format!("{}: watcher {}: sink: {e}", w.file.display(), w.id()));
+            Ok(mut sink) => match sink.check().await {
+                Ok(checked) => {
+                    for note in checked.notes {
+                        eprintln!("{place}: sink: {note}");
+                    }
+                    for warning in checked.warnings {
+                        eprintln!("warning: {place}: sink: {warning}");
+                    }
                 }
-            }
-            Err(e) => problems.push(format!("{}: watcher {}: sink: {e}", w.file.display(), w.id())),
+                Err(e) => problems.push(format!("{place}: sink: {e}")),
+            },
+            Err(e) => problems.push(format!("{place}: sink: {e}")),
         }
     }
     if problems.is_empty() {

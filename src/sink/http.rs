@@ -1,119 +1,127 @@
-//! What the HTTP sinks (`webhook`, `airflow`) share: the client, secrets read from the
-//! environment or a file, and turning transport errors and
-//! `Retry-After` into delivery outcomes. Statuses are classified by
-//! [`super::classify_http_status`], nowhere else.
+//! What the HTTP sinks (`webhook`, `airflow`) share: the process's two HTTP clients
+//! (one connection pool for every watcher), redaction of the sinks' own secrets from
+//! what receivers answer, and turning transport errors and `Retry-After` into delivery
+//! outcomes. Statuses are classified by [`super::classify_http_status`], nowhere else.
 
-use std::fmt;
-use std::path::Path;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
-use super::{BuildError, Delivery, classify_http_status};
+use super::{Delivery, classify_http_status};
 
-/// A secret read from the environment or a file. `Debug` does not show it, so it cannot
-/// reach a log line by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// Idle connections kept per receiver (host and port), for all watchers together: a
+/// few hundred watchers posting to one receiver reuse these instead of holding a
+/// socket each.
+const MAX_IDLE_PER_HOST: usize = 8;
 
-impl Secret {
-    /// Wraps a secret obtained at run time (a fetched token).
-    pub fn new(value: String) -> Self {
-        Secret(value)
-    }
+/// How long an idle connection is kept; receivers close theirs after a while anyway.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-    /// The secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
+/// Longest wait for a TCP (and TLS) connection; a request's own `timeout` is shorter
+/// when it is.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+/// Longest stretch of a receiver's answer kept in a failure's reason.
+const BODY_EXCERPT_CHARS: usize = 200;
 
-/// The pair of keys that name one secret: `<key>_env` (an environment variable) or
-/// `<key>_file` (a file holding it).
-#[derive(Debug, Clone, Copy)]
-pub struct SecretKeys<'a> {
-    /// The secret's key without suffix (`secret`, `password`), for messages.
-    pub key: &'a str,
-    /// `<key>_env`.
-    pub env: Option<&'a str>,
-    /// `<key>_file`.
-    pub file: Option<&'a Path>,
-}
-
-impl SecretKeys<'_> {
-    /// True when either key is given.
-    pub fn is_set(&self) -> bool {
-        self.env.is_some() || self.file.is_some()
-    }
-
-    /// Cross-key checks, as `(key, message)` pairs.
-    pub fn validate(&self) -> Vec<(String, String)> {
-        let mut errors = Vec::new();
-        if self.env.is_some() && self.file.is_some() {
-            errors.push((
-                format!("{}_env", self.key),
-                format!("give `{0}_env` or `{0}_file`, not both", self.key),
-            ));
-        }
-        if self.env.is_some_and(|name| name.is_empty() || name.contains('=')) {
-            errors.push((format!("{}_env", self.key), "must name an environment variable".into()));
-        }
-        if self.file.is_some_and(|path| path.as_os_str().is_empty()) {
-            errors.push((format!("{}_file", self.key), "must not be empty".into()));
-        }
-        errors
-    }
-
-    /// Reads the secret, if one is configured. Errors name the variable or file, never
-    /// the value. A file's trailing line break is not part of the secret.
-    pub fn load(&self) -> Result<Option<Secret>, BuildError> {
-        let value = if let Some(name) = self.env {
-            match std::env::var(name) {
-                Ok(value) if !value.is_empty() => value,
-                _ => {
-                    return Err(BuildError {
-                        message: format!(
-                            "{}_env: environment variable `{name}` is not set or empty",
-                            self.key
-                        ),
-                    });
-                }
-            }
-        } else if let Some(path) = self.file {
-            let text = std::fs::read_to_string(path).map_err(|e| BuildError {
-                message: format!("{}_file: cannot read `{}`: {}", self.key, path.display(), e.kind()),
-            })?;
-            let value = text.trim_end_matches(['\n', '\r']).to_string();
-            if value.is_empty() {
-                return Err(BuildError {
-                    message: format!("{}_file: `{}` is empty", self.key, path.display()),
-                });
-            }
-            value
-        } else {
-            return Ok(None);
-        };
-        Ok(Some(Secret(value)))
-    }
-}
-
-/// The HTTP client of one sink. Redirects are not followed: a POST that is redirected
-/// would silently become a GET, so a 3xx is reported (as a permanent failure) instead.
-pub fn client(timeout: Duration) -> Result<reqwest::Client, BuildError> {
+fn builder() -> reqwest::ClientBuilder {
     crate::init_tls();
+    // Redirects are not followed: a POST that is redirected would silently become a
+    // GET, so a 3xx is reported (as a permanent failure) instead.
     reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+        .pool_idle_timeout(IDLE_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("highwater/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| BuildError { message: format!("cannot build the HTTP client: {}", error_chain(&e)) })
+}
+
+/// The client for `http://` receivers. It is built without the system's trust store
+/// (it never verifies a certificate, as it never speaks TLS), so plain HTTP works on a
+/// host that has no CA certificates.
+fn plain_client() -> Result<reqwest::Client, String> {
+    static PLAIN: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+    PLAIN
+        .get_or_init(|| {
+            builder()
+                .tls_certs_only([])
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {}", error_chain(&e)))
+        })
+        .clone()
+}
+
+/// The client for `https://` receivers, verifying certificates against the system's
+/// trust store. Built on first use; a failure (no CA certificates on this host) is not
+/// kept, so certificates installed later are found by the next attempt.
+fn tls_client() -> Result<reqwest::Client, String> {
+    static TLS: Mutex<Option<reqwest::Client>> = Mutex::new(None);
+    let mut slot = TLS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(client) = slot.as_ref() {
+        return Ok(client.clone());
+    }
+    let client = builder().https_only(true).build().map_err(|e| {
+        format!(
+            "https:// needs the system's trust store, which cannot be loaded: {} (install the CA \
+             certificates, e.g. the ca-certificates package, or point SSL_CERT_FILE at a bundle)",
+            error_chain(&e)
+        )
+    })?;
+    *slot = Some(client.clone());
+    Ok(client)
+}
+
+/// The shared client for requests to `url`: every HTTP sink of the process uses one of
+/// two clients, so their connections are pooled together. Err (what an operator must
+/// fix) when `url` is `https://` and the trust store cannot be loaded.
+pub fn client_for(url: &reqwest::Url) -> Result<reqwest::Client, String> {
+    if url.scheme() == "https" { tls_client() } else { plain_client() }
+}
+
+/// What this host lacks for requests to `url`, checked without the network: the trust
+/// store, for `https://`. For `highwater check` and the sinks' own reports.
+pub fn host_problem(url: &reqwest::Url) -> Option<String> {
+    client_for(url).err()
+}
+
+/// The sink's own secrets as they are now, to be kept out of everything a receiver
+/// answers before it is logged or stored (a receiver that echoes request headers would
+/// otherwise put a bearer token into the logs and dead letters).
+#[derive(Debug, Default, Clone)]
+pub struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    /// Shortest secret redacted: below it, replacing would mangle ordinary words and say
+    /// nothing about a secret that short anyway.
+    const MIN_LEN: usize = 4;
+
+    /// Adds a secret to redact (and its JSON-escaped form, as echoes often are JSON).
+    pub fn add(&mut self, secret: &str) {
+        if secret.len() < Self::MIN_LEN {
+            return;
+        }
+        for form in [secret.to_string(), secret.replace('/', "\\/")] {
+            if !self.secrets.contains(&form) {
+                self.secrets.push(form);
+            }
+        }
+        // Longest first, so that a secret containing another is replaced whole.
+        self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+
+    /// `text` with every secret replaced by `***`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for secret in &self.secrets {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), "***");
+            }
+        }
+        text
+    }
 }
 
 /// Classifies a request that got no HTTP answer. Everything but a malformed request is
@@ -133,37 +141,32 @@ pub fn transport_failure(error: reqwest::Error, what: &str, timeout: Duration) -
 }
 
 /// Classifies a response: the status by [`classify_http_status`], with `Retry-After`
-/// as the delay hint and the start of the body in the reason when it failed.
-pub async fn classify_response(response: reqwest::Response, what: &str) -> Delivery {
+/// as the delay hint and the start of the body, redacted, in the reason when it failed.
+pub async fn classify_response(response: reqwest::Response, what: &str, redactor: &Redactor) -> Delivery {
     let status = response.status().as_u16();
     let after = retry_after(response.headers());
     match classify_http_status(status, after, what) {
         Delivery::Acknowledged => Delivery::Acknowledged,
         failed => {
             let body = response.text().await.unwrap_or_default();
-            with_body(failed, &body)
+            with_body(failed, &body, redactor)
         }
     }
 }
 
-/// Appends the start of a response body to a failure's reason: receivers explain a
-/// refusal there.
-pub fn with_body(delivery: Delivery, body: &str) -> Delivery {
-    let body = body.trim();
+/// Appends the start of a response body to a failure's reason (receivers explain a
+/// refusal there), with the sink's secrets redacted before it is cut short, so that no
+/// part of one survives.
+pub fn with_body(delivery: Delivery, body: &str, redactor: &Redactor) -> Delivery {
+    let body = redactor.redact(body.trim());
     if body.is_empty() {
         return delivery;
     }
-    let mut excerpt: String = body.chars().take(200).collect();
+    let mut excerpt: String = body.chars().take(BODY_EXCERPT_CHARS).collect();
     if excerpt.len() < body.len() {
         excerpt.push('…');
     }
-    match delivery {
-        Delivery::RetryLater { reason, after } => {
-            Delivery::RetryLater { reason: format!("{reason}: {excerpt}"), after }
-        }
-        Delivery::Permanent { reason } => Delivery::Permanent { reason: format!("{reason}: {excerpt}") },
-        Delivery::Acknowledged => Delivery::Acknowledged,
-    }
+    delivery.map_reason(|reason| format!("{reason}: {excerpt}"))
 }
 
 /// `Retry-After` as a delay: delta-seconds or an HTTP date (RFC 9110 §10.2.3).
@@ -212,21 +215,29 @@ mod tests {
     }
 
     #[test]
-    fn secrets_come_from_env_or_file_and_never_show() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("secret");
-        std::fs::write(&path, "s3cr3t\n").unwrap();
-        let keys = SecretKeys { key: "secret", env: None, file: Some(&path) };
-        let secret = keys.load().unwrap().unwrap();
-        assert_eq!(secret.expose(), "s3cr3t");
-        assert_eq!(format!("{secret:?}"), "Secret(***)");
+    fn echoed_secrets_are_redacted_before_the_body_is_cut() {
+        let mut redactor = Redactor::default();
+        redactor.add("tok/en+secret");
+        redactor.add("abc"); // too short to redact
+        let echo = format!(
+            r#"{{"headers": {{"authorization": "Bearer tok\/en+secret"}}, "raw": "tok/en+secret", "pad": "{}"}}"#,
+            "x".repeat(150)
+        );
+        let failed = with_body(Delivery::attention("receiver answered HTTP 401"), &echo, &redactor);
+        let reason = failed.reason();
+        assert!(!reason.contains("tok") && !reason.contains("en+secret"), "{reason}");
+        assert!(reason.contains("Bearer ***") && reason.ends_with('…'), "{reason}");
+        assert!(matches!(failed, Delivery::NeedsAttention { .. }));
+        // A secret cut by the excerpt's end would leave its start: redaction runs first.
+        let cut = format!("{}tok/en+secret", "y".repeat(195));
+        let reason = with_body(Delivery::retry("x"), &cut, &redactor).reason().to_string();
+        assert!(!reason.contains("tok"), "{reason}");
+    }
 
-        let missing = SecretKeys { key: "password", env: Some("HIGHWATER_TEST_SURELY_UNSET"), file: None };
-        let message = missing.load().unwrap_err().message;
-        assert!(message.contains("HIGHWATER_TEST_SURELY_UNSET"), "{message}");
-
-        let both = SecretKeys { key: "token", env: Some("X"), file: Some(&path) };
-        assert_eq!(both.validate().len(), 1);
-        assert!(SecretKeys { key: "token", env: None, file: None }.load().unwrap().is_none());
+    #[test]
+    fn one_client_per_scheme_is_shared() {
+        let http = reqwest::Url::parse("http://127.0.0.1:1/a").unwrap();
+        assert!(client_for(&http).is_ok());
+        assert!(host_problem(&http).is_none(), "plain HTTP never needs a trust store");
     }
 }

@@ -28,6 +28,16 @@ pub enum Delivery {
         /// The receiver's requested delay, if any.
         after: Option<Duration>,
     },
+    /// An operator must act before this can pass (credentials refused, an Airflow asset
+    /// that no DAG consumes, no trust store for `https://`): the batch is held and
+    /// retried slowly, never set aside, and the watcher shows state `error`. `after` is
+    /// how long to wait (None: the watcher's `retry.max`).
+    NeedsAttention {
+        /// What the operator must fix, for logs and metrics. Never holds a secret.
+        reason: String,
+        /// The sink's own pace for trying again, if it has one.
+        after: Option<Duration>,
+    },
     /// Retrying the same batch will not help (other 4xx, a body the receiver rejects):
     /// the watcher's `on_permanent_failure` policy decides.
     Permanent {
@@ -46,18 +56,49 @@ impl Delivery {
     pub fn permanent(reason: impl Into<String>) -> Self {
         Delivery::Permanent { reason: reason.into() }
     }
+
+    /// A failure an operator must fix, retried at the watcher's `retry.max` pace.
+    pub fn attention(reason: impl Into<String>) -> Self {
+        Delivery::NeedsAttention { reason: reason.into(), after: None }
+    }
+
+    /// The reason of a failure (empty for `Acknowledged`).
+    pub fn reason(&self) -> &str {
+        match self {
+            Delivery::Acknowledged => "",
+            Delivery::RetryLater { reason, .. }
+            | Delivery::NeedsAttention { reason, .. }
+            | Delivery::Permanent { reason } => reason,
+        }
+    }
+
+    /// The same outcome with its reason rewritten (a prefix, a redaction).
+    pub fn map_reason(self, f: impl FnOnce(String) -> String) -> Self {
+        match self {
+            Delivery::Acknowledged => Delivery::Acknowledged,
+            Delivery::RetryLater { reason, after } => Delivery::RetryLater { reason: f(reason), after },
+            Delivery::NeedsAttention { reason, after } => {
+                Delivery::NeedsAttention { reason: f(reason), after }
+            }
+            Delivery::Permanent { reason } => Delivery::Permanent { reason: f(reason) },
+        }
+    }
 }
 
 /// Classifies an HTTP status the way every HTTP sink must: 2xx acknowledged; 408, 429
-/// and 5xx retried; every other status permanent. Kept here so webhook-like sinks
-/// agree on it.
+/// and 5xx retried; 401, 403 and 407 (credentials refused: no batch passes until an
+/// operator fixes them) need attention; every other status permanent (400, 404, 410,
+/// 422: this batch is refused). Kept here so webhook-like sinks agree on it.
 pub fn classify_http_status(status: u16, retry_after: Option<Duration>, what: &str) -> Delivery {
+    let reason = format!("{what} answered HTTP {status}");
     match status {
         200..=299 => Delivery::Acknowledged,
-        408 | 429 | 500..=599 => {
-            Delivery::RetryLater { reason: format!("{what} answered HTTP {status}"), after: retry_after }
-        }
-        _ => Delivery::permanent(format!("{what} answered HTTP {status}")),
+        408 | 429 | 500..=599 => Delivery::RetryLater { reason, after: retry_after },
+        401 | 403 | 407 => Delivery::NeedsAttention {
+            reason: format!("{reason}: the credentials are refused; check the sink's secrets"),
+            after: None,
+        },
+        _ => Delivery::permanent(reason),
     }
 }
 
@@ -82,11 +123,31 @@ pub trait Sink: Send {
     /// retry; the events then carry the same ids.
     async fn deliver(&mut self, events: &[Event]) -> Delivery;
 
-    /// Checks that the receiver answers and accepts our credentials, without delivering
-    /// anything, for `highwater check --connect`. The default has nothing to check.
-    async fn check(&mut self) -> Result<(), String> {
-        Ok(())
+    /// After a `RetryLater`, resolves once the receiver looks able to take the batch
+    /// again (its health endpoint answers), so that the watcher tries again at once
+    /// rather than at the end of its backoff: recovery after an outage takes seconds,
+    /// not `retry.max`. The watcher races it against the backoff and drops it then. The
+    /// default never resolves: the backoff alone decides.
+    async fn recovered(&mut self) {
+        std::future::pending::<()>().await
     }
+
+    /// Checks that the receiver answers and accepts our credentials, without delivering
+    /// anything, for `highwater check --connect`. Err: it cannot be used. The default
+    /// has nothing to check.
+    async fn check(&mut self) -> Result<Checked, String> {
+        Ok(Checked::default())
+    }
+}
+
+/// What `highwater check --connect` learned about a sink that can be used.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// What was reached, for the operator (`… reachable (HTTP 405)`).
+    pub notes: Vec<String>,
+    /// What will not stop delivery but is probably wrong (a receiver answering 5xx, a
+    /// DAG that ignores partition keys).
+    pub warnings: Vec<String>,
 }
 
 /// A failure to build a sink from its config.
@@ -106,6 +167,14 @@ pub trait SinkKind {
 
     /// Checks that need more than one key; `(key under sink, message)` pairs.
     fn validate(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// What the sink needs from this host, checked without the network (a trust store
+    /// for `https://`); `(key under sink, message)` pairs. A problem here stops only
+    /// this watcher: `run` starts the others and this one waits in state `error`, and
+    /// `highwater check` reports it.
+    fn check_host(&self) -> Vec<(String, String)> {
         Vec::new()
     }
 
@@ -139,6 +208,11 @@ impl SinkConfig {
         self.get().validate()
     }
 
+    /// What the sink needs from this host (see [`SinkKind::check_host`]).
+    pub fn check_host(&self) -> Vec<(String, String)> {
+        self.get().check_host()
+    }
+
     /// Builds the runtime sink (see [`SinkKind::build`]).
     pub fn build(&self) -> Result<Box<dyn Sink>, BuildError> {
         self.get().build()
@@ -156,8 +230,12 @@ mod tests {
         for retried in [408, 429, 500, 502, 503, 504] {
             assert!(matches!(classify_http_status(retried, None, "x"), Delivery::RetryLater { .. }));
         }
-        for permanent in [400, 401, 403, 404, 409, 422, 301] {
+        for permanent in [400, 404, 409, 410, 422, 301] {
             assert!(matches!(classify_http_status(permanent, None, "x"), Delivery::Permanent { .. }));
+        }
+        for attention in [401, 403, 407] {
+            let outcome = classify_http_status(attention, None, "x");
+            assert!(matches!(outcome, Delivery::NeedsAttention { after: None, .. }), "{outcome:?}");
         }
     }
 }

@@ -7,21 +7,20 @@
 //! accepted. The watcher loop retries a failed batch whole, with the same event ids
 //! and the same `webhook-id`s.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::engine::general_purpose::{STANDARD as BASE64, STANDARD_PAD_INDIFFERENT};
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::http::{self, Secret, SecretKeys};
-use super::{BuildError, Delivery, Sink, SinkKind};
+use super::http::{self, Redactor};
+use super::{BuildError, Checked, Delivery, Sink, SinkKind};
 use crate::event::Event;
-use crate::value::{Headers, HttpUrl, HumanDuration, Kind};
+use crate::value::{EnvVar, Headers, HttpUrl, HumanDuration, Kind, Secret, SecretFile, SecretRef};
 
 /// `sink: {type: webhook}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -40,19 +39,24 @@ pub struct WebhookConfig {
     #[serde(default = "default_batch")]
     pub batch: usize,
     /// Environment variable holding the signing secret, in the Standard Webhooks form:
-    /// `whsec_` followed by base64 (the prefix is optional). Without a secret, requests
-    /// are not signed.
+    /// `whsec_` followed by base64 (the prefix is optional, padding too). Several
+    /// secrets separated by spaces or line breaks sign every request with each (key
+    /// rotation: `webhook-signature: v1,… v1,…`). Without a secret, requests are not
+    /// signed.
     #[serde(default)]
-    pub secret_env: Option<String>,
-    /// File holding the signing secret (instead of `secret_env`).
+    pub secret_env: Option<EnvVar>,
+    /// File holding the signing secret or secrets (instead of `secret_env`), or
+    /// `credential:NAME` for a systemd credential. Read for every batch: a rotated
+    /// file needs no reload.
     #[serde(default)]
-    pub secret_file: Option<PathBuf>,
+    pub secret_file: Option<SecretFile>,
     /// Environment variable holding a token sent as `Authorization: Bearer <token>`.
     #[serde(default)]
-    pub bearer_token_env: Option<String>,
-    /// File holding the bearer token (instead of `bearer_token_env`).
+    pub bearer_token_env: Option<EnvVar>,
+    /// File holding the bearer token (instead of `bearer_token_env`), or
+    /// `credential:NAME`; read for every batch.
     #[serde(default)]
-    pub bearer_token_file: Option<PathBuf>,
+    pub bearer_token_file: Option<SecretFile>,
     /// Extra headers sent with every request. Their values are shown by nothing but
     /// are not treated as secrets either: put credentials in `bearer_token_*`.
     #[serde(default)]
@@ -91,16 +95,12 @@ const RESERVED_HEADERS: &[&str] =
 const MAX_BATCH: usize = 10_000;
 
 impl WebhookConfig {
-    fn secret_keys(&self) -> SecretKeys<'_> {
-        SecretKeys { key: "secret", env: self.secret_env.as_deref(), file: self.secret_file.as_deref() }
+    fn secret(&self) -> Option<SecretRef> {
+        SecretRef::from_pair("secret", self.secret_env.as_ref(), self.secret_file.as_ref())
     }
 
-    fn bearer_keys(&self) -> SecretKeys<'_> {
-        SecretKeys {
-            key: "bearer_token",
-            env: self.bearer_token_env.as_deref(),
-            file: self.bearer_token_file.as_deref(),
-        }
+    fn bearer(&self) -> Option<SecretRef> {
+        SecretRef::from_pair("bearer_token", self.bearer_token_env.as_ref(), self.bearer_token_file.as_ref())
     }
 }
 
@@ -116,7 +116,7 @@ impl SinkKind for WebhookConfig {
             WebhookFormat::Cloudevents => "cloudevents",
             WebhookFormat::Plain => "plain",
         };
-        let signed = if self.secret_keys().is_set() { ", signed" } else { "" };
+        let signed = if self.secret().is_some() { ", signed" } else { "" };
         let batch = if self.batch > 1 { format!(", batches of {}", self.batch) } else { String::new() };
         format!("{} {url} ({format}{batch}{signed})", Self::TAG)
     }
@@ -129,17 +129,29 @@ impl SinkKind for WebhookConfig {
         if self.timeout.0.is_zero() {
             errors.push(("timeout".into(), "must be more than 0".into()));
         }
-        errors.extend(self.secret_keys().validate());
-        errors.extend(self.bearer_keys().validate());
+        errors.extend(SecretRef::validate_pair(
+            "secret",
+            self.secret_env.as_ref(),
+            self.secret_file.as_ref(),
+        ));
+        errors.extend(SecretRef::validate_pair(
+            "bearer_token",
+            self.bearer_token_env.as_ref(),
+            self.bearer_token_file.as_ref(),
+        ));
         for header in self.headers.iter() {
             let key = format!("headers.{}", header.written);
             if RESERVED_HEADERS.contains(&header.name.as_str()) {
                 errors.push((key, "is set by the sink itself".into()));
-            } else if header.name == AUTHORIZATION && self.bearer_keys().is_set() {
+            } else if header.name == AUTHORIZATION && self.bearer().is_some() {
                 errors.push((key, "conflicts with `bearer_token_env`/`bearer_token_file`".into()));
             }
         }
         errors
+    }
+
+    fn check_host(&self) -> Vec<(String, String)> {
+        http::host_problem(self.url.url()).map(|problem| ("url".to_string(), problem)).into_iter().collect()
     }
 
     fn build(&self) -> Result<Box<dyn Sink>, BuildError> {
@@ -148,38 +160,64 @@ impl SinkKind for WebhookConfig {
 }
 
 /// Standard Webhooks signing: `webhook-signature: v1,<base64 HMAC-SHA256>` over
-/// `"{webhook-id}.{webhook-timestamp}.{body}"`.
+/// `"{webhook-id}.{webhook-timestamp}.{body}"`, one `v1,` entry per secret (separated
+/// by spaces), so a receiver verifies with either key while keys rotate.
 #[derive(Clone)]
 pub struct Signer {
-    key: Vec<u8>,
+    keys: Vec<Vec<u8>>,
 }
 
 impl Signer {
-    /// A signer for a secret in the Standard Webhooks form (`whsec_` + base64, the
-    /// prefix optional). The error never holds the secret.
-    pub fn new(secret: &str) -> Result<Self, String> {
-        let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-        let key = BASE64.decode(encoded.trim()).map_err(|_| {
-            "is not in the Standard Webhooks form (`whsec_` followed by base64), which receivers' libraries expect"
-                .to_string()
-        })?;
-        if key.is_empty() {
+    /// A signer for one or more secrets (separated by spaces or line breaks), each in
+    /// the Standard Webhooks form: `whsec_` + base64, the prefix and the padding
+    /// optional. The error names which secret is wrong, never what it holds.
+    pub fn new(secrets: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = secrets.split_whitespace().collect();
+        let mut keys = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let which = if parts.len() > 1 {
+                format!(" (secret {} of {})", i + 1, parts.len())
+            } else {
+                String::new()
+            };
+            let encoded = part.strip_prefix("whsec_").unwrap_or(part);
+            // Standard Webhooks libraries accept unpadded base64 too.
+            let key = STANDARD_PAD_INDIFFERENT.decode(encoded).map_err(|_| {
+                format!(
+                    "is not in the Standard Webhooks form (`whsec_` followed by base64), which receivers' libraries expect{which}"
+                )
+            })?;
+            if key.is_empty() {
+                return Err(format!("is empty{which}"));
+            }
+            keys.push(key);
+        }
+        if keys.is_empty() {
             return Err("is empty".into());
         }
-        Ok(Signer { key })
+        Ok(Signer { keys })
     }
 
     /// The `webhook-signature` header value for one request.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        // Any key length is valid for HMAC, so this cannot fail.
-        let mut mac =
-            <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+        let timestamp = timestamp.to_string();
+        let mut header = String::new();
+        for key in &self.keys {
+            // Any key length is valid for HMAC, so this cannot fail.
+            let mut mac =
+                <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+            mac.update(id.as_bytes());
+            mac.update(b".");
+            mac.update(timestamp.as_bytes());
+            mac.update(b".");
+            mac.update(body);
+            if !header.is_empty() {
+                header.push(' ');
+            }
+            header.push_str("v1,");
+            header.push_str(&BASE64.encode(mac.finalize().into_bytes()));
+        }
+        header
     }
 }
 
@@ -256,51 +294,73 @@ pub fn webhook_id(events: &[Event]) -> String {
 
 /// The runtime `webhook` sink.
 pub struct WebhookSink {
-    client: reqwest::Client,
     url: reqwest::Url,
     /// The URL as logs may show it.
     shown: String,
     format: WebhookFormat,
     batch: usize,
     timeout: Duration,
-    signer: Option<Signer>,
-    /// Configured headers plus `Authorization`, ready to send.
+    /// The signing secret or secrets, read for every batch.
+    secret: Option<SecretRef>,
+    /// The bearer token, read for every batch.
+    bearer: Option<SecretRef>,
+    /// The configured extra headers.
     headers: HeaderMap,
 }
 
+/// What one batch is sent with: the secrets as they are now.
+struct Credentials {
+    signer: Option<Signer>,
+    /// The configured headers plus `Authorization`.
+    headers: HeaderMap,
+    /// The secrets to keep out of what receivers answer.
+    redactor: Redactor,
+}
+
 impl WebhookSink {
-    /// Builds the sink: reads the secrets and prepares the client. Nothing is contacted.
+    /// Builds the sink and checks that its secrets can be read and used (they are read
+    /// again for every batch). Nothing is contacted.
     pub fn new(config: &WebhookConfig) -> Result<Self, BuildError> {
-        let signer = match config.secret_keys().load()? {
-            Some(secret) => Some(Signer::new(secret.expose()).map_err(|m| BuildError {
-                message: format!(
-                    "the secret from {} {m}",
-                    secret_origin(config.secret_env.as_deref(), "secret")
-                ),
-            })?),
-            None => None,
-        };
-        let mut headers = HeaderMap::new();
-        for header in config.headers.iter() {
-            headers.insert(header.name.clone(), header.value.clone());
-        }
-        if let Some(token) = config.bearer_keys().load()? {
-            headers.insert(AUTHORIZATION, bearer(&token)?);
-        }
-        Ok(WebhookSink {
-            client: http::client(config.timeout.0)?,
+        let sink = WebhookSink {
             shown: config.url.to_string(),
             url: config.url.url().clone(),
             format: config.format,
             batch: config.batch,
             timeout: config.timeout.0,
-            signer,
-            headers,
-        })
+            secret: config.secret(),
+            bearer: config.bearer(),
+            headers: config.headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect(),
+        };
+        sink.credentials().map_err(|message| BuildError { message })?;
+        Ok(sink)
+    }
+
+    /// Reads the secrets: a rotated file takes effect with the next batch. An error
+    /// (what an operator must fix) names the key and the file or variable.
+    fn credentials(&self) -> Result<Credentials, String> {
+        let mut redactor = Redactor::default();
+        let signer = match &self.secret {
+            Some(secret) => {
+                let value = secret.read().map_err(|e| e.to_string())?;
+                for part in value.expose().split_whitespace() {
+                    redactor.add(part);
+                    redactor.add(part.strip_prefix("whsec_").unwrap_or(part));
+                }
+                Some(Signer::new(value.expose()).map_err(|m| format!("{}: the secret {m}", secret.key()))?)
+            }
+            None => None,
+        };
+        let mut headers = self.headers.clone();
+        if let Some(token) = &self.bearer {
+            let token = token.read().map_err(|e| e.to_string())?;
+            redactor.add(token.expose());
+            headers.insert(AUTHORIZATION, bearer(&token)?);
+        }
+        Ok(Credentials { signer, headers, redactor })
     }
 
     /// Sends one request with `events` and classifies the answer.
-    async fn send(&self, events: &[Event]) -> Delivery {
+    async fn send(&self, client: &reqwest::Client, credentials: &Credentials, events: &[Event]) -> Delivery {
         let (body, content_type) = match encode_body(self.format, events, self.batch > 1) {
             Ok(encoded) => encoded,
             Err(e) => return Delivery::permanent(format!("cannot encode event {}: {e}", events[0].id)),
@@ -309,34 +369,28 @@ impl WebhookSink {
         // A fresh timestamp per attempt: receivers reject signatures older than a few
         // minutes, and a retried batch may be hours old.
         let timestamp = chrono::Utc::now().timestamp();
-        let mut request = self
-            .client
+        let mut request = client
             .post(self.url.clone())
-            .headers(self.headers.clone())
+            .timeout(self.timeout)
+            .headers(credentials.headers.clone())
             .header(CONTENT_TYPE, content_type)
             .header("webhook-id", &id)
             .header("webhook-timestamp", timestamp.to_string());
-        if let Some(signer) = &self.signer {
+        if let Some(signer) = &credentials.signer {
             request = request.header("webhook-signature", signer.sign(&id, timestamp, &body));
         }
         match request.body(body).send().await {
-            Ok(response) => http::classify_response(response, &self.shown).await,
+            Ok(response) => http::classify_response(response, &self.shown, &credentials.redactor).await,
             Err(e) => http::transport_failure(e, &self.shown, self.timeout),
         }
     }
 }
 
-/// Where a secret came from, for messages: the variable's name or "the file".
-fn secret_origin(env: Option<&str>, key: &str) -> String {
-    env.map_or_else(|| format!("`{key}_file`"), |name| format!("`{name}`"))
-}
-
 /// An `Authorization: Bearer` value, marked sensitive so that HTTP-level debug output
 /// hides it.
-pub(crate) fn bearer(token: &Secret) -> Result<HeaderValue, BuildError> {
-    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| BuildError {
-        message: "the bearer token holds characters a header cannot carry".into(),
-    })?;
+fn bearer(token: &Secret) -> Result<HeaderValue, String> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .map_err(|_| "the bearer token holds characters a header cannot carry".to_string())?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -344,21 +398,26 @@ pub(crate) fn bearer(token: &Secret) -> Result<HeaderValue, BuildError> {
 #[async_trait]
 impl Sink for WebhookSink {
     async fn deliver(&mut self, events: &[Event]) -> Delivery {
+        // An operator's problem: a secret that cannot be read (or used) holds the batch
+        // until it is fixed, and nothing is sent without it.
+        let client = match http::client_for(&self.url) {
+            Ok(client) => client,
+            Err(problem) => return Delivery::attention(format!("{}: {problem}", self.shown)),
+        };
+        let credentials = match self.credentials() {
+            Ok(credentials) => credentials,
+            Err(problem) => return Delivery::attention(problem),
+        };
         let requests = events.len().div_ceil(self.batch);
         for (index, chunk) in events.chunks(self.batch).enumerate() {
-            match self.send(chunk).await {
+            match self.send(&client, &credentials, chunk).await {
                 Delivery::Acknowledged => {}
                 // The chunks before this one were accepted; the whole batch is sent
                 // again on retry, so the receiver sees those events twice, with the
                 // same ids.
-                Delivery::RetryLater { reason, after } if requests > 1 => {
-                    return Delivery::RetryLater {
-                        reason: format!("request {} of {requests}: {reason}", index + 1),
-                        after,
-                    };
-                }
-                Delivery::Permanent { reason } if requests > 1 => {
-                    return Delivery::permanent(format!("request {} of {requests}: {reason}", index + 1));
+                failed if requests > 1 => {
+                    return failed
+                        .map_reason(|reason| format!("request {} of {requests}: {reason}", index + 1));
                 }
                 failed => return failed,
             }
@@ -366,14 +425,25 @@ impl Sink for WebhookSink {
         Delivery::Acknowledged
     }
 
-    async fn check(&mut self) -> Result<(), String> {
-        // Any HTTP answer proves the receiver is there; a HEAD delivers nothing.
-        match self.client.head(self.url.clone()).headers(self.headers.clone()).send().await {
-            Ok(_) => Ok(()),
-            Err(e) => match http::transport_failure(e, &self.shown, self.timeout) {
-                Delivery::RetryLater { reason, .. } | Delivery::Permanent { reason } => Err(reason),
-                Delivery::Acknowledged => Ok(()),
-            },
+    async fn check(&mut self) -> Result<Checked, String> {
+        let client = http::client_for(&self.url)?;
+        let credentials = self.credentials()?;
+        // A HEAD delivers nothing. It is not signed, so a correct receiver may refuse it
+        // (401, 404, 405): any answer below 500 proves it is there.
+        match client.head(self.url.clone()).timeout(self.timeout).headers(credentials.headers).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let mut checked = Checked::default();
+                if status >= 500 {
+                    checked
+                        .warnings
+                        .push(format!("{} answered HTTP {status} (reachable, but failing)", self.shown));
+                } else {
+                    checked.notes.push(format!("{} reachable (HTTP {status})", self.shown));
+                }
+                Ok(checked)
+            }
+            Err(e) => Err(http::transport_failure(e, &self.shown, self.timeout).reason().to_string()),
         }
     }
 }
@@ -426,6 +496,26 @@ mod tests {
     }
 
     #[test]
+    fn several_secrets_sign_with_each_and_unpadded_base64_is_accepted() {
+        // The reference secret without its padding-free form changed, and a second key.
+        let reference = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let other = "whsec_c2Vjb25kIGtleQ"; // "second key", base64 without its `==`
+        let signer = Signer::new(&format!("{reference}\n {other}\n")).unwrap();
+        let header = signer.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
+        let entries: Vec<&str> = header.split(' ').collect();
+        assert_eq!(entries.len(), 2, "{header}");
+        assert_eq!(entries[0], "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        let second = Signer::new("whsec_c2Vjb25kIGtleQ==").unwrap();
+        assert_eq!(
+            entries[1],
+            second.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#)
+        );
+        let error = Signer::new(&format!("{reference} whsec_!!")).err().unwrap();
+        assert!(error.ends_with("(secret 2 of 2)"), "{error}");
+        assert!(Signer::new("  \n").is_err());
+    }
+
+    #[test]
     fn cloudevents_structured_mode() {
         let (body, content_type) = encode_body(WebhookFormat::Cloudevents, &[event("e1")], false).unwrap();
         assert_eq!(content_type, "application/cloudevents+json");
@@ -470,9 +560,9 @@ mod tests {
             url: HttpUrl::parse("https://user:pw@hooks.example.com/in?sig=abc").unwrap(),
             format: WebhookFormat::Plain,
             batch: 0,
-            secret_env: Some("HOOK_SECRET".into()),
-            secret_file: Some("x".into()),
-            bearer_token_env: Some("TOKEN".into()),
+            secret_env: Some(EnvVar::new("HOOK_SECRET").unwrap()),
+            secret_file: Some(SecretFile::parse("x").unwrap()),
+            bearer_token_env: Some(EnvVar::new("TOKEN").unwrap()),
             bearer_token_file: None,
             headers: Headers::new([("X-Team", "data"), ("Authorization", "Basic x"), ("webhook-id", "x")])
                 .unwrap(),

@@ -1,5 +1,5 @@
 //! Config values that check themselves while they are read and are then carried typed:
-//! durations, globs, names, HTTP URLs and headers, templates; and the kinds of
+//! durations, globs, names, HTTP URLs and headers, templates, secrets; and the kinds of
 //! `type:`-tagged enums.
 //!
 //! A leaf: nothing here imports another module of the crate, so the config loader and
@@ -11,6 +11,7 @@ mod duration;
 mod glob;
 mod http;
 mod name;
+mod secret;
 mod tagged;
 mod template;
 
@@ -18,6 +19,7 @@ pub use duration::HumanDuration;
 pub use glob::Glob;
 pub use http::{Header, Headers, HttpUrl};
 pub use name::Name;
+pub use secret::{EnvVar, Secret, SecretError, SecretFile, SecretReadError, SecretRef};
 pub(crate) use tagged::kinds;
 pub use tagged::{Kind, Tagged, variant};
 pub use template::Template;

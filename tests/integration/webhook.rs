@@ -16,7 +16,7 @@ use base64::Engine;
 use hmac::{KeyInit, Mac};
 use tokio::io::AsyncReadExt;
 
-use crate::util::{ClosedPort, Project, field_str};
+use crate::util::{ClosedPort, DEFAULT_CONFIG, Project, field_str, http_get};
 
 /// The watcher every test here runs.
 const LANDING: &str = "test/landing";
@@ -36,6 +36,9 @@ enum Fault {
     Slow(Duration),
     /// Close the connection without answering.
     Drop,
+    /// Answer with this status and, as the body, the request's headers (as a careless
+    /// receiver's error page does).
+    Echo(u16),
 }
 
 /// One request that reached the handler.
@@ -46,6 +49,8 @@ struct Arrival {
     content_type: String,
     authorization: Option<String>,
     team: Option<String>,
+    /// How many `v1,` entries `webhook-signature` carried.
+    signatures: usize,
     body: serde_json::Value,
     /// The status answered; None for a request answered too late to count.
     status: Option<u16>,
@@ -66,13 +71,38 @@ impl Arrival {
     }
 }
 
-#[derive(Default)]
 struct Shared {
     plan: VecDeque<Fault>,
     arrivals: Vec<Arrival>,
     /// Requests whose signature did not verify (the receiver answered 401).
     bad_signatures: Vec<String>,
     dropped: usize,
+    /// The secrets a signature may be made with (the receiver's side of a rotation).
+    keys: Vec<String>,
+    /// Keep connections open between requests (no `Connection: close`).
+    keep_alive: bool,
+    /// What `HEAD /hook` answers (the probe of `check --connect`).
+    head_status: u16,
+    /// Connections open at the front right now.
+    open: usize,
+    /// While set, every POST is answered with this status (after its signature checked).
+    refuse: Option<u16>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            plan: VecDeque::new(),
+            arrivals: Vec::new(),
+            bad_signatures: Vec::new(),
+            dropped: 0,
+            keys: vec![SECRET.to_string()],
+            keep_alive: false,
+            head_status: 405,
+            open: 0,
+            refuse: None,
+        }
+    }
 }
 
 /// A webhook receiver on 127.0.0.1. Connections go through a small front that can drop
@@ -87,15 +117,19 @@ struct Receiver {
 
 impl Receiver {
     fn start(plan: Vec<Fault>) -> Self {
+        Self::start_with(Shared { plan: plan.into(), ..Shared::default() })
+    }
+
+    fn start_with(shared: Shared) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");
-        let shared = Arc::new(Mutex::new(Shared { plan: plan.into(), ..Shared::default() }));
+        let shared = Arc::new(Mutex::new(shared));
         let addr = runtime.block_on(async {
             let app = axum::Router::new()
-                .route("/hook", axum::routing::post(handle).head(|| async { StatusCode::METHOD_NOT_ALLOWED }))
+                .route("/hook", axum::routing::post(handle).head(head))
                 .with_state(Arc::clone(&shared));
             let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
             let backend_addr = backend.local_addr().expect("backend addr");
@@ -107,6 +141,7 @@ impl Receiver {
                 while let Ok((mut client, _)) = front.accept().await {
                     let drop_it = {
                         let mut shared = shared.lock().expect("lock");
+                        shared.open += 1;
                         if matches!(shared.plan.front(), Some(Fault::Drop)) {
                             shared.plan.pop_front();
                             shared.dropped += 1;
@@ -115,17 +150,17 @@ impl Receiver {
                             false
                         }
                     };
+                    let shared = Arc::clone(&shared);
                     tokio::spawn(async move {
                         if drop_it {
                             // Read the start of the request so the sender has written
                             // it, then hang up without a word.
                             let mut buf = [0u8; 512];
                             let _ = client.read(&mut buf).await;
-                            return;
-                        }
-                        if let Ok(mut server) = tokio::net::TcpStream::connect(backend_addr).await {
+                        } else if let Ok(mut server) = tokio::net::TcpStream::connect(backend_addr).await {
                             let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                         }
+                        shared.lock().expect("lock").open -= 1;
                     });
                 }
             });
@@ -185,7 +220,7 @@ impl Receiver {
 /// Verifies a Standard Webhooks signature with nothing but the HMAC primitives, the way a
 /// receiver's library does: `v1,<base64 HMAC-SHA256(key, id.timestamp.body)>`, where
 /// the key is the base64 after `whsec_`, and a timestamp within five minutes.
-fn verify(headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
+fn verify(keys: &[String], headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
     let header = |name: &str| {
         headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string).ok_or(format!("no {name}"))
     };
@@ -196,35 +231,54 @@ fn verify(headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
     if (chrono::Utc::now().timestamp() - ts).abs() > 300 {
         return Err(format!("timestamp {ts} too far from now"));
     }
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(SECRET.trim_start_matches("whsec_"))
-        .map_err(|e| e.to_string())?;
     let mut signed = format!("{id}.{timestamp}.").into_bytes();
     signed.extend_from_slice(body);
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).map_err(|e| e.to_string())?;
-    mac.update(&signed);
-    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    // The header may carry several space-separated signatures (key rotation).
-    if signatures.split(' ').any(|s| s.strip_prefix("v1,") == Some(expected.as_str())) {
-        Ok(())
-    } else {
-        Err(format!("signature mismatch for {id}"))
+    for key in keys {
+        let key = base64::engine::general_purpose::STANDARD_PAD_INDIFFERENT
+            .decode(key.trim_start_matches("whsec_"))
+            .map_err(|e| e.to_string())?;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).map_err(|e| e.to_string())?;
+        mac.update(&signed);
+        let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        // The header may carry several space-separated signatures (key rotation).
+        if signatures.split(' ').any(|s| s.strip_prefix("v1,") == Some(expected.as_str())) {
+            return Ok(());
+        }
     }
+    Err(format!("signature mismatch for {id}"))
+}
+
+async fn head(State(shared): State<Arc<Mutex<Shared>>>) -> Response {
+    let status = shared.lock().expect("lock").head_status;
+    StatusCode::from_u16(status).expect("status").into_response()
 }
 
 async fn handle(State(shared): State<Arc<Mutex<Shared>>>, headers: HeaderMap, body: Bytes) -> Response {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let webhook_id = text("webhook-id").unwrap_or_default();
-    if let Err(e) = verify(&headers, &body) {
+    let (keys, keep_alive) = {
+        let shared = shared.lock().expect("lock");
+        (shared.keys.clone(), shared.keep_alive)
+    };
+    let close = |response| if keep_alive { response } else { close(response) };
+    if let Err(e) = verify(&keys, &headers, &body) {
         shared.lock().expect("lock").bad_signatures.push(e);
         return close((StatusCode::UNAUTHORIZED, "bad signature").into_response());
     }
+    let signatures = text("webhook-signature").map_or(0, |s| s.split(' ').count());
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    let fault = shared.lock().expect("lock").plan.pop_front();
+    let fault = {
+        let mut shared = shared.lock().expect("lock");
+        match shared.refuse {
+            Some(code) => Some(Fault::Status(code)),
+            None => shared.plan.pop_front(),
+        }
+    };
     let status = match fault {
         None => Some(200),
         Some(Fault::Status(code)) => Some(code),
         Some(Fault::TooMany(_)) => Some(429),
+        Some(Fault::Echo(code)) => Some(code),
         Some(Fault::Slow(_)) | Some(Fault::Drop) => None,
     };
     shared.lock().expect("lock").arrivals.push(Arrival {
@@ -233,6 +287,7 @@ async fn handle(State(shared): State<Arc<Mutex<Shared>>>, headers: HeaderMap, bo
         content_type: text("content-type").unwrap_or_default(),
         authorization: text("authorization"),
         team: text("x-team"),
+        signatures,
         body,
         status,
     });
@@ -251,6 +306,14 @@ async fn handle(State(shared): State<Arc<Mutex<Shared>>>, headers: HeaderMap, bo
         }
         // The front drops these before they get here.
         Some(Fault::Drop) => StatusCode::OK.into_response(),
+        Some(Fault::Echo(code)) => {
+            let echoed: serde_json::Map<String, serde_json::Value> = headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_str().unwrap_or_default().into()))
+                .collect();
+            (StatusCode::from_u16(code).expect("status"), serde_json::Value::Object(echoed).to_string())
+                .into_response()
+        }
     };
     close(response)
 }
@@ -494,4 +557,244 @@ fn secrets_and_reachability_are_checked_up_front() {
 
 fn project_at_port(port: u16) -> Project {
     project(&format!("  type: webhook\n  url: http://127.0.0.1:{port}/hook\n  secret_env: HOOK_SECRET\n"), "")
+}
+
+/// The dead letters the project's store holds for the watcher, as `state get` shows them.
+fn dead_letters(project: &Project) -> Vec<serde_json::Value> {
+    let out = project.run(&["state", "get", LANDING]);
+    let rows: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("state get: {e}: {}", out.stdout));
+    rows.into_iter().filter(|(key, _)| key.starts_with("dead_letter/")).map(|(_, row)| row).collect()
+}
+
+#[test]
+fn an_echoed_token_reaches_neither_logs_nor_dead_letters() {
+    // A receiver whose error page shows the request's headers, bearer token included.
+    let receiver = Receiver::start(vec![Fault::Echo(400)]);
+    let project = project(
+        &format!(
+            "  type: webhook\n  url: {}\n  secret_env: HOOK_SECRET\n  bearer_token_file: token.txt\n",
+            receiver.url()
+        ),
+        "on_permanent_failure: dead_letter\n",
+    );
+    project.write("token.txt", "tok-echoed-9f31\n");
+    let mut daemon = project.start_with(&[("HOOK_SECRET", SECRET)], &[]);
+    drop_files(&project, 1);
+    daemon.wait_counter(LANDING, "highwater_watcher_batches_dead_lettered_total", 1);
+    let (code, logs) = daemon.stop();
+    assert_eq!(code, Some(0), "{}", logs.join("\n"));
+    let arrivals = receiver.arrivals();
+    assert_eq!(arrivals[0].authorization.as_deref(), Some("Bearer tok-echoed-9f31"), "the token was sent");
+
+    let set_aside = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| field_str(l, "key").is_some_and(|k| k.starts_with("dead_letter/")))
+        .expect("the dead letter is logged with its key");
+    let reason = field_str(&set_aside, "reason").expect("reason");
+    assert!(
+        reason.contains("HTTP 400") && reason.contains("Bearer ***"),
+        "the echo is kept, redacted: {reason}"
+    );
+    assert!(!logs.iter().any(|l| l.contains("tok-echoed-9f31")), "the token reached the logs");
+    let letters = dead_letters(&project);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let stored = letters[0].to_string();
+    assert!(stored.contains("Bearer ***") && !stored.contains("tok-echoed-9f31"), "{stored}");
+}
+
+#[test]
+fn refused_credentials_need_attention_and_hold_the_batch() {
+    let receiver = Receiver::start_with(Shared { refuse: Some(401), ..Shared::default() });
+    let project = Project::new(&format!("{DEFAULT_CONFIG}  ready_max_blocked: 1s\n"));
+    std::fs::create_dir_all(project.path().join("landing")).expect("mkdir landing");
+    project.watcher(
+        "landing",
+        &format!(
+            "namespace: test\nname: landing\nsource: {{type: local_dir, path: landing, min_age: 0s}}\n\
+             sink: {{type: webhook, url: \"{}\", secret_env: HOOK_SECRET}}\npoll_interval: 100ms\n\
+             retry: {{initial: 100ms, max: 500ms}}\non_permanent_failure: dead_letter\n",
+            receiver.url()
+        ),
+    );
+    let mut daemon = project.start_with(&[("HOOK_SECRET", SECRET)], &[]);
+    let files = drop_files(&project, 2);
+    daemon.wait_state(LANDING, "error");
+    let logged = daemon.wait_log_where("of the refused delivery at ERROR", |l| {
+        field_str(l, "level") == Some("ERROR")
+            && field_str(l, "reason").is_some_and(|r| r.contains("HTTP 401"))
+    });
+    assert!(field_str(&logged, "reason").is_some_and(|r| r.contains("credentials")), "{logged}");
+    let addr = daemon.http_addr();
+    let body = crate::util::eventually("/readyz failing", Duration::from_secs(20), || {
+        let (status, _, body) = http_get(&addr, "/readyz");
+        (status == 503).then_some(body)
+    });
+    assert!(body.contains("watcher test/landing needs attention"), "{body}");
+    // 403 is the same class; the batch is still held, not set aside.
+    receiver.shared.lock().expect("lock").refuse = Some(403);
+    let before = receiver.arrivals().len();
+    crate::util::eventually("a refused retry with 403", Duration::from_secs(20), || {
+        receiver.arrivals().iter().skip(before).any(|a| a.status == Some(403)).then_some(())
+    });
+    let metrics = daemon.metrics();
+    assert!(
+        metrics
+            .get("highwater_watcher_delivery_failures_total", &[("watcher", LANDING), ("kind", "attention")])
+            >= Some(2.0),
+        "{}",
+        metrics.text
+    );
+    assert_eq!(metrics.watcher("highwater_watcher_batches_dead_lettered_total", LANDING), 0);
+
+    // Credentials fixed on the receiver's side: the held batch goes, and readiness returns.
+    receiver.shared.lock().expect("lock").refuse = None;
+    receiver.wait_accepted(2, Duration::from_secs(20));
+    daemon.wait_state(LANDING, "ok");
+    crate::util::eventually("/readyz ready again", Duration::from_secs(20), || {
+        (http_get(&addr, "/readyz").0 == 200).then_some(())
+    });
+    assert_eq!(accepted_paths(&receiver), files);
+}
+
+#[test]
+fn a_rotated_credential_signs_with_every_key_while_keys_change() {
+    const NEW: &str = "whsec_c2Vjb25kIGtleSBmb3IgaGlnaHdhdGVy"; // unpadded base64
+    let receiver = Receiver::start(Vec::new());
+    let project = project(
+        &format!("  type: webhook\n  url: {}\n  secret_file: credential:hook-secret\n", receiver.url()),
+        "",
+    );
+    // systemd's LoadCredential= puts the file here and says where in the variable.
+    let credentials = project.path().join("credentials");
+    project.write("credentials/hook-secret", &format!("{SECRET}\n"));
+    let credentials_dir = credentials.to_str().expect("utf-8 path");
+    let out =
+        project.command(&["check"]).env("CREDENTIALS_DIRECTORY", credentials_dir).output().expect("check");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // Outside the service, where systemd gave no credentials, `run` says what is missing.
+    let out = project.command(&["run"]).env_remove("CREDENTIALS_DIRECTORY").output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("secret_file") && stderr.contains("CREDENTIALS_DIRECTORY"), "{stderr}");
+
+    let mut daemon = project.start_with(&[("CREDENTIALS_DIRECTORY", credentials_dir)], &[]);
+    project.write("landing/first.csv", "1\n");
+    receiver.wait_accepted(1, Duration::from_secs(20));
+    // Rotation, first step: both keys, the receiver already verifies with the new one
+    // only. No reload: the credential is read for every batch.
+    project.write("credentials/hook-secret", &format!("{SECRET}\n{NEW}\n"));
+    receiver.shared.lock().expect("lock").keys = vec![NEW.to_string()];
+    project.write("landing/second.csv", "2\n");
+    receiver.wait_accepted(2, Duration::from_secs(20));
+    // Second step: the new key alone.
+    project.write("credentials/hook-secret", &format!("{NEW}\n"));
+    project.write("landing/third.csv", "3\n");
+    receiver.wait_accepted(3, Duration::from_secs(20));
+    daemon.wait_delivered(LANDING, 3);
+
+    receiver.assert_signatures_verified();
+    let signatures: Vec<usize> = receiver.arrivals().iter().map(|a| a.signatures).collect();
+    assert_eq!(signatures, [1, 2, 1], "one v1 entry per key in use");
+    assert_eq!(accepted_paths(&receiver), ["first.csv", "second.csv", "third.csv"]);
+    let (code, logs) = daemon.stop();
+    assert_eq!(code, Some(0), "{}", logs.join("\n"));
+    assert!(
+        !logs.iter().any(|l| l.contains("c2Vjb25k") || l.contains("MfKQ9r8")),
+        "a secret reached the logs"
+    );
+}
+
+#[test]
+fn check_connect_calls_any_answer_below_500_reachable_and_warns_on_5xx() {
+    let receiver = Receiver::start(Vec::new());
+    let project =
+        project(&format!("  type: webhook\n  url: {}\n  secret_env: HOOK_SECRET\n", receiver.url()), "");
+    for (head, reachable) in [(401, true), (404, true), (405, true), (503, false)] {
+        receiver.shared.lock().expect("lock").head_status = head;
+        let out =
+            project.command(&["check", "--connect"]).env("HOOK_SECRET", SECRET).output().expect("check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "HEAD answered {head}: {stderr}");
+        if reachable {
+            assert!(stderr.contains(&format!("reachable (HTTP {head})")), "{stderr}");
+            assert!(!stderr.contains("warning"), "{stderr}");
+        } else {
+            assert!(stderr.contains("warning:") && stderr.contains(&format!("HTTP {head}")), "{stderr}");
+        }
+    }
+}
+
+#[test]
+fn three_hundred_watchers_share_a_few_connections() {
+    const WATCHERS: usize = 300;
+    let receiver = Receiver::start_with(Shared { keep_alive: true, ..Shared::default() });
+    let project = Project::default_config();
+    for i in 0..WATCHERS {
+        let name = format!("w{i:03}");
+        std::fs::create_dir_all(project.path().join(&name)).expect("mkdir");
+        project.write(&format!("{name}/file.csv"), "x\n");
+        project.watcher(
+            &name,
+            &format!(
+                "namespace: many\nname: {name}\nsource: {{type: local_dir, path: {name}, min_age: 0s}}\n\
+                 sink: {{type: webhook, url: \"{}\", secret_env: HOOK_SECRET}}\npoll_interval: 1s\n",
+                receiver.url()
+            ),
+        );
+    }
+    let daemon = project.start_with(&[("HOOK_SECRET", SECRET)], &[]);
+    receiver.wait_accepted(WATCHERS, Duration::from_secs(60));
+    receiver.assert_signatures_verified();
+    // Every watcher delivered its one event; the shared pool keeps at most 8 idle
+    // connections to this receiver and closes the rest.
+    let open = crate::util::eventually("at most 8 connections left open", Duration::from_secs(20), || {
+        let open = receiver.shared.lock().expect("lock").open;
+        (open <= 8).then_some(open)
+    });
+    eprintln!("{WATCHERS} watchers, one delivery each: {open} connections left open");
+    let (code, _) = daemon.stop();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn plain_http_works_on_a_host_without_ca_certificates() {
+    let receiver = Receiver::start(Vec::new());
+    let project =
+        project(&format!("  type: webhook\n  url: {}\n  secret_env: HOOK_SECRET\n", receiver.url()), "");
+    let closed = ClosedPort::new();
+    std::fs::create_dir_all(project.path().join("secure")).expect("mkdir");
+    project.watcher(
+        "secure",
+        &format!(
+            "namespace: test\nname: secure\nsource: {{type: local_dir, path: secure, min_age: 0s}}\n\
+             sink: {{type: webhook, url: \"https://127.0.0.1:{}/hook\"}}\npoll_interval: 100ms\n",
+            closed.port
+        ),
+    );
+    // rustls reads only these when they are set: an empty bundle is a host without CA
+    // certificates.
+    let empty = project.write("no-ca/bundle.pem", "");
+    let no_ca = [("SSL_CERT_FILE", empty.to_str().expect("utf-8")), ("SSL_CERT_DIR", "/nonexistent")];
+
+    let out = project.command(&["check"]).envs(no_ca).env("HOOK_SECRET", SECRET).output().expect("check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("watcher test/secure") && stderr.contains("trust store"), "{stderr}");
+    assert!(!stderr.contains("watcher test/landing"), "plain HTTP needs no trust store: {stderr}");
+
+    let mut env = no_ca.to_vec();
+    env.push(("HOOK_SECRET", SECRET));
+    let mut daemon = project.start_with(&env, &[]);
+    project.write("secure/a.csv", "a\n");
+    let files = drop_files(&project, 2);
+    receiver.wait_accepted(2, Duration::from_secs(20));
+    assert_eq!(accepted_paths(&receiver), files);
+    daemon.wait_state("test/secure", "error");
+    let logged = daemon.wait_log_where("of the https watcher waiting for a trust store", |l| {
+        field_str(l, "reason").is_some_and(|r| r.contains("trust store"))
+    });
+    assert_eq!(field_str(&logged, "level"), Some("ERROR"), "{logged}");
+    daemon.wait_state(LANDING, "ok");
 }

@@ -1,5 +1,6 @@
 //! Requests to Airflow's API: URLs under `base_url`, the token (fetched from
-//! `POST /auth/token`, or given), and one renewal when Airflow answers 401.
+//! `POST /auth/token` with the password as it is in its file now, or given), one
+//! renewal when Airflow answers 401, and the classification of what it answers.
 
 use std::time::Duration;
 
@@ -8,17 +9,20 @@ use reqwest::header::AUTHORIZATION;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::sink::http::{self, Secret};
+use crate::sink::http::{self, Redactor};
 use crate::sink::{Delivery, classify_http_status};
+use crate::value::{HttpUrl, Secret, SecretRef};
 
 /// How requests authenticate.
 pub(super) enum Auth {
     /// No `Authorization` header (an Airflow that lets everyone in).
     None,
-    /// A token given in the config.
-    Static(Secret),
+    /// A token given in the config, read for every request.
+    Static(SecretRef),
     /// A username and password exchanged for a token, kept until Airflow refuses it.
-    Password { username: String, password: Secret, token: Option<Secret> },
+    /// The password is read each time a token is fetched, so a fixed password file is
+    /// picked up by the next attempt.
+    Password { username: String, password: SecretRef, token: Option<Secret> },
 }
 
 /// Why a request did not get the answer it needed: the delivery outcome to report.
@@ -26,18 +30,30 @@ pub(super) type Failed = Delivery;
 
 /// Airflow's API as the sink calls it.
 pub(super) struct Api {
-    pub(super) client: reqwest::Client,
     pub(super) base: reqwest::Url,
-    /// `base` as logs may show it.
-    pub(super) shown: String,
+    /// `base` as logs may show it, without a trailing `/`.
+    shown: String,
     pub(super) auth: Auth,
     /// How long one request may take.
     pub(super) timeout: Duration,
     /// The delay of a failure an operator must fix.
     pub(super) slow_retry: Duration,
+    /// The secrets sent so far (password, tokens), kept out of what Airflow answers.
+    redactor: Redactor,
 }
 
 impl Api {
+    pub(super) fn new(base: &HttpUrl, auth: Auth, timeout: Duration, slow_retry: Duration) -> Self {
+        Api {
+            base: base.url().clone(),
+            shown: base.to_string().trim_end_matches('/').to_string(),
+            auth,
+            timeout,
+            slow_retry,
+            redactor: Redactor::default(),
+        }
+    }
+
     /// `base_url` joined with an absolute API path (keeping any path prefix of its own).
     pub(super) fn url(&self, path: &str) -> reqwest::Url {
         let mut url = self.base.clone();
@@ -47,37 +63,78 @@ impl Api {
         url
     }
 
+    /// The URL of `path` as messages show it: one URL, without user info or query.
+    pub(super) fn shown(&self, path: &str) -> String {
+        format!("{}{path}", self.shown)
+    }
+
+    /// Airflow's base URL as messages show it.
+    pub(super) fn base_shown(&self) -> &str {
+        &self.shown
+    }
+
     /// A failure that an operator must fix; the batch is held and retried slowly.
     pub(super) fn needs_operator(&self, reason: String) -> Failed {
-        Delivery::RetryLater { reason, after: Some(self.slow_retry) }
+        Delivery::NeedsAttention { reason, after: Some(self.slow_retry) }
+    }
+
+    /// The shared client for the base URL (a missing trust store needs an operator).
+    fn client(&self) -> Result<reqwest::Client, Failed> {
+        http::client_for(&self.base)
+            .map_err(|problem| self.needs_operator(format!("{}: {problem}", self.shown)))
+    }
+
+    /// Classifies an answer that is not what the call wanted: its status the way every
+    /// HTTP sink does (credentials refused need an operator, at `slow_retry`), with the
+    /// start of the body, redacted.
+    pub(super) async fn failure(&self, response: reqwest::Response, what: &str) -> Failed {
+        match http::classify_response(response, what, &self.redactor).await {
+            Delivery::NeedsAttention { reason, .. } => self.needs_operator(reason),
+            other => other,
+        }
     }
 
     /// The token for the next request, fetching one if needed.
-    async fn token(&mut self) -> Result<Option<String>, Failed> {
+    async fn token(&mut self) -> Result<Option<Secret>, Failed> {
         let (username, password) = match &self.auth {
             Auth::None => return Ok(None),
-            Auth::Static(token) => return Ok(Some(token.expose().to_string())),
-            Auth::Password { token: Some(token), .. } => return Ok(Some(token.expose().to_string())),
+            Auth::Static(token) => {
+                let token = token.read().map_err(|e| self.needs_operator(e.to_string()))?;
+                self.redactor.add(token.expose());
+                return Ok(Some(token));
+            }
+            Auth::Password { token: Some(token), .. } => return Ok(Some(token.clone())),
             Auth::Password { username, password, token: None } => (username.clone(), password.clone()),
         };
-        let what = format!("{} /auth/token", self.shown);
+        let what = self.shown("/auth/token");
+        let password = password.read().map_err(|e| self.needs_operator(e.to_string()))?;
+        self.redactor.add(password.expose());
         let response = self
-            .client
+            .client()?
             .post(self.url("/auth/token"))
+            .timeout(self.timeout)
             .json(&json!({"username": username, "password": password.expose()}))
             .send()
             .await
             .map_err(|e| http::transport_failure(e, &what, self.timeout))?;
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            let key = match &self.auth {
+                Auth::Password { password, .. } => password.key(),
+                _ => "password".to_string(),
+            };
             return Err(self.needs_operator(format!(
-                "{what} refused the password of user `{username}` (HTTP {}); check username and password_*",
+                "{what} refused the password of user `{username}` (HTTP {}); check `username` and `{key}`",
                 status.as_u16()
             )));
         }
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
-            return Err(http::with_body(classify_http_status(status.as_u16(), None, &what), &body));
+            return Err(http::with_body(
+                classify_http_status(status.as_u16(), None, &what),
+                &body,
+                &self.redactor,
+            ));
         }
         #[derive(Deserialize)]
         struct TokenResponse {
@@ -88,26 +145,30 @@ impl Api {
             .await
             .map_err(|_| Delivery::retry(format!("{what} answered without an `access_token`")))?
             .access_token;
+        self.redactor.add(&token);
+        let token = Secret::new(token);
         if let Auth::Password { token: slot, .. } = &mut self.auth {
-            *slot = Some(Secret::new(token.clone()));
+            *slot = Some(token.clone());
         }
         Ok(Some(token))
     }
 
-    /// Sends a request built by `build`, with the current token; on 401 fetches a new
-    /// token once and sends it again. Returns any HTTP answer but 401.
+    /// Sends a request built by `build` (given the shared client), with the current
+    /// token and the request timeout; on 401 fetches a new token once and sends it
+    /// again. Returns any HTTP answer but 401. `what` names the call in messages.
     pub(super) async fn send(
         &mut self,
         what: &str,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, Failed> {
+        let client = self.client()?;
         let mut renewed = false;
         loop {
-            let mut request = build(&self.client);
+            let mut request = build(&client).timeout(self.timeout);
             if let Some(token) = self.token().await? {
-                let mut value =
-                    reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                        Delivery::permanent("the Airflow token holds characters a header cannot carry")
+                let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .map_err(|_| {
+                        self.needs_operator("the Airflow token holds characters a header cannot carry".into())
                     })?;
                 value.set_sensitive(true);
                 request = request.header(AUTHORIZATION, value);

@@ -5,8 +5,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::api::{Api, Failed};
-use crate::sink::http;
-use crate::sink::{Delivery, classify_http_status};
+use crate::sink::Delivery;
 
 /// How the watcher names its asset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +52,7 @@ impl Asset {
             AssetRef::Name(name) => ("name_pattern", name.clone(), "name"),
         };
         const PAGE: usize = 100;
-        let what = format!("{} /api/v2/assets", api.shown);
+        let what = api.shown("/api/v2/assets");
         let mut offset = 0usize;
         loop {
             let mut url = api.url("/api/v2/assets");
@@ -70,8 +69,7 @@ impl Asset {
                 );
             }
             if !status.is_success() {
-                let body = response.text().await.unwrap_or_default();
-                return Err(http::with_body(classify_http_status(status.as_u16(), None, &what), &body));
+                return Err(api.failure(response, &what).await);
             }
             #[derive(Deserialize)]
             struct Page {
@@ -94,7 +92,8 @@ impl Asset {
             if page.assets.is_empty() || offset >= page.total_entries {
                 return Err(api.needs_operator(format!(
                     "Airflow at {} has no {} (no active DAG declares it yet?); events are held and retried",
-                    api.shown, self.name
+                    api.base_shown(),
+                    self.name
                 )));
             }
         }

@@ -15,7 +15,6 @@ mod asset;
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,10 +24,10 @@ use serde_json::json;
 
 use self::api::{Api, Auth};
 use self::asset::{Asset, AssetRef};
-use super::http::{self, SecretKeys};
-use super::{BuildError, Delivery, Sink, SinkKind};
+use super::http;
+use super::{BuildError, Checked, Delivery, Sink, SinkKind};
 use crate::event::Event;
-use crate::value::{HttpUrl, HumanDuration, Kind, Template};
+use crate::value::{EnvVar, HttpUrl, HumanDuration, Kind, SecretFile, SecretRef, Template};
 
 /// `sink: {type: airflow}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -42,17 +41,20 @@ pub struct AirflowConfig {
     pub username: Option<String>,
     /// Environment variable holding the password of `username`.
     #[serde(default)]
-    pub password_env: Option<String>,
-    /// File holding the password of `username` (instead of `password_env`).
+    pub password_env: Option<EnvVar>,
+    /// File holding the password of `username` (instead of `password_env`), or
+    /// `credential:NAME` for a systemd credential. Read each time a token is fetched:
+    /// a fixed password needs no reload.
     #[serde(default)]
-    pub password_file: Option<PathBuf>,
+    pub password_file: Option<SecretFile>,
     /// Environment variable holding a token to send as is (instead of
     /// `username`/`password_*`). A token cannot be renewed by the sink.
     #[serde(default)]
-    pub token_env: Option<String>,
-    /// File holding such a token (instead of `token_env`).
+    pub token_env: Option<EnvVar>,
+    /// File holding such a token (instead of `token_env`), or `credential:NAME`; read
+    /// for every request.
     #[serde(default)]
-    pub token_file: Option<PathBuf>,
+    pub token_file: Option<SecretFile>,
     /// The asset's URI, exactly as the DAG declares it
     /// (`Asset(name="…", uri="s3://bucket/landing")`).
     #[serde(default)]
@@ -84,12 +86,12 @@ fn default_slow_retry() -> HumanDuration {
 }
 
 impl AirflowConfig {
-    fn password_keys(&self) -> SecretKeys<'_> {
-        SecretKeys { key: "password", env: self.password_env.as_deref(), file: self.password_file.as_deref() }
+    fn password(&self) -> Option<SecretRef> {
+        SecretRef::from_pair("password", self.password_env.as_ref(), self.password_file.as_ref())
     }
 
-    fn token_keys(&self) -> SecretKeys<'_> {
-        SecretKeys { key: "token", env: self.token_env.as_deref(), file: self.token_file.as_deref() }
+    fn token(&self) -> Option<SecretRef> {
+        SecretRef::from_pair("token", self.token_env.as_ref(), self.token_file.as_ref())
     }
 
     fn asset(&self) -> AssetRef {
@@ -109,7 +111,7 @@ impl SinkKind for AirflowConfig {
     /// Never a secret.
     fn describe(&self) -> String {
         let url = &self.base_url;
-        let auth = match (&self.username, self.token_keys().is_set()) {
+        let auth = match (&self.username, self.token().is_some()) {
             (Some(user), _) => format!(", as {user}"),
             (None, true) => ", with a token".to_string(),
             (None, false) => String::new(),
@@ -132,10 +134,14 @@ impl SinkKind for AirflowConfig {
             }
             _ => {}
         }
-        errors.extend(self.password_keys().validate());
-        errors.extend(self.token_keys().validate());
+        errors.extend(SecretRef::validate_pair(
+            "password",
+            self.password_env.as_ref(),
+            self.password_file.as_ref(),
+        ));
+        errors.extend(SecretRef::validate_pair("token", self.token_env.as_ref(), self.token_file.as_ref()));
         let (user, password, token) =
-            (self.username.is_some(), self.password_keys().is_set(), self.token_keys().is_set());
+            (self.username.is_some(), self.password().is_some(), self.token().is_some());
         if user && !password {
             errors.push(("username".into(), "needs `password_env` or `password_file`".into()));
         }
@@ -151,6 +157,13 @@ impl SinkKind for AirflowConfig {
             }
         }
         errors
+    }
+
+    fn check_host(&self) -> Vec<(String, String)> {
+        http::host_problem(self.base_url.url())
+            .map(|problem| ("base_url".to_string(), problem))
+            .into_iter()
+            .collect()
     }
 
     fn build(&self) -> Result<Box<dyn Sink>, BuildError> {
@@ -169,9 +182,14 @@ pub struct AirflowSink {
 }
 
 impl AirflowSink {
-    /// Builds the sink: reads the secrets and prepares the client. Nothing is contacted.
+    /// Builds the sink and checks that its secret can be read (it is read again each
+    /// time it is used). Nothing is contacted.
     pub fn new(config: &AirflowConfig) -> Result<Self, BuildError> {
-        let auth = match (&config.username, config.password_keys().load()?, config.token_keys().load()?) {
+        let (password, token) = (config.password(), config.token());
+        for secret in password.iter().chain(token.iter()) {
+            secret.read().map_err(|e| BuildError { message: e.to_string() })?;
+        }
+        let auth = match (&config.username, password, token) {
             (Some(username), Some(password), _) => {
                 Auth::Password { username: username.clone(), password, token: None }
             }
@@ -179,14 +197,7 @@ impl AirflowSink {
             _ => Auth::None,
         };
         Ok(AirflowSink {
-            api: Api {
-                client: http::client(config.timeout.0)?,
-                shown: config.base_url.to_string(),
-                base: config.base_url.url().clone(),
-                auth,
-                timeout: config.timeout.0,
-                slow_retry: config.slow_retry.0,
-            },
+            api: Api::new(&config.base_url, auth, config.timeout.0, config.slow_retry.0),
             asset: Asset::new(config.asset()),
             partition_key: config.partition_key.clone(),
         })
@@ -216,7 +227,7 @@ impl AirflowSink {
             "item": item,
             "emitted_at": event.emitted_at,
         });
-        let what = format!("{} /api/v2/assets/events", self.api.shown);
+        let what = self.api.shown("/api/v2/assets/events");
         let url = self.api.url("/api/v2/assets/events");
         let mut looked_again = false;
         loop {
@@ -245,11 +256,11 @@ impl AirflowSink {
                     .api
                     .needs_operator(format!("{what} answered 404 for {} (id {asset_id})", self.asset.name));
             }
-            let outcome = http::classify_response(response, &what).await;
-            if outcome == Delivery::Acknowledged {
-                tracing::debug!(event = %event.id, asset_id, "Posted asset event.");
+            if !response.status().is_success() {
+                return self.api.failure(response, &what).await;
             }
-            return outcome;
+            tracing::debug!(event = %event.id, asset_id, "Posted asset event.");
+            return Delivery::Acknowledged;
         }
     }
 }
@@ -268,10 +279,11 @@ impl Sink for AirflowSink {
         Delivery::Acknowledged
     }
 
-    async fn check(&mut self) -> Result<(), String> {
-        self.asset.id(&mut self.api).await.map(|_| ()).map_err(|failed| match failed {
-            Delivery::RetryLater { reason, .. } | Delivery::Permanent { reason } => reason,
-            Delivery::Acknowledged => String::new(),
-        })
+    async fn check(&mut self) -> Result<Checked, String> {
+        self.asset
+            .id(&mut self.api)
+            .await
+            .map(|_| Checked::default())
+            .map_err(|failed| failed.reason().to_string())
     }
 }

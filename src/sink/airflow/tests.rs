@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 
 use super::*;
 use crate::event::{Change, FileItem, Item};
-use crate::sink::http::Secret;
 
 /// A stand-in for Airflow's API with just the calls the sink makes, answering the
 /// way Airflow 3.3 does.
@@ -113,11 +112,24 @@ fn config(base_url: &str) -> AirflowConfig {
     }
 }
 
+/// A file holding `password`, for `password_file`; the directory lives as long as the
+/// test process.
+fn password_file(password: &str) -> SecretFile {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.path().join(format!("password-{n}"));
+    std::fs::write(&path, format!("{password}\n")).unwrap();
+    SecretFile::Path(path)
+}
+
 fn sink(config: &AirflowConfig) -> AirflowSink {
-    let mut sink = AirflowSink::new(config).unwrap();
-    sink.api.auth =
-        Auth::Password { username: "admin".into(), password: Secret::new("pw".into()), token: None };
-    sink
+    let mut config = config.clone();
+    if config.password_file.is_none() {
+        config.password_file = Some(password_file("pw"));
+    }
+    AirflowSink::new(&config).unwrap()
 }
 
 fn event(id: &str, path: &str) -> Event {
@@ -173,7 +185,7 @@ async fn a_missing_asset_is_held_and_retried_slowly_and_a_recreated_one_found_ag
     let (url, mock) = start(Mock::default()).await;
     let mut sink = sink(&config(&url));
     match sink.deliver(&[event("e1", "a.csv")]).await {
-        Delivery::RetryLater { reason, after } => {
+        Delivery::NeedsAttention { reason, after } => {
             assert!(reason.contains("s3://landing/orders"), "{reason}");
             assert_eq!(after, Some(Duration::from_secs(42)));
         }
@@ -192,15 +204,21 @@ async fn a_missing_asset_is_held_and_retried_slowly_and_a_recreated_one_found_ag
 #[tokio::test]
 async fn refused_credentials_are_held_not_dropped() {
     let (url, _mock) = start(Mock { assets: assets_list(), ..Mock::default() }).await;
-    let mut sink = sink(&config(&url));
-    sink.api.auth =
-        Auth::Password { username: "admin".into(), password: Secret::new("wrong".into()), token: None };
+    let mut config = config(&url);
+    let file = password_file("wrong");
+    config.password_file = Some(file.clone());
+    let mut sink = sink(&config);
     match sink.deliver(&[event("e1", "a.csv")]).await {
-        Delivery::RetryLater { reason, after: Some(_) } => {
-            assert!(reason.contains("admin") && !reason.contains("wrong"), "{reason}")
+        Delivery::NeedsAttention { reason, after: Some(_) } => {
+            assert!(reason.contains("admin") && !reason.contains("wrong"), "{reason}");
+            assert!(reason.contains("/auth/token refused") && reason.contains("password_file"), "{reason}");
         }
         other => panic!("expected a slow retry, got {other:?}"),
     }
+    // Fixed in its file: the next attempt reads it.
+    let SecretFile::Path(path) = file else { unreachable!() };
+    std::fs::write(path, "pw\n").unwrap();
+    assert_eq!(sink.deliver(&[event("e1", "a.csv")]).await, Delivery::Acknowledged);
 }
 
 #[tokio::test]
@@ -221,11 +239,11 @@ async fn partition_keys_come_from_the_item() {
 fn validation_reports_each_problem_and_describe_hides_secrets() {
     let mut config = config("http://airflow:8080");
     config.asset_name = Some("orders".into());
-    config.token_env = Some("AIRFLOW_TOKEN".into());
+    config.token_env = Some(EnvVar::new("AIRFLOW_TOKEN").unwrap());
     let keys: Vec<String> = config.validate().into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, ["asset_name", "username", "token_env"]);
     let mut ok = self::config("http://airflow:8080/");
-    ok.password_env = Some("AIRFLOW_PASSWORD".into());
+    ok.password_env = Some(EnvVar::new("AIRFLOW_PASSWORD").unwrap());
     assert!(ok.validate().is_empty(), "{:?}", ok.validate());
     assert_eq!(ok.describe(), "airflow http://airflow:8080/ asset URI `s3://landing/orders`, as admin");
 }

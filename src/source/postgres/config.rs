@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::Postgres;
 use super::connect::{self, ConnectSettings, TlsMode};
 use crate::source::{Source, SourceKind};
-use crate::value::{HumanDuration, Kind};
+use crate::value::{EnvVar, HumanDuration, Kind, SecretFile};
 
 /// `source: {type: postgres}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -24,11 +24,11 @@ pub struct PostgresConfig {
     pub connection: Option<String>,
     /// Name of an environment variable holding the password.
     #[serde(default)]
-    pub password_env: Option<String>,
+    pub password_env: Option<EnvVar>,
     /// A file holding the password (one line; read at every connect, so rotating it
-    /// needs no restart).
+    /// needs no restart), or `credential:NAME` for a systemd credential.
     #[serde(default)]
-    pub password_file: Option<PathBuf>,
+    pub password_file: Option<SecretFile>,
     /// `disable`, `prefer` (default), `require` or `verify-full`. Overrides the
     /// connection string and PGSSLMODE.
     #[serde(default)]

@@ -4,7 +4,6 @@
 //!
 //! Messages built here name the host, port, database and user, never the password.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::error::SqlState;
 
 use crate::source::{ErrorClass, SourceError};
+use crate::value::{EnvVar, SecretFile, SecretRef};
 
 /// `sslmode`, as libpq spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -48,8 +48,8 @@ impl TlsMode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectSettings {
     pub connection: Option<String>,
-    pub password_env: Option<String>,
-    pub password_file: Option<std::path::PathBuf>,
+    pub password_env: Option<EnvVar>,
+    pub password_file: Option<SecretFile>,
     pub sslmode: Option<TlsMode>,
     pub sslrootcert: Option<std::path::PathBuf>,
 }
@@ -142,9 +142,11 @@ pub fn validate(settings: &ConnectSettings) -> Vec<(String, String)> {
             errors.push(("connection".into(), format!("not a valid connection string or URL: {e}")));
         }
     }
-    if settings.password_env.is_some() && settings.password_file.is_some() {
-        errors.push(("password_file".into(), "give password_env or password_file, not both".into()));
-    }
+    errors.extend(SecretRef::validate_pair(
+        "password",
+        settings.password_env.as_ref(),
+        settings.password_file.as_ref(),
+    ));
     errors
 }
 
@@ -192,13 +194,11 @@ pub fn resolve(settings: &ConnectSettings) -> Result<Target, SourceError> {
         let db = env("PGDATABASE").or_else(|| config.get_user().map(str::to_string)).unwrap_or_default();
         config.dbname(&db);
     }
-    if let Some(file) = &settings.password_file {
-        config.password(read_password_file(file)?);
-    } else if let Some(var) = &settings.password_env {
-        let password = std::env::var(var).map_err(|_| {
-            SourceError::needs_attention(format!("password_env: environment variable {var} is not set"))
-        })?;
-        config.password(password);
+    if let Some(password) =
+        SecretRef::from_pair("password", settings.password_env.as_ref(), settings.password_file.as_ref())
+    {
+        let password = password.read().map_err(|e| SourceError::needs_attention(e.to_string()))?;
+        config.password(password.expose());
     } else if config.get_password().is_none()
         && let Some(password) = env("PGPASSWORD")
     {
@@ -242,13 +242,6 @@ pub fn resolve(settings: &ConnectSettings) -> Result<Target, SourceError> {
     });
     let rootcert = settings.sslrootcert.clone().or_else(|| env("PGSSLROOTCERT").map(Into::into));
     Ok(Target { config, tls, rootcert })
-}
-
-fn read_password_file(path: &Path) -> Result<String, SourceError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        SourceError::needs_attention(format!("cannot read password_file {}: {e}", path.display()))
-    })?;
-    Ok(text.trim_end_matches(['\n', '\r']).to_string())
 }
 
 /// Opens a connection and runs its driver task. The client errors with `is_closed()`
@@ -445,8 +438,8 @@ mod tests {
     fn bad_settings_are_reported_without_the_password() {
         let settings = ConnectSettings {
             connection: Some("postgres://u:sekret@h/db?sslmode=verify-ca".into()),
-            password_env: Some("A".into()),
-            password_file: Some("/x".into()),
+            password_env: Some(EnvVar::new("A").unwrap()),
+            password_file: Some(SecretFile::parse("/x").unwrap()),
             sslmode: None,
             sslrootcert: None,
         };

@@ -220,10 +220,10 @@ pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) ->
     }
 
     telemetry.ready.store(false, Ordering::Relaxed);
-    notify::stopping();
+    let deadline = supervisor.config.daemon.shutdown_timeout;
+    notify::stopping(deadline.0);
     tracing::info!("Shutting down: finishing deliveries in flight.");
     supervisor.token.cancel();
-    let deadline = supervisor.config.daemon.shutdown_timeout;
     let mut handles: Vec<JoinHandle<()>> = supervisor.running.into_values().map(|r| r.handle).collect();
     handles.extend(supervisor.stopping.drain(..).map(|(_, handle)| handle));
     let drain = tokio::time::timeout(deadline.0, async {

@@ -40,6 +40,16 @@ pub struct HttpConfig {
     /// needs an operator) for longer than this.
     #[serde(default = "default_ready_max_blocked")]
     pub ready_max_blocked: HumanDuration,
+    /// A connection is closed when a request's headers take longer than this to
+    /// arrive, and when it sits idle between requests for this long: a client that
+    /// opens connections and sends nothing cannot hold them.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// Most connections open at once; one more is closed as soon as it is accepted
+    /// (and counted in `highwater_http_connections_refused_total`), so that the
+    /// listener cannot use up the file descriptors the watchers need.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 fn default_listen() -> SocketAddr {
@@ -50,6 +60,18 @@ fn default_ready_max_blocked() -> HumanDuration {
     HumanDuration(Duration::from_secs(300))
 }
 
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+fn default_max_connections() -> usize {
+    64
+}
+
+/// Longest a connection lives, whatever it does: also bounds a client that reads a
+/// response slowly, which the header timeout does not see.
+const MAX_CONNECTION_LIFE: Duration = Duration::from_secs(300);
+
 /// How long `/readyz` waits for the store before calling it unavailable.
 const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -58,6 +80,18 @@ const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const SUPERVISOR_STALL: Duration = Duration::from_secs(30);
 
 impl HttpConfig {
+    /// Cross-key checks, as `(key under http, message)` pairs.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        if self.idle_timeout.0 < Duration::from_millis(100) {
+            errors.push(("idle_timeout".into(), "must be at least 100ms".into()));
+        }
+        if !(1..=10_000).contains(&self.max_connections) {
+            errors.push(("max_connections".into(), "must be between 1 and 10000".into()));
+        }
+        errors
+    }
+
     /// Why the address is a risk, when it is not on loopback: the endpoints have no
     /// authentication. `check` prints it and the daemon logs it at start.
     pub fn exposure_warning(&self) -> Option<String> {
@@ -101,17 +135,75 @@ pub fn serve(
         registry: Arc::new(registry),
         ready_max_blocked: config.ready_max_blocked.0,
     };
+    let telemetry = Arc::clone(&state.telemetry);
     let app = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state);
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP listener failed; metrics and health endpoints are gone.");
-        }
-    })
+    let limits = Limits { idle_timeout: config.idle_timeout.0, max_connections: config.max_connections };
+    tokio::spawn(accept_loop(listener, app, limits, telemetry, shutdown))
+}
+
+/// What bounds the listener's connections.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    idle_timeout: Duration,
+    max_connections: usize,
+}
+
+/// Accepts connections until `shutdown`, each served on its own task within the
+/// limits. (`axum::serve` has neither a header timeout nor a connection cap: 1,050
+/// idle connections once used up every file descriptor of the process.)
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: Limits,
+    telemetry: Arc<Telemetry>,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait a little instead of
+                // spinning on a listener that keeps failing.
+                tracing::warn!(error = %e, "HTTP listener cannot accept a connection.");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            telemetry.http_connections_refused.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.idle_timeout);
+            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = &mut connection => {}
+                _ = tokio::time::sleep(MAX_CONNECTION_LIFE) => {}
+                () = shutdown.cancelled() => {
+                    // Finish the request in flight, briefly; then the connection goes.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+                }
+            }
+            drop(slot);
+        });
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -207,6 +299,13 @@ impl Collector for WatcherCollector {
         ] {
             ConstCounter::new(n).encode(family.encode_family(&[("result", result)])?)?;
         }
+        let family = encoder.encode_descriptor(
+            "highwater_http_connections_refused",
+            "Connections to this listener closed at once because http.max_connections were open.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.0.http_connections_refused.load(Ordering::Relaxed)).encode(family)?;
 
         counter(&mut encoder, &rows, "highwater_watcher_polls", "Polls that returned.", |s| &s.polls)?;
         counter(&mut encoder, &rows, "highwater_watcher_poll_errors", "Polls that failed.", |s| {

@@ -21,9 +21,17 @@ pub fn reloading() {
     }
 }
 
-/// Tells the service manager that shutdown began.
-pub fn stopping() {
-    send(&[NotifyState::Stopping, NotifyState::Status("Stopping: finishing deliveries in flight.")]);
+/// Tells the service manager that shutdown began and may take up to `drain` (the
+/// shutdown timeout): `EXTEND_TIMEOUT_USEC` keeps its stop timeout from killing the
+/// daemon while deliveries in flight finish, however `TimeoutStopSec=` is set.
+pub fn stopping(drain: Duration) {
+    // A margin for the last commit and the exit after the deadline.
+    let usec = (drain + Duration::from_secs(10)).as_micros().min(u128::from(u32::MAX)) as u32;
+    send(&[
+        NotifyState::Stopping,
+        NotifyState::ExtendTimeoutUsec(usec),
+        NotifyState::Status("Stopping: finishing deliveries in flight."),
+    ]);
 }
 
 /// Updates the one-line status `systemctl status` shows.

@@ -177,6 +177,9 @@ pub struct Telemetry {
     pub reloads_applied: AtomicU64,
     /// Reloads rejected (invalid config); the previous config kept running.
     pub reloads_rejected: AtomicU64,
+    /// Connections to the HTTP listener closed at once because `http.max_connections`
+    /// were open.
+    pub http_connections_refused: AtomicU64,
 }
 
 impl Telemetry {

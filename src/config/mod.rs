@@ -275,6 +275,11 @@ fn load_recorded(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Co
     };
     let daemon_text = daemon_text.unwrap_or_default();
     validate_defaults(path, &daemon_text, &daemon.defaults, &mut errors);
+    if let Some(http) = &daemon.http {
+        for (key, message) in http.validate() {
+            errors.push(located(path, &daemon_text, &format!("http.{key}"), message));
+        }
+    }
 
     let files = match watcher_files(&daemon.watchers_dir) {
         Ok(files) => files,

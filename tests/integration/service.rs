@@ -92,7 +92,11 @@ fn notify_ready_watchdog_and_stopping_arrive_in_order() {
 
     d.signal(libc::SIGTERM);
     let stopping = notify.until("STOPPING=1", WAIT);
-    assert!(!stopping.last().expect("message").contains("READY=1"));
+    let message = stopping.last().expect("message");
+    assert!(!message.contains("READY=1"));
+    // The shutdown timeout (10s in this project) plus a margin: systemd's stop timeout
+    // must not kill the daemon while it drains.
+    assert!(message.lines().any(|l| l == "EXTEND_TIMEOUT_USEC=20000000"), "{message:?}");
     let (code, logs) = d.stop();
     assert_eq!(code, Some(0), "logs:\n{}", logs.join("\n"));
 }
@@ -364,6 +368,9 @@ fn install_script_lays_out_a_packaged_install_whose_config_is_valid() {
     assert!(!unit.contains("/usr/local"), "every path follows PREFIX");
     assert!(unit.contains("ExecStart=/usr/bin/highwater --config /etc/highwater/highwater.yaml run"));
     assert!(unit.contains("RestartPreventExitStatus=78"));
+    // `check` in ExecStartPre= restarted an invalid config without end: `run` checks.
+    assert!(!unit.lines().any(|l| l.starts_with("ExecStartPre=")), "{unit}");
+    assert!(unit.contains("LimitNOFILE="));
 
     // The packaged config is valid once its absolute paths point into the stage, and
     // the example watcher is valid too.
@@ -400,4 +407,50 @@ fn an_http_address_in_use_stops_the_start_with_exit_71() {
     d.drain_logs();
     assert!(d.logs.iter().any(|l| l.contains("http.listen")), "logs:\n{}", d.logs.join("\n"));
     assert_eq!(notify.recv(Duration::from_millis(200)), None, "never ready");
+}
+
+/// Reads until the server closes the connection (or `WAIT` passes, a failure); true
+/// when it closed it.
+fn closed_by_server(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut buffer = [0u8; 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn idle_and_half_sent_connections_are_closed_and_capped() {
+    use std::io::Write;
+    let p = Project::new(
+        "watchers_dir: watchers\nstate: {type: sqlite, path: state/highwater.db}\n\
+         http: {listen: 127.0.0.1:0, idle_timeout: 2s, max_connections: 3}\n",
+    );
+    fast_watcher(&p, "a", "");
+    let mut d = p.start();
+    let addr = d.http_addr();
+    // Three connections take every slot: one idle, one with half its headers sent,
+    // one that got an answer and stays open (keep-alive).
+    let mut idle = std::net::TcpStream::connect(&addr).expect("connect");
+    let mut half = std::net::TcpStream::connect(&addr).expect("connect");
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").expect("send");
+    let mut kept = std::net::TcpStream::connect(&addr).expect("connect");
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    // The fourth is refused: closed as soon as it is accepted.
+    let mut fourth = std::net::TcpStream::connect(&addr).expect("connect");
+    assert!(closed_by_server(&mut fourth), "a connection over the cap stays open");
+    // The idle timeout closes the other three, which frees the slots.
+    for (what, stream) in [("idle", &mut idle), ("half-sent", &mut half), ("kept-alive", &mut kept)] {
+        assert!(closed_by_server(stream), "the {what} connection was not closed");
+    }
+    let (status, _, metrics) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("highwater_http_connections_refused_total 1\n"), "{metrics}");
+    d.stop();
 }

@@ -8,6 +8,7 @@ mod conformance;
 mod core;
 mod local_dir;
 mod postgres;
+mod postgres_history;
 mod postgres_session;
 mod postgres_values;
 mod s3;

@@ -36,11 +36,15 @@ pub(crate) struct Pg {
 
 impl Pg {
     pub(crate) fn connect() -> Pg {
+        Pg::connect_to(&url())
+    }
+
+    /// A connection to another server (a private cluster of a test's own).
+    pub(crate) fn connect_to(url: &str) -> Pg {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let client = rt.block_on(async {
-            let url = url();
             let (client, connection) =
-                tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap_or_else(|e| {
+                tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap_or_else(|e| {
                     panic!("cannot connect to {url} (HIGHWATER_TEST_PG_URL; scripts/test.sh sets it up): {e}")
                 });
             tokio::spawn(async move {
@@ -445,12 +449,18 @@ fn tls_require_encrypts_and_verify_full_checks_the_certificate() {
     );
     let table = schema.orders();
     schema.pg.exec(&format!("INSERT INTO {table} (note) VALUES ('a')"));
+    // A name of its own: the daemons of other tests, some without TLS, are connected too.
     let project = watcher_project(&table, "  cursor: id\n  xid_column: hx\n  sslmode: require");
+    let path = project.path().join("watchers/rows.yaml");
+    let text = std::fs::read_to_string(&path).expect("read watcher");
+    let url = url();
+    let named = format!("{url}{}application_name=highwater_tls", if url.contains('?') { '&' } else { '?' });
+    std::fs::write(&path, text.replace(&format!("\"{url}\""), &format!("\"{named}\""))).expect("write");
     let mut daemon = start(&project);
     assert_eq!(ids(&daemon.events(1, WAIT)), vec![1]);
     let encrypted = schema.pg.query(
         "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
-         WHERE a.application_name = 'highwater'",
+         WHERE a.application_name = 'highwater_tls'",
     );
     assert!(!encrypted.is_empty() && encrypted.iter().all(|r| r.get::<_, bool>(0)), "not encrypted");
     daemon.stop();

@@ -10,15 +10,18 @@
 //!   in and however long they stay open, and it is an index range scan on the column.
 //!   A snapshot pair with more rows than one batch is walked by keyset on
 //!   (xid, cursor…), so the watermark then also holds the pair and the position in it.
+//!   The watermark also records where in the server's history its snapshot was taken,
+//!   checked at every poll (`history`), since ids handed out again would look seen.
 //! - `cursor`: plain keyset pagination on the cursor columns, with an optional grace
 //!   delay; for tables that cannot get the column, with the limits the README states.
 //!
 //! This file holds the watermark and the poll; `config` the config and its validation,
 //! `plan` the catalog checks and the SQL, `rows` rows to events, `values` column values
-//! to JSON, `connect` the connection.
+//! to JSON, `history` the server's history, `connect` the connection.
 
 mod config;
 pub mod connect;
+mod history;
 mod plan;
 mod rows;
 pub mod values;
@@ -29,6 +32,7 @@ use serde_json::Value;
 use tokio_postgres::{Client, Statement};
 
 pub use self::config::{Mode, PostgresConfig};
+use self::history::{Server, Verdict};
 use self::plan::{Args, Plan, Shape};
 use super::{ErrorClass, Polled, Source, SourceError, read_watermark};
 use crate::value::Kind;
@@ -48,6 +52,10 @@ enum Mark {
         /// Last row announced within the pair: its xid and cursor values as text.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<Vec<String>>,
+        /// Where in the server's history the newest snapshot above was taken (None in
+        /// a watermark from before this was recorded: taken as the server's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server: Option<Server>,
     },
     /// Mode `cursor`: the last cursor values announced, as text.
     Cursor {
@@ -67,8 +75,11 @@ fn snapshot_progress(text: &str) -> Option<(&str, &str)> {
 struct Conn {
     client: Client,
     plan: Plan,
-    /// `SELECT pg_current_snapshot()`, prepared so that an idle poll is one round trip.
-    snapshot: Statement,
+    /// Mode `xid`: the snapshot and what identifies the server's history
+    /// ([`history::FACTS_SQL`]), prepared so that an idle poll is one round trip.
+    facts: Option<Statement>,
+    /// Mode `xid`: the cluster's `system_identifier`.
+    system: String,
 }
 
 /// The runtime `postgres` source.
@@ -112,11 +123,14 @@ impl Postgres {
                     tracing::warn!(table = %plan.name, rows = n, "Rows with a NULL cursor column are skipped.");
                 }
             }
-            let snapshot = client
-                .prepare("SELECT pg_current_snapshot()::text")
-                .await
-                .map_err(|e| query_error(&plan.name, e))?;
-            self.conn = Some(Conn { client, plan, snapshot });
+            let (facts, system) = match self.config.mode {
+                Mode::Xid => (
+                    Some(client.prepare(history::FACTS_SQL).await.map_err(|e| query_error(&plan.name, e))?),
+                    history::system(&client, &plan.name).await?,
+                ),
+                Mode::Cursor => (None, String::new()),
+            };
+            self.conn = Some(Conn { client, plan, facts, system });
         }
         self.conn.as_mut().ok_or_else(|| SourceError::transient("no connection"))
     }
@@ -152,7 +166,7 @@ impl Postgres {
     async fn poll_inner(&mut self, mark: Option<Mark>, limit: usize) -> Result<Polled, SourceError> {
         let mode = self.config.mode;
         let mark = mark.unwrap_or(match mode {
-            Mode::Xid => Mark::Xid { from: None, to: None, after: None },
+            Mode::Xid => Mark::Xid { from: None, to: None, after: None, server: None },
             Mode::Cursor => Mark::Cursor { after: None },
         });
         let grace = self.config.grace.map(|g| g.0.as_secs_f64());
@@ -164,28 +178,72 @@ impl Postgres {
         let plan = &conn.plan;
         let client = &conn.client;
         match mark {
-            Mark::Xid { from, to, after } => {
+            Mark::Xid { from, to, after, server } => {
+                let facts = conn.facts.as_ref().ok_or_else(|| SourceError::transient("no facts query"))?;
+                let facts = history::facts(client, facts, &plan.name).await?;
                 let mut queries = 1;
-                let to = match to {
-                    Some(to) => to,
+                let (from, to, after, server) = match &server {
+                    None => (from, to, after, None),
+                    Some(stored) => {
+                        let newest = to.as_deref().or(from.as_deref());
+                        let verdict =
+                            history::check(client, &conn.system, stored, newest, &facts, &plan.name).await?;
+                        match verdict {
+                            Verdict::Continue(None) => (from, to, after, server),
+                            Verdict::Continue(Some(adopted)) => (from, to, after, Some(adopted)),
+                            Verdict::Behind => {
+                                tracing::debug!(table = %plan.name, "The standby has not replayed up to the watermark yet.");
+                                let next = Mark::Xid { from, to, after, server };
+                                return Ok(Polled {
+                                    items: Vec::new(),
+                                    next: mark_value(&next),
+                                    more: false,
+                                });
+                            }
+                            Verdict::Rescan { bound, cause } => {
+                                // Rows of a pair that was under way are announced again too:
+                                // the re-scan starts from the last whole snapshot.
+                                let capped = match &from {
+                                    Some(f) => Some(history::cap(f, bound).ok_or_else(|| {
+                                        SourceError::needs_attention(format!(
+                                            "{}: stored snapshot `{f}` is not a snapshot",
+                                            plan.name
+                                        ))
+                                    })?),
+                                    None => None,
+                                };
+                                tracing::warn!(
+                                    table = %plan.name,
+                                    cause = %cause,
+                                    rescan_from_xid = bound,
+                                    "The server's history changed; announcing again the rows written by transactions from rescan_from_xid on."
+                                );
+                                (capped, None, None, None)
+                            }
+                            Verdict::Stop(cause) => {
+                                return Err(history::stop_error(&plan.name, &cause, stored, from.as_deref()));
+                            }
+                        }
+                    }
+                };
+                let (to, server) = match to {
+                    Some(to) => (to, server),
                     None => {
-                        let row = client
-                            .query_one(&conn.snapshot, &[])
-                            .await
-                            .map_err(|e| query_error(&plan.name, e))?;
-                        let now: String = row.try_get(0).map_err(|e| query_error(&plan.name, e))?;
+                        let now = facts.snapshot.clone();
                         // No transaction finished since the last poll: nothing can be
                         // new, and one query is all an idle poll costs.
                         if from.as_deref().and_then(snapshot_progress) == snapshot_progress(&now) {
                             tracing::debug!(table = %plan.name, queries, rows = 0, "Polled table.");
-                            return Ok(Polled {
-                                items: Vec::new(),
-                                next: mark_value(&Mark::Xid { from: Some(now), to: None, after: None }),
-                                more: false,
-                            });
+                            let next = Mark::Xid { from: Some(now), to: None, after: None, server };
+                            return Ok(Polled { items: Vec::new(), next: mark_value(&next), more: false });
                         }
-                        queries += 1;
-                        now
+                        // Nothing of the new snapshot is announced before the WAL that
+                        // shows it is durable (see `history`).
+                        if !facts.standby && facts.flushed < facts.lsn {
+                            history::make_durable(client, facts.lsn, &plan.name).await?;
+                            queries += 1;
+                        }
+                        (now, Some(history::record(&conn.system, server.as_ref(), &facts)))
                     }
                 };
                 let shape = Shape { since: from.is_some(), resume: after.is_some() };
@@ -199,12 +257,13 @@ impl Postgres {
                     limit: row_limit,
                 };
                 let rows = plan.page(client, shape, &args).await?;
+                queries += 1;
                 let more = rows.len() >= limit;
                 let last = rows.last().map(|r| rows::position(plan, r, true)).transpose()?;
                 let items = rows::found(plan, &rows, emit)?;
                 let name = plan.name.clone();
                 let next = if more {
-                    Mark::Xid { from: from.clone(), to: Some(to), after: last.or(after) }
+                    Mark::Xid { from: from.clone(), to: Some(to), after: last.or(after), server }
                 } else {
                     // The pair is done: count the rows it skipped for a NULL cursor (none
                     // can be when the catalog says the cursor columns are NOT NULL).
@@ -213,7 +272,7 @@ impl Postgres {
                         queries += 1;
                         self.skip_nulls(&name, nulls);
                     }
-                    Mark::Xid { from: Some(to), to: None, after: None }
+                    Mark::Xid { from: Some(to), to: None, after: None, server }
                 };
                 tracing::debug!(table = %name, queries, rows = rows.len(), "Polled table.");
                 self.count_as_text(&name, &items);

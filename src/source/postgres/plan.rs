@@ -160,6 +160,10 @@ impl Plan {
     pub fn value(&self, i: usize) -> usize {
         self.key.len() + self.cursor.len() + 1 + i
     }
+    /// Mode `xid`: the writing transaction is part of a row's identity.
+    pub fn has_xid(&self) -> bool {
+        self.xid.is_some()
+    }
 }
 
 /// The `where` condition, ready to append. On lines of its own, so that a condition
@@ -236,10 +240,12 @@ pub(super) async fn prepare(client: &Client, config: &PostgresConfig) -> Result<
         .try_get(0)
         .map_err(err)?;
     // Timeouts first: even reading the catalog and preparing a query can wait on a
-    // lock. Milliseconds are integers written here, never text from the config.
+    // lock. Milliseconds are integers written here, never text from the config. A
+    // commit of this session waits for the local flush, whatever writers use (see
+    // `history::make_durable`).
     client
         .batch_execute(&format!(
-            "SET statement_timeout = {}; SET lock_timeout = {}; \
+            "SET statement_timeout = {}; SET lock_timeout = {}; SET synchronous_commit = local; \
              SET default_transaction_read_only = on; SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; \
              SET extra_float_digits = 3",
             config.statement_timeout.0.as_millis(),

@@ -1,6 +1,7 @@
 //! Selected rows to what the watcher delivers: one item per row (or one per batch),
-//! each with the identity its event id is derived from, and the keyset position a
-//! page ended at.
+//! each with the identity its event id is derived from (table, key and cursor values,
+//! and in mode `xid` the writing transaction), and the keyset position a page ended
+//! at.
 
 use serde_json::{Map, Value};
 use tokio_postgres::Row;
@@ -41,6 +42,11 @@ pub(super) fn found(plan: &Plan, rows: &[Row], emit: Emit) -> Result<Vec<Found>,
         }
         for i in 0..plan.cursor.len() {
             identity.push(text(plan, row, plan.cursor_text(i))?);
+        }
+        // The transaction that wrote the row tells a row deleted and written again
+        // with the same key (or a table dropped and made again) from the row before.
+        if plan.has_xid() {
+            identity.push(text(plan, row, plan.xid_text())?);
         }
         let mut decoded = Map::new();
         let mut as_text = Vec::new();

@@ -544,6 +544,7 @@ mod tests {
     /// A valid watcher config; `path` tells two configs of one watcher apart.
     fn watcher(namespace: &str, name: &str, path: &str) -> WatcherConfig {
         WatcherConfig {
+            start: crate::value::Start::Beginning,
             file: format!("{name}.yaml").into(),
             namespace: namespace.into(),
             name: name.into(),

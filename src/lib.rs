@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: YAML → raw structs → validated [`config::Config`]; every error at once.
 //! - [`event`]: the one event shape and deterministic event ids.
+//! - [`json`]: JSON text carried as text (store values, a source's state). A leaf.
 //! - [`source`]: the `Source` trait and the sources (`local_dir`, `s3`, `postgres`).
 //! - [`sink`]: the `Sink` trait, delivery outcomes, and the sinks (`stdout`, `file`).
 //! - [`state`]: the `process_state` store (SQLite).
@@ -26,6 +27,7 @@ pub(crate) mod config;
 pub(crate) mod daemon;
 pub mod event;
 pub(crate) mod http;
+pub(crate) mod json;
 pub(crate) mod notify;
 pub(crate) mod outbox;
 pub mod sink;

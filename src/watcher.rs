@@ -1,16 +1,21 @@
 //! The one loop: the only code that sees a source, a sink and the store together.
 //!
 //! ```text
-//! load state ─► redeliver pending batch, if any ─► poll source(watermark, limit)
-//!    ▲                                                   │ items + next watermark
-//!    │                                                   ▼
-//! commit: watermark = next, pending = ∅  ◄── deliver ◄── write pending batch
+//! restore source ─► redeliver pending batch, if any ─► poll source(limit) ─► batches
+//!    ▲                                                                          │
+//!    │                                                                          ▼
+//! commit: change set applied, pending = ∅ ◄── deliver ◄── write pending batch (one per batch)
+//!    └──► source.committed(change)
 //! ```
 //!
-//! The batch is in the store before its first delivery attempt (so a crash redelivers
-//! it with the same event ids), and the watermark moves only in the transaction that
-//! clears an acknowledged batch. A poll that finds nothing writes nothing.
+//! The source holds its state: the loop restores it from the store at start (and when
+//! the stored state changed outside the watcher), and tells it each commit. A poll may
+//! hand over several batches; each is written to the store before its first delivery
+//! attempt (so a crash redelivers it with the same event ids) and committed on its own
+//! acknowledgement, in the transaction that clears it. A poll that finds nothing writes
+//! nothing.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -21,11 +26,12 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::{Backoff, jittered, wake_at};
 use crate::config::{FailurePolicy, RetryConfig, WatcherConfig};
 use crate::event::{Event, event_id};
-use crate::outbox::{Outbox, OutboxError, PendingBatch, Staged, StateChange, dead_letter_key};
+use crate::outbox::{Outbox, OutboxError, PendingBatch, Staged, dead_letter_key};
 use crate::sink::{Delivery, Sink};
-use crate::source::{ErrorClass, Polled, Source, SourceError};
+use crate::source::{Batch, ChangeSet, ErrorClass, Source, SourceError};
 use crate::state::{Store, StoreError};
 use crate::telemetry::{WatcherState, WatcherStats, now_ms};
+use crate::value::Start;
 
 /// Longest `Retry-After` a receiver can impose; a longer one is cut to this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -47,7 +53,7 @@ pub enum WatcherError {
     Shutdown,
 }
 
-/// What a `highwater once` cycle did.
+/// What a cycle did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CycleReport {
     /// Events of an earlier pending batch delivered again.
@@ -56,7 +62,8 @@ pub struct CycleReport {
     pub delivered: usize,
     /// Events set aside under a dead-letter key.
     pub dead_lettered: usize,
-    /// The source had more than one batch waiting.
+    /// More is waiting: batches of the last poll, or items the source left for the
+    /// next one.
     pub more: bool,
 }
 
@@ -72,10 +79,16 @@ pub struct Watcher {
     batch_size: usize,
     policy: FailurePolicy,
     retry: RetryConfig,
+    /// Where a watcher without a watermark begins.
+    start: Start,
     stats: Arc<WatcherStats>,
-    /// The watermark the next poll starts from. It can be ahead of the stored one: a
-    /// poll that finds nothing may still advance it, and that is kept in memory only.
-    watermark: Option<serde_json::Value>,
+    /// Batches of the last poll not yet written to the outbox, oldest first, with the
+    /// summary of the state that poll started from (their events' `watermark`).
+    queued: VecDeque<Batch>,
+    /// The summary the queued batches' events carry.
+    queued_summary: serde_json::Value,
+    /// The last poll said more is waiting beyond its batches.
+    more: bool,
     /// Delivery attempts before a cycle gives up (None: never, as the daemon runs).
     attempt_limit: Option<u32>,
 }
@@ -99,8 +112,11 @@ impl Watcher {
             batch_size: config.batch_size,
             policy: config.on_permanent_failure,
             retry: config.retry,
+            start: config.start,
             stats,
-            watermark: None,
+            queued: VecDeque::new(),
+            queued_summary: serde_json::Value::Null,
+            more: false,
             attempt_limit: None,
         }
     }
@@ -158,8 +174,9 @@ impl Watcher {
         }
     }
 
-    /// One cycle: redeliver the pending batch if there is one, otherwise poll, write
-    /// the outbox, deliver and commit.
+    /// One cycle: redeliver the pending batch if there is one; otherwise take the next
+    /// batch of the last poll, or poll; write the batch to the outbox, deliver it and
+    /// commit.
     pub async fn cycle(&mut self, shutdown: &CancellationToken) -> Result<CycleReport, WatcherError> {
         let mut report = CycleReport::default();
         if let Some(staged) = self.sync().await? {
@@ -168,38 +185,42 @@ impl Watcher {
             let delivered = self.deliver_and_commit(staged, shutdown).await?;
             report.redelivered = delivered;
             report.dead_lettered = n - delivered;
+            report.more = !self.queued.is_empty();
             return Ok(report);
         }
-        let started = std::time::Instant::now();
-        let polled = self.source.poll(self.watermark.as_ref(), self.batch_size).await?;
-        WatcherStats::add(&self.stats.polls, 1);
-        WatcherStats::add(&self.stats.items_skipped, self.source.take_skipped());
-        self.stats.poll_duration.observe(started.elapsed());
-        self.stats.last_poll_ms.store(now_ms(), Ordering::Relaxed);
-        tracing::debug!(
-            items = polled.items.len(),
-            more = polled.more,
-            took_ms = started.elapsed().as_millis() as u64,
-            "Polled."
-        );
-        if polled.items.is_empty() {
+        if self.queued.is_empty() {
+            self.poll().await?;
+        }
+        let Some(batch) = self.queued.pop_front() else {
             if self.stats.state() != WatcherState::Blocked {
                 self.stats.set_state(WatcherState::Ok);
             }
-            if self.source.store_idle() {
-                // The one exception to "an idle poll writes nothing", rare by the
-                // source's contract (an ordered S3 watcher's last full listing).
-                self.store_idle_watermark(polled.next).await?;
-            } else {
-                self.watermark = Some(polled.next);
+            return Ok(report);
+        };
+        report.more = self.more || !self.queued.is_empty();
+        if batch.items.is_empty() {
+            // Progress the source must not lose although nothing was found (rare by the
+            // source's contract: an idle poll writes nothing). Refused when the state
+            // was changed meanwhile: not an error, the next cycle restores the stored
+            // one.
+            let change = batch.change;
+            match self.outbox.apply(&change).await {
+                Ok(()) => {
+                    self.tell_source(&change)?;
+                    self.stats.watermark_moved_ms.store(now_ms(), Ordering::Relaxed);
+                }
+                Err(OutboxError::Store(StoreError::Conflict { .. })) => {
+                    self.queued.clear();
+                    self.outbox.reload_next();
+                }
+                Err(e) => return Err(e.into()),
             }
             return Ok(report);
         }
-        report.more = polled.more;
-        WatcherStats::add(&self.stats.items_found, polled.items.len() as u64);
-        let batch = self.build_batch(polled);
+        let batch = self.build_batch(batch);
         let n = batch.events.len();
-        let staged = self.outbox.stage(batch).await?;
+        let staged = self.outbox.stage(batch).await;
+        let staged = self.guard(staged)?;
         tracing::debug!(batch = %staged.batch().batch_id, events = n, "Wrote pending batch.");
         let delivered = self.deliver_and_commit(staged, shutdown).await?;
         report.delivered = delivered;
@@ -207,25 +228,61 @@ impl Watcher {
         Ok(report)
     }
 
-    /// Runs one `highwater once` cycle: the pending batch first if there is one, then
-    /// one poll.
-    pub async fn once(&mut self, shutdown: &CancellationToken) -> Result<CycleReport, WatcherError> {
-        let first = self.cycle(shutdown).await?;
-        if first.redelivered == 0 && first.dead_lettered == 0 {
-            return Ok(first);
-        }
-        let second = self.cycle(shutdown).await?;
-        Ok(CycleReport {
-            redelivered: first.redelivered,
-            delivered: second.delivered + second.redelivered,
-            dead_lettered: first.dead_lettered + second.dead_lettered,
-            more: second.more,
-        })
+    /// Polls the source and queues the batches it hands over.
+    async fn poll(&mut self) -> Result<(), WatcherError> {
+        let started = std::time::Instant::now();
+        let summary = self.source.summary();
+        let polled = self.source.poll(self.batch_size).await?;
+        WatcherStats::add(&self.stats.polls, 1);
+        WatcherStats::add(&self.stats.items_skipped, self.source.take_skipped());
+        self.stats.poll_duration.observe(started.elapsed());
+        self.stats.last_poll_ms.store(now_ms(), Ordering::Relaxed);
+        let items: usize = polled.batches.iter().map(|b| b.items.len()).sum();
+        tracing::debug!(
+            items,
+            batches = polled.batches.len(),
+            more = polled.more,
+            took_ms = started.elapsed().as_millis() as u64,
+            "Polled."
+        );
+        WatcherStats::add(&self.stats.items_found, items as u64);
+        self.queued = polled.batches.into();
+        self.queued_summary = summary;
+        self.more = polled.more;
+        Ok(())
     }
 
-    /// Reads the stored watermark and pending batch. A watermark changed by someone else
-    /// (`highwater state set`) replaces ours; an unchanged one keeps ours, which may be
-    /// further along.
+    /// Runs one `highwater once` cycle: the pending batch first if there is one, then
+    /// one poll, every batch of it delivered and committed.
+    pub async fn once(&mut self, shutdown: &CancellationToken) -> Result<CycleReport, WatcherError> {
+        let mut total = CycleReport::default();
+        let mut polled = false;
+        loop {
+            let redelivery = self.outbox_has_pending().await?;
+            let report = self.cycle(shutdown).await?;
+            total.redelivered += report.redelivered;
+            total.delivered += report.delivered;
+            total.dead_lettered += report.dead_lettered;
+            total.more = report.more;
+            if redelivery && !polled {
+                continue;
+            }
+            polled = true;
+            if self.queued.is_empty() {
+                total.more = self.more;
+                return Ok(total);
+            }
+        }
+    }
+
+    /// True when a batch is pending (the next cycle redelivers it).
+    async fn outbox_has_pending(&mut self) -> Result<bool, WatcherError> {
+        Ok(self.outbox.has_pending().await?)
+    }
+
+    /// Reads the stored state and the pending batch. A state changed by someone else
+    /// (`highwater state set`), or not yet handed to the source, is restored into it; a
+    /// watcher without a watermark begins where `start:` says.
     async fn sync(&mut self) -> Result<Option<Staged>, WatcherError> {
         let loaded = self.outbox.load().await?;
         if let Some(committed) = loaded.watermark {
@@ -235,29 +292,66 @@ impl Watcher {
             if let Some(moved_at) = committed.moved_at {
                 self.stats.watermark_moved_ms.store(moved_at.timestamp_millis(), Ordering::Relaxed);
             }
-            self.watermark = committed.value;
+            // Batches planned from the old state are dropped: the next poll finds
+            // their items again.
+            self.queued.clear();
+            let fresh = committed.state.head.is_none();
+            if let Err(e) = self.source.restore(committed.state) {
+                self.outbox.reload_next();
+                return Err(e.into());
+            }
+            if fresh {
+                self.begin().await?;
+            }
         }
         Ok(loaded.pending)
     }
 
-    /// Stores the watermark of a poll that found nothing, as a state change committed
-    /// without a batch. Refused when the watermark was set meanwhile: the next cycle
-    /// reads the stored one. On a failure the next poll starts from the stored one
-    /// again, and asks again.
-    async fn store_idle_watermark(&mut self, next: serde_json::Value) -> Result<(), WatcherError> {
-        let change = StateChange::replace_watermark(next);
-        if self.outbox.store_idle(&change).await? {
-            change.apply(&mut self.watermark);
-            self.stats.watermark_moved_ms.store(now_ms(), Ordering::Relaxed);
+    /// Stores the first state `start:` maps to, for a watcher with no watermark.
+    async fn begin(&mut self) -> Result<(), WatcherError> {
+        let change = match self.source.begin(&self.start).await {
+            Ok(change) => change,
+            Err(e) => {
+                // Asked again at the next cycle.
+                self.outbox.reload_next();
+                return Err(e.into());
+            }
+        };
+        if change.is_empty() {
+            return Ok(());
+        }
+        let applied = self.outbox.apply(&change).await;
+        self.guard(applied)?;
+        tracing::info!(start = %self.start, "Watcher has no watermark; starting where `start:` says.");
+        self.tell_source(&change)
+    }
+
+    /// Hands a committed change to the source; if it cannot take it, the next cycle
+    /// restores it from the store.
+    fn tell_source(&mut self, change: &ChangeSet) -> Result<(), WatcherError> {
+        if let Err(e) = self.source.committed(change) {
+            self.queued.clear();
+            self.outbox.reload_next();
+            return Err(e.into());
         }
         Ok(())
     }
 
-    /// Turns polled items into events with their ids, and the batch that carries them.
-    fn build_batch(&self, polled: Polled) -> PendingBatch {
+    /// Passes on an outbox result; a refusal (the state changed underneath) drops the
+    /// queued batches and has the next cycle restore the source from the store.
+    fn guard<T>(&mut self, result: Result<T, OutboxError>) -> Result<T, WatcherError> {
+        if let Err(OutboxError::Store(StoreError::Conflict { .. })) = &result {
+            self.queued.clear();
+            self.outbox.reload_next();
+        }
+        result.map_err(WatcherError::from)
+    }
+
+    /// Turns a batch's items into events with their ids, and the pending batch that
+    /// carries them.
+    fn build_batch(&self, batch: Batch) -> PendingBatch {
         let now = Utc::now();
-        let summary = self.watermark.as_ref().map_or(serde_json::Value::Null, |w| self.source.summarize(w));
-        let events: Vec<Event> = polled
+        let events: Vec<Event> = batch
             .items
             .into_iter()
             .map(|found| {
@@ -269,12 +363,12 @@ impl Watcher {
                     source: self.source.kind().to_string(),
                     change: found.change,
                     item: found.item,
-                    watermark: summary.clone(),
+                    watermark: self.queued_summary.clone(),
                     emitted_at: now,
                 }
             })
             .collect();
-        PendingBatch::new(events, StateChange::replace_watermark(polled.next), now)
+        PendingBatch::new(events, batch.change, now)
     }
 
     /// Delivers `batch` until the sink acknowledges it (then commits) or the policy sets
@@ -373,9 +467,9 @@ impl Watcher {
     }
 
     /// Commits the batch's state change and clears the outbox, in one transaction; with
-    /// `dead_letter`, also keeps the batch under its dead-letter key. A store failure
-    /// is retried until shutdown; a conflict is not (the next cycle reads the state
-    /// again).
+    /// `dead_letter`, also keeps the batch under its dead-letter key. Then the source is
+    /// told. A store failure is retried until shutdown; a conflict is not (the next
+    /// cycle reads the state again).
     async fn commit(
         &mut self,
         staged: &mut Staged,
@@ -395,10 +489,10 @@ impl Watcher {
                     // the next cycle reads it again. The delivered batch may be sent again,
                     // with the same ids.
                     tracing::warn!(error = %e, "Commit refused; re-reading state.");
-                    return Err(OutboxError::Store(e).into());
+                    return self.guard(Err(OutboxError::Store(e)));
                 }
                 // Encoding fails the same way every time.
-                Err(e @ OutboxError::Encode { .. }) => return Err(e.into()),
+                Err(e @ (OutboxError::Encode { .. } | OutboxError::Refused(_))) => return Err(e.into()),
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = format!("{:.1}s", delay.as_secs_f64()), "Commit failed; retrying.");
@@ -409,8 +503,10 @@ impl Watcher {
             }
         };
         if let Some(change) = change {
-            change.apply(&mut self.watermark);
-            self.stats.watermark_moved_ms.store(now_ms(), Ordering::Relaxed);
+            if change.head.is_some() {
+                self.stats.watermark_moved_ms.store(now_ms(), Ordering::Relaxed);
+            }
+            self.tell_source(&change)?;
         }
         Ok(())
     }
@@ -441,15 +537,25 @@ mod tests {
 
     use super::*;
     use crate::event::{Change, FileItem, Item};
+    use crate::json::Json;
     use crate::outbox::{self, DeadLetter, Replay, Summary};
     use crate::sink::SinkConfig;
-    use crate::source::{Found, SourceConfig};
+    use crate::source::{Found, Polled, SourceConfig, SourceState};
+    use crate::state::Keys;
     use crate::state::sqlite::SqliteStore;
     use crate::value::HumanDuration;
 
-    /// A source over a fixed list: the watermark is the number of items announced.
+    /// A source over a list: the head is the number of items announced, and each
+    /// announced item is remembered as a member. A poll hands over up to `per_poll`
+    /// batches; with `idle_progress`, a poll that finds nothing hands over an empty
+    /// batch that stores a head of its own.
     struct ListSource {
         items: Arc<Mutex<Vec<String>>>,
+        per_poll: usize,
+        /// Items announced and committed.
+        at: usize,
+        restores: Arc<Mutex<usize>>,
+        idle_progress: bool,
     }
 
     #[async_trait]
@@ -457,19 +563,38 @@ mod tests {
         fn kind(&self) -> &'static str {
             "list"
         }
-        async fn poll(
-            &mut self,
-            watermark: Option<&serde_json::Value>,
-            limit: usize,
-        ) -> Result<Polled, SourceError> {
-            let from = watermark.and_then(|w| w.as_u64()).unwrap_or(0) as usize;
+
+        fn restore(&mut self, state: SourceState) -> Result<(), SourceError> {
+            *self.restores.lock().unwrap() += 1;
+            self.at = match state.head {
+                Some(head) => {
+                    head.decode::<usize>().map_err(|e| SourceError::needs_attention(e.to_string()))?
+                }
+                None => 0,
+            };
+            Ok(())
+        }
+
+        async fn begin(&mut self, start: &Start) -> Result<ChangeSet, SourceError> {
+            Ok(match start {
+                Start::Beginning => ChangeSet::default(),
+                // "now": everything already listed counts as announced.
+                _ => ChangeSet::head(Json::encode(&self.items.lock().unwrap().len()).unwrap()),
+            })
+        }
+
+        async fn poll(&mut self, limit: usize) -> Result<Polled, SourceError> {
             let items = self.items.lock().unwrap();
-            let take: Vec<String> = items.iter().skip(from).take(limit).cloned().collect();
-            let next = from + take.len();
-            Ok(Polled {
-                more: next < items.len(),
-                next: json!(next),
-                items: take
+            let mut from = self.at;
+            let mut batches = Vec::new();
+            while batches.len() < self.per_poll && from < items.len() {
+                let take: Vec<String> = items.iter().skip(from).take(limit).cloned().collect();
+                from += take.len();
+                let mut change = ChangeSet::head(Json::encode(&from).unwrap());
+                for name in &take {
+                    change.put.insert(name.clone(), Json::encode(&1).unwrap());
+                }
+                let items = take
                     .into_iter()
                     .map(|name| Found {
                         change: Change::Created,
@@ -481,8 +606,29 @@ mod tests {
                             modified: DateTime::<Utc>::from_timestamp(0, 0).unwrap(),
                         }),
                     })
-                    .collect(),
-            })
+                    .collect();
+                batches.push(Batch { items, change });
+            }
+            if batches.is_empty() && self.idle_progress {
+                let change = ChangeSet::head(Json::encode(&self.at).unwrap());
+                batches.push(Batch { items: Vec::new(), change });
+            }
+            Ok(Polled { more: from < items.len(), batches })
+        }
+
+        fn committed(&mut self, change: &ChangeSet) -> Result<(), SourceError> {
+            if let Some(head) = &change.head {
+                self.at = head.decode().map_err(|e| SourceError::needs_attention(e.to_string()))?;
+            }
+            Ok(())
+        }
+
+        fn summary(&self) -> serde_json::Value {
+            json!(self.at)
+        }
+
+        fn summarize(&self, head: &Json, _remembered: u64) -> serde_json::Value {
+            head.decode().unwrap_or_default()
         }
     }
 
@@ -518,6 +664,7 @@ mod tests {
         _dir: tempfile::TempDir,
         store: Arc<dyn Store>,
         items: Arc<Mutex<Vec<String>>>,
+        restores: Arc<Mutex<usize>>,
         answers: Arc<Mutex<VecDeque<Delivery>>>,
         received: Arc<Mutex<Vec<Vec<String>>>>,
         pending_seen: Arc<Mutex<Vec<bool>>>,
@@ -531,6 +678,7 @@ mod tests {
                 _dir: dir,
                 store,
                 items: Arc::default(),
+                restores: Arc::default(),
                 answers: Arc::default(),
                 received: Arc::default(),
                 pending_seen: Arc::default(),
@@ -538,6 +686,17 @@ mod tests {
         }
 
         fn watcher(&self, policy: FailurePolicy, batch_size: usize) -> Watcher {
+            self.watcher_with(policy, batch_size, 1, Start::Beginning, false)
+        }
+
+        fn watcher_with(
+            &self,
+            policy: FailurePolicy,
+            batch_size: usize,
+            per_poll: usize,
+            start: Start,
+            idle_progress: bool,
+        ) -> Watcher {
             let config = WatcherConfig {
                 file: "w.yaml".into(),
                 namespace: "ns".into(),
@@ -553,8 +712,15 @@ mod tests {
                     initial: HumanDuration(Duration::from_millis(1)),
                     max: HumanDuration(Duration::from_millis(5)),
                 },
+                start,
             };
-            let source = Box::new(ListSource { items: Arc::clone(&self.items) });
+            let source = Box::new(ListSource {
+                items: Arc::clone(&self.items),
+                per_poll,
+                at: 0,
+                restores: Arc::clone(&self.restores),
+                idle_progress,
+            });
             let sink = Box::new(ScriptSink {
                 answers: Arc::clone(&self.answers),
                 received: Arc::clone(&self.received),
@@ -579,7 +745,7 @@ mod tests {
         }
 
         async fn watermark(&self) -> Option<serde_json::Value> {
-            self.summary().await.watermark.map(|r| r.value)
+            self.summary().await.watermark.map(|r| r.value.decode().unwrap())
         }
 
         async fn pending(&self) -> Option<PendingBatch> {
@@ -612,11 +778,11 @@ mod tests {
         let mut w = rig.watcher(FailurePolicy::Block, 10);
         let token = CancellationToken::new();
         w.cycle(&token).await.unwrap();
-        let before = rig.store.list(None, None).await.unwrap();
+        let before = rig.store.list(None, None, Keys::Under("")).await.unwrap();
         for _ in 0..3 {
             assert_eq!(w.cycle(&token).await.unwrap(), CycleReport::default());
         }
-        assert_eq!(rig.store.list(None, None).await.unwrap(), before);
+        assert_eq!(rig.store.list(None, None, Keys::Under("")).await.unwrap(), before);
     }
 
     #[tokio::test]
@@ -668,9 +834,9 @@ mod tests {
         assert_eq!(summary.dead_letters.len(), 1);
         let batch_id = &summary.dead_letters[0];
         let dead = rig.store.get("ns", "w", &dead_letter_key(batch_id)).await.unwrap().expect("dead letter");
-        let letter: DeadLetter = serde_json::from_value(dead.value).unwrap();
+        let letter: DeadLetter = dead.value.decode_owned().unwrap();
         assert_eq!(letter.reason, "HTTP 400");
-        assert_eq!(summary.watermark.map(|r| r.value), Some(json!(1)));
+        assert_eq!(summary.watermark.map(|r| r.value), Some(Json::encode(&1).unwrap()));
         assert_eq!(rig.pending().await, None);
 
         // Replay: the batch goes back to `pending` without a state change.
@@ -767,9 +933,64 @@ mod tests {
         let mut w = rig.watcher(FailurePolicy::Block, 10);
         let token = CancellationToken::new();
         w.cycle(&token).await.unwrap();
-        assert_eq!(rig.outbox().set_watermark(json!(1)).await.unwrap(), None);
+        assert_eq!(rig.outbox().set_watermark(Json::encode(&1).unwrap()).await.unwrap(), None);
         let report = w.cycle(&token).await.unwrap();
         assert_eq!(report.delivered, 2, "replays from the rewound watermark");
         assert_eq!(rig.watermark().await, Some(json!(3)));
+    }
+
+    #[tokio::test]
+    async fn one_poll_many_batches_each_committed_on_its_own() {
+        let rig = Rig::new();
+        rig.add(&["a", "b", "c", "d", "e"]);
+        let token = CancellationToken::new();
+        let mut w = rig.watcher_with(FailurePolicy::Block, 2, 10, Start::Beginning, false);
+        let report = w.cycle(&token).await.unwrap();
+        assert_eq!((report.delivered, report.more), (2, true));
+        assert_eq!(rig.watermark().await, Some(json!(2)), "batch 1 committed alone");
+        assert_eq!(rig.summary().await.remembered, 2);
+        // The second batch fails: a crash with it pending.
+        rig.answers.lock().unwrap().push_back(Delivery::retry("down"));
+        let mut w = w.with_attempt_limit(1);
+        assert!(matches!(w.cycle(&token).await, Err(WatcherError::Delivery(_))));
+        assert_eq!(rig.watermark().await, Some(json!(2)), "the state after batch 1 is valid on its own");
+        drop(w);
+        // A new process: the pending batch first, then the rest is found again.
+        let mut w = rig.watcher_with(FailurePolicy::Block, 2, 10, Start::Beginning, false);
+        let report = w.once(&token).await.unwrap();
+        assert_eq!((report.redelivered, report.delivered, report.more), (2, 1, false));
+        assert_eq!(rig.watermark().await, Some(json!(5)));
+        assert_eq!(rig.summary().await.remembered, 5);
+        let received: Vec<Vec<String>> = rig.received.lock().unwrap().clone();
+        assert_eq!(received[1], received[2], "the redelivery carries the ids it had");
+        assert_eq!(received.concat().len(), 7);
+        assert_eq!(*rig.restores.lock().unwrap(), 2, "restored once per process, not per poll");
+    }
+
+    #[tokio::test]
+    async fn a_batch_without_items_is_committed_without_a_delivery() {
+        let rig = Rig::new();
+        let mut w = rig.watcher_with(FailurePolicy::Block, 10, 1, Start::Beginning, true);
+        w.cycle(&CancellationToken::new()).await.unwrap();
+        assert!(rig.received.lock().unwrap().is_empty());
+        assert_eq!(rig.watermark().await, Some(json!(0)));
+    }
+
+    #[tokio::test]
+    async fn start_is_stored_for_a_watcher_without_a_watermark_and_reset_returns_to_it() {
+        let rig = Rig::new();
+        rig.add(&["old-1", "old-2"]);
+        let token = CancellationToken::new();
+        let mut w = rig.watcher_with(FailurePolicy::Block, 10, 1, Start::Now, false);
+        assert_eq!(w.cycle(&token).await.unwrap(), CycleReport::default());
+        assert_eq!(rig.watermark().await, Some(json!(2)), "stored before the first poll");
+        rig.add(&["new"]);
+        assert_eq!(w.cycle(&token).await.unwrap().delivered, 1);
+        rig.outbox().reset().await.unwrap();
+        rig.add(&["newer"]);
+        w.cycle(&token).await.unwrap();
+        assert_eq!(rig.watermark().await, Some(json!(4)), "`now` again after the reset");
+        let ids: Vec<String> = rig.received.lock().unwrap().concat();
+        assert_eq!(ids, vec![event_id("ns", "w", &["new"])]);
     }
 }

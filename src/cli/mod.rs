@@ -134,6 +134,7 @@ impl From<OutboxError> for Failure {
         match e {
             OutboxError::Store(e) => Failure::Store(e),
             e @ OutboxError::Encode { .. } => Failure::Runtime(e.to_string()),
+            OutboxError::Refused(message) => Failure::Usage(message),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! [`Outbox`] (which alone knows what its keys mean).
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
@@ -9,6 +11,7 @@ use serde_json::json;
 
 use super::{Failure, print_table, resolve};
 use crate::config::{self, Config, DaemonFile};
+use crate::json::Json;
 use crate::outbox::{self, Outbox, Replay, Summary};
 use crate::state::{self, Record};
 
@@ -29,22 +32,29 @@ pub enum StateCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show a watcher's keys, or one key.
+    /// Show a watcher's keys, or one key. `watermark` is shown whole: its head with
+    /// every remembered member.
     Get {
         /// `namespace/name`, or `name` when it is unique.
         watcher: String,
         /// One key (`watermark`, `pending`, `dead_letter/<batch id>`). Default: all.
         key: Option<String>,
     },
-    /// Write a key (JSON value). Setting `watermark` also drops a pending batch, whose
-    /// items are found again by the next poll if they lie past the new watermark.
+    /// Write a key (a JSON value, given as an argument, or with `--file` from a file or
+    /// standard input). Setting `watermark` replaces it whole (as `state get` shows it)
+    /// and drops a pending batch, whose items are found again by the next poll if they
+    /// lie past the new watermark.
     Set {
         /// `namespace/name`, or `name` when it is unique.
         watcher: String,
         /// The key.
         key: String,
         /// The value, as JSON.
-        value: String,
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        value: Option<String>,
+        /// Read the value from this file (`-`: standard input) instead.
+        #[arg(long, short = 'f')]
+        file: Option<PathBuf>,
     },
     /// Delete a key.
     Delete {
@@ -53,8 +63,8 @@ pub enum StateCommand {
         /// The key.
         key: String,
     },
-    /// Forget a watcher's watermark and pending batch, so it starts from the beginning.
-    /// Dead letters are kept.
+    /// Forget a watcher's watermark and pending batch, so it starts again where its
+    /// `start:` says (the beginning by default). Dead letters are kept.
     Reset {
         /// `namespace/name`, or `name` when it is unique.
         watcher: String,
@@ -65,6 +75,12 @@ pub enum StateCommand {
         watcher: String,
         /// The batch id (the part after `dead_letter/`).
         batch_id: String,
+    },
+    /// Print the state of every watcher (or those named) as JSON lines, one watcher
+    /// each: its whole watermark and its other keys.
+    Export {
+        /// `namespace/name`, or `name` when it is unique. Default: every watcher stored.
+        watchers: Vec<String>,
     },
 }
 
@@ -95,22 +111,48 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
         }
         StateCommand::Get { watcher, key } => {
             let (ns, name, outbox) = outbox_of(&watcher)?;
+            let whole = match outbox.state().await? {
+                Some((_, state)) => Some(outbox::assemble(&state).map_err(encode_failure)?),
+                None => None,
+            };
+            if key.as_deref() == Some("watermark") {
+                let Some(whole) = whole else {
+                    return Err(Failure::Runtime(format!("{ns}/{name} has no key \"watermark\"")));
+                };
+                print_json(&whole);
+                return Ok(());
+            }
             let rows = outbox.rows().await?;
             if let Some(key) = &key {
                 let Some(record) = rows.iter().find(|r| r.key == *key) else {
                     return Err(Failure::Runtime(format!("{ns}/{name} has no key {key:?}")));
                 };
-                println!("{}", serde_json::to_string_pretty(&record.value).unwrap_or_default());
+                print_json(&record.value);
             } else {
-                let map: BTreeMap<&str, &Record> = rows.iter().map(|r| (r.key.as_str(), r)).collect();
-                println!("{}", serde_json::to_string_pretty(&map).unwrap_or_default());
+                let map: BTreeMap<String, Record> = rows
+                    .into_iter()
+                    .map(|mut record| {
+                        if record.key == "watermark"
+                            && let Some(whole) = &whole
+                        {
+                            record.value = whole.clone();
+                        }
+                        (record.key.clone(), record)
+                    })
+                    .collect();
+                print_json(&Json::encode(&map).map_err(encode_failure)?);
             }
             Ok(())
         }
-        StateCommand::Set { watcher, key, value } => {
+        StateCommand::Set { watcher, key, value, file } => {
             let (ns, name, outbox) = outbox_of(&watcher)?;
-            let value: serde_json::Value = serde_json::from_str(&value)
-                .map_err(|e| Failure::Usage(format!("the value is not JSON: {e}")))?;
+            let text = match (value, file) {
+                (Some(value), _) => value,
+                (None, Some(path)) => read_value(&path)?,
+                (None, None) => return Err(Failure::Usage("give the value, or --file".into())),
+            };
+            let value =
+                Json::parse(text).map_err(|e| Failure::Usage(format!("the value is not JSON: {e}")))?;
             let dropped = outbox.set_key(&key, value).await?;
             report_dropped_pending(&ns, &name, dropped);
             eprintln!("{ns}/{name}: {key} set.");
@@ -149,7 +191,116 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
                 ))),
             }
         }
+        StateCommand::Export { watchers } => {
+            let mut chosen = Vec::new();
+            for watcher in &watchers {
+                chosen.push(resolve(watcher, known())?);
+            }
+            if chosen.is_empty() {
+                chosen = stored.keys().cloned().collect();
+            }
+            let mut out = std::io::stdout().lock();
+            for (ns, name) in chosen {
+                let outbox = Outbox::new(Arc::clone(&store), ns.as_str(), name.as_str());
+                let whole = match outbox.state().await? {
+                    Some((_, state)) => Some(outbox::assemble(&state).map_err(encode_failure)?),
+                    None => None,
+                };
+                let keys: BTreeMap<String, Json> = outbox
+                    .rows()
+                    .await?
+                    .into_iter()
+                    .filter(|r| r.key != "watermark")
+                    .map(|r| (r.key, r.value))
+                    .collect();
+                let line = json!({"namespace": ns, "name": name, "watermark": whole, "keys": keys});
+                writeln!(out, "{line}").map_err(|e| Failure::Runtime(format!("cannot write: {e}")))?;
+            }
+            Ok(())
+        }
     }
+}
+
+/// Reads a value for `state set --file` (`-`: standard input).
+fn read_value(path: &std::path::Path) -> Result<String, Failure> {
+    let mut text = String::new();
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text)).map(|_| ())
+    };
+    read.map_err(|e| Failure::Usage(format!("cannot read the value from {}: {e}", path.display())))?;
+    Ok(text)
+}
+
+fn encode_failure(e: serde_json::Error) -> Failure {
+    Failure::Runtime(format!("cannot encode the state: {e}"))
+}
+
+/// Prints stored JSON indented, exactly as stored otherwise (numbers keep their digits).
+fn print_json(value: &Json) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", indent(value.as_str()));
+}
+
+/// Indents JSON text by two spaces per level without parsing it into values, so that
+/// what was stored is what is shown (a number keeps every digit).
+fn indent(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 4);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut chars = text.chars().peekable();
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.extend(std::iter::repeat_n(' ', depth * 2));
+    };
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                // Skip whitespace to see whether the container is empty.
+                while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                    chars.next();
+                }
+                if matches!(chars.peek(), Some('}') | Some(']')) {
+                    if let Some(close) = chars.next() {
+                        out.push(close);
+                    }
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Says that a pending batch was dropped along with the watermark it led to.
@@ -170,20 +321,28 @@ fn state_list(stored: &BTreeMap<(String, String), Summary>, config: Option<&Conf
             by_watcher.entry((w.namespace.clone(), w.name.clone())).or_default();
         }
     }
-    let summarize = |ns: &str, name: &str, value: &serde_json::Value| -> serde_json::Value {
-        config
+    let summarize = |ns: &str, name: &str, head: &Json, remembered: u64| -> serde_json::Value {
+        let source = config
             .and_then(|c| c.watchers.iter().find(|w| w.namespace == ns && w.name == name))
-            .map(|w| w.source.build())
-            .map_or_else(|| value.clone(), |source| source.summarize(value))
+            .map(|w| w.source.build());
+        match source {
+            Some(source) => source.summarize(head, remembered),
+            // A watcher no longer configured: the head as stored, if it is short.
+            None => match head.decode::<serde_json::Value>() {
+                Ok(value) if head.len() <= 200 => value,
+                _ => json!({"bytes": head.len(), "remembered": remembered}),
+            },
+        }
     };
     let mut rows = Vec::new();
     let mut out = Vec::new();
     for ((ns, name), summary) in &by_watcher {
         let watermark = summary.and_then(|s| s.watermark.as_ref());
         let pending_events = summary.map_or(0, |s| s.pending_events);
+        let remembered = summary.map_or(0, |s| s.remembered);
         let dead: Vec<&str> =
             summary.map(|s| s.dead_letters.iter().map(String::as_str).collect()).unwrap_or_default();
-        let summary = watermark.map(|w| summarize(ns, name, &w.value));
+        let summary = watermark.map(|w| summarize(ns, name, &w.value, remembered));
         out.push(json!({
             "namespace": ns,
             "name": name,
@@ -191,6 +350,7 @@ fn state_list(stored: &BTreeMap<(String, String), Summary>, config: Option<&Conf
             "watermark": summary,
             "watermark_moved_at": watermark.map(|w| w.updated_at),
             "watermark_version": watermark.map(|w| w.version),
+            "remembered": remembered,
             "pending_events": pending_events,
             "dead_letters": dead,
         }));
@@ -210,5 +370,22 @@ fn state_list(stored: &BTreeMap<(String, String), Summary>, config: Option<&Conf
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
         print_table(&["WATCHER", "WATERMARK", "MOVED (UTC)", "PENDING", "DEAD LETTERS"], &rows);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indenting_keeps_every_character_of_values() {
+        let text = r#"{"a":[1,2.000000000000000000001],"b":{},"c":"x,{\"y\":[]}","d":[]}"#;
+        let shown = indent(text);
+        assert_eq!(
+            shown,
+            "{\n  \"a\": [\n    1,\n    2.000000000000000000001\n  ],\n  \"b\": {},\n  \"c\": \"x,{\\\"y\\\":[]}\",\n  \"d\": []\n}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(back, serde_json::from_str::<serde_json::Value>(text).unwrap());
     }
 }

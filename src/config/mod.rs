@@ -20,7 +20,7 @@ pub use error::{ConfigError, ConfigErrors};
 use crate::sink::SinkConfig;
 use crate::source::SourceConfig;
 use crate::state::StateConfig;
-use crate::value::{HumanDuration, Name};
+use crate::value::{HumanDuration, Name, Start};
 
 /// Largest config file read (each file, before `${VAR}` expansion).
 const MAX_FILE_SIZE: u64 = 1024 * 1024;
@@ -167,6 +167,11 @@ pub struct WatcherFile {
     /// Overrides `defaults.retry`.
     #[serde(default)]
     pub retry: Option<RetryConfig>,
+    /// Where a watcher without a watermark begins: `beginning` (default), `now`, or an
+    /// RFC 3339 time. Once a watermark is stored it is not looked at again; `highwater
+    /// state reset` returns to it.
+    #[serde(default)]
+    pub start: Option<Start>,
 }
 
 /// A validated watcher, ready to build. Equality decides whether a reload restarts it.
@@ -190,6 +195,8 @@ pub struct WatcherConfig {
     pub on_permanent_failure: FailurePolicy,
     /// Delivery retry timing.
     pub retry: RetryConfig,
+    /// Where it begins when it has no watermark.
+    pub start: Start,
 }
 
 impl WatcherConfig {
@@ -501,6 +508,11 @@ fn validate_watcher(
     for (key, message) in raw.sink.validate() {
         errors.push(located(file, text, &format!("sink.{key}"), message));
     }
+    if let Some(start) = &raw.start
+        && let Err(message) = raw.source.check_start(start)
+    {
+        errors.push(located(file, text, "start", message));
+    }
     if errors.len() != before {
         return None;
     }
@@ -514,6 +526,7 @@ fn validate_watcher(
         batch_size,
         on_permanent_failure: raw.on_permanent_failure.unwrap_or(defaults.on_permanent_failure),
         retry,
+        start: raw.start.unwrap_or_default(),
     })
 }
 

@@ -7,10 +7,13 @@
 
 pub mod sqlite;
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::json::Json;
 use crate::value::Kind;
 
 /// One row of `process_state`.
@@ -22,8 +25,8 @@ pub struct Record {
     pub name: String,
     /// What the row holds (the keys a watcher uses are named in `outbox.rs`).
     pub key: String,
-    /// The JSON value.
-    pub value: serde_json::Value,
+    /// The JSON value, as the text it was written as: the store never parses it.
+    pub value: Json,
     /// Starts at 1 and grows by one on every write: the compare-and-set token.
     pub version: i64,
     /// When the row was last written.
@@ -46,9 +49,12 @@ pub enum Expect {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Write this value.
-    Put(serde_json::Value),
+    Put(Json),
     /// Remove the key (a no-op when it is absent and the expectation allows that).
     Delete,
+    /// Remove every key that starts with the op's key (a range of the primary key, so
+    /// its cost grows with the rows removed only). Its expectation must be `Any`.
+    DeleteUnder,
     /// Change nothing: only the expectation must hold, so that a transaction can depend
     /// on a key it does not write.
     Check,
@@ -67,8 +73,13 @@ pub struct Op {
 
 impl Op {
     /// Writes `value` under `key`.
-    pub fn put(key: impl Into<String>, value: serde_json::Value, expect: Expect) -> Self {
+    pub fn put(key: impl Into<String>, value: Json, expect: Expect) -> Self {
         Op { key: key.into(), action: Action::Put(value), expect }
+    }
+
+    /// Deletes every key that starts with `prefix`.
+    pub fn delete_under(prefix: impl Into<String>) -> Self {
+        Op { key: prefix.into(), action: Action::DeleteUnder, expect: Expect::Any }
     }
 
     /// Deletes `key`.
@@ -80,6 +91,34 @@ impl Op {
     pub fn check(key: impl Into<String>, expect: Expect) -> Self {
         Op { key: key.into(), action: Action::Check, expect }
     }
+}
+
+/// Which keys of a watcher a listing covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys<'a> {
+    /// Keys that start with this prefix (every key for `""`).
+    Under(&'a str),
+    /// Keys that do not start with this prefix (a listing that must not load a large
+    /// set of rows kept under it).
+    NotUnder(&'a str),
+}
+
+/// The first string after every string that starts with `prefix`, in byte order (what
+/// SQL's `<` on text compares): a key range `prefix <= key < end` holds exactly the keys
+/// under `prefix`. None when no such string exists (a prefix of only U+10FFFF).
+pub fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last as u32 + 1 {
+            0xD800 => Some('\u{E000}'),
+            n => char::from_u32(n),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
 }
 
 /// What every store kind's config offers; each backend implements it (and
@@ -200,9 +239,23 @@ pub trait Store: Send + Sync {
     /// Reads one key.
     async fn get(&self, namespace: &str, name: &str, key: &str) -> Result<Option<Record>, StoreError>;
 
-    /// Lists rows, optionally narrowed to a namespace and a name, ordered by namespace,
-    /// name, key.
-    async fn list(&self, namespace: Option<&str>, name: Option<&str>) -> Result<Vec<Record>, StoreError>;
+    /// Lists rows, optionally narrowed to a namespace, a name and a range of keys,
+    /// ordered by namespace, name, key.
+    async fn list(
+        &self,
+        namespace: Option<&str>,
+        name: Option<&str>,
+        keys: Keys<'_>,
+    ) -> Result<Vec<Record>, StoreError>;
+
+    /// Counts rows per watcher, narrowed as [`Store::list`] narrows, without reading
+    /// their values.
+    async fn count(
+        &self,
+        namespace: Option<&str>,
+        name: Option<&str>,
+        keys: Keys<'_>,
+    ) -> Result<BTreeMap<(String, String), u64>, StoreError>;
 
     /// Applies every op for one watcher in one transaction: all of them or none. Fails
     /// with [`StoreError::Conflict`] when a precondition does not hold. Returns, for each

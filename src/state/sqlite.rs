@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Action, Expect, Op, Record, Store, StoreError};
+use super::{Action, Expect, Keys, Op, Record, Store, StoreError, prefix_end};
+use crate::json::Json;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 /// Append only: a released migration never changes.
@@ -118,7 +121,8 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
     Ok(())
 }
 
-/// Turns a row into a [`Record`], reporting unreadable values as corrupt.
+/// Turns a row into a [`Record`]. The value is passed on as the text it was written
+/// as; only `updated_at` is read here.
 fn to_record(
     namespace: String,
     name: String,
@@ -133,7 +137,7 @@ fn to_record(
         key: key.clone(),
         message,
     };
-    let value = serde_json::from_str(&value).map_err(|e| corrupt(format!("value is not JSON: {e}")))?;
+    let value = Json::from_trusted(value);
     let updated_at = DateTime::parse_from_rfc3339(&updated_at)
         .map_err(|e| corrupt(format!("updated_at is not a timestamp: {e}")))?
         .with_timezone(&Utc);
@@ -170,19 +174,25 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list(&self, namespace: Option<&str>, name: Option<&str>) -> Result<Vec<Record>, StoreError> {
+    async fn list(
+        &self,
+        namespace: Option<&str>,
+        name: Option<&str>,
+        keys: Keys<'_>,
+    ) -> Result<Vec<Record>, StoreError> {
         let (namespace, name) = (namespace.map(str::to_string), name.map(str::to_string));
+        let (mode, from, to) = key_range(keys);
         let location = self.path.display().to_string();
         self.with_conn(move |conn| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT namespace, name, key, value, version, updated_at FROM process_state
-                     WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR name = ?2)
-                     ORDER BY namespace, name, key",
-                )
-                .map_err(db_error(&location))?;
+            let sql = format!(
+                "SELECT namespace, name, key, value, version, updated_at FROM process_state
+                 WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR name = ?2) AND {}
+                 ORDER BY namespace, name, key",
+                KEY_CONDITION[mode]
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(db_error(&location))?;
             let rows = stmt
-                .query_map(params![namespace, name], |r| {
+                .query_map(params![namespace, name, from, to], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
                 })
                 .map_err(db_error(&location))?;
@@ -190,6 +200,38 @@ impl Store for SqliteStore {
             for row in rows {
                 let (a, b, c, d, e, f): RawRow = row.map_err(db_error(&location))?;
                 out.push(to_record(a, b, c, d, e, f)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn count(
+        &self,
+        namespace: Option<&str>,
+        name: Option<&str>,
+        keys: Keys<'_>,
+    ) -> Result<BTreeMap<(String, String), u64>, StoreError> {
+        let (namespace, name) = (namespace.map(str::to_string), name.map(str::to_string));
+        let (mode, from, to) = key_range(keys);
+        let location = self.path.display().to_string();
+        self.with_conn(move |conn| {
+            let sql = format!(
+                "SELECT namespace, name, count(*) FROM process_state
+                 WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR name = ?2) AND {}
+                 GROUP BY namespace, name",
+                KEY_CONDITION[mode]
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(db_error(&location))?;
+            let rows = stmt
+                .query_map(params![namespace, name, from, to], |r| {
+                    Ok(((r.get::<_, String>(0)?, r.get::<_, String>(1)?), r.get::<_, i64>(2)?))
+                })
+                .map_err(db_error(&location))?;
+            let mut out = BTreeMap::new();
+            for row in rows {
+                let (watcher, n) = row.map_err(db_error(&location))?;
+                out.insert(watcher, u64::try_from(n).unwrap_or(0));
             }
             Ok(out)
         })
@@ -207,40 +249,60 @@ impl Store for SqliteStore {
             let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
             let mut written = Vec::with_capacity(ops.len());
             for op in ops {
-                let current: Option<i64> = tx
-                    .query_row(
-                        "SELECT version FROM process_state WHERE namespace = ?1 AND name = ?2 AND key = ?3",
-                        params![namespace, name, op.key],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(&err)?;
-                check_expectation(&namespace, &name, &op, current)?;
+                // A write that expects anything needs no look first: a commit that puts
+                // a hundred remembered members does a hundred writes, not two hundred
+                // statements.
+                if op.expect != Expect::Any || op.action == Action::Check {
+                    let current: Option<i64> = tx
+                        .prepare_cached(
+                            "SELECT version FROM process_state WHERE namespace = ?1 AND name = ?2 AND key = ?3",
+                        )
+                        .and_then(|mut stmt| {
+                            stmt.query_row(params![namespace, name, op.key], |r| r.get(0)).optional()
+                        })
+                        .map_err(&err)?;
+                    check_expectation(&namespace, &name, &op, current)?;
+                }
                 match op.action {
                     Action::Check => written.push(None),
                     Action::Put(value) => {
-                        // A `Value` always encodes (its map keys are strings, its numbers
-                        // finite): there is no encoding failure to report here.
-                        let text = value.to_string();
+                        let text = value.into_string();
                         let version: i64 = tx
-                            .query_row(
+                            .prepare_cached(
                                 "INSERT INTO process_state (namespace, name, key, value, version, updated_at)
                                  VALUES (?1, ?2, ?3, ?4, 1, ?5)
                                  ON CONFLICT (namespace, name, key) DO UPDATE
                                  SET value = excluded.value, version = process_state.version + 1,
                                      updated_at = excluded.updated_at
                                  RETURNING version",
-                                params![namespace, name, op.key, text, now],
-                                |r| r.get(0),
                             )
+                            .and_then(|mut stmt| {
+                                stmt.query_row(params![namespace, name, op.key, text, now], |r| r.get(0))
+                            })
                             .map_err(&err)?;
                         written.push(Some(version));
                     }
                     Action::Delete => {
-                        tx.execute(
+                        tx.prepare_cached(
                             "DELETE FROM process_state WHERE namespace = ?1 AND name = ?2 AND key = ?3",
-                            params![namespace, name, op.key],
                         )
+                        .and_then(|mut stmt| stmt.execute(params![namespace, name, op.key]))
+                        .map_err(&err)?;
+                        written.push(None);
+                    }
+                    Action::DeleteUnder => {
+                        if op.expect != Expect::Any {
+                            return Err(StoreError::Backend {
+                                location: location.clone(),
+                                message: format!("a range delete of {:?} must expect anything", op.key),
+                            });
+                        }
+                        let end = prefix_end(&op.key);
+                        tx.prepare_cached(
+                            "DELETE FROM process_state WHERE namespace = ?1 AND name = ?2
+                             AND key >= ?3 AND (?4 IS NULL OR key < ?4)",
+                        )
+                        .and_then(|mut stmt| stmt.execute(params![namespace, name, op.key, end]))
                         .map_err(&err)?;
                         written.push(None);
                     }
@@ -250,6 +312,19 @@ impl Store for SqliteStore {
             Ok(written)
         })
         .await
+    }
+}
+
+/// The key conditions of a listing, by the mode [`key_range`] gives: keys in
+/// `[?3, ?4)`; keys outside it (`?4` NULL: no upper end).
+const KEY_CONDITION: [&str; 2] =
+    ["key >= ?3 AND (?4 IS NULL OR key < ?4)", "(key < ?3 OR (?4 IS NOT NULL AND key >= ?4))"];
+
+/// A listing's key condition ([`KEY_CONDITION`] index) and its bounds.
+fn key_range(keys: Keys<'_>) -> (usize, Option<String>, Option<String>) {
+    match keys {
+        Keys::Under(prefix) => (0, Some(prefix.to_string()), prefix_end(prefix)),
+        Keys::NotUnder(prefix) => (1, Some(prefix.to_string()), prefix_end(prefix)),
     }
 }
 
@@ -289,6 +364,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The stored text of a JSON value.
+    fn j(value: serde_json::Value) -> Json {
+        Json::encode(&value).expect("encode")
+    }
+
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("sub/state.db")).expect("open");
@@ -302,7 +382,7 @@ mod tests {
         value: serde_json::Value,
         expect: Expect,
     ) -> Result<i64, StoreError> {
-        let written = s.write("ns", "w", vec![Op::put(key, value, expect)]).await?;
+        let written = s.write("ns", "w", vec![Op::put(key, j(value), expect)]).await?;
         Ok(written[0].expect("a put returns its version"))
     }
 
@@ -313,7 +393,7 @@ mod tests {
         assert_eq!(put(&s, "k", json!({"a": 1}), Expect::Any).await.unwrap(), 1);
         assert_eq!(put(&s, "k", json!({"a": 2}), Expect::Any).await.unwrap(), 2);
         let r = s.get("ns", "w", "k").await.unwrap().unwrap();
-        assert_eq!((r.value, r.version), (json!({"a": 2}), 2));
+        assert_eq!((r.value, r.version), (j(json!({"a": 2})), 2));
     }
 
     #[tokio::test]
@@ -326,10 +406,10 @@ mod tests {
                 "ns",
                 "w",
                 vec![
-                    Op::put("a", json!("new"), Expect::Absent),
-                    Op::put("b", json!(3), Expect::Version(2)),
+                    Op::put("a", j(json!("new")), Expect::Absent),
+                    Op::put("b", j(json!(3)), Expect::Version(2)),
                     Op::check("b", Expect::Version(3)),
-                    Op::put("b", json!(4), Expect::Version(3)),
+                    Op::put("b", j(json!(4)), Expect::Version(3)),
                     Op::delete("c", Expect::Any),
                 ],
             )
@@ -351,7 +431,7 @@ mod tests {
             err.to_string(),
             "state of ns/w key \"k\" changed underneath us (expected version 1, found version 2)"
         );
-        assert_eq!(s.get("ns", "w", "k").await.unwrap().unwrap().value, json!(3));
+        assert_eq!(s.get("ns", "w", "k").await.unwrap().unwrap().value, j(json!(3)));
     }
 
     #[tokio::test]
@@ -362,28 +442,32 @@ mod tests {
             .write(
                 "ns",
                 "w",
-                vec![Op::put("a", json!("new"), Expect::Any), Op::put("b", json!("new"), Expect::Version(7))],
+                vec![
+                    Op::put("a", j(json!("new")), Expect::Any),
+                    Op::put("b", j(json!("new")), Expect::Version(7)),
+                ],
             )
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Conflict { .. }));
         assert_eq!(s.get("ns", "w", "a").await.unwrap(), None);
-        assert_eq!(s.get("ns", "w", "b").await.unwrap().unwrap().value, json!("old"));
+        assert_eq!(s.get("ns", "w", "b").await.unwrap().unwrap().value, j(json!("old")));
     }
 
     #[tokio::test]
     async fn list_and_delete() {
         let (_dir, s) = store();
         for (ns, name, value) in [("a", "x", 1), ("a", "y", 2), ("b", "x", 3)] {
-            s.write(ns, name, vec![Op::put("k1", json!(value), Expect::Any)]).await.unwrap();
+            s.write(ns, name, vec![Op::put("k1", j(json!(value)), Expect::Any)]).await.unwrap();
         }
-        assert_eq!(s.list(None, None).await.unwrap().len(), 3);
-        assert_eq!(s.list(Some("a"), None).await.unwrap().len(), 2);
-        assert_eq!(s.list(Some("a"), Some("y")).await.unwrap()[0].value, json!(2));
+        let all = Keys::Under("");
+        assert_eq!(s.list(None, None, all).await.unwrap().len(), 3);
+        assert_eq!(s.list(Some("a"), None, all).await.unwrap().len(), 2);
+        assert_eq!(s.list(Some("a"), Some("y"), all).await.unwrap()[0].value, j(json!(2)));
         assert_eq!(s.write("a", "x", vec![Op::delete("k1", Expect::Version(1))]).await.unwrap(), vec![None]);
         let err = s.write("a", "x", vec![Op::delete("k1", Expect::Version(1))]).await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
-        assert_eq!(s.list(Some("a"), None).await.unwrap().len(), 1);
+        assert_eq!(s.list(Some("a"), None, all).await.unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -391,10 +475,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let first = SqliteStore::open(&path).unwrap();
-        first.write("n", "w", vec![Op::put("k", json!("v"), Expect::Any)]).await.unwrap();
+        first.write("n", "w", vec![Op::put("k", j(json!("v")), Expect::Any)]).await.unwrap();
         drop(first);
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.get("n", "w", "k").await.unwrap().unwrap().value, json!("v"));
+        assert_eq!(s.get("n", "w", "k").await.unwrap().unwrap().value, j(json!("v")));
+    }
+
+    #[tokio::test]
+    async fn ranges_of_keys_are_listed_counted_and_deleted() {
+        let (_dir, s) = store();
+        let keys = ["watermark", "watermark/a", "watermark/b/c", "watermark0", "pending", "dead_letter/x"];
+        let ops = keys.iter().map(|k| Op::put(*k, j(json!(k)), Expect::Any)).collect();
+        s.write("ns", "w", ops).await.unwrap();
+        s.write("ns", "v", vec![Op::put("watermark/a", j(json!(1)), Expect::Any)]).await.unwrap();
+        let names = |records: Vec<Record>| records.into_iter().map(|r| r.key).collect::<Vec<_>>();
+        let under = s.list(Some("ns"), Some("w"), Keys::Under("watermark/")).await.unwrap();
+        assert_eq!(names(under), ["watermark/a", "watermark/b/c"]);
+        let rest = s.list(Some("ns"), Some("w"), Keys::NotUnder("watermark/")).await.unwrap();
+        assert_eq!(names(rest), ["dead_letter/x", "pending", "watermark", "watermark0"]);
+        let counted = s.count(None, None, Keys::Under("watermark/")).await.unwrap();
+        assert_eq!(
+            counted.into_iter().collect::<Vec<_>>(),
+            [(("ns".into(), "v".into()), 1), (("ns".into(), "w".into()), 2)]
+        );
+        s.write("ns", "w", vec![Op::delete_under("watermark/")]).await.unwrap();
+        let left = s.list(Some("ns"), None, Keys::Under("")).await.unwrap();
+        assert_eq!(left.len(), 5, "the other watcher's member stays: {left:?}");
+        let refused = s.write("ns", "w", vec![Op { expect: Expect::Absent, ..Op::delete_under("x") }]).await;
+        assert!(refused.is_err());
+        assert_eq!(prefix_end("watermark/").as_deref(), Some("watermark0"));
+        assert_eq!(prefix_end(""), None);
     }
 
     #[test]

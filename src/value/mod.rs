@@ -1,6 +1,6 @@
 //! Config values that check themselves while they are read and are then carried typed:
-//! durations, globs, names, HTTP URLs and headers, templates, secrets; and the kinds of
-//! `type:`-tagged enums.
+//! durations, globs, names, HTTP URLs and headers, templates, secrets, `start:`; and the
+//! kinds of `type:`-tagged enums.
 //!
 //! A leaf: nothing here imports another module of the crate, so the config loader and
 //! every component can use these types without importing each other. Each type fails
@@ -12,6 +12,7 @@ mod glob;
 mod http;
 mod name;
 mod secret;
+mod start;
 mod tagged;
 mod template;
 
@@ -20,6 +21,7 @@ pub use glob::Glob;
 pub use http::{Header, Headers, HttpUrl};
 pub use name::Name;
 pub use secret::{EnvVar, Secret, SecretError, SecretFile, SecretReadError, SecretRef};
+pub use start::Start;
 pub(crate) use tagged::kinds;
 pub use tagged::{Kind, Tagged, variant};
 pub use template::Template;

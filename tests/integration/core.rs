@@ -256,3 +256,120 @@ fn the_shipped_examples_are_valid() {
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stdout.contains("OK, 3 watchers"), "{}", out.stdout);
 }
+
+/// Runs `highwater args…` with `input` on standard input.
+fn run_with_input(project: &Project, args: &[&str], input: &str) -> crate::util::Output {
+    let mut child = project
+        .command(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn highwater");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let text = input.to_string();
+    let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
+    let out = child.wait_with_output().expect("wait");
+    writer.join().expect("writer").expect("write stdin");
+    crate::util::Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn a_remembered_set_is_rows_that_state_reads_and_writes_whole() {
+    let project = Project::default_config();
+    project.watcher("inbox", &fast_watcher("  type: file\n  path: out/events.jsonl"));
+    for name in ["a.csv", "b.csv", "c.csv"] {
+        project.write(&format!("inbox/{name}"), name);
+    }
+    let out = project.run(&["once"]);
+    assert!(out.stderr.contains("t/inbox: 3 delivered"), "{}", out.stderr);
+
+    // One row per remembered file; `state list` counts them without reading them.
+    let dump = project.store().dump();
+    for name in ["a.csv", "b.csv", "c.csv"] {
+        assert!(dump.contains(&format!("watermark/{name}")), "{dump}");
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(&project.run(&["state", "list", "--json"]).stdout).expect("state list JSON");
+    assert_eq!(
+        (list[0]["remembered"].as_u64(), list[0]["watermark"]["remembered"].as_u64()),
+        (Some(3), Some(3))
+    );
+
+    // The whole watermark: head and members, also in `state export`.
+    let whole = project.run(&["state", "get", "t/inbox", "watermark"]);
+    assert_eq!(whole.code, Some(0), "{whole:?}");
+    let whole: serde_json::Value = serde_json::from_str(&whole.stdout).expect("watermark JSON");
+    assert!(whole["head"]["high_ns"].is_i64(), "{whole}");
+    assert_eq!(whole["members"].as_object().map(|m| m.len()), Some(3), "{whole}");
+    let export = project.run(&["state", "export"]);
+    let line: serde_json::Value = serde_json::from_str(export.stdout.trim()).expect("one JSON line");
+    assert_eq!((&line["namespace"], &line["name"]), (&serde_json::json!("t"), &serde_json::json!("inbox")));
+    assert_eq!(line["watermark"], whole);
+
+    // Set from standard input, too large for an argument: forgetting b.csv announces it
+    // again; thousands of other members ride along.
+    let mut edited = whole.clone();
+    let members = edited["members"].as_object_mut().expect("members");
+    members.remove("b.csv");
+    for i in 0..50_000 {
+        members.insert(
+            format!("gone/{i:05}-with-a-long-name-to-make-the-value-large.csv"),
+            serde_json::json!([1, 1, 1]),
+        );
+    }
+    let text = edited.to_string();
+    assert!(text.len() > 2_000_000, "{} bytes", text.len());
+    let out = run_with_input(&project, &["state", "set", "t/inbox", "watermark", "--file", "-"], &text);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let list: serde_json::Value =
+        serde_json::from_str(&project.run(&["state", "list", "--json"]).stdout).expect("state list JSON");
+    assert_eq!(list[0]["remembered"].as_u64(), Some(50_002));
+    let out = project.run(&["once"]);
+    assert!(out.stderr.contains("t/inbox: 1 delivered"), "{}", out.stderr);
+    let last = std::fs::read_to_string(project.path().join("out/events.jsonl")).expect("events");
+    let last: serde_json::Value = serde_json::from_str(last.lines().last().expect("a line")).expect("JSON");
+    assert_eq!(last["item"]["relative_path"], "b.csv");
+
+    // A member is not edited alone.
+    let out = project.run(&["state", "delete", "t/inbox", "watermark/a.csv"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    // A reset forgets head and members.
+    assert_eq!(project.run(&["state", "reset", "t/inbox"]).code, Some(0));
+    assert!(!project.store().dump().contains("watermark"), "{}", project.store().dump());
+}
+
+#[test]
+fn start_now_skips_what_is_there_and_reset_returns_to_it() {
+    let project = Project::default_config();
+    project
+        .watcher("inbox", &format!("{}start: now\n", fast_watcher("  type: file\n  path: out/events.jsonl")));
+    project.write("inbox/old.csv", "old");
+    let out = project.run(&["once"]);
+    assert!(out.stderr.contains("t/inbox: 0 delivered"), "{}", out.stderr);
+    // The first watermark is stored: a file written now is newer than it.
+    project.write("inbox/new.csv", "new");
+    let out = project.run(&["once"]);
+    assert!(out.stderr.contains("t/inbox: 1 delivered"), "{}", out.stderr);
+    let events = std::fs::read_to_string(project.path().join("out/events.jsonl")).expect("events");
+    assert_eq!(events.lines().count(), 1);
+    assert!(events.contains("new.csv"));
+
+    // A start that is no start is a config error at its line.
+    project.watcher(
+        "later",
+        &format!("{}start: yesterday\n", fast_watcher("  type: stdout"))
+            .replace("name: inbox", "name: later"),
+    );
+    let out = project.run(&["check"]);
+    assert_eq!(out.code, Some(78), "{out:?}");
+    assert!(
+        out.stderr.contains("watchers/later.yaml:10:8: start: `yesterday` is not a start"),
+        "{}",
+        out.stderr
+    );
+}

@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::Postgres;
 use super::connect::{self, ConnectSettings, TlsMode};
-use crate::source::{Source, SourceKind};
+use crate::source::{Source, SourceKind, legacy};
 use crate::value::{EnvVar, HumanDuration, Kind, SecretFile};
 
 /// `source: {type: postgres}`.
@@ -278,7 +278,7 @@ impl SourceKind for PostgresConfig {
     }
 
     fn build(&self) -> Box<dyn Source> {
-        Box::new(Postgres::new(self.clone()))
+        legacy::boxed(Postgres::new(self.clone()))
     }
 }
 

@@ -34,7 +34,8 @@ use tokio_postgres::{Client, Statement};
 pub use self::config::{Mode, PostgresConfig};
 use self::history::{Server, Verdict};
 use self::plan::{Args, Plan, Shape};
-use super::{ErrorClass, Polled, Source, SourceError, read_watermark};
+use super::legacy::{Polled, Source, read_watermark};
+use super::{ErrorClass, SourceError};
 use crate::value::Kind;
 
 /// The stored watermark.

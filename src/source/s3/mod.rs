@@ -17,7 +17,8 @@ use serde::Deserialize;
 use aws_sdk_s3::types::EncodingType;
 
 use self::scan::{Candidate, Flow, Listed, Mark, OrderNote, Rules, Scan};
-use super::{Found, Polled, Source, SourceError, SourceKind};
+use super::legacy::{self, Polled, Source};
+use super::{Found, SourceError, SourceKind};
 use crate::event::{Change, Item, S3Object, S3Objects};
 use crate::value::{Glob, HumanDuration, Kind};
 
@@ -197,8 +198,8 @@ impl SourceKind for S3Config {
         errors
     }
 
-    fn build(&self) -> Box<dyn Source> {
-        Box::new(S3Source::new(self.clone()))
+    fn build(&self) -> Box<dyn super::Source> {
+        legacy::boxed(S3Source::new(self.clone()))
     }
 }
 
@@ -451,7 +452,7 @@ impl Source for S3Source {
         limit: usize,
     ) -> Result<Polled, SourceError> {
         self.store_idle = false;
-        let mark: Option<Mark> = crate::source::read_watermark(S3Config::TAG, watermark)?;
+        let mark: Option<Mark> = legacy::read_watermark(S3Config::TAG, watermark)?;
         let (client, clock) = self.client().await?;
         let url = self.config.url();
         let rules = std::sync::Arc::clone(&self.rules);

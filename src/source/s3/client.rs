@@ -45,6 +45,9 @@ pub struct Built {
     pub region_from: &'static str,
     /// The server's clock as its last answer told it.
     pub clock: ServerClock,
+    /// What the client was built from (HTTP client, credentials, region): the queue
+    /// client of `notifications` is built from it too, and shares its credentials.
+    pub shared: aws_config::SdkConfig,
 }
 
 /// The server's clock: the `Date` header of the last response, in milliseconds since
@@ -115,7 +118,7 @@ pub async fn build(config: &S3Config) -> Result<Built, SourceError> {
     if let Some(url) = &config.endpoint_url {
         builder = builder.endpoint_url(url.clone());
     }
-    Ok(Built { client: Client::from_conf(builder.build()), region, region_from, clock })
+    Ok(Built { client: Client::from_conf(builder.build()), region, region_from, clock, shared })
 }
 
 /// The region and where it came from: the config, `AWS_REGION`/`AWS_DEFAULT_REGION`,
@@ -260,7 +263,7 @@ where
 
 /// The messages of an error and its sources, joined with `: `, skipping a message
 /// its predecessor already contains (the SDK repeats itself).
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next = Some(error);
     while let Some(e) = next {

@@ -6,6 +6,12 @@
 //! semantics are in [`scan`]. [`client`] builds the SDK client and classifies its errors.
 
 pub mod client;
+// Messages are read and the queue received from by the notification path, which comes
+// with the stateful source; until then only `check --connect` uses the queue.
+#[allow(dead_code)]
+pub mod notice;
+#[allow(dead_code)]
+pub mod queue;
 pub mod scan;
 
 use std::time::Duration;
@@ -20,7 +26,7 @@ use self::scan::{Candidate, Flow, Listed, Mark, OrderNote, Rules, Scan};
 use super::legacy::{self, Polled, Source};
 use super::{Found, SourceError, SourceKind};
 use crate::event::{Change, Item, S3Object, S3Objects};
-use crate::value::{Glob, HumanDuration, Kind};
+use crate::value::{Glob, HttpUrl, HumanDuration, Kind};
 
 /// Whether keys can be trusted to grow in byte order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -85,10 +91,16 @@ pub struct S3Config {
     /// that show up late: a multipart upload's `LastModified` is the time it *started*.
     #[serde(default = "default_lookback")]
     pub lookback: HumanDuration,
-    /// With `key_order: lexicographic`: time between full listings that catch keys
-    /// that arrived out of order. Default 1h.
+    /// With `key_order: lexicographic` or `notifications`: time between full listings,
+    /// which catch keys that arrived out of order or that no notification announced.
+    /// Default 1h.
     #[serde(default)]
     pub full_relist_every: Option<HumanDuration>,
+    /// Read S3 event notifications from an SQS queue (S3's own messages, SNS-wrapped or
+    /// EventBridge events), so that objects are announced within a second of landing;
+    /// the listing stays as the backstop, every `full_relist_every`.
+    #[serde(default)]
+    pub notifications: Option<NotificationsConfig>,
     /// Which changes become events: `created`, `updated` (the same key with a new
     /// ETag), `deleted`.
     #[serde(default = "default_events")]
@@ -100,6 +112,22 @@ pub struct S3Config {
     /// Most keys remembered (bounds the watermark's size).
     #[serde(default = "default_max_remembered")]
     pub max_remembered: usize,
+}
+
+/// `notifications:` of an `s3` source.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// The SQS queue the bucket's event notifications go to, as `aws sqs get-queue-url`
+    /// prints it: `https://sqs.eu-west-1.amazonaws.com/123456789012/landing-events`. One
+    /// queue per watcher: watchers sharing a queue would take each other's messages
+    /// (fan out through an SNS topic to one queue each instead).
+    pub queue_url: HttpUrl,
+    /// The messages' shape: `auto` (default: told apart by their shape), `s3` (S3's
+    /// own, or SNS with raw message delivery), `sns` (S3's wrapped by an SNS topic), or
+    /// `eventbridge` (an EventBridge rule's S3 events).
+    #[serde(default)]
+    pub format: notice::Format,
 }
 
 fn default_lookback() -> HumanDuration {
@@ -157,6 +185,9 @@ impl SourceKind for S3Config {
         if let Some(url) = &self.endpoint_url {
             notes.push(format!("at {url}"));
         }
+        if let Some(notifications) = &self.notifications {
+            notes.push(format!("notified by {}", notifications.queue_url));
+        }
         format!("s3 {} ({})", self.url(), notes.join(", "))
     }
 
@@ -185,15 +216,30 @@ impl SourceKind for S3Config {
             errors.push(("max_remembered".into(), "must be at least 1".into()));
         }
         match (self.key_order, self.full_relist_every) {
-            (KeyOrder::Any, Some(_)) => errors.push((
+            (KeyOrder::Any, Some(_)) if self.notifications.is_none() => errors.push((
                 "full_relist_every".into(),
-                "only applies with `key_order: lexicographic` (in `any` order every poll lists in full)"
+                "only applies with `key_order: lexicographic` or `notifications` (in `any` order every \
+                 poll lists in full)"
                     .into(),
             )),
-            (KeyOrder::Lexicographic, Some(every)) if every.0 < Duration::from_secs(1) => {
+            (_, Some(every)) if every.0 < Duration::from_secs(1) => {
                 errors.push(("full_relist_every".into(), "must be at least 1s".into()));
             }
             _ => {}
+        }
+        if let Some(notifications) = &self.notifications {
+            let url = notifications.queue_url.url();
+            let segments: Vec<&str> = url.path().trim_matches('/').split('/').collect();
+            if segments.len() != 2 || segments.iter().any(|s| s.is_empty()) {
+                errors.push((
+                    "notifications.queue_url".into(),
+                    "must be a queue URL (`https://sqs.REGION.amazonaws.com/ACCOUNT/QUEUE`, as `aws sqs \
+                     get-queue-url` prints it)"
+                        .into(),
+                ));
+            } else if url.query().is_some() || url.fragment().is_some() {
+                errors.push(("notifications.queue_url".into(), "must not carry a query or fragment".into()));
+            }
         }
         errors
     }
@@ -216,13 +262,23 @@ pub struct S3Source {
     skipped: u64,
     /// The scope change was logged (once per process).
     scope_logged: bool,
+    /// The queue of `notifications`, built with the client.
+    queue: Option<queue::Queue>,
 }
 
 impl S3Source {
     /// Builds the source; nothing is touched until the first poll.
     pub fn new(config: S3Config) -> Self {
         let rules = std::sync::Arc::new(config.rules());
-        S3Source { config, rules, client: None, store_idle: false, skipped: 0, scope_logged: false }
+        S3Source {
+            config,
+            rules,
+            client: None,
+            store_idle: false,
+            skipped: 0,
+            scope_logged: false,
+            queue: None,
+        }
     }
 
     async fn client(&mut self) -> Result<(aws_sdk_s3::Client, client::ServerClock), SourceError> {
@@ -238,6 +294,9 @@ impl S3Source {
                 );
             } else {
                 tracing::debug!(region = %built.region, region_from = built.region_from, "S3 client built.");
+            }
+            if let Some(notifications) = &self.config.notifications {
+                self.queue = Some(queue::Queue::new(&built.shared, &notifications.queue_url));
             }
             self.client = Some(built);
         }
@@ -573,6 +632,10 @@ impl Source for S3Source {
             }
             previous = Some(object.key);
         }
+        // The queue: it exists, and these credentials may use it.
+        if let Some(queue) = &self.queue {
+            queue.check().await?;
+        }
         Ok(())
     }
 
@@ -617,6 +680,32 @@ mod tests {
         assert_eq!(c.lookback.0, Duration::from_secs(86400));
         assert!(c.validate().is_empty());
         assert_eq!(c.rules().full_relist_every_ms, 3_600_000);
+    }
+
+    #[test]
+    fn notifications_are_checked() {
+        let c = parse(
+            "bucket: b\nnotifications:\n  queue_url: https://sqs.eu-west-1.amazonaws.com/123456789012/q\n  format: sns\nfull_relist_every: 10m\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let n = c.notifications.as_ref().unwrap();
+        assert_eq!(n.format, notice::Format::Sns);
+        assert!(c.describe().contains("notified by https://sqs.eu-west-1.amazonaws.com/123456789012/q"));
+        assert_eq!(c.rules().full_relist_every_ms, 600_000);
+        for bad in ["https://sqs.eu-west-1.amazonaws.com/q", "https://sqs.eu-west-1.amazonaws.com/1/q/x"] {
+            let c = parse(&format!("bucket: b\nnotifications: {{queue_url: \"{bad}\"}}\n")).unwrap();
+            let keys: Vec<String> = c.validate().into_iter().map(|(k, _)| k).collect();
+            assert_eq!(keys, ["notifications.queue_url"], "{bad}");
+        }
+        let c = parse("bucket: b\nnotifications: {queue_url: \"https://h/1/q?x=1\"}\n").unwrap();
+        assert_eq!(c.validate()[0].1, "must not carry a query or fragment");
+        assert!(parse("bucket: b\nnotifications: {queue_url: \"ftp://h/1/q\"}\n").is_err());
+        assert!(parse("bucket: b\nnotifications: {queue_url: \"https://h/1/q\", format: xml}\n").is_err());
+        assert!(parse("bucket: b\nnotifications: {queue: \"https://h/1/q\"}\n").is_err());
+        // Without notifications, `any` order lists in full every poll: no schedule.
+        let c = parse("bucket: b\nfull_relist_every: 10m\n").unwrap();
+        assert_eq!(c.validate()[0].0, "full_relist_every");
     }
 
     #[test]

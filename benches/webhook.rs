@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use highwater::event::{Change, Event, FileItem, Item};
+use highwater::event::{Change, Encoded, Event, FileItem, Item};
 use highwater::sink::webhook::{Signer, WebhookConfig, WebhookFormat, WebhookSink, encode_body, webhook_id};
-use highwater::sink::{Delivery, Sink};
+use highwater::sink::{Acked, Delivery, Sink};
 use highwater::value::{HttpUrl, HumanDuration, SecretFile};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-fn events(n: usize) -> Vec<Event> {
+fn events(n: usize) -> Vec<Encoded> {
     (0..n)
         .map(|i| Event {
             id: format!("{i:032x}"),
@@ -34,6 +34,7 @@ fn events(n: usize) -> Vec<Event> {
             watermark: serde_json::json!({"changed": "2026-11-25T15:13:50.120000000Z", "remembered": 3}),
             emitted_at: chrono::Utc::now(),
         })
+        .map(|event| Encoded::of(&event).expect("encode"))
         .collect()
 }
 
@@ -51,7 +52,7 @@ fn measure(events: usize, requests: usize, took: Duration) -> Measured {
 /// watcher with that batch size would).
 async fn through_sink(
     url: &str,
-    events: &[Event],
+    events: &[Encoded],
     batch: usize,
     signed: bool,
     secret_file: &std::path::Path,
@@ -71,7 +72,7 @@ async fn through_sink(
     let per_call = batch.max(100);
     let started = Instant::now();
     for chunk in events.chunks(per_call) {
-        let outcome = sink.deliver(chunk).await;
+        let outcome = sink.deliver(chunk, &Acked::new()).await;
         assert_eq!(outcome, Delivery::Acknowledged, "the local receiver refused a batch");
     }
     measure(events.len(), events.len().div_ceil(batch), started.elapsed())
@@ -79,7 +80,7 @@ async fn through_sink(
 
 /// Posts the very bodies the sink would send, with a plain reqwest client and no
 /// signing: the floor the sink is compared with.
-async fn bare(url: &str, events: &[Event], batch: usize) -> Measured {
+async fn bare(url: &str, events: &[Encoded], batch: usize) -> Measured {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
     let bodies: Vec<(Vec<u8>, &str, String)> = events
         .chunks(batch)

@@ -1,7 +1,12 @@
-//! The one event shape every sink receives, and how event ids are derived.
+//! The one event shape every sink receives, how event ids are derived, and the event
+//! as encoded once ([`Encoded`]): the bytes the outbox stores and every sink sends.
+
+use std::borrow::Cow;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 /// What happened to the item.
@@ -161,6 +166,148 @@ pub struct Event {
     pub emitted_at: DateTime<Utc>,
 }
 
+/// An event's parts, borrowed from where they live, to encode it without building an
+/// [`Event`] first. Serializes exactly as [`Event`] does.
+#[derive(Debug, Serialize)]
+pub struct EventRef<'a> {
+    /// See [`Event::id`].
+    pub id: &'a str,
+    /// See [`Event::namespace`].
+    pub namespace: &'a str,
+    /// See [`Event::watcher`].
+    pub watcher: &'a str,
+    /// See [`Event::source`].
+    pub source: &'a str,
+    /// See [`Event::change`].
+    #[serde(rename = "type")]
+    pub change: Change,
+    /// See [`Event::item`].
+    pub item: &'a Item,
+    /// See [`Event::watermark`], already encoded (one summary serves a whole batch).
+    pub watermark: &'a RawValue,
+    /// See [`Event::emitted_at`].
+    pub emitted_at: DateTime<Utc>,
+}
+
+/// An event encoded once: the JSON text the outbox stores and every sink sends as it
+/// is (so a value read from a source stays exact all the way), and the few fields a sink
+/// needs without reading the text. Built by the loop from an [`EventRef`], or read back
+/// from a stored batch.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// The event id.
+    pub id: String,
+    /// The watcher's namespace (shared by the events of a batch).
+    pub namespace: Arc<str>,
+    /// The watcher's name (shared by the events of a batch).
+    pub watcher: Arc<str>,
+    /// The source kind (shared by the events of a batch).
+    pub source: Arc<str>,
+    /// What happened to the item.
+    pub change: Change,
+    /// The item's `kind` tag.
+    pub kind: Cow<'static, str>,
+    /// When the event was built.
+    pub emitted_at: DateTime<Utc>,
+    /// The event, as [`Event`] serializes it.
+    pub json: Box<RawValue>,
+}
+
+impl PartialEq for Encoded {
+    /// Equal when the text is: every other field is read from it.
+    fn eq(&self, other: &Self) -> bool {
+        self.json.get() == other.json.get()
+    }
+}
+
+/// The fields of an encoded event a sink needs, read back without building a tree.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    namespace: Cow<'a, str>,
+    #[serde(borrow)]
+    watcher: Cow<'a, str>,
+    #[serde(borrow)]
+    source: Cow<'a, str>,
+    #[serde(rename = "type")]
+    change: Change,
+    #[serde(borrow)]
+    item: ItemHead<'a>,
+    emitted_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize)]
+struct ItemHead<'a> {
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+}
+
+/// The kinds of [`Item`], to keep a kind read back without an allocation.
+const KINDS: [&str; 5] = ["file", "s3_object", "s3_objects", "row", "rows"];
+
+impl Encoded {
+    /// Encodes an event; `namespace`, `watcher` and `source` are shared with the other
+    /// events of its batch.
+    pub fn encode(
+        event: &EventRef<'_>,
+        namespace: &Arc<str>,
+        watcher: &Arc<str>,
+        source: &Arc<str>,
+    ) -> Result<Encoded, serde_json::Error> {
+        Ok(Encoded {
+            json: serde_json::value::to_raw_value(event)?,
+            id: event.id.to_string(),
+            namespace: Arc::clone(namespace),
+            watcher: Arc::clone(watcher),
+            source: Arc::clone(source),
+            change: event.change,
+            kind: Cow::Borrowed(event.item.kind()),
+            emitted_at: event.emitted_at,
+        })
+    }
+
+    /// Encodes a whole [`Event`] (tests and benchmarks; the loop encodes from parts).
+    pub fn of(event: &Event) -> Result<Encoded, serde_json::Error> {
+        Ok(Encoded {
+            json: serde_json::value::to_raw_value(event)?,
+            id: event.id.clone(),
+            namespace: Arc::from(event.namespace.as_str()),
+            watcher: Arc::from(event.watcher.as_str()),
+            source: Arc::from(event.source.as_str()),
+            change: event.change,
+            kind: Cow::Borrowed(event.item.kind()),
+            emitted_at: event.emitted_at,
+        })
+    }
+
+    /// An event read back from its text (a stored batch): the fields sinks need are read
+    /// from it once.
+    pub fn from_json(json: Box<RawValue>) -> Result<Encoded, serde_json::Error> {
+        let head: Head<'_> = serde_json::from_str(json.get())?;
+        let kind = match KINDS.iter().find(|k| **k == head.item.kind) {
+            Some(kind) => Cow::Borrowed(*kind),
+            None => Cow::Owned(head.item.kind.into_owned()),
+        };
+        Ok(Encoded {
+            id: head.id.into_owned(),
+            namespace: Arc::from(head.namespace.as_ref()),
+            watcher: Arc::from(head.watcher.as_ref()),
+            source: Arc::from(head.source.as_ref()),
+            change: head.change,
+            kind,
+            emitted_at: head.emitted_at,
+            json,
+        })
+    }
+
+    /// The event's JSON text.
+    pub fn text(&self) -> &str {
+        self.json.get()
+    }
+}
+
 /// Derives a stable event id from the watcher identity and the parts that identify the
 /// item. Parts are length-prefixed so that `("ab","c")` and `("a","bc")` differ.
 pub fn event_id(namespace: &str, watcher: &str, parts: &[&str]) -> String {
@@ -199,6 +346,47 @@ mod tests {
         assert_eq!(serde_json::to_value(&file).unwrap()["kind"], file.kind());
         let rows = Item::Rows(RowsItem { table: "t".into(), rows: Vec::new() });
         assert_eq!(serde_json::to_value(&rows).unwrap()["kind"], rows.kind());
+    }
+
+    #[test]
+    fn an_event_encoded_from_its_parts_is_the_event() {
+        let item = Item::File(FileItem {
+            path: "in/a.csv".into(),
+            relative_path: "a.csv".into(),
+            size: 3,
+            modified: DateTime::<Utc>::from_timestamp(1_700_000_000, 5).unwrap_or_default(),
+        });
+        let summary = serde_json::json!({"changed": "2026-11-25T00:00:00Z", "remembered": 3});
+        let event = Event {
+            id: "e1".into(),
+            namespace: "ns".into(),
+            watcher: "w".into(),
+            source: "local_dir".into(),
+            change: Change::Updated,
+            item: item.clone(),
+            watermark: summary.clone(),
+            emitted_at: DateTime::<Utc>::from_timestamp(1_700_000_001, 7).unwrap_or_default(),
+        };
+        let watermark = serde_json::value::to_raw_value(&summary).unwrap();
+        let parts = EventRef {
+            id: "e1",
+            namespace: "ns",
+            watcher: "w",
+            source: "local_dir",
+            change: Change::Updated,
+            item: &item,
+            watermark: &watermark,
+            emitted_at: event.emitted_at,
+        };
+        let shared = |s: &str| Arc::<str>::from(s);
+        let encoded = Encoded::encode(&parts, &shared("ns"), &shared("w"), &shared("local_dir")).unwrap();
+        assert_eq!(encoded.text(), serde_json::to_string(&event).unwrap());
+        let back = Encoded::from_json(encoded.json.clone()).unwrap();
+        assert_eq!((back.id.as_str(), &*back.namespace, &*back.watcher), ("e1", "ns", "w"));
+        assert_eq!((&*back.source, back.change, back.kind.as_ref()), ("local_dir", Change::Updated, "file"));
+        assert!(matches!(back.kind, Cow::Borrowed(_)));
+        assert_eq!(back.emitted_at, event.emitted_at);
+        assert_eq!(serde_json::from_str::<Event>(back.text()).unwrap(), event);
     }
 
     #[test]

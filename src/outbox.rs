@@ -1,6 +1,6 @@
 //! A watcher's place in the store: the keys `watermark`, `watermark/<member>`,
-//! `pending` and `dead_letter/*`, and every transaction that writes them. No other
-//! module names those keys.
+//! `pending`, `progress` and `dead_letter/*`, and every transaction that writes them. No
+//! other module names those keys.
 //!
 //! A source's state is its head (the row `watermark`) and its remembered members (one
 //! row each under `watermark/`): rows of the one `process_state` table, so that export,
@@ -10,6 +10,9 @@
 //! The delivery protocol, as the store sees it:
 //! - **stage**: a batch goes to `pending` before its first delivery attempt, only if no
 //!   batch is pending and the head is still the one it was polled from;
+//! - **progress**: how many leading events of the pending batch the sink acknowledged,
+//!   kept now and then in a small row of its own (`progress`, tied to the batch id) so a
+//!   redelivery sends only the rest;
 //! - **commit**: once the sink acknowledged it, the batch's [`ChangeSet`] is applied (the
 //!   head, the members it puts and removes) and `pending` deleted, in one transaction
 //!   checked by the head's version;
@@ -26,11 +29,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::ser::SerializeMap;
+use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::event::Event;
+use crate::event::Encoded;
 use crate::json::Json;
 use crate::source::{ChangeSet, SourceState};
 use crate::state::{Expect, Keys, Op, Record, Store, StoreError};
@@ -41,6 +45,8 @@ const WATERMARK: &str = "watermark";
 const MEMBER_PREFIX: &str = "watermark/";
 /// The batch written before its first delivery attempt.
 const PENDING: &str = "pending";
+/// How many leading events of the pending batch the sink acknowledged.
+const PROGRESS: &str = "progress";
 /// Prefix of the keys that hold dead-lettered batches.
 const DEAD_LETTER_PREFIX: &str = "dead_letter/";
 
@@ -50,8 +56,8 @@ pub fn dead_letter_key(batch_id: &str) -> String {
 }
 
 /// The outbox record: a batch written before its first delivery attempt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(from = "StoredBatch")]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "StoredBatch")]
 pub struct PendingBatch {
     /// Hash of the batch's event ids: the same items give the same batch id.
     pub batch_id: String,
@@ -60,8 +66,27 @@ pub struct PendingBatch {
     /// What the commit does to the state once the batch is acknowledged. None for a
     /// replayed dead-letter batch, whose delivery must not move the watermark.
     pub change: Option<ChangeSet>,
-    /// The events, exactly as first attempted.
-    pub events: Vec<Event>,
+    /// The events, as encoded when first attempted: stored and sent as that text.
+    pub events: Vec<Encoded>,
+}
+
+/// Stored as `{"batch_id", "created_at", "change", "events": [...]}`, each event the
+/// text it was encoded as.
+impl Serialize for PendingBatch {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Events<'a>(&'a [Encoded]);
+        impl Serialize for Events<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.iter().map(|e| &e.json))
+            }
+        }
+        let mut record = serializer.serialize_struct("PendingBatch", 4)?;
+        record.serialize_field("batch_id", &self.batch_id)?;
+        record.serialize_field("created_at", &self.created_at)?;
+        record.serialize_field("change", &self.change)?;
+        record.serialize_field("events", &Events(&self.events))?;
+        record.end()
+    }
 }
 
 /// A pending batch as any release stored it.
@@ -75,24 +100,26 @@ struct StoredBatch {
     /// Releases up to 0.1: the whole watermark the commit stores (null for a replay).
     #[serde(default)]
     next_watermark: Option<Json>,
-    events: Vec<Event>,
+    events: Vec<Box<RawValue>>,
 }
 
-impl From<StoredBatch> for PendingBatch {
-    fn from(stored: StoredBatch) -> Self {
-        PendingBatch {
+impl TryFrom<StoredBatch> for PendingBatch {
+    type Error = serde_json::Error;
+
+    fn try_from(stored: StoredBatch) -> Result<Self, Self::Error> {
+        Ok(PendingBatch {
             batch_id: stored.batch_id,
             created_at: stored.created_at,
             change: stored.change.or(stored.next_watermark.map(ChangeSet::head)),
-            events: stored.events,
-        }
+            events: stored.events.into_iter().map(Encoded::from_json).collect::<Result<_, _>>()?,
+        })
     }
 }
 
 impl PendingBatch {
     /// A batch of `events` whose commit applies `change`; its id is derived from the
     /// event ids.
-    pub fn new(events: Vec<Event>, change: ChangeSet, created_at: DateTime<Utc>) -> Self {
+    pub fn new(events: Vec<Encoded>, change: ChangeSet, created_at: DateTime<Utc>) -> Self {
         let mut hasher = Sha256::new();
         for event in &events {
             hasher.update(event.id.as_bytes());
@@ -104,6 +131,13 @@ impl PendingBatch {
             events,
         }
     }
+}
+
+/// The `progress` row: leading events of batch `batch_id` that the sink acknowledged.
+#[derive(Debug, Serialize, Deserialize)]
+struct Progress {
+    batch_id: String,
+    acked: usize,
 }
 
 /// A batch the sink refused for good, kept under `dead_letter/<batch id>`.
@@ -133,12 +167,19 @@ pub struct Staged {
     batch: PendingBatch,
     /// Version of the `pending` row, as the store reported it.
     version: i64,
+    /// Leading events the sink acknowledged, as last kept (`progress`).
+    acked: usize,
 }
 
 impl Staged {
     /// The batch, to deliver.
     pub fn batch(&self) -> &PendingBatch {
         &self.batch
+    }
+
+    /// Leading events the sink acknowledged, as last kept: a delivery sends the rest.
+    pub fn acked(&self) -> usize {
+        self.acked
     }
 }
 
@@ -327,8 +368,8 @@ impl Outbox {
     /// then only when the head changed since this handle last saw it) and the pending
     /// batch. An unchanged state costs two point reads.
     pub async fn load(&mut self) -> Result<Loaded, OutboxError> {
-        let stored = self.get(WATERMARK).await?;
-        let mut version = stored.as_ref().map(|r| r.version);
+        // The version alone: the head's value is read only when it changed.
+        let mut version = self.store.version(&self.namespace, &self.name, WATERMARK).await?;
         let mut watermark = None;
         if version != self.seen || self.stale {
             let replaced = self.seen.is_some() && version != self.seen;
@@ -353,7 +394,9 @@ impl Outbox {
         }
         let pending = match self.get(PENDING).await? {
             Some(record) => {
-                Some(Staged { batch: self.decode(PENDING, &record.value)?, version: record.version })
+                let batch: PendingBatch = self.decode(PENDING, &record.value)?;
+                let acked = self.acked(&batch).await?;
+                Some(Staged { batch, version: record.version, acked })
             }
             None => None,
         };
@@ -371,10 +414,35 @@ impl Outbox {
             .transact(vec![
                 Op::put(PENDING, value, Expect::Absent),
                 Op::check(WATERMARK, self.expect_watermark()),
+                Op::delete(PROGRESS, Expect::Any),
             ])
             .await?;
         let version = self.version_written(&written, 0)?;
-        Ok(Staged { batch, version })
+        Ok(Staged { batch, version, acked: 0 })
+    }
+
+    /// Keeps how many leading events of `staged` the sink acknowledged, if the batch is
+    /// still the one pending. A redelivery then sends only the rest.
+    pub async fn save_progress(&self, staged: &Staged, acked: usize) -> Result<(), OutboxError> {
+        let progress = Progress { batch_id: staged.batch.batch_id.clone(), acked };
+        let value = self.encode(PROGRESS, &progress)?;
+        self.transact(vec![
+            Op::put(PROGRESS, value, Expect::Any),
+            Op::check(PENDING, Expect::Version(staged.version)),
+        ])
+        .await?;
+        Ok(())
+    }
+
+    /// The kept progress of `batch` (0 when none is kept, or it is another batch's).
+    async fn acked(&self, batch: &PendingBatch) -> Result<usize, OutboxError> {
+        let Some(record) = self.get(PROGRESS).await? else { return Ok(0) };
+        // Leniently: a progress row that cannot be read costs a redelivery of the
+        // whole batch, never the batch.
+        Ok(match record.value.decode::<Progress>() {
+            Ok(p) if p.batch_id == batch.batch_id => p.acked.min(batch.events.len()),
+            _ => 0,
+        })
     }
 
     /// After the sink acknowledged the batch: applies its state change and clears the
@@ -442,6 +510,7 @@ impl Outbox {
         };
         let moves_head = staged.batch.change.as_ref().is_some_and(|c| c.head.is_some());
         ops.push(Op::delete(PENDING, Expect::Version(staged.version)));
+        ops.push(Op::delete(PROGRESS, Expect::Any));
         ops.extend(extra);
         let written = self.transact(ops).await?;
         if moves_head {
@@ -461,8 +530,11 @@ impl Outbox {
         let batch = PendingBatch { change: None, ..dead.batch };
         let events = batch.events.len();
         let value = self.encode(PENDING, &batch)?;
-        let ops =
-            vec![Op::put(PENDING, value, Expect::Absent), Op::delete(key, Expect::Version(record.version))];
+        let ops = vec![
+            Op::put(PENDING, value, Expect::Absent),
+            Op::delete(key, Expect::Version(record.version)),
+            Op::delete(PROGRESS, Expect::Any),
+        ];
         match self.transact(ops).await {
             Ok(_) => Ok(Replay::Queued { events }),
             Err(StoreError::Conflict { key, .. }) if key == PENDING => Ok(Replay::PendingExists),
@@ -502,6 +574,7 @@ impl Outbox {
             ops.push(Op::put(format!("{MEMBER_PREFIX}{member}"), value, Expect::Any));
         }
         ops.push(Op::delete(PENDING, Expect::Any));
+        ops.push(Op::delete(PROGRESS, Expect::Any));
         self.transact(ops).await?;
         Ok(dropped)
     }
@@ -521,6 +594,7 @@ impl Outbox {
             Op::delete(WATERMARK, Expect::Any),
             Op::delete_under(MEMBER_PREFIX),
             Op::delete(PENDING, Expect::Any),
+            Op::delete(PROGRESS, Expect::Any),
         ])
         .await?;
         Ok(dropped)
@@ -625,7 +699,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::event::{Change, FileItem, Item, event_id};
+    use crate::event::{Change, Event, FileItem, Item, event_id};
     use crate::state::sqlite::SqliteStore;
 
     fn open() -> (tempfile::TempDir, Arc<dyn Store>) {
@@ -638,7 +712,7 @@ mod tests {
         Json::encode(&value).unwrap()
     }
 
-    fn events(names: &[&str]) -> Vec<Event> {
+    fn events(names: &[&str]) -> Vec<Encoded> {
         let now = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap_or_default();
         names
             .iter()
@@ -657,6 +731,7 @@ mod tests {
                 watermark: serde_json::Value::Null,
                 emitted_at: now,
             })
+            .map(|e| Encoded::of(&e).unwrap())
             .collect()
     }
 
@@ -891,6 +966,8 @@ mod tests {
         });
         let batch: PendingBatch = j(pending.clone()).decode_owned().unwrap();
         assert_eq!(batch.events.len(), 1);
+        assert_eq!(batch.events[0].id, "4ada51052e0b976dc7371b50d53bb070");
+        assert_eq!((&*batch.events[0].watcher, batch.events[0].kind.as_ref()), ("inbox", "file"));
         assert_eq!(batch.change, Some(ChangeSet::head(j(pending["next_watermark"].clone()))));
 
         let letter =
@@ -905,6 +982,35 @@ mod tests {
         // Written back in today's form, and read again the same.
         let again: PendingBatch = Json::encode(&decoded).unwrap().decode_owned().unwrap();
         assert_eq!(again, decoded);
+    }
+
+    #[tokio::test]
+    async fn progress_is_kept_with_its_batch_and_goes_with_it() {
+        let (_dir, store) = open();
+        let mut outbox = Outbox::new(Arc::clone(&store), "ns", "w");
+        outbox.load().await.unwrap();
+        let mut staged = outbox.stage(batch(&["a", "b", "c"], json!(1))).await.unwrap();
+        assert_eq!(staged.acked(), 0);
+        outbox.save_progress(&staged, 2).await.unwrap();
+        let again = Outbox::new(Arc::clone(&store), "ns", "w").load().await.unwrap().pending.unwrap();
+        assert_eq!(again.acked(), 2);
+        // The stored text of the events is what was staged, byte for byte.
+        assert_eq!(again.batch().events, staged.batch().events);
+        outbox.commit(&mut staged).await.unwrap();
+        assert_eq!(keys(&store).await, ["watermark"], "the commit clears the progress");
+
+        // Progress of another batch does not count.
+        let other = outbox.stage(batch(&["x"], json!(2))).await.unwrap();
+        outbox.save_progress(&other, 1).await.unwrap();
+        outbox.transact(vec![Op::delete(PENDING, Expect::Any)]).await.unwrap();
+        let staged = outbox.stage(batch(&["y", "z"], json!(3))).await.unwrap();
+        let value = Json::encode(&Progress { batch_id: other.batch().batch_id.clone(), acked: 1 }).unwrap();
+        outbox.transact(vec![Op::put(PROGRESS, value, Expect::Any)]).await.unwrap();
+        let loaded = Outbox::new(Arc::clone(&store), "ns", "w").load().await.unwrap().pending.unwrap();
+        assert_eq!(loaded.acked(), 0);
+        // A batch that is no longer pending keeps no progress.
+        outbox.reset().await.unwrap();
+        assert!(outbox.save_progress(&staged, 1).await.is_err());
     }
 
     #[test]

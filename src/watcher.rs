@@ -18,16 +18,16 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, jittered, wake_at};
 use crate::config::{FailurePolicy, RetryConfig, WatcherConfig};
-use crate::event::{Event, event_id};
+use crate::event::{Encoded, EventRef, event_id};
 use crate::outbox::{Outbox, OutboxError, PendingBatch, Staged, dead_letter_key};
-use crate::sink::{Delivery, Sink};
+use crate::sink::{Acked, Delivery, Sink};
 use crate::source::{Batch, ChangeSet, ErrorClass, Source, SourceError};
 use crate::state::{Store, StoreError};
 use crate::telemetry::{WatcherState, WatcherStats, now_ms};
@@ -35,6 +35,12 @@ use crate::value::Start;
 
 /// Longest `Retry-After` a receiver can impose; a longer one is cut to this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Acknowledged events that make the loop keep a delivery's progress with its batch (a
+/// restart repeats at most this many, with the same ids)...
+pub const PROGRESS_EVERY_EVENTS: usize = 1000;
+/// ...or the time after which it keeps whatever was acknowledged since.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Why a cycle did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +97,8 @@ pub struct Watcher {
     more: bool,
     /// Delivery attempts before a cycle gives up (None: never, as the daemon runs).
     attempt_limit: Option<u32>,
+    /// Namespace, name and source kind, shared by every event the watcher encodes.
+    shared: (Arc<str>, Arc<str>, Arc<str>),
 }
 
 impl Watcher {
@@ -102,6 +110,7 @@ impl Watcher {
         store: Arc<dyn Store>,
         stats: Arc<WatcherStats>,
     ) -> Self {
+        let kind = source.kind();
         Watcher {
             namespace: config.namespace.clone(),
             name: config.name.clone(),
@@ -118,6 +127,7 @@ impl Watcher {
             queued_summary: serde_json::Value::Null,
             more: false,
             attempt_limit: None,
+            shared: (Arc::from(config.namespace.as_str()), Arc::from(config.name.as_str()), Arc::from(kind)),
         }
     }
 
@@ -217,7 +227,7 @@ impl Watcher {
             }
             return Ok(report);
         }
-        let batch = self.build_batch(batch);
+        let batch = self.build_batch(batch)?;
         let n = batch.events.len();
         let staged = self.outbox.stage(batch).await;
         let staged = self.guard(staged)?;
@@ -347,32 +357,43 @@ impl Watcher {
         result.map_err(WatcherError::from)
     }
 
-    /// Turns a batch's items into events with their ids, and the pending batch that
-    /// carries them.
-    fn build_batch(&self, batch: Batch) -> PendingBatch {
+    /// Turns a batch's items into events with their ids, each encoded once, and the
+    /// pending batch that carries them.
+    fn build_batch(&self, batch: Batch) -> Result<PendingBatch, WatcherError> {
         let now = Utc::now();
-        let events: Vec<Event> = batch
-            .items
-            .into_iter()
-            .map(|found| {
-                let parts: Vec<&str> = found.identity.iter().map(String::as_str).collect();
-                Event {
-                    id: event_id(&self.namespace, &self.name, &parts),
-                    namespace: self.namespace.clone(),
-                    watcher: self.name.clone(),
-                    source: self.source.kind().to_string(),
-                    change: found.change,
-                    item: found.item,
-                    watermark: self.queued_summary.clone(),
-                    emitted_at: now,
-                }
-            })
-            .collect();
-        PendingBatch::new(events, batch.change, now)
+        let encode_error = |e: serde_json::Error| OutboxError::Encode {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            key: "pending".into(),
+            message: e.to_string(),
+        };
+        // One summary serves every event of the batch.
+        let watermark = serde_json::value::to_raw_value(&self.queued_summary).map_err(encode_error)?;
+        let (namespace, watcher, source) = &self.shared;
+        let mut events = Vec::with_capacity(batch.items.len());
+        for found in &batch.items {
+            let parts: Vec<&str> = found.identity.iter().map(String::as_str).collect();
+            let id = event_id(&self.namespace, &self.name, &parts);
+            let event = EventRef {
+                id: &id,
+                namespace: &self.namespace,
+                watcher: &self.name,
+                source,
+                change: found.change,
+                item: &found.item,
+                watermark: &watermark,
+                emitted_at: now,
+            };
+            events.push(Encoded::encode(&event, namespace, watcher, source).map_err(encode_error)?);
+        }
+        Ok(PendingBatch::new(events, batch.change, now))
     }
 
     /// Delivers `batch` until the sink acknowledges it (then commits) or the policy sets
-    /// it aside. Returns the number of events acknowledged.
+    /// it aside. Only the events after those the sink acknowledged are sent again; the
+    /// count is kept with the pending batch at most every [`PROGRESS_EVERY_EVENTS`]
+    /// events or [`PROGRESS_EVERY`], and before a wait. Returns the number of events
+    /// acknowledged.
     async fn deliver_and_commit(
         &mut self,
         mut staged: Staged,
@@ -380,21 +401,51 @@ impl Watcher {
     ) -> Result<usize, WatcherError> {
         let n = staged.batch().events.len();
         let batch_id = staged.batch().batch_id.clone();
-        self.stats.set_pending(n, staged.batch().created_at.timestamp_millis());
+        // Leading events the receiver has: as kept with the batch, then as counted here.
+        let resumed = staged.acked();
+        let mut done = resumed;
+        let mut kept = resumed;
+        let mut kept_at = Instant::now();
+        if resumed > 0 {
+            tracing::info!(batch = %batch_id, events = n, acked = resumed, "Sending the rest of a batch delivered part-way.");
+        }
+        self.stats.set_pending(n - done, staged.batch().created_at.timestamp_millis());
         let mut backoff = Backoff::new(self.retry.initial.0, self.retry.max.0);
         let mut attempts = 0u32;
+        // A failure right after progress is retried at once, once: the receiver was
+        // taking events a moment ago.
+        let mut quick = false;
         loop {
             attempts += 1;
+            let acked = Acked::new();
             // Not raced against shutdown: an attempt in flight finishes (the daemon's
             // shutdown deadline is the backstop), so it is either committed or pending.
-            let outcome = self.sink.deliver(&staged.batch().events).await;
+            let outcome = {
+                let delivery = self.sink.deliver(&staged.batch().events[done..], &acked);
+                tokio::pin!(delivery);
+                loop {
+                    tokio::select! {
+                        outcome = &mut delivery => break outcome,
+                        () = acked.moved() => {
+                            let total = done + acked.get();
+                            let due = total - kept >= PROGRESS_EVERY_EVENTS
+                                || (total > kept && kept_at.elapsed() >= PROGRESS_EVERY);
+                            if due && keep_progress(&self.outbox, &staged, total).await {
+                                (kept, kept_at) = (total, Instant::now());
+                            }
+                        }
+                    }
+                }
+            };
+            let gained = acked.get().min(n - done);
+            done += gained;
             // After a failure that may pass by itself, the sink may say sooner than the
             // backoff that its receiver is back (Airflow's health endpoint answers).
             let probe = matches!(outcome, Delivery::RetryLater { .. });
             let (reason, delay) = match outcome {
                 Delivery::Acknowledged => {
                     self.commit(&mut staged, None, shutdown).await?;
-                    WatcherStats::add(&self.stats.events_delivered, n as u64);
+                    WatcherStats::add(&self.stats.events_delivered, (n - resumed) as u64);
                     self.stats.last_delivery_ms.store(now_ms(), Ordering::Relaxed);
                     self.stats.set_pending(0, 0);
                     self.stats.set_state(WatcherState::Ok);
@@ -404,9 +455,21 @@ impl Watcher {
                 Delivery::RetryLater { reason, after } => {
                     WatcherStats::add(&self.stats.delivery_retries, 1);
                     self.stats.set_state(WatcherState::Retrying);
-                    let planned = backoff.next_delay();
-                    let delay = after.map_or(planned, |a| a.min(MAX_RETRY_AFTER).max(planned / 2));
-                    tracing::warn!(batch = %batch_id, attempt = attempts, reason = %reason,
+                    self.stats.set_pending(n - done, staged.batch().created_at.timestamp_millis());
+                    let delay = match after {
+                        Some(after) => after.min(MAX_RETRY_AFTER).max(backoff.next_delay() / 2),
+                        None if gained > 0 => {
+                            backoff.reset();
+                            quick = true;
+                            Duration::ZERO
+                        }
+                        None if quick => {
+                            quick = false;
+                            Duration::ZERO
+                        }
+                        None => backoff.next_delay(),
+                    };
+                    tracing::warn!(batch = %batch_id, attempt = attempts, reason = %reason, acked = done, events = n,
                         retry_in = format!("{:.1}s", delay.as_secs_f64()), "Delivery failed; will retry.");
                     (reason, delay)
                 }
@@ -445,8 +508,18 @@ impl Watcher {
                     }
                 }
             };
-            if self.attempt_limit.is_some_and(|limit| attempts >= limit) {
+            let give_up = self.attempt_limit.is_some_and(|limit| attempts >= limit);
+            let again_now = delay.is_zero() && !give_up && !shutdown.is_cancelled();
+            // Before a wait (or giving up, or stopping), what the receiver took is kept:
+            // a restart meanwhile sends only the rest.
+            if !again_now && done > kept && keep_progress(&self.outbox, &staged, done).await {
+                (kept, kept_at) = (done, Instant::now());
+            }
+            if give_up {
                 return Err(WatcherError::Delivery(reason));
+            }
+            if again_now {
+                continue;
             }
             let slept = if probe {
                 tokio::select! {
@@ -509,6 +582,18 @@ impl Watcher {
             self.tell_source(&change)?;
         }
         Ok(())
+    }
+}
+
+/// Keeps the count of acknowledged events with the pending batch; false when that failed
+/// (logged: it costs a larger redelivery after a restart, never an event).
+async fn keep_progress(outbox: &Outbox, staged: &Staged, acked: usize) -> bool {
+    match outbox.save_progress(staged, acked).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(batch = %staged.batch().batch_id, acked, error = %e, "Cannot keep the delivery's progress; a restart would send more again.");
+            false
+        }
     }
 }
 
@@ -636,6 +721,8 @@ mod tests {
     /// outbox held the batch at the time.
     struct ScriptSink {
         answers: Arc<Mutex<VecDeque<Delivery>>>,
+        /// Per call, how many leading events to acknowledge before answering.
+        partial: Arc<Mutex<VecDeque<usize>>>,
         received: Arc<Mutex<Vec<Vec<String>>>>,
         store: Arc<dyn Store>,
         pending_seen: Arc<Mutex<Vec<bool>>>,
@@ -645,11 +732,12 @@ mod tests {
 
     #[async_trait]
     impl Sink for ScriptSink {
-        async fn deliver(&mut self, events: &[Event]) -> Delivery {
+        async fn deliver(&mut self, events: &[Encoded], acked: &Acked) -> Delivery {
             let loaded = Outbox::new(Arc::clone(&self.store), "ns", "w").load().await.unwrap();
             let pending = loaded.pending.is_some();
             self.pending_seen.lock().unwrap().push(pending);
             self.received.lock().unwrap().push(events.iter().map(|e| e.id.clone()).collect());
+            acked.add(self.partial.lock().unwrap().pop_front().unwrap_or(0));
             self.answers.lock().unwrap().pop_front().unwrap_or(Delivery::Acknowledged)
         }
 
@@ -666,6 +754,7 @@ mod tests {
         items: Arc<Mutex<Vec<String>>>,
         restores: Arc<Mutex<usize>>,
         answers: Arc<Mutex<VecDeque<Delivery>>>,
+        partial: Arc<Mutex<VecDeque<usize>>>,
         received: Arc<Mutex<Vec<Vec<String>>>>,
         pending_seen: Arc<Mutex<Vec<bool>>>,
     }
@@ -680,6 +769,7 @@ mod tests {
                 items: Arc::default(),
                 restores: Arc::default(),
                 answers: Arc::default(),
+                partial: Arc::default(),
                 received: Arc::default(),
                 pending_seen: Arc::default(),
             }
@@ -723,6 +813,7 @@ mod tests {
             });
             let sink = Box::new(ScriptSink {
                 answers: Arc::clone(&self.answers),
+                partial: Arc::clone(&self.partial),
                 received: Arc::clone(&self.received),
                 store: Arc::clone(&self.store),
                 pending_seen: Arc::clone(&self.pending_seen),
@@ -901,6 +992,7 @@ mod tests {
         let mut w = rig.watcher(FailurePolicy::Block, 10);
         w.sink = Box::new(ScriptSink {
             answers: Arc::clone(&rig.answers),
+            partial: Arc::clone(&rig.partial),
             received: Arc::clone(&rig.received),
             store: Arc::clone(&rig.store),
             pending_seen: Arc::clone(&rig.pending_seen),
@@ -992,5 +1084,45 @@ mod tests {
         assert_eq!(rig.watermark().await, Some(json!(4)), "`now` again after the reset");
         let ids: Vec<String> = rig.received.lock().unwrap().concat();
         assert_eq!(ids, vec![event_id("ns", "w", &["new"])]);
+    }
+
+    #[tokio::test]
+    async fn a_retry_sends_only_what_the_sink_did_not_acknowledge() {
+        let rig = Rig::new();
+        rig.add(&["a", "b", "c", "d", "e"]);
+        // Two taken, then a failure; then one taken and a failure; then the rest.
+        rig.partial.lock().unwrap().extend([2, 1]);
+        rig.answers.lock().unwrap().extend([Delivery::retry("503"), Delivery::retry("503")]);
+        let stats: Arc<WatcherStats> = Arc::default();
+        let mut w = rig.watcher(FailurePolicy::Block, 10);
+        w.stats = Arc::clone(&stats);
+        let report = w.cycle(&CancellationToken::new()).await.unwrap();
+        assert_eq!(report.delivered, 5);
+        let received = rig.received.lock().unwrap().clone();
+        let id = |n: &str| event_id("ns", "w", &[n]);
+        assert_eq!(received[0], ["a", "b", "c", "d", "e"].map(id));
+        assert_eq!(received[1], ["c", "d", "e"].map(id));
+        assert_eq!(received[2], ["d", "e"].map(id));
+        assert_eq!(stats.events_delivered.load(Ordering::Relaxed), 5);
+        assert_eq!(rig.watermark().await, Some(json!(5)));
+    }
+
+    #[tokio::test]
+    async fn progress_kept_before_giving_up_is_where_a_restart_resumes() {
+        let rig = Rig::new();
+        rig.add(&["a", "b", "c"]);
+        rig.partial.lock().unwrap().push_back(2);
+        rig.answers.lock().unwrap().push_back(Delivery::retry("503"));
+        let mut first = rig.watcher(FailurePolicy::Block, 10).with_attempt_limit(1);
+        assert!(matches!(first.cycle(&CancellationToken::new()).await, Err(WatcherError::Delivery(_))));
+        assert_eq!(rig.outbox().load().await.unwrap().pending.map(|s| s.acked()), Some(2));
+        drop(first);
+        let mut second = rig.watcher(FailurePolicy::Block, 10);
+        let report = second.cycle(&CancellationToken::new()).await.unwrap();
+        assert_eq!(report.redelivered, 3);
+        let received = rig.received.lock().unwrap().clone();
+        assert_eq!(received[1], vec![event_id("ns", "w", &["c"])], "only the rest, with its id");
+        assert_eq!(rig.watermark().await, Some(json!(3)));
+        assert!(rig.store.get("ns", "w", "progress").await.unwrap().is_none());
     }
 }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{BuildError, Delivery, Sink, SinkKind};
-use crate::event::Event;
+use super::{Acked, BuildError, Delivery, Lines, Sink, SinkKind};
+use crate::event::Encoded;
 use crate::value::Kind;
 
 /// `sink: {type: file}`.
@@ -61,24 +61,50 @@ impl FileSink {
 
 #[async_trait]
 impl Sink for FileSink {
-    async fn deliver(&mut self, events: &[Event]) -> Delivery {
-        let buffer = match super::json_lines(events) {
-            Ok(buffer) => buffer,
-            Err(failed) => return failed,
-        };
+    async fn deliver(&mut self, events: &[Encoded], acked: &Acked) -> Delivery {
+        let lines = Lines::of(events);
         let path = self.config.path.clone();
-        let written = tokio::task::spawn_blocking(move || append(&path, &buffer)).await;
+        let written = tokio::task::spawn_blocking(move || {
+            let (written, result) = append(&path, &lines.bytes);
+            (lines.whole(written), result)
+        })
+        .await;
         match written {
-            Ok(Ok(())) => Delivery::Acknowledged,
-            Ok(Err(e)) => Delivery::retry(format!("cannot append to {}: {e}", self.config.path.display())),
+            Ok((_, Ok(()))) => Delivery::Acknowledged,
+            Ok((whole, Err(e))) => {
+                // The lines written whole and synced are in the file; a retry appends
+                // the rest (after ending a torn last line).
+                acked.add(whole);
+                Delivery::retry(format!("cannot append to {}: {e}", self.config.path.display()))
+            }
             Err(e) => Delivery::retry(format!("file sink task failed: {e}")),
         }
     }
 }
 
 /// Appends `buffer` (whole JSON lines) to the file at `path`, creating it (and its
-/// directory) if missing, and syncs it.
-fn append(path: &Path, buffer: &[u8]) -> std::io::Result<()> {
+/// directory) if missing, and syncs it. Returns how many bytes of `buffer` are in the
+/// file for good: all on success; on a failure part-way (a full disk), those written
+/// before it, once synced (none when the sync fails too).
+fn append(path: &Path, buffer: &[u8]) -> (usize, std::io::Result<()>) {
+    let mut file = match open(path) {
+        Ok(file) => file,
+        Err(e) => return (0, Err(e)),
+    };
+    let (written, result) = super::write_counting(&mut file.0, buffer);
+    // Acknowledging means the events survive a power cut. A named pipe or a device has
+    // nothing to sync (and refuses the call).
+    let synced = if file.1 { file.0.sync_data() } else { Ok(()) };
+    match (result, synced) {
+        (Ok(()), Ok(())) => (written, Ok(())),
+        (Err(e), Ok(())) => (written, Err(e)),
+        (_, Err(e)) => (0, Err(e)),
+    }
+}
+
+/// Opens the file for appending, ending a line torn by a crash; and whether it is a
+/// regular file (which has something to sync).
+fn open(path: &Path) -> std::io::Result<(std::fs::File, bool)> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
@@ -96,10 +122,7 @@ fn append(path: &Path, buffer: &[u8]) -> std::io::Result<()> {
             file.write_all(b"\n")?;
         }
     }
-    file.write_all(buffer)?;
-    // Acknowledging means the events survive a power cut. A named pipe or a device has
-    // nothing to sync (and refuses the call).
-    if meta.is_file() { file.sync_data() } else { Ok(()) }
+    Ok((file, meta.is_file()))
 }
 
 #[cfg(test)]
@@ -110,12 +133,12 @@ mod tests {
     fn a_torn_last_line_is_ended_before_appending() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out/events.jsonl");
-        append(&path, b"{\"a\":1}\n").unwrap();
-        append(&path, b"{\"b\":2}\n").unwrap();
+        append(&path, b"{\"a\":1}\n").1.unwrap();
+        append(&path, b"{\"b\":2}\n").1.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
         // A crash in the middle of a line.
         std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"c\":").unwrap();
-        append(&path, b"{\"c\":3}\n").unwrap();
+        append(&path, b"{\"c\":3}\n").1.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "{\"a\":1}\n{\"b\":2}\n{\"c\":\n{\"c\":3}\n");
     }

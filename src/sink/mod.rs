@@ -9,11 +9,14 @@ pub(crate) mod http;
 pub(crate) mod stdout;
 pub mod webhook;
 
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::Notify;
 
-use crate::event::Event;
+use crate::event::Encoded;
 
 /// A sink's answer to one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,26 +105,95 @@ pub fn classify_http_status(status: u16, retry_after: Option<Duration>, what: &s
     }
 }
 
-/// Encodes events as JSON lines (one object and a newline each), the format of the
-/// `stdout` and `file` sinks. An event that cannot be encoded is a permanent failure.
-pub fn json_lines(events: &[Event]) -> Result<Vec<u8>, Delivery> {
-    let mut buffer = Vec::new();
-    for event in events {
-        if let Err(e) = serde_json::to_writer(&mut buffer, event) {
-            return Err(Delivery::permanent(format!("cannot encode event {}: {e}", event.id)));
+/// Events as JSON lines (each event's text and a newline), the format of the `stdout`
+/// and `file` sinks, with where each line ends.
+#[derive(Debug, Default)]
+pub struct Lines {
+    /// The lines.
+    pub bytes: Vec<u8>,
+    /// The offset just past each line's newline.
+    ends: Vec<usize>,
+}
+
+impl Lines {
+    /// The lines of `events`: their text as encoded once, copied, not encoded again.
+    pub fn of(events: &[Encoded]) -> Lines {
+        let size = events.iter().map(|e| e.text().len() + 1).sum();
+        let mut lines = Lines { bytes: Vec::with_capacity(size), ends: Vec::with_capacity(events.len()) };
+        for event in events {
+            lines.bytes.extend_from_slice(event.text().as_bytes());
+            lines.bytes.push(b'\n');
+            lines.ends.push(lines.bytes.len());
         }
-        buffer.push(b'\n');
+        lines
     }
-    Ok(buffer)
+
+    /// How many whole lines the first `written` bytes hold.
+    pub fn whole(&self, written: usize) -> usize {
+        self.ends.partition_point(|end| *end <= written)
+    }
+}
+
+/// Writes all of `bytes` to `out`, and says how many were written before an error.
+pub fn write_counting(out: &mut impl Write, bytes: &[u8]) -> (usize, std::io::Result<()>) {
+    let mut written = 0;
+    while written < bytes.len() {
+        match out.write(&bytes[written..]) {
+            Ok(0) => return (written, Err(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (written, Err(e)),
+        }
+    }
+    (written, Ok(()))
+}
+
+/// The leading events of a delivery that the receiver has taken so far, counted while
+/// the sink delivers. A sink that delivers in parts (a request per event, per `batch:`
+/// chunk, a write per line) adds each part once it is durably with the receiver; the
+/// watcher then retries only the rest, and keeps the count with the pending batch now
+/// and then, so that a restart also sends only the rest (up to what it had not kept
+/// yet, with the same ids). A sink that never adds to it is retried whole.
+#[derive(Debug, Default)]
+pub struct Acked {
+    count: AtomicUsize,
+    moved: Notify,
+}
+
+impl Acked {
+    /// Nothing acknowledged yet.
+    pub fn new() -> Self {
+        Acked::default()
+    }
+
+    /// `n` more leading events (after those counted so far) are with the receiver.
+    pub fn add(&self, n: usize) {
+        if n > 0 {
+            self.count.fetch_add(n, Ordering::Relaxed);
+            self.moved.notify_one();
+        }
+    }
+
+    /// Leading events acknowledged so far.
+    pub fn get(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once more was added since the last time it resolved.
+    pub async fn moved(&self) {
+        self.moved.notified().await
+    }
 }
 
 /// A destination for events.
 #[async_trait]
 pub trait Sink: Send {
     /// Delivers a batch, in order. Answer `Acknowledged` only once every event is
-    /// durably with the receiver. A batch may be delivered again after a crash or a
-    /// retry; the events then carry the same ids.
-    async fn deliver(&mut self, events: &[Event]) -> Delivery;
+    /// durably with the receiver. A sink that takes the batch in parts counts into
+    /// `acked` each leading part as it is taken, so that a failure part-way costs a
+    /// retry of the rest only. A batch (or its rest) may be delivered again after a
+    /// crash or a retry; the events then carry the same ids, and the same bytes.
+    async fn deliver(&mut self, events: &[Encoded], acked: &Acked) -> Delivery;
 
     /// After a `RetryLater`, resolves once the receiver looks able to take the batch
     /// again (its health endpoint answers), so that the watcher tries again at once
@@ -222,6 +294,65 @@ impl SinkConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer that takes `room` bytes, a few at a time, then fails.
+    struct Full {
+        room: usize,
+        taken: Vec<u8>,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.room).min(7);
+            if n == 0 {
+                return Err(std::io::Error::other("no space left"));
+            }
+            self.room -= n;
+            self.taken.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_written_whole_before_a_failure_are_counted() {
+        let event = |id: &str| {
+            let event = crate::event::Event {
+                id: id.into(),
+                namespace: "ns".into(),
+                watcher: "w".into(),
+                source: "local_dir".into(),
+                change: crate::event::Change::Created,
+                item: crate::event::Item::Rows(crate::event::RowsItem {
+                    table: "t".into(),
+                    rows: Vec::new(),
+                }),
+                watermark: serde_json::Value::Null,
+                emitted_at: chrono::DateTime::UNIX_EPOCH,
+            };
+            Encoded::of(&event).unwrap()
+        };
+        let lines = Lines::of(&[event("a"), event("b"), event("c")]);
+        let first = lines.ends[0];
+        let mut out = Full { room: first + 5, taken: Vec::new() };
+        let (written, result) = write_counting(&mut out, &lines.bytes);
+        assert!(result.is_err());
+        assert_eq!((written, lines.whole(written)), (first + 5, 1));
+        assert_eq!(lines.whole(lines.bytes.len()), 3);
+        assert!(lines.bytes.ends_with(b"\n") && out.taken.starts_with(event("a").text().as_bytes()));
+    }
+
+    #[tokio::test]
+    async fn acked_counts_and_wakes() {
+        let acked = Acked::new();
+        acked.add(0);
+        acked.add(2);
+        acked.moved().await;
+        acked.add(1);
+        assert_eq!(acked.get(), 3);
+    }
 
     #[test]
     fn http_statuses_are_classified_once() {

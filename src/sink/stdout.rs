@@ -5,8 +5,8 @@ use std::io::Write;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{BuildError, Delivery, Sink, SinkKind};
-use crate::event::Event;
+use super::{Acked, BuildError, Delivery, Lines, Sink, SinkKind};
+use crate::event::Encoded;
 use crate::value::Kind;
 
 /// `sink: {type: stdout}`; it has no options.
@@ -33,22 +33,24 @@ pub struct StdoutSink;
 
 #[async_trait]
 impl Sink for StdoutSink {
-    async fn deliver(&mut self, events: &[Event]) -> Delivery {
-        let buffer = match super::json_lines(events) {
-            Ok(buffer) => buffer,
-            Err(failed) => return failed,
-        };
+    async fn deliver(&mut self, events: &[Encoded], acked: &Acked) -> Delivery {
+        let lines = Lines::of(events);
         // One locked write per batch keeps lines of concurrent watchers whole; it runs
         // on the blocking pool because a reader that stops reading fills the pipe, and
         // the write must then stall only this watcher, not a runtime thread.
         let written = tokio::task::spawn_blocking(move || {
             let mut out = std::io::stdout().lock();
-            out.write_all(&buffer).and_then(|()| out.flush())
+            let (written, result) = super::write_counting(&mut out, &lines.bytes);
+            (lines.whole(written), result.and_then(|()| out.flush()))
         })
         .await;
         match written {
-            Ok(Ok(())) => Delivery::Acknowledged,
-            Ok(Err(e)) => Delivery::retry(format!("cannot write to standard output: {e}")),
+            Ok((_, Ok(()))) => Delivery::Acknowledged,
+            Ok((whole, Err(e))) => {
+                // The lines written whole are out; a retry writes the rest.
+                acked.add(whole);
+                Delivery::retry(format!("cannot write to standard output: {e}"))
+            }
             Err(e) => Delivery::retry(format!("stdout sink task failed: {e}")),
         }
     }

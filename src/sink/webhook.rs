@@ -3,9 +3,11 @@
 //! libraries they already have.
 //!
 //! One `deliver` call makes one attempt: with `batch: N` it sends the events in
-//! requests of at most N, in order, and acknowledges only when every request was
-//! accepted. The watcher loop retries a failed batch whole, with the same event ids
-//! and the same `webhook-id`s.
+//! requests of at most N, in order, counts each accepted request's events as
+//! acknowledged, and acknowledges the batch once every request was accepted. The
+//! watcher loop retries only the events after the last accepted request, in the same
+//! requests (the rest starts where a request started), so with the same event ids and
+//! the same `webhook-id`s. Bodies are built from each event's text as encoded once.
 
 use std::time::Duration;
 
@@ -18,8 +20,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::http::{self, Redactor};
-use super::{BuildError, Checked, Delivery, Sink, SinkKind};
-use crate::event::Event;
+use super::{Acked, BuildError, Checked, Delivery, Sink, SinkKind};
+use serde_json::value::RawValue;
+
+use crate::event::Encoded;
 use crate::value::{EnvVar, Headers, HttpUrl, HumanDuration, Kind, Secret, SecretFile, SecretRef};
 
 /// `sink: {type: webhook}`.
@@ -231,19 +235,19 @@ struct CloudEvent<'a> {
     kind: String,
     time: String,
     datacontenttype: &'static str,
-    data: &'a Event,
+    data: &'a RawValue,
 }
 
 /// The CloudEvents `type` of an event: `io.highwater.<source>.<item kind>.<change>`,
 /// e.g. `io.highwater.s3.object.created`.
-pub fn cloudevents_type(event: &Event) -> String {
+pub fn cloudevents_type(event: &Encoded) -> String {
     // `s3` + `s3_object` reads `s3.object`, not `s3.s3_object`.
-    let kind = event.item.kind();
-    let kind = kind.strip_prefix(event.source.as_str()).and_then(|k| k.strip_prefix('_')).unwrap_or(kind);
+    let kind: &str = &event.kind;
+    let kind = kind.strip_prefix(&*event.source).and_then(|k| k.strip_prefix('_')).unwrap_or(kind);
     format!("io.highwater.{}.{kind}.{}", event.source, event.change.as_str())
 }
 
-fn cloud_event(event: &Event) -> CloudEvent<'_> {
+fn cloud_event(event: &Encoded) -> CloudEvent<'_> {
     CloudEvent {
         specversion: "1.0",
         id: &event.id,
@@ -251,7 +255,7 @@ fn cloud_event(event: &Event) -> CloudEvent<'_> {
         kind: cloudevents_type(event),
         time: event.emitted_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         datacontenttype: "application/json",
-        data: event,
+        data: &event.json,
     }
 }
 
@@ -260,12 +264,24 @@ fn cloud_event(event: &Event) -> CloudEvent<'_> {
 /// an array.
 pub fn encode_body(
     format: WebhookFormat,
-    events: &[Event],
+    events: &[Encoded],
     as_array: bool,
 ) -> Result<(Vec<u8>, &'static str), serde_json::Error> {
     match (format, as_array) {
-        (WebhookFormat::Plain, false) => Ok((serde_json::to_vec(&events[0])?, "application/json")),
-        (WebhookFormat::Plain, true) => Ok((serde_json::to_vec(events)?, "application/json")),
+        // The plain bodies are the events' text, copied.
+        (WebhookFormat::Plain, false) => Ok((events[0].text().as_bytes().to_vec(), "application/json")),
+        (WebhookFormat::Plain, true) => {
+            let mut body = Vec::with_capacity(events.iter().map(|e| e.text().len() + 1).sum::<usize>() + 1);
+            body.push(b'[');
+            for (i, event) in events.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(event.text().as_bytes());
+            }
+            body.push(b']');
+            Ok((body, "application/json"))
+        }
         (WebhookFormat::Cloudevents, false) => {
             Ok((serde_json::to_vec(&cloud_event(&events[0]))?, "application/cloudevents+json"))
         }
@@ -278,7 +294,7 @@ pub fn encode_body(
 
 /// The `webhook-id` of a request: the event id for one event, else a digest of the
 /// ids it carries. Either way a redelivery of the same events has the same id.
-pub fn webhook_id(events: &[Event]) -> String {
+pub fn webhook_id(events: &[Encoded]) -> String {
     match events {
         [one] => one.id.clone(),
         many => {
@@ -360,7 +376,12 @@ impl WebhookSink {
     }
 
     /// Sends one request with `events` and classifies the answer.
-    async fn send(&self, client: &reqwest::Client, credentials: &Credentials, events: &[Event]) -> Delivery {
+    async fn send(
+        &self,
+        client: &reqwest::Client,
+        credentials: &Credentials,
+        events: &[Encoded],
+    ) -> Delivery {
         let (body, content_type) = match encode_body(self.format, events, self.batch > 1) {
             Ok(encoded) => encoded,
             Err(e) => return Delivery::permanent(format!("cannot encode event {}: {e}", events[0].id)),
@@ -397,7 +418,7 @@ fn bearer(token: &Secret) -> Result<HeaderValue, String> {
 
 #[async_trait]
 impl Sink for WebhookSink {
-    async fn deliver(&mut self, events: &[Event]) -> Delivery {
+    async fn deliver(&mut self, events: &[Encoded], acked: &Acked) -> Delivery {
         // An operator's problem: a secret that cannot be read (or used) holds the batch
         // until it is fixed, and nothing is sent without it.
         let client = match http::client_for(&self.url) {
@@ -411,10 +432,8 @@ impl Sink for WebhookSink {
         let requests = events.len().div_ceil(self.batch);
         for (index, chunk) in events.chunks(self.batch).enumerate() {
             match self.send(&client, &credentials, chunk).await {
-                Delivery::Acknowledged => {}
-                // The chunks before this one were accepted; the whole batch is sent
-                // again on retry, so the receiver sees those events twice, with the
-                // same ids.
+                // The receiver has these: a retry starts after them.
+                Delivery::Acknowledged => acked.add(chunk.len()),
                 failed if requests > 1 => {
                     return failed
                         .map_reason(|reason| format!("request {} of {requests}: {reason}", index + 1));
@@ -451,9 +470,13 @@ impl Sink for WebhookSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Change, FileItem, Item};
+    use crate::event::{Change, Event, FileItem, Item};
 
-    fn event(id: &str) -> Event {
+    fn event(id: &str) -> Encoded {
+        Encoded::of(&plain(id)).unwrap()
+    }
+
+    fn plain(id: &str) -> Event {
         Event {
             id: id.into(),
             namespace: "ns".into(),
@@ -474,11 +497,11 @@ mod tests {
     #[test]
     fn cloudevents_types_name_source_kind_and_change() {
         assert_eq!(cloudevents_type(&event("a")), "io.highwater.local_dir.file.created");
-        let mut s3 = event("b");
+        let mut s3 = plain("b");
         s3.source = "s3".into();
         s3.item = Item::S3Objects(crate::event::S3Objects { bucket: "b".into(), objects: Vec::new() });
         s3.change = Change::Deleted;
-        assert_eq!(cloudevents_type(&s3), "io.highwater.s3.objects.deleted");
+        assert_eq!(cloudevents_type(&Encoded::of(&s3).unwrap()), "io.highwater.s3.objects.deleted");
     }
 
     #[test]
@@ -540,9 +563,12 @@ mod tests {
         let (body, content_type) = encode_body(WebhookFormat::Plain, &[event("e1")], false).unwrap();
         assert_eq!(content_type, "application/json");
         let back: Event = serde_json::from_slice(&body).unwrap();
-        assert_eq!(back, event("e1"));
+        assert_eq!(back, plain("e1"));
         let (body, _) = encode_body(WebhookFormat::Plain, &[event("e1")], true).unwrap();
         assert!(body.starts_with(b"["));
+        let (body, _) = encode_body(WebhookFormat::Plain, &[event("e1"), event("e2")], true).unwrap();
+        let back: Vec<Event> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back, vec![plain("e1"), plain("e2")]);
     }
 
     #[test]

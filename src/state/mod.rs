@@ -239,6 +239,10 @@ pub trait Store: Send + Sync {
     /// Reads one key.
     async fn get(&self, namespace: &str, name: &str, key: &str) -> Result<Option<Record>, StoreError>;
 
+    /// The version of one key, without its value (None: no row): what a reader that
+    /// holds the value already checks to know whether it changed.
+    async fn version(&self, namespace: &str, name: &str, key: &str) -> Result<Option<i64>, StoreError>;
+
     /// Lists rows, optionally narrowed to a namespace, a name and a range of keys,
     /// ordered by namespace, name, key.
     async fn list(

@@ -174,6 +174,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn version(&self, namespace: &str, name: &str, key: &str) -> Result<Option<i64>, StoreError> {
+        let (namespace, name, key) = (namespace.to_string(), name.to_string(), key.to_string());
+        let location = self.path.display().to_string();
+        self.read_conn(move |conn| {
+            // Cached: the loop runs it once per poll.
+            conn.prepare_cached(
+                "SELECT version FROM process_state WHERE namespace = ?1 AND name = ?2 AND key = ?3",
+            )
+            .and_then(|mut stmt| stmt.query_row(params![namespace, name, key], |r| r.get(0)).optional())
+            .map_err(db_error(&location))
+        })
+        .await
+    }
+
     async fn list(
         &self,
         namespace: Option<&str>,

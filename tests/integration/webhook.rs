@@ -469,8 +469,9 @@ fn failures_are_retried_without_loss_repeats_keep_their_ids_and_order() {
 }
 
 #[test]
-fn batches_are_arrays_and_acknowledged_only_when_every_request_was() {
-    // The second request of the first batch fails: the whole batch goes again.
+fn batches_are_arrays_and_a_retry_sends_only_the_requests_not_accepted() {
+    // The second request of the first batch fails: the retry starts with it, and the
+    // first request's events are not sent again.
     let receiver = Receiver::start(vec![Fault::Status(200), Fault::Status(502)]);
     let project = project(
         &format!(
@@ -489,14 +490,16 @@ fn batches_are_arrays_and_acknowledged_only_when_every_request_was() {
     assert_repeats_are_identical(&receiver);
     let arrivals = receiver.arrivals();
     let sizes: Vec<usize> = arrivals.iter().map(|a| a.event_ids().len()).collect();
-    assert_eq!(sizes, [2, 2, 2, 2, 1], "2 + 2 (refused), then 2 + 2 + 1: {arrivals:#?}");
+    assert_eq!(sizes, [2, 2, 2, 1], "2 + 2 (refused), then 2 + 1: {arrivals:#?}");
     for arrival in &arrivals {
         assert_eq!(arrival.content_type, "application/json");
         assert!(arrival.body.is_array());
         assert!(arrival.webhook_id.starts_with("batch_") || arrival.event_ids().len() == 1);
     }
-    assert_eq!(arrivals[0].webhook_id, arrivals[2].webhook_id, "a repeated request keeps its webhook-id");
-    assert_eq!(arrivals[0].event_ids(), arrivals[2].event_ids());
+    assert_eq!(arrivals[1].webhook_id, arrivals[2].webhook_id, "a repeated request keeps its webhook-id");
+    assert_eq!(arrivals[1].event_ids(), arrivals[2].event_ids());
+    assert_eq!(arrivals[1].body, arrivals[2].body, "and its bytes");
+    assert_ne!(arrivals[0].event_ids(), arrivals[2].event_ids(), "the accepted request is not sent again");
 }
 
 #[test]
@@ -797,4 +800,49 @@ fn plain_http_works_on_a_host_without_ca_certificates() {
     });
     assert_eq!(field_str(&logged, "level"), Some("ERROR"), "{logged}");
     daemon.wait_state(LANDING, "ok");
+}
+
+#[test]
+fn a_restart_sends_only_what_the_receiver_had_not_taken() {
+    // Three events taken, then the fourth refused three times: the watcher keeps its
+    // progress before it waits (its backoff is long), and is killed while it waits.
+    let receiver = Receiver::start(vec![
+        Fault::Status(200),
+        Fault::Status(200),
+        Fault::Status(200),
+        Fault::Status(503),
+        Fault::Status(503),
+        Fault::Status(503),
+    ]);
+    let project = Project::default_config();
+    std::fs::create_dir_all(project.path().join("landing")).expect("mkdir landing");
+    project.watcher(
+        "landing",
+        &format!(
+            "namespace: test\nname: landing\nsource: {{type: local_dir, path: landing, min_age: 0s}}\n\
+             sink:\n  type: webhook\n  url: {}\n  secret_env: HOOK_SECRET\npoll_interval: 100ms\nbatch_size: 10\n\
+             retry: {{initial: 30s, max: 30s}}\n",
+            receiver.url()
+        ),
+    );
+    let files = drop_files(&project, 6);
+    let daemon = project.start_with(&[("HOOK_SECRET", SECRET)], &[]);
+    let progress = crate::util::eventually("the progress kept", Duration::from_secs(30), || {
+        let out = project.run(&["state", "get", LANDING, "progress"]);
+        let value: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        (value["acked"] == 3).then_some(value)
+    });
+    assert!(progress["batch_id"].is_string(), "{progress}");
+    assert_eq!(receiver.arrivals().len(), 6);
+    daemon.kill9();
+
+    let _daemon = project.start_with(&[("HOOK_SECRET", SECRET)], &[]);
+    receiver.wait_accepted(6, Duration::from_secs(30));
+    receiver.assert_signatures_verified();
+    assert_eq!(accepted_paths(&receiver), files);
+    assert_repeats_are_identical(&receiver);
+    let arrivals = receiver.arrivals();
+    let sent: Vec<Vec<String>> = arrivals.iter().map(Arrival::event_ids).collect();
+    assert_eq!(arrivals.len(), 9, "3 taken, 3 refused, then only the 3 not taken: {sent:?}");
+    assert_eq!(sent[6], sent[3], "the restart starts with the event first refused");
 }

@@ -19,14 +19,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use self::api::{Api, Auth};
 use self::asset::{Asset, AssetRef};
 use super::http;
-use super::{BuildError, Checked, Delivery, Sink, SinkKind};
-use crate::event::Event;
+use super::{Acked, BuildError, Checked, Delivery, Sink, SinkKind};
+use crate::event::{Change, Encoded};
 use crate::value::{EnvVar, HttpUrl, HumanDuration, Kind, SecretFile, SecretRef, Template};
 
 /// `sink: {type: airflow}`.
@@ -204,29 +204,37 @@ impl AirflowSink {
     }
 
     /// Posts one asset event; looks the asset up again once if Airflow says it is gone.
-    async fn post(&mut self, event: &Event) -> Delivery {
-        let item = match serde_json::to_value(&event.item) {
-            Ok(item) => item,
-            Err(e) => return Delivery::permanent(format!("cannot encode event {}: {e}", event.id)),
+    async fn post(&mut self, event: &Encoded) -> Delivery {
+        // The item goes into `extra` as the event's text holds it (exact, not encoded
+        // again); only a partition key template reads it as values.
+        #[derive(Deserialize)]
+        struct ItemOf<'a> {
+            #[serde(borrow)]
+            item: &'a RawValue,
+        }
+        let item = match serde_json::from_str::<ItemOf<'_>>(event.text()) {
+            Ok(found) => found.item,
+            Err(e) => return Delivery::permanent(format!("cannot read event {}: {e}", event.id)),
         };
         let partition_key = match &self.partition_key {
-            Some(template) => match template.render(&item) {
-                Ok(key) => Some(key),
-                Err(message) => {
+            Some(template) => match serde_json::from_str(item.get()).map(|item| template.render(&item)) {
+                Ok(Ok(key)) => Some(key),
+                Ok(Err(message)) => {
                     return Delivery::permanent(format!("event {}: partition_key: {message}", event.id));
                 }
+                Err(e) => return Delivery::permanent(format!("cannot read event {}: {e}", event.id)),
             },
             None => None,
         };
-        let extra = json!({
-            "event_id": event.id,
-            "namespace": event.namespace,
-            "watcher": event.watcher,
-            "source": event.source,
-            "type": event.change,
-            "item": item,
-            "emitted_at": event.emitted_at,
-        });
+        let extra = Extra {
+            event_id: &event.id,
+            namespace: &event.namespace,
+            watcher: &event.watcher,
+            source: &event.source,
+            change: event.change,
+            item,
+            emitted_at: event.emitted_at,
+        };
         let what = self.api.shown("/api/v2/assets/events");
         let url = self.api.url("/api/v2/assets/events");
         let mut looked_again = false;
@@ -235,10 +243,7 @@ impl AirflowSink {
                 Ok(id) => id,
                 Err(failed) => return failed,
             };
-            let mut body = json!({"asset_id": asset_id, "extra": extra});
-            if let Some(key) = &partition_key {
-                body["partition_key"] = json!(key);
-            }
+            let body = AssetEvent { asset_id, extra: &extra, partition_key: partition_key.as_deref() };
             let response = match self.api.send(&what, |client| client.post(url.clone()).json(&body)).await {
                 Ok(response) => response,
                 Err(failed) => return failed,
@@ -265,9 +270,31 @@ impl AirflowSink {
     }
 }
 
+/// The `extra` of an asset event: the highwater event's fields, its item as encoded.
+#[derive(Serialize)]
+struct Extra<'a> {
+    event_id: &'a str,
+    namespace: &'a str,
+    watcher: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    change: Change,
+    item: &'a RawValue,
+    emitted_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The body of `POST /api/v2/assets/events`.
+#[derive(Serialize)]
+struct AssetEvent<'a> {
+    asset_id: i64,
+    extra: &'a Extra<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partition_key: Option<&'a str>,
+}
+
 #[async_trait]
 impl Sink for AirflowSink {
-    async fn deliver(&mut self, events: &[Event]) -> Delivery {
+    async fn deliver(&mut self, events: &[Encoded], _acked: &Acked) -> Delivery {
         for event in events {
             // One event per request (the API takes no batches), in order; a failure
             // part-way sends the whole batch again later, with the same event ids.

@@ -9,8 +9,10 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode as Status};
 use axum::response::{IntoResponse, Response};
 
+use serde_json::json;
+
 use super::*;
-use crate::event::{Change, FileItem, Item};
+use crate::event::{Event, FileItem, Item};
 
 /// A stand-in for Airflow's API with just the calls the sink makes, answering the
 /// way Airflow 3.3 does.
@@ -132,7 +134,11 @@ fn sink(config: &AirflowConfig) -> AirflowSink {
     AirflowSink::new(&config).unwrap()
 }
 
-fn event(id: &str, path: &str) -> Event {
+fn event(id: &str, path: &str) -> Encoded {
+    Encoded::of(&plain_event(id, path)).unwrap()
+}
+
+fn plain_event(id: &str, path: &str) -> Event {
     Event {
         id: id.into(),
         namespace: "ns".into(),
@@ -162,7 +168,10 @@ fn assets_list() -> Vec<(i64, String, String)> {
 async fn picks_the_exact_uri_caches_it_and_renews_an_expired_token_once() {
     let (url, mock) = start(Mock { assets: assets_list(), ..Mock::default() }).await;
     let mut sink = sink(&config(&url));
-    assert_eq!(sink.deliver(&[event("e1", "a.csv"), event("e2", "b.csv")]).await, Delivery::Acknowledged);
+    assert_eq!(
+        sink.deliver(&[event("e1", "a.csv"), event("e2", "b.csv")], &Acked::new()).await,
+        Delivery::Acknowledged
+    );
     {
         let mock = mock.lock().unwrap();
         assert_eq!(mock.tokens_issued, 1);
@@ -174,7 +183,7 @@ async fn picks_the_exact_uri_caches_it_and_renews_an_expired_token_once() {
     }
     // Airflow forgets the token (expiry): one new token, and the event goes.
     mock.lock().unwrap().valid_token = "expired-meanwhile".into();
-    assert_eq!(sink.deliver(&[event("e3", "c.csv")]).await, Delivery::Acknowledged);
+    assert_eq!(sink.deliver(&[event("e3", "c.csv")], &Acked::new()).await, Delivery::Acknowledged);
     let mock = mock.lock().unwrap();
     assert_eq!(mock.tokens_issued, 2);
     assert_eq!(mock.events.len(), 3);
@@ -184,7 +193,7 @@ async fn picks_the_exact_uri_caches_it_and_renews_an_expired_token_once() {
 async fn a_missing_asset_is_held_and_retried_slowly_and_a_recreated_one_found_again() {
     let (url, mock) = start(Mock::default()).await;
     let mut sink = sink(&config(&url));
-    match sink.deliver(&[event("e1", "a.csv")]).await {
+    match sink.deliver(&[event("e1", "a.csv")], &Acked::new()).await {
         Delivery::NeedsAttention { reason, after } => {
             assert!(reason.contains("s3://landing/orders"), "{reason}");
             assert_eq!(after, Some(Duration::from_secs(42)));
@@ -193,10 +202,10 @@ async fn a_missing_asset_is_held_and_retried_slowly_and_a_recreated_one_found_ag
     }
     // The DAG is deployed: the asset appears.
     mock.lock().unwrap().assets = assets_list();
-    assert_eq!(sink.deliver(&[event("e1", "a.csv")]).await, Delivery::Acknowledged);
+    assert_eq!(sink.deliver(&[event("e1", "a.csv")], &Acked::new()).await, Delivery::Acknowledged);
     // Re-created under a new id: the 404 makes the sink look it up again.
     mock.lock().unwrap().assets = vec![(12, "orders".into(), "s3://landing/orders".into())];
-    assert_eq!(sink.deliver(&[event("e2", "b.csv")]).await, Delivery::Acknowledged);
+    assert_eq!(sink.deliver(&[event("e2", "b.csv")], &Acked::new()).await, Delivery::Acknowledged);
     let mock = mock.lock().unwrap();
     assert_eq!(mock.events.last().unwrap().0, 12);
 }
@@ -208,7 +217,7 @@ async fn refused_credentials_are_held_not_dropped() {
     let file = password_file("wrong");
     config.password_file = Some(file.clone());
     let mut sink = sink(&config);
-    match sink.deliver(&[event("e1", "a.csv")]).await {
+    match sink.deliver(&[event("e1", "a.csv")], &Acked::new()).await {
         Delivery::NeedsAttention { reason, after: Some(_) } => {
             assert!(reason.contains("admin") && !reason.contains("wrong"), "{reason}");
             assert!(reason.contains("/auth/token refused") && reason.contains("password_file"), "{reason}");
@@ -218,7 +227,7 @@ async fn refused_credentials_are_held_not_dropped() {
     // Fixed in its file: the next attempt reads it.
     let SecretFile::Path(path) = file else { unreachable!() };
     std::fs::write(path, "pw\n").unwrap();
-    assert_eq!(sink.deliver(&[event("e1", "a.csv")]).await, Delivery::Acknowledged);
+    assert_eq!(sink.deliver(&[event("e1", "a.csv")], &Acked::new()).await, Delivery::Acknowledged);
 }
 
 #[tokio::test]
@@ -227,12 +236,12 @@ async fn partition_keys_come_from_the_item() {
     let mut config = config(&url);
     config.partition_key = Some(Template::parse("file={relative_path} {{{size}}}").unwrap());
     let mut sink = sink(&config);
-    assert_eq!(sink.deliver(&[event("e1", "a.csv")]).await, Delivery::Acknowledged);
+    assert_eq!(sink.deliver(&[event("e1", "a.csv")], &Acked::new()).await, Delivery::Acknowledged);
     assert_eq!(mock.lock().unwrap().events[0].1["partition_key"], "file=a.csv {3}");
 
     config.partition_key = Some(Template::parse("{bucket}").unwrap());
     let mut sink = self::sink(&config);
-    assert!(matches!(sink.deliver(&[event("e2", "b.csv")]).await, Delivery::Permanent { .. }));
+    assert!(matches!(sink.deliver(&[event("e2", "b.csv")], &Acked::new()).await, Delivery::Permanent { .. }));
 }
 
 #[test]

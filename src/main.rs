@@ -1,7 +1,7 @@
 //! The `highwater` binary: parse the command line, set up logging, run, map errors to
 //! exit codes.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use clap::Parser;
 use highwater::cli::{Cli, execute, exit};
@@ -30,14 +30,14 @@ fn main() {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            let _ = writeln!(std::io::stderr(), "error: cannot start the async runtime: {e}");
             std::process::exit(exit::FAILURE);
         }
     };
     let code = match runtime.block_on(execute(cli)) {
         Ok(()) => exit::OK,
         Err(failure) => {
-            eprintln!("error: {failure}");
+            let _ = writeln!(std::io::stderr(), "error: {failure}");
             failure.exit_code()
         }
     };
@@ -56,7 +56,10 @@ fn init_logging(format: Option<&str>) {
         Err(e) => {
             // A typo in RUST_LOG should be seen, not silently turn logging back to info.
             if std::env::var_os(EnvFilter::DEFAULT_ENV).is_some() {
-                eprintln!("warning: RUST_LOG is not a valid filter ({e}); logging at info");
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "warning: RUST_LOG is not a valid filter ({e}); logging at info"
+                );
             }
             EnvFilter::new("info")
         }
@@ -65,11 +68,28 @@ fn init_logging(format: Option<&str>) {
         Some(f) => f == "json",
         None => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| QuietStderr);
     if json {
         builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
     } else {
         // Colours only for a terminal: `--log-format text` into a file stays plain.
         builder.with_target(false).with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+/// Standard error for log lines, which never fails: a closed or full standard error
+/// (the reader of a pipe gone) loses log lines but must not stop the daemon, and the
+/// formatter panics on a failed write.
+struct QuietStderr;
+
+impl Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }

@@ -9,19 +9,19 @@ use crate::config::{Config, ConfigError, ConfigErrors};
 /// every source and sink.
 pub(super) async fn run(config: &Config, connect: bool) -> Result<(), Failure> {
     if let Some(warning) = config.daemon.http.as_ref().and_then(|h| h.exposure_warning()) {
-        eprintln!("warning: {}: {warning}", config.file.display());
+        super::err(format_args!("warning: {}: {warning}", config.file.display()));
     }
     check_host(config)?;
     if connect {
         check_connections(config).await?;
     }
-    println!(
+    super::out(format_args!(
         "{}: OK, {} watcher{} in {}",
         config.file.display(),
         config.watchers.len(),
         if config.watchers.len() == 1 { "" } else { "s" },
         config.daemon.watchers_dir.display()
-    );
+    ));
     Ok(())
 }
 
@@ -57,10 +57,10 @@ async fn check_connections(config: &Config) -> Result<(), Failure> {
             Ok(mut sink) => match sink.check().await {
                 Ok(checked) => {
                     for note in checked.notes {
-                        eprintln!("{place}: sink: {note}");
+                        super::err(format_args!("{place}: sink: {note}"));
                     }
                     for warning in checked.warnings {
-                        eprintln!("warning: {place}: sink: {warning}");
+                        super::err(format_args!("warning: {place}: sink: {warning}"));
                     }
                 }
                 Err(e) => problems.push(format!("{place}: sink: {e}")),

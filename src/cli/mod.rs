@@ -173,6 +173,17 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+/// Writes a line of command output. A reader that went away (`| head`) ends the
+/// output, not the process: `println!` would panic on the broken pipe.
+pub(crate) fn out(args: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stdout().lock(), "{args}");
+}
+
+/// Writes a line to standard error, which may be closed too.
+pub(crate) fn err(args: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
+}
+
 /// Prints aligned columns.
 fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
@@ -199,22 +210,49 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-/// Resolves `namespace/name` or a bare `name` that is unique among `known`.
+/// Resolves `namespace/name`, or a bare `name` that is unique, to one of the `known`
+/// watchers. Names are checked as the config checks them; an unknown watcher is a usage
+/// error that names the known ones (a typo must not silently do nothing).
 fn resolve(arg: &str, known: impl Iterator<Item = (String, String)>) -> Result<(String, String), Failure> {
-    if let Some((ns, name)) = arg.split_once('/') {
-        return Ok((ns.to_string(), name.to_string()));
+    let mut known: Vec<(String, String)> = known.collect();
+    known.sort();
+    known.dedup();
+    let parts: Vec<&str> = arg.split('/').collect();
+    let valid =
+        |part: &str| crate::value::Name::new(part).map_err(|m| Failure::Usage(format!("{arg:?}: {m}")));
+    let wanted = match parts.as_slice() {
+        [name] => {
+            valid(name)?;
+            let matches: Vec<&(String, String)> = known.iter().filter(|(_, n)| n == name).collect();
+            match matches.as_slice() {
+                [one] => return Ok((*one).clone()),
+                [] => None,
+                many => {
+                    return Err(Failure::Usage(format!(
+                        "{arg:?} is ambiguous: {}",
+                        many.iter().map(|(ns, n)| format!("{ns}/{n}")).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+        }
+        [ns, name] => {
+            valid(ns)?;
+            valid(name)?;
+            Some((ns.to_string(), name.to_string()))
+        }
+        _ => return Err(Failure::Usage(format!("{arg:?} is not a watcher: write namespace/name or name"))),
+    };
+    if let Some(wanted) = wanted.filter(|w| known.contains(w)) {
+        return Ok(wanted);
     }
-    let mut matches: Vec<(String, String)> = known.filter(|(_, n)| n == arg).collect();
-    matches.sort();
-    matches.dedup();
-    match matches.len() {
-        1 => Ok(matches.remove(0)),
-        0 => Err(Failure::Usage(format!("no watcher named {arg:?} (write namespace/name)"))),
-        _ => Err(Failure::Usage(format!(
-            "{arg:?} is ambiguous: {}",
-            matches.iter().map(|(ns, n)| format!("{ns}/{n}")).collect::<Vec<_>>().join(", ")
-        ))),
+    // At most a screenful of names: a store can hold thousands of watchers.
+    const SHOWN: usize = 20;
+    let mut names: Vec<String> = known.iter().take(SHOWN).map(|(ns, n)| format!("{ns}/{n}")).collect();
+    if known.len() > SHOWN {
+        names.push(format!("and {} more", known.len() - SHOWN));
     }
+    let list = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+    Err(Failure::Usage(format!("no watcher named {arg:?}; known watchers: {list}")))
 }
 
 #[cfg(test)]
@@ -244,6 +282,33 @@ mod tests {
             assert_eq!(failure.exit_code(), code, "{failure:?}");
         }
         assert_eq!((exit::OK, exit::FAILURE, exit::USAGE), (0, 1, 2));
+    }
+
+    #[test]
+    fn watchers_are_resolved_only_to_known_valid_names() {
+        let known = || {
+            [("default", "orders"), ("team", "orders"), ("team", "rows")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .into_iter()
+        };
+        let ok = |arg: &str| resolve(arg, known()).map_err(|e| e.to_string());
+        assert_eq!(ok("rows"), Ok(("team".into(), "rows".into())));
+        assert_eq!(ok("team/orders"), Ok(("team".into(), "orders".into())));
+        for (arg, expected) in [
+            ("orders", "\"orders\" is ambiguous: default/orders, team/orders"),
+            (
+                "pol/typo",
+                "no watcher named \"pol/typo\"; known watchers: default/orders, team/orders, team/rows",
+            ),
+            ("typo", "no watcher named \"typo\"; known watchers: default/orders, team/orders, team/rows"),
+            ("x/y/z", "\"x/y/z\" is not a watcher: write namespace/name or name"),
+            ("evil/na me", "\"evil/na me\": `na me` may hold only letters, digits, `_`, `-` and `.`"),
+            ("/rows", "\"/rows\": `` must be 1 to 128 characters long"),
+        ] {
+            let error = resolve(arg, known()).expect_err(arg);
+            assert_eq!(error.exit_code(), exit::USAGE, "{arg}");
+            assert_eq!(error.to_string(), expected);
+        }
     }
 
     #[test]

@@ -46,15 +46,15 @@ pub(super) async fn run(config: &Config, names: &[String]) -> Result<(), Failure
     let mut failed = Vec::new();
     for (id, result) in results {
         match result {
-            Ok(r) => eprintln!(
+            Ok(r) => super::err(format_args!(
                 "{id}: {} delivered, {} redelivered, {} dead-lettered{}",
                 r.delivered,
                 r.redelivered,
                 r.dead_lettered,
                 if r.more { " (more waiting)" } else { "" }
-            ),
+            )),
             Err(e) => {
-                eprintln!("{id}: {e}");
+                super::err(format_args!("{id}: {e}"));
                 failed.push(id);
             }
         }

@@ -90,6 +90,28 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
     // an operator from looking at or fixing the state.
     let daemon: DaemonFile = config::load_daemon(config_path)?;
     let full = config::load(config_path).ok();
+    // Looking must not create: a store that was never written holds no state, and
+    // opening it would leave an empty database behind (owned by whoever looked).
+    let read_only =
+        matches!(command, StateCommand::List { .. } | StateCommand::Get { .. } | StateCommand::Export { .. });
+    if read_only && !daemon.state.get().exists() {
+        return match command {
+            StateCommand::List { json } => {
+                state_list(&BTreeMap::new(), full.as_ref(), json);
+                Ok(())
+            }
+            StateCommand::Get { watcher, .. } => {
+                let configured = full.iter().flat_map(|c| c.watchers.iter());
+                let (ns, name) =
+                    resolve(&watcher, configured.map(|w| (w.namespace.clone(), w.name.clone())))?;
+                Err(Failure::Runtime(format!(
+                    "{ns}/{name} has no state yet: {} does not exist",
+                    daemon.state.describe()
+                )))
+            }
+            _ => Err(Failure::Runtime(format!("no state yet: {} does not exist", daemon.state.describe()))),
+        };
+    }
     let store = state::open(&daemon.state)?;
     let stored = outbox::survey(&*store).await?;
     let known = || {
@@ -155,13 +177,13 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
                 Json::parse(text).map_err(|e| Failure::Usage(format!("the value is not JSON: {e}")))?;
             let dropped = outbox.set_key(&key, value).await?;
             report_dropped_pending(&ns, &name, dropped);
-            eprintln!("{ns}/{name}: {key} set.");
+            super::err(format_args!("{ns}/{name}: {key} set."));
             Ok(())
         }
         StateCommand::Delete { watcher, key } => {
             let (ns, name, outbox) = outbox_of(&watcher)?;
             if outbox.delete_key(&key).await? {
-                eprintln!("{ns}/{name}: {key} deleted.");
+                super::err(format_args!("{ns}/{name}: {key} deleted."));
                 Ok(())
             } else {
                 Err(Failure::Runtime(format!("{ns}/{name} has no key {key:?}")))
@@ -171,16 +193,18 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
             let (ns, name, outbox) = outbox_of(&watcher)?;
             let dropped = outbox.reset().await?;
             report_dropped_pending(&ns, &name, dropped);
-            eprintln!("{ns}/{name}: watermark reset; the next poll starts from the beginning.");
+            super::err(format_args!(
+                "{ns}/{name}: watermark reset; the next poll starts from the beginning."
+            ));
             Ok(())
         }
         StateCommand::Replay { watcher, batch_id } => {
             let (ns, name, outbox) = outbox_of(&watcher)?;
             match outbox.replay(&batch_id).await? {
                 Replay::Queued { events } => {
-                    eprintln!(
+                    super::err(format_args!(
                         "{ns}/{name}: {events} events of batch {batch_id} queued; the watcher delivers them at its next cycle."
-                    );
+                    ));
                     Ok(())
                 }
                 Replay::NotFound => {
@@ -306,9 +330,9 @@ fn indent(text: &str) -> String {
 /// Says that a pending batch was dropped along with the watermark it led to.
 fn report_dropped_pending(ns: &str, name: &str, dropped: Option<usize>) {
     if let Some(n) = dropped {
-        eprintln!(
+        super::err(format_args!(
             "{ns}/{name}: dropping a pending batch of {n} events; polls find its items again if they lie past the new watermark."
-        );
+        ));
     }
 }
 
@@ -367,7 +391,7 @@ fn state_list(stored: &BTreeMap<(String, String), Summary>, config: Option<&Conf
         ]);
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        super::out(format_args!("{}", serde_json::to_string_pretty(&out).unwrap_or_default()));
     } else {
         print_table(&["WATCHER", "WATERMARK", "MOVED (UTC)", "PENDING", "DEAD LETTERS"], &rows);
     }

@@ -25,7 +25,7 @@ pub(super) fn list(config: &Config, json: bool) {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+        super::out(format_args!("{}", serde_json::to_string_pretty(&list).unwrap_or_default()));
         return;
     }
     let rows: Vec<Vec<String>> = config

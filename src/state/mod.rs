@@ -128,8 +128,11 @@ pub trait StoreKind {
     /// Where the store lives, for logs (never a password).
     fn describe(&self) -> String;
 
-    /// Opens the store.
+    /// Opens the store, creating it on first use.
     fn open(&self) -> Result<std::sync::Arc<dyn Store>, StoreError>;
+
+    /// Whether the store was ever created: read-only commands look only then.
+    fn exists(&self) -> bool;
 }
 
 crate::value::kinds! {
@@ -176,6 +179,10 @@ impl StoreKind for SqliteConfig {
 
     fn open(&self) -> Result<std::sync::Arc<dyn Store>, StoreError> {
         Ok(std::sync::Arc::new(sqlite::SqliteStore::open(&self.path)?))
+    }
+
+    fn exists(&self) -> bool {
+        self.path.exists()
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod airflow;
 mod architecture;
+mod cli;
 mod conformance;
 mod core;
 mod local_dir;

@@ -13,6 +13,7 @@ mod postgres;
 mod postgres_history;
 mod postgres_session;
 mod postgres_values;
+mod postgres_watchers;
 mod s3;
 mod s3_notify;
 mod s3_support;

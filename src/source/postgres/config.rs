@@ -8,8 +8,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::Postgres;
 use super::connect::{self, ConnectSettings, TlsMode};
-use crate::source::{Source, SourceKind, legacy};
-use crate::value::{EnvVar, HumanDuration, Kind, SecretFile};
+use crate::source::{Source, SourceKind};
+use crate::value::{EnvVar, HumanDuration, Kind, SecretFile, Start};
 
 /// `source: {type: postgres}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -278,7 +278,14 @@ impl SourceKind for PostgresConfig {
     }
 
     fn build(&self) -> Box<dyn Source> {
-        legacy::boxed(Postgres::new(self.clone()))
+        Box::new(Postgres::new(self.clone()))
+    }
+
+    /// Every form: `now` is the current snapshot (mode `xid`) or the last row (mode
+    /// `cursor`); a time needs a first cursor column that holds one, which only the
+    /// catalog tells (checked at the first poll and by `check --connect`).
+    fn check_start(&self, _start: &Start) -> Result<(), String> {
+        Ok(())
     }
 }
 

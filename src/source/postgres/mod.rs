@@ -27,18 +27,19 @@ mod rows;
 pub mod values;
 
 use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_postgres::{Client, Statement};
 
 pub use self::config::{Mode, PostgresConfig};
-use self::history::{Server, Verdict};
+use self::history::{Facts, Server, Verdict};
 use self::plan::{Args, Plan, Shape};
-use super::legacy::{Polled, Source, read_watermark};
-use super::{ErrorClass, SourceError};
-use crate::value::Kind;
+use super::{Batch, ChangeSet, ErrorClass, Found, Polled, Source, SourceError, SourceState};
+use crate::json::Json;
+use crate::value::{Kind, Start};
 
-/// The stored watermark.
+/// The stored head: the whole state of this source (it remembers no members).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 enum Mark {
@@ -53,6 +54,10 @@ enum Mark {
         /// Last row announced within the pair: its xid and cursor values as text.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<Vec<String>>,
+        /// `start:` with a time: in the first pair (no `from`), rows whose first cursor
+        /// column is earlier were there before the watcher started and are left out.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        not_before: Option<DateTime<Utc>>,
         /// Where in the server's history the newest snapshot above was taken (None in
         /// a watermark from before this was recorded: taken as the server's).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,6 +68,41 @@ enum Mark {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<Vec<String>>,
     },
+}
+
+impl Mark {
+    /// Where a watcher with no watermark starts from the beginning.
+    fn empty(mode: Mode) -> Mark {
+        match mode {
+            Mode::Xid => Mark::Xid { from: None, to: None, after: None, not_before: None, server: None },
+            Mode::Cursor => Mark::Cursor { after: None },
+        }
+    }
+
+    fn mode(&self) -> Mode {
+        match self {
+            Mark::Xid { .. } => Mode::Xid,
+            Mark::Cursor { .. } => Mode::Cursor,
+        }
+    }
+
+    fn encode(&self) -> Result<Json, SourceError> {
+        Json::encode(self).map_err(|e| SourceError::transient(format!("cannot encode the watermark: {e}")))
+    }
+
+    /// The short form events and `highwater state list` show.
+    fn summary(&self) -> Value {
+        match self {
+            Mark::Xid { from, to, .. } => {
+                let short = |s: &String| s.splitn(3, ':').take(2).collect::<Vec<_>>().join(":");
+                serde_json::json!({
+                    "snapshot": from.as_ref().map(short),
+                    "catching_up_to": to.as_ref().map(short),
+                })
+            }
+            Mark::Cursor { after } => serde_json::json!({ "after": after }),
+        }
+    }
 }
 
 /// The parts of `xmin:xmax:xip,…` that tell whether anything finished in between.
@@ -83,10 +123,23 @@ struct Conn {
     system: String,
 }
 
+/// What one poll found: the items, the head they lead to, and whether more is waiting.
+struct Outcome {
+    items: Vec<Found>,
+    next: Mark,
+    more: bool,
+}
+
 /// The runtime `postgres` source.
 pub struct Postgres {
     config: PostgresConfig,
     conn: Option<Conn>,
+    /// Where the next poll starts: the committed head (None: none is stored), or where a
+    /// poll that found nothing moved it in memory.
+    mark: Option<Mark>,
+    /// The head of the batch handed out last, with its text: its commit then costs a
+    /// comparison of the text instead of a parse.
+    handed_out: Option<(Json, Mark)>,
     /// Rows skipped because a cursor column was NULL, since start (for the log).
     skipped_null_cursor: u64,
     /// The same, not yet handed to the watcher's counter.
@@ -99,7 +152,15 @@ pub struct Postgres {
 impl Postgres {
     /// Builds the source; nothing is touched until the first poll or check.
     pub fn new(config: PostgresConfig) -> Self {
-        Postgres { config, conn: None, skipped_null_cursor: 0, skipped_untaken: 0, as_text_total: 0 }
+        Postgres {
+            config,
+            conn: None,
+            mark: None,
+            handed_out: None,
+            skipped_null_cursor: 0,
+            skipped_untaken: 0,
+            as_text_total: 0,
+        }
     }
 
     /// The open connection, opening it and reading the catalog if needed.
@@ -136,6 +197,18 @@ impl Postgres {
         self.conn.as_mut().ok_or_else(|| SourceError::transient("no connection"))
     }
 
+    /// Drops the connection after a failure: a fresh one re-reads the catalog, so a
+    /// table fixed by an operator or a restarted server is picked up by the next try.
+    fn after<T>(&mut self, result: Result<T, SourceError>) -> Result<T, SourceError> {
+        if let Err(e) = &result {
+            self.conn = None;
+            if e.class == ErrorClass::Transient {
+                tracing::debug!(error = %e, "Dropped the Postgres connection; reconnecting at the next poll.");
+            }
+        }
+        result
+    }
+
     fn skip_nulls(&mut self, table: &str, n: u64) {
         if n > 0 {
             self.skipped_null_cursor += n;
@@ -150,7 +223,7 @@ impl Postgres {
     }
 
     /// Warns about values that went as text, with a running total.
-    fn count_as_text(&mut self, table: &str, items: &[super::Found]) {
+    fn count_as_text(&mut self, table: &str, items: &[Found]) {
         let (n, columns) = rows::as_text(items);
         if n > 0 {
             self.as_text_total += n;
@@ -164,42 +237,91 @@ impl Postgres {
         }
     }
 
-    async fn poll_inner(&mut self, mark: Option<Mark>, limit: usize) -> Result<Polled, SourceError> {
+    /// Mode `xid`: the server's snapshot and history now, the WAL made durable up to
+    /// them (see `history`), and the history recorded after `before`.
+    async fn durable_now(conn: &Conn, before: Option<&Server>) -> Result<(Facts, Server, u32), SourceError> {
+        let facts = conn.facts.as_ref().ok_or_else(|| SourceError::transient("no facts query"))?;
+        let facts = history::facts(&conn.client, facts, &conn.plan.name).await?;
+        let mut queries = 1;
+        if !facts.standby && facts.flushed < facts.lsn {
+            history::make_durable(&conn.client, facts.lsn, &conn.plan.name).await?;
+            queries += 1;
+        }
+        let server = history::record(&conn.system, before, &facts);
+        Ok((facts, server, queries))
+    }
+
+    /// The first head for `start:` (see [`Source::begin`]).
+    async fn first_mark(&mut self, start: &Start) -> Result<Option<Mark>, SourceError> {
+        let before = match start {
+            Start::Beginning => return Ok(None),
+            Start::Now => None,
+            Start::At(time) => Some(*time),
+        };
         let mode = self.config.mode;
-        let mark = mark.unwrap_or(match mode {
-            Mode::Xid => Mark::Xid { from: None, to: None, after: None, server: None },
-            Mode::Cursor => Mark::Cursor { after: None },
-        });
+        let grace = self.config.grace.map(|g| g.0.as_secs_f64());
+        let conn = self.conn().await?;
+        Ok(Some(match mode {
+            // Every transaction the current snapshot shows counts as announced, and in
+            // the first pair, rows from before the time do.
+            Mode::Xid => {
+                let (facts, server, _) = Self::durable_now(conn, None).await?;
+                match before {
+                    None => Mark::Xid {
+                        from: Some(facts.snapshot),
+                        to: None,
+                        after: None,
+                        not_before: None,
+                        server: Some(server),
+                    },
+                    Some(time) => {
+                        conn.plan.check_time_cursor()?;
+                        Mark::Xid {
+                            from: None,
+                            to: Some(facts.snapshot),
+                            after: None,
+                            not_before: Some(time),
+                            server: Some(server),
+                        }
+                    }
+                }
+            }
+            // As if every row a poll could announce now (before the time) had been.
+            Mode::Cursor => {
+                let time = before.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+                let last = conn.plan.last_position(&conn.client, grace, time.as_ref()).await?;
+                Mark::Cursor { after: last.map(|row| rows::position(&conn.plan, &row, false)).transpose()? }
+            }
+        }))
+    }
+
+    async fn poll_inner(&mut self, mark: Mark, limit: usize) -> Result<Outcome, SourceError> {
         let grace = self.config.grace.map(|g| g.0.as_secs_f64());
         let emit = self.config.emit;
         let limit = limit.max(1);
         let row_limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.conn().await?;
-        let Some(conn) = self.conn.as_ref() else { return Err(SourceError::transient("no connection")) };
-        let plan = &conn.plan;
-        let client = &conn.client;
+        let Some(conn) = self.conn.as_mut() else { return Err(SourceError::transient("no connection")) };
         match mark {
-            Mark::Xid { from, to, after, server } => {
+            Mark::Xid { from, to, after, not_before, server } => {
                 let facts = conn.facts.as_ref().ok_or_else(|| SourceError::transient("no facts query"))?;
-                let facts = history::facts(client, facts, &plan.name).await?;
+                let facts = history::facts(&conn.client, facts, &conn.plan.name).await?;
                 let mut queries = 1;
                 let (from, to, after, server) = match &server {
                     None => (from, to, after, None),
                     Some(stored) => {
                         let newest = to.as_deref().or(from.as_deref());
+                        let plan = &conn.plan;
                         let verdict =
-                            history::check(client, &conn.system, stored, newest, &facts, &plan.name).await?;
+                            history::check(&conn.client, &conn.system, stored, newest, &facts, &plan.name)
+                                .await?;
                         match verdict {
                             Verdict::Continue(None) => (from, to, after, server),
                             Verdict::Continue(Some(adopted)) => (from, to, after, Some(adopted)),
                             Verdict::Behind => {
                                 tracing::debug!(table = %plan.name, "The standby has not replayed up to the watermark yet.");
-                                let next = Mark::Xid { from, to, after, server };
-                                return Ok(Polled {
-                                    items: Vec::new(),
-                                    next: mark_value(&next),
-                                    more: false,
-                                });
+                                let next = Mark::Xid { from, to, after, not_before, server };
+                                return Ok(Outcome { items: Vec::new(), next, more: false });
                             }
                             Verdict::Rescan { bound, cause } => {
                                 // Rows of a pair that was under way are announced again too:
@@ -227,6 +349,8 @@ impl Postgres {
                         }
                     }
                 };
+                // The `start:` time bounds the first pair only.
+                let not_before = not_before.filter(|_| from.is_none());
                 let (to, server) = match to {
                     Some(to) => (to, server),
                     None => {
@@ -234,77 +358,94 @@ impl Postgres {
                         // No transaction finished since the last poll: nothing can be
                         // new, and one query is all an idle poll costs.
                         if from.as_deref().and_then(snapshot_progress) == snapshot_progress(&now) {
-                            tracing::debug!(table = %plan.name, queries, rows = 0, "Polled table.");
-                            let next = Mark::Xid { from: Some(now), to: None, after: None, server };
-                            return Ok(Polled { items: Vec::new(), next: mark_value(&next), more: false });
+                            tracing::debug!(table = %conn.plan.name, queries, rows = 0, "Polled table.");
+                            let next =
+                                Mark::Xid { from: Some(now), to: None, after: None, not_before, server };
+                            return Ok(Outcome { items: Vec::new(), next, more: false });
                         }
                         // Nothing of the new snapshot is announced before the WAL that
                         // shows it is durable (see `history`).
                         if !facts.standby && facts.flushed < facts.lsn {
-                            history::make_durable(client, facts.lsn, &plan.name).await?;
+                            history::make_durable(&conn.client, facts.lsn, &conn.plan.name).await?;
                             queries += 1;
                         }
                         (now, Some(history::record(&conn.system, server.as_ref(), &facts)))
                     }
                 };
-                let shape = Shape { since: from.is_some(), resume: after.is_some() };
+                let shape =
+                    Shape { since: from.is_some(), resume: after.is_some(), floor: not_before.is_some() };
+                let zone = conn.plan.zone.clone();
                 let position = after.as_deref().unwrap_or_default();
+                let floor = not_before.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
                 let args = Args {
                     to: Some(&to),
                     from: from.as_ref(),
                     after: position,
                     grace: None,
-                    zone: None,
+                    zone: Some(&zone),
+                    not_before: floor.as_ref(),
                     limit: row_limit,
                 };
-                let rows = plan.page(client, shape, &args).await?;
+                let rows = conn.plan.page(&conn.client, shape, &args).await?;
                 queries += 1;
+                let plan = &conn.plan;
                 let more = rows.len() >= limit;
                 let last = rows.last().map(|r| rows::position(plan, r, true)).transpose()?;
                 let items = rows::found(plan, &rows, emit)?;
                 let name = plan.name.clone();
                 let next = if more {
-                    Mark::Xid { from: from.clone(), to: Some(to), after: last.or(after), server }
+                    Mark::Xid { from: from.clone(), to: Some(to), after: last.or(after), not_before, server }
                 } else {
                     // The pair is done: count the rows it skipped for a NULL cursor (none
                     // can be when the catalog says the cursor columns are NOT NULL).
                     if !plan.nullable.is_empty() {
-                        let nulls = plan.count_pair_nulls(client, &args).await?;
+                        let nulls = plan.count_pair_nulls(&conn.client, &args).await?;
                         queries += 1;
                         self.skip_nulls(&name, nulls);
                     }
-                    Mark::Xid { from: Some(to), to: None, after: None, server }
+                    Mark::Xid { from: Some(to), to: None, after: None, not_before: None, server }
                 };
                 tracing::debug!(table = %name, queries, rows = rows.len(), "Polled table.");
                 self.count_as_text(&name, &items);
-                Ok(Polled { items, next: mark_value(&next), more })
+                Ok(Outcome { items, next, more })
             }
             Mark::Cursor { after } => {
-                let shape = Shape { since: false, resume: after.is_some() };
+                let shape = Shape { since: false, resume: after.is_some(), floor: false };
+                let zone = conn.plan.zone.clone();
                 let position = after.as_deref().unwrap_or_default();
                 let args = Args {
                     to: None,
                     from: None,
                     after: position,
                     grace,
-                    zone: Some(&plan.zone),
+                    zone: Some(&zone),
+                    not_before: None,
                     limit: row_limit,
                 };
-                let rows = plan.page(client, shape, &args).await?;
+                let rows = conn.plan.page(&conn.client, shape, &args).await?;
+                let plan = &conn.plan;
                 let more = rows.len() >= limit;
                 let last = rows.last().map(|r| rows::position(plan, r, false)).transpose()?;
                 let items = rows::found(plan, &rows, emit)?;
                 tracing::debug!(table = %plan.name, queries = 1, rows = rows.len(), "Polled table.");
                 let name = plan.name.clone();
                 self.count_as_text(&name, &items);
-                Ok(Polled { items, next: mark_value(&Mark::Cursor { after: last.or(after) }), more })
+                Ok(Outcome { items, next: Mark::Cursor { after: last.or(after) }, more })
             }
         }
     }
-}
 
-fn mark_value(mark: &Mark) -> Value {
-    serde_json::to_value(mark).unwrap_or(Value::Null)
+    /// Reads a stored head of this source's mode.
+    fn read(&self, head: &Json) -> Result<Mark, SourceError> {
+        let mark: Mark =
+            head.decode().map_err(|e| SourceError::unreadable_state(self.kind(), "watermark", e))?;
+        if mark.mode() != self.config.mode {
+            return Err(SourceError::needs_attention(
+                "stored watermark was written in another mode; reset it with `highwater state reset`",
+            ));
+        }
+        Ok(mark)
+    }
 }
 
 /// A failed query, classified, with the server's message (never a secret: the
@@ -326,27 +467,46 @@ impl Source for Postgres {
         PostgresConfig::TAG
     }
 
-    async fn poll(&mut self, watermark: Option<&Value>, limit: usize) -> Result<Polled, SourceError> {
-        let mark: Option<Mark> = read_watermark(self.kind(), watermark)?;
-        let expected = match self.config.mode {
-            Mode::Xid => matches!(mark, None | Some(Mark::Xid { .. })),
-            Mode::Cursor => matches!(mark, None | Some(Mark::Cursor { .. })),
-        };
-        if !expected {
-            return Err(SourceError::needs_attention(
-                "stored watermark was written in another mode; reset it with `highwater state reset`",
-            ));
+    fn restore(&mut self, state: SourceState) -> Result<(), SourceError> {
+        self.handed_out = None;
+        self.mark = None;
+        // Members are not this source's: a state of another kind left them, and they
+        // are ignored (a reset removes them).
+        self.mark = state.head.as_ref().map(|head| self.read(head)).transpose()?;
+        Ok(())
+    }
+
+    async fn begin(&mut self, start: &Start) -> Result<ChangeSet, SourceError> {
+        let first = self.first_mark(start).await;
+        match self.after(first)? {
+            Some(mark) => Ok(ChangeSet::head(mark.encode()?)),
+            None => Ok(ChangeSet::default()),
         }
-        let result = self.poll_inner(mark, limit).await;
-        if let Err(e) = &result {
-            // A fresh connection re-reads the catalog, so a table fixed by an operator or
-            // a restarted server is picked up by the next attempt.
-            self.conn = None;
-            if e.class == ErrorClass::Transient {
-                tracing::debug!(error = %e, "Dropped the Postgres connection; reconnecting at the next poll.");
-            }
+    }
+
+    async fn poll(&mut self, limit: usize) -> Result<Polled, SourceError> {
+        let mark = self.mark.clone().unwrap_or_else(|| Mark::empty(self.config.mode));
+        let polled = self.poll_inner(mark, limit).await;
+        let Outcome { items, next, more } = self.after(polled)?;
+        if items.is_empty() {
+            // Nothing to announce, nothing to lose: the next poll starts from here, and
+            // nothing is stored.
+            self.mark = Some(next);
+            return Ok(Polled { batches: Vec::new(), more });
         }
-        result
+        let text = next.encode()?;
+        let batch = Batch { items, change: ChangeSet::head(text.clone()) };
+        self.handed_out = Some((text, next));
+        Ok(Polled { batches: vec![batch], more })
+    }
+
+    fn committed(&mut self, change: &ChangeSet) -> Result<(), SourceError> {
+        let Some(head) = &change.head else { return Ok(()) };
+        self.mark = Some(match self.handed_out.take() {
+            Some((text, mark)) if text == *head => mark,
+            _ => self.read(head)?,
+        });
+        Ok(())
     }
 
     async fn check(&mut self) -> Result<(), SourceError> {
@@ -359,17 +519,14 @@ impl Source for Postgres {
         std::mem::take(&mut self.skipped_untaken)
     }
 
-    fn summarize(&self, watermark: &Value) -> Value {
-        match Mark::deserialize(watermark) {
-            Ok(Mark::Xid { from, to, .. }) => {
-                let short = |s: &String| s.splitn(3, ':').take(2).collect::<Vec<_>>().join(":");
-                serde_json::json!({
-                    "snapshot": from.as_ref().map(short),
-                    "catching_up_to": to.as_ref().map(short),
-                })
-            }
-            Ok(Mark::Cursor { after }) => serde_json::json!({ "after": after }),
-            Err(_) => watermark.clone(),
+    fn summary(&self) -> Value {
+        self.mark.as_ref().map_or(Value::Null, Mark::summary)
+    }
+
+    fn summarize(&self, head: &Json, _remembered: u64) -> Value {
+        match head.decode::<Mark>() {
+            Ok(mark) => mark.summary(),
+            Err(_) => Value::String(head.as_str().chars().take(60).collect()),
         }
     }
 }
@@ -377,6 +534,59 @@ impl Source for Postgres {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn source(mode: &str) -> Postgres {
+        let yaml = format!(
+            "table: t\ncursor: id\nmode: {mode}\n{}",
+            if mode == "xid" { "xid_column: hx\n" } else { "" }
+        );
+        Postgres::new(serde_yaml::from_str(&yaml).expect("config"))
+    }
+
+    #[test]
+    fn the_head_is_the_whole_state_and_a_commit_adopts_what_was_handed_out() {
+        let mut pg = source("xid");
+        pg.restore(SourceState::default()).expect("empty");
+        assert_eq!(pg.summary(), Value::Null);
+        let head =
+            Json::parse(r#"{"mode":"xid","from":"10:12:11","after":["11","3"],"to":"10:15:"}"#).unwrap();
+        pg.restore(SourceState { head: Some(head.clone()), members: Vec::new() }).expect("restore");
+        assert_eq!(pg.summary(), serde_json::json!({"snapshot": "10:12", "catching_up_to": "10:15"}));
+        assert_eq!(pg.summarize(&head, 0), pg.summary());
+        // A batch's head is adopted without a parse; another one is read.
+        let next =
+            Mark::Xid { from: Some("15:15:".into()), to: None, after: None, not_before: None, server: None };
+        pg.handed_out = Some((next.encode().unwrap(), next.clone()));
+        pg.committed(&ChangeSet::head(next.encode().unwrap())).expect("commit");
+        assert_eq!(pg.mark, Some(next));
+        pg.committed(&ChangeSet::head(head)).expect("commit");
+        assert_eq!(pg.summary()["snapshot"], "10:12");
+        pg.committed(&ChangeSet::default()).expect("no head");
+        assert_eq!(pg.summary()["snapshot"], "10:12");
+        // Another mode's head, or another source's, needs an operator.
+        let cursor = Json::parse(r#"{"mode":"cursor","after":["4"]}"#).unwrap();
+        let err = pg.restore(SourceState { head: Some(cursor.clone()), members: Vec::new() }).unwrap_err();
+        assert!(err.message.contains("another mode"), "{}", err.message);
+        assert!(pg.committed(&ChangeSet::head(Json::parse("[1]").unwrap())).is_err());
+        let mut by_cursor = source("cursor");
+        by_cursor.restore(SourceState { head: Some(cursor), members: Vec::new() }).expect("cursor");
+        assert_eq!(by_cursor.summary(), serde_json::json!({"after": ["4"]}));
+    }
+
+    #[test]
+    fn a_start_time_is_kept_in_the_head_as_rfc_3339() {
+        let time = DateTime::parse_from_rfc3339("2026-01-02T00:00:00Z").unwrap().with_timezone(&Utc);
+        let mark = Mark::Xid {
+            from: None,
+            to: Some("5:9:".into()),
+            after: None,
+            not_before: Some(time),
+            server: None,
+        };
+        let text = mark.encode().unwrap();
+        assert_eq!(text.as_str(), r#"{"mode":"xid","to":"5:9:","not_before":"2026-01-02T00:00:00Z"}"#);
+        assert_eq!(text.decode::<Mark>().unwrap(), mark);
+    }
 
     #[test]
     fn idle_snapshots_compare_by_xmax_and_running_list() {

@@ -29,8 +29,11 @@ enum Param {
     After(usize),
     /// The grace delay in seconds (mode `cursor`).
     Grace,
-    /// The server's time zone, for a grace delay on a local time.
+    /// The server's time zone, for a grace delay or a `start:` time on a local time.
     Zone,
+    /// `start:` as an RFC 3339 time (text): rows of the first snapshot pair whose first
+    /// cursor column is earlier were there before the watcher started.
+    NotBefore,
     /// The row limit.
     Limit,
 }
@@ -76,6 +79,8 @@ pub(super) struct Args<'a> {
     pub grace: Option<f64>,
     /// The server's time zone.
     pub zone: Option<&'a String>,
+    /// `start:` as an RFC 3339 time.
+    pub not_before: Option<&'a String>,
     /// The row limit.
     pub limit: i64,
 }
@@ -92,6 +97,7 @@ impl<'a> Args<'a> {
                     Param::After(i) => self.after.get(*i).ok_or_else(|| missing("after"))?,
                     Param::Grace => self.grace.as_ref().ok_or_else(|| missing("grace"))?,
                     Param::Zone => self.zone.ok_or_else(|| missing("zone"))?,
+                    Param::NotBefore => self.not_before.ok_or_else(|| missing("not_before"))?,
                     Param::Limit => &self.limit,
                 })
             })
@@ -99,7 +105,8 @@ impl<'a> Args<'a> {
     }
 }
 
-/// Which page query: mode `xid` has four, mode `cursor` two.
+/// Which page query: mode `xid` has four (and two more for a first pair that starts at
+/// a time), mode `cursor` two.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct Shape {
     /// Mode `xid`: a previous snapshot bounds the pair from below (false on a
@@ -107,6 +114,9 @@ pub(super) struct Shape {
     pub since: bool,
     /// The page continues after a keyset position.
     pub resume: bool,
+    /// Mode `xid`, first pair only: rows whose first cursor column is before the
+    /// `start:` time are left out.
+    pub floor: bool,
 }
 
 /// A prepared query and the values it takes.
@@ -131,6 +141,8 @@ pub(super) struct Plan {
     /// `format_type` of each cursor column: the cast that turns stored text back into
     /// a value of the column's type.
     cursor_types: Vec<String>,
+    /// Mode `cursor`: how the grace delay compares, when one is set.
+    grace: Option<Clock>,
     /// Columns decoded into the event (key ∪ cursor ∪ columns), in select order.
     pub values: Vec<String>,
     /// The select list: key and cursor as text, the xid as text, then `values`.
@@ -142,7 +154,10 @@ pub(super) struct Plan {
     /// The server's time zone (`TimeZone` of a session that sets none), read at
     /// connect: what a `timestamp without time zone` is compared in.
     pub zone: String,
-    /// The page queries, prepared.
+    /// What the first cursor column holds, when it holds a time: what a grace delay and
+    /// a `start:` time compare it with.
+    clock: Option<Clock>,
+    /// The page queries, prepared (the rarely used ones when first needed).
     queries: HashMap<Shape, Query>,
 }
 
@@ -184,13 +199,28 @@ struct Column {
     leads_an_index: bool,
 }
 
-/// How the grace delay compares the first cursor column with the server's clock.
+/// How a time is compared with the first cursor column (a grace delay, a `start:`
+/// time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Grace {
-    /// `timestamptz`: an instant, compared with `now()`.
+enum Clock {
+    /// `timestamptz`: an instant, compared with `now()` or the time as it is.
     Instant,
-    /// `timestamp` or `date`: a local time, compared with `now()` in the server's zone.
+    /// `timestamp` or `date`: a local time, compared with `now()` or the time read in
+    /// the server's zone.
     Local,
+}
+
+impl Clock {
+    /// The time `param` stands for, as the column's kind of time.
+    fn of(self, sql: &mut Sql, param: Param) -> String {
+        let time = sql.param(param);
+        match self {
+            Clock::Instant => format!("{time}::text::timestamptz"),
+            Clock::Local => {
+                format!("({time}::text::timestamptz AT TIME ZONE {}::text)", sql.param(Param::Zone))
+            }
+        }
+    }
 }
 
 /// The xid column must be an `xid8` that Postgres fills itself: with any other default
@@ -329,19 +359,20 @@ pub(super) async fn prepare(client: &Client, config: &PostgresConfig) -> Result<
         check_xid_column(&name, xid, &types[xid], is_table)?;
     }
     let cursor_types: Vec<String> = config.cursor.iter().map(|c| types[c].formatted.clone()).collect();
+    let clock = match types[&config.cursor[0]].ty {
+        Some(Type::TIMESTAMPTZ) => Some(Clock::Instant),
+        // Local times: compared with the server's clock read in the server's zone.
+        Some(Type::TIMESTAMP | Type::DATE) => Some(Clock::Local),
+        _ => None,
+    };
     let grace = match config.grace {
         None => None,
-        Some(_) => match types[&config.cursor[0]].ty {
-            Some(Type::TIMESTAMPTZ) => Some(Grace::Instant),
-            // Local times: compared with the server's clock read in the server's zone.
-            Some(Type::TIMESTAMP | Type::DATE) => Some(Grace::Local),
-            _ => {
-                return Err(SourceError::needs_attention(format!(
-                    "grace needs the first cursor column ({}) to be a timestamp or date",
-                    config.cursor[0]
-                )));
-            }
-        },
+        Some(_) => Some(clock.ok_or_else(|| {
+            SourceError::needs_attention(format!(
+                "grace needs the first cursor column ({}) to be a timestamp or date",
+                config.cursor[0]
+            ))
+        })?),
     };
     let mut values: Vec<String> = Vec::new();
     for column in key.iter().chain(&config.cursor).chain(&config.columns) {
@@ -385,25 +416,24 @@ pub(super) async fn prepare(client: &Client, config: &PostgresConfig) -> Result<
         xid: config.xid_column.as_deref().map(quote_ident),
         filter: filter_sql(config),
         zone,
+        clock,
+        grace,
         queries: HashMap::new(),
     };
     let shapes: &[Shape] = match config.mode {
         Mode::Xid => &[
-            Shape { since: false, resume: false },
-            Shape { since: true, resume: false },
-            Shape { since: false, resume: true },
-            Shape { since: true, resume: true },
+            Shape { since: false, resume: false, floor: false },
+            Shape { since: true, resume: false, floor: false },
+            Shape { since: false, resume: true, floor: false },
+            Shape { since: true, resume: true, floor: false },
         ],
-        Mode::Cursor => &[Shape { since: false, resume: false }, Shape { since: false, resume: true }],
+        Mode::Cursor => &[
+            Shape { since: false, resume: false, floor: false },
+            Shape { since: false, resume: true, floor: false },
+        ],
     };
     for &shape in shapes {
-        let sql = match &plan.xid {
-            Some(x) => plan.xid_page(x, shape),
-            None => plan.cursor_page(shape, grace),
-        };
-        tracing::debug!(sql = %sql.text, "Prepared query.");
-        let statement = client.prepare(&sql.text).await.map_err(|e| query_error(&plan.name, e))?;
-        plan.queries.insert(shape, Query { statement, params: sql.params });
+        plan.query(client, shape).await?;
     }
     Ok(plan)
 }
@@ -456,6 +486,12 @@ impl Plan {
         if shape.resume {
             self.keyset(&mut sql, Some((x, "xid8")));
         }
+        if shape.floor
+            && let Some(clock) = self.clock
+        {
+            let time = clock.of(&mut sql, Param::NotBefore);
+            sql.push(&format!(" AND {} >= {time}", quote_ident(&self.cursor[0])));
+        }
         sql.push(&self.not_null());
         sql.push(&self.filter);
         let limit = sql.param(Param::Limit);
@@ -463,17 +499,17 @@ impl Plan {
         sql
     }
 
-    /// Mode `cursor`: one page in cursor order, held back by the grace delay when set.
-    fn cursor_page(&self, shape: Shape, grace: Option<Grace>) -> Sql {
-        let mut sql = Sql::new(format!("SELECT {} FROM {} WHERE true", self.select, self.from));
+    /// Mode `cursor`: the rows a poll may announce (held back by the grace delay when
+    /// set), from the position `after` stands for when `shape.resume`.
+    fn cursor_rows(&self, sql: &mut Sql, shape: Shape) {
         if shape.resume {
-            self.keyset(&mut sql, None);
+            self.keyset(sql, None);
         }
         sql.push(&self.not_null());
-        if let Some(kind) = grace {
+        if let Some(kind) = self.grace {
             let now = match kind {
-                Grace::Instant => "now()".to_string(),
-                Grace::Local => format!("(now() AT TIME ZONE {}::text)", sql.param(Param::Zone)),
+                Clock::Instant => "now()".to_string(),
+                Clock::Local => format!("(now() AT TIME ZONE {}::text)", sql.param(Param::Zone)),
             };
             let grace = sql.param(Param::Grace);
             sql.push(&format!(
@@ -482,21 +518,87 @@ impl Plan {
             ));
         }
         sql.push(&self.filter);
+    }
+
+    /// Mode `cursor`: one page in cursor order, held back by the grace delay when set.
+    fn cursor_page(&self, shape: Shape) -> Sql {
+        let mut sql = Sql::new(format!("SELECT {} FROM {} WHERE true", self.select, self.from));
+        self.cursor_rows(&mut sql, shape);
         let limit = sql.param(Param::Limit);
         sql.push(&format!(" ORDER BY {} LIMIT {limit}", self.cursor_list()));
         sql
     }
 
+    /// The page query of `shape`, prepared on first use.
+    async fn query(&mut self, client: &Client, shape: Shape) -> Result<&Query, SourceError> {
+        if !self.queries.contains_key(&shape) {
+            let sql = match &self.xid {
+                Some(x) => self.xid_page(x, shape),
+                None => self.cursor_page(shape),
+            };
+            tracing::debug!(sql = %sql.text, "Prepared query.");
+            let statement = client.prepare(&sql.text).await.map_err(|e| query_error(&self.name, e))?;
+            self.queries.insert(shape, Query { statement, params: sql.params });
+        }
+        self.queries.get(&shape).ok_or_else(|| SourceError::transient("statement missing"))
+    }
+
     /// Runs one of the page queries.
     pub async fn page(
-        &self,
+        &mut self,
         client: &Client,
         shape: Shape,
         args: &Args<'_>,
     ) -> Result<Vec<Row>, SourceError> {
-        let query = self.queries.get(&shape).ok_or_else(|| SourceError::transient("statement missing"))?;
+        let query = self.query(client, shape).await?;
         let params = args.bind(&query.params)?;
         client.query(&query.statement, &params).await.map_err(|e| query_error(&self.name, e))
+    }
+
+    /// Whether a `start:` time can be compared with the first cursor column; the error
+    /// says why not.
+    pub fn check_time_cursor(&self) -> Result<(), SourceError> {
+        match self.clock {
+            Some(_) => Ok(()),
+            None => Err(SourceError::needs_attention(format!(
+                "{}: `start:` with a time needs the first cursor column ({}) to hold one                  (timestamptz, timestamp or date)",
+                self.name, self.cursor[0]
+            ))),
+        }
+    }
+
+    /// Mode `cursor`: the last row a poll from the beginning would announce now (and
+    /// with `before`, of those whose first cursor column is earlier than that time):
+    /// where `start: now` or a time begins. None when there is no such row.
+    pub async fn last_position(
+        &self,
+        client: &Client,
+        grace: Option<f64>,
+        before: Option<&String>,
+    ) -> Result<Option<Row>, SourceError> {
+        let mut sql = Sql::new(format!("SELECT {} FROM {} WHERE true", self.select, self.from));
+        self.cursor_rows(&mut sql, Shape { since: false, resume: false, floor: false });
+        if before.is_some() {
+            self.check_time_cursor()?;
+            if let Some(clock) = self.clock {
+                let time = clock.of(&mut sql, Param::NotBefore);
+                sql.push(&format!(" AND {} < {time}", quote_ident(&self.cursor[0])));
+            }
+        }
+        let descending =
+            self.cursor.iter().map(|c| format!("{} DESC", quote_ident(c))).collect::<Vec<_>>().join(", ");
+        sql.push(&format!(" ORDER BY {descending} LIMIT 1"));
+        let args = Args {
+            to: None,
+            from: None,
+            after: &[],
+            grace,
+            zone: Some(&self.zone),
+            not_before: before,
+            limit: 1,
+        };
+        let params = args.bind(&sql.params)?;
+        client.query_opt(&sql.text, &params).await.map_err(|e| query_error(&self.name, e))
     }
 
     /// `(a IS NULL OR b IS NULL …)` over the nullable cursor columns.
@@ -543,6 +645,8 @@ mod tests {
             xid: Some(quote_ident("x")),
             filter: String::new(),
             zone: "UTC".into(),
+            clock: Some(Clock::Instant),
+            grace: None,
             queries: HashMap::new(),
         }
     }
@@ -550,7 +654,7 @@ mod tests {
     #[test]
     fn every_identifier_is_quoted_and_each_placeholder_has_its_value() {
         let plan = plan(&["Weird\" col", "id"], &["text", "bigint"]);
-        let sql = plan.xid_page("\"x\"", Shape { since: true, resume: true });
+        let sql = plan.xid_page("\"x\"", Shape { since: true, resume: true, floor: false });
         assert!(sql.text.contains("FROM \"App\".\"Orders\""), "{}", sql.text);
         assert!(
             sql.text.contains(
@@ -569,30 +673,62 @@ mod tests {
     #[test]
     fn the_snapshot_worked_towards_is_one_parameter_used_twice() {
         let plan = plan(&["id"], &["bigint"]);
-        let sql = plan.xid_page("\"x\"", Shape { since: false, resume: false });
+        let sql = plan.xid_page("\"x\"", Shape { since: false, resume: false, floor: false });
         assert_eq!(sql.text.matches("$1::text::pg_snapshot").count(), 2, "{}", sql.text);
         assert_eq!(sql.params, vec![Param::To, Param::Limit]);
     }
 
     #[test]
     fn cursor_mode_binds_the_grace_delay_between_position_and_limit() {
-        let plan = plan(&["at", "id"], &["timestamp with time zone", "integer"]);
-        let sql = plan.cursor_page(Shape { since: false, resume: true }, Some(Grace::Instant));
+        let mut plan = plan(&["at", "id"], &["timestamp with time zone", "integer"]);
+        plan.grace = Some(Clock::Instant);
+        let sql = plan.cursor_page(Shape { since: false, resume: true, floor: false });
         assert_eq!(sql.params, vec![Param::After(0), Param::After(1), Param::Grace, Param::Limit]);
         assert!(sql.text.contains("<= now() - make_interval(secs => $3::float8)"), "{}", sql.text);
         let to = "1:2:".to_string();
         let after = vec!["2026-01-01".to_string(), "4".to_string()];
-        let args = Args { to: Some(&to), from: None, after: &after, grace: Some(2.0), zone: None, limit: 10 };
+        let args = Args {
+            to: Some(&to),
+            from: None,
+            after: &after,
+            grace: Some(2.0),
+            zone: None,
+            not_before: None,
+            limit: 10,
+        };
         assert_eq!(args.bind(&sql.params).expect("bind").len(), 4);
         let args = Args { grace: None, ..args };
         assert!(args.bind(&sql.params).is_err());
         // A local time is compared with the clock read in the server's zone.
-        let sql = plan.cursor_page(Shape { since: false, resume: false }, Some(Grace::Local));
+        plan.grace = Some(Clock::Local);
+        let sql = plan.cursor_page(Shape { since: false, resume: false, floor: false });
         assert_eq!(sql.params, vec![Param::Zone, Param::Grace, Param::Limit]);
         assert!(
             sql.text.contains("<= (now() AT TIME ZONE $1::text) - make_interval(secs => $2::float8)"),
             "{}",
             sql.text
         );
+    }
+
+    #[test]
+    fn a_first_pair_from_a_time_leaves_out_what_was_written_before_it() {
+        let mut plan = plan(&["at", "id"], &["timestamp without time zone", "bigint"]);
+        plan.clock = Some(Clock::Local);
+        let sql = plan.xid_page("\"x\"", Shape { since: false, resume: true, floor: true });
+        assert!(
+            sql.text.contains("AND \"at\" >= ($5::text::timestamptz AT TIME ZONE $6::text)"),
+            "{}",
+            sql.text
+        );
+        let expected = [
+            Param::To,
+            Param::After(0),
+            Param::After(1),
+            Param::After(2),
+            Param::NotBefore,
+            Param::Zone,
+            Param::Limit,
+        ];
+        assert_eq!(sql.params, expected);
     }
 }

@@ -18,7 +18,7 @@ fn main() {
             std::process::exit(if e.use_stderr() { exit::USAGE } else { exit::OK });
         }
     };
-    init_logging(cli.log_format.as_deref());
+    let journal = init_logging(cli.log_format.as_deref());
     highwater::init_tls();
     // Blocking work is short (store calls on one shared SQLite connection, directory
     // scans, file appends). Tokio's default of 512 threads let a start with a thousand
@@ -36,6 +36,12 @@ fn main() {
     };
     let code = match runtime.block_on(execute(cli)) {
         Ok(()) => exit::OK,
+        Err(failure) if journal => {
+            // Standard error lands at priority info in the journal; the record makes
+            // the reason the service stopped show in `journalctl -p err`.
+            tracing::error!(exit_code = failure.exit_code(), "{failure}");
+            failure.exit_code()
+        }
         Err(failure) => {
             let _ = writeln!(std::io::stderr(), "error: {failure}");
             failure.exit_code()
@@ -47,10 +53,13 @@ fn main() {
 }
 
 /// Logs go to standard error (standard output carries events for the stdout sink):
-/// text on a terminal, JSON lines otherwise, which journald and log shippers take as
-/// they are. Each line of a watcher carries its name (the `watcher` span). `RUST_LOG`
-/// filters them (default `info`).
-fn init_logging(format: Option<&str>) {
+/// text on a terminal, JSON lines otherwise, which log shippers take as they are. When
+/// standard error is the journal (`JOURNAL_STREAM`, set by systemd), records go to the
+/// journal's own socket instead, with their priority (`journalctl -p err` finds the
+/// errors) and their fields; JSON lines would all land at priority info. Each record
+/// of a watcher carries its name (the `watcher` span). `RUST_LOG` filters them
+/// (default `info`). True when records go to the journal.
+fn init_logging(format: Option<&str>) -> bool {
     let filter = match EnvFilter::try_from_default_env() {
         Ok(filter) => filter,
         Err(e) => {
@@ -64,8 +73,29 @@ fn init_logging(format: Option<&str>) {
             EnvFilter::new("info")
         }
     };
+    let journal = match format {
+        Some(f) => f == "journal",
+        None => stderr_is_journal(),
+    };
+    if journal {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                let layer = layer.with_syslog_identifier("highwater".to_string());
+                tracing_subscriber::registry().with(filter).with(layer).init();
+                return true;
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "warning: cannot log to the journal ({e}); logging JSON lines"
+                );
+            }
+        }
+    }
     let json = match format {
-        Some(f) => f == "json",
+        Some(f) => f != "text",
         None => !std::io::stderr().is_terminal(),
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| QuietStderr);
@@ -75,6 +105,20 @@ fn init_logging(format: Option<&str>) {
         // Colours only for a terminal: `--log-format text` into a file stays plain.
         builder.with_target(false).with_ansi(std::io::stderr().is_terminal()).init();
     }
+    false
+}
+
+/// True when standard error is the stream systemd connected to the journal: the
+/// device and inode in `JOURNAL_STREAM` are those of file descriptor 2. (A child that
+/// inherited the variable but not the stream must not log to the journal.)
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else { return false };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else { return false };
+    let Ok(meta) = std::fs::File::from(fd).metadata() else { return false };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
 /// Standard error for log lines, which never fails: a closed or full standard error

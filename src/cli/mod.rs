@@ -51,9 +51,10 @@ pub struct Cli {
     /// The daemon config file.
     #[arg(long, short = 'c', global = true, env = "HIGHWATER_CONFIG", default_value = config::DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
-    /// Log format: `text` for people, `json` for journald and log shippers. Default:
-    /// text on a terminal, json otherwise.
-    #[arg(long, global = true, env = "HIGHWATER_LOG_FORMAT", value_parser = ["text", "json"])]
+    /// Log format: `text` for people, `json` for log shippers, `journal` for the
+    /// systemd journal's own protocol (priorities and fields). Default: journal when
+    /// standard error is the journal, text on a terminal, json otherwise.
+    #[arg(long, global = true, env = "HIGHWATER_LOG_FORMAT", value_parser = ["text", "json", "journal"])]
     pub log_format: Option<String>,
     /// What to do.
     #[command(subcommand)]

@@ -18,5 +18,6 @@ mod s3;
 mod s3_notify;
 mod s3_support;
 mod service;
+mod systemd;
 mod util;
 mod webhook;

@@ -9,6 +9,9 @@ pub mod env;
 pub mod error;
 pub mod yaml;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

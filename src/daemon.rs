@@ -17,10 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{self, Config, WatcherConfig};
-use crate::state::{self, Store, StoreError};
+use crate::state::{Store, StoreError};
 use crate::telemetry::{Telemetry, WatcherState, WatcherStats, now_ms};
 use crate::watcher::Watcher;
-use crate::{http, notify};
+use crate::{http, notify, outbox};
 
 /// How often the supervisor loop turns: checks for watcher tasks that died, updates
 /// systemd's status line. Cheap: one pass over the running watchers.
@@ -152,7 +152,7 @@ struct Supervisor {
 /// pending in the store.
 pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) -> Result<(), DaemonError> {
     let Control { shutdown, mut reloads } = control;
-    let store = state::open(&config.daemon.state)?;
+    let store = outbox::open(&config.daemon.state)?;
     let built = build_watchers(&config.watchers, &store)?;
     let telemetry = Arc::new(Telemetry::default());
     let token = CancellationToken::new();

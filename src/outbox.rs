@@ -1,6 +1,7 @@
 //! A watcher's place in the store: the keys `watermark`, `watermark/<member>`,
-//! `pending`, `progress` and `dead_letter/*`, and every transaction that writes them. No
-//! other module names those keys.
+//! `pending`, `progress`, `start` and `dead_letter/*`, and every transaction that writes
+//! them; and how records of an earlier release are rewritten ([`UPGRADES`]). No other
+//! module names those keys.
 //!
 //! A source's state is its head (the row `watermark`) and its remembered members (one
 //! row each under `watermark/`): rows of the one `process_state` table, so that export,
@@ -37,7 +38,7 @@ use sha2::{Digest, Sha256};
 use crate::event::Encoded;
 use crate::json::Json;
 use crate::source::{ChangeSet, SourceState};
-use crate::state::{Expect, Keys, Op, Record, Store, StoreError};
+use crate::state::{Expect, Keys, Op, Record, StateConfig, Store, StoreError, Upgrade};
 
 /// The head of the source's state: where the next poll starts.
 const WATERMARK: &str = "watermark";
@@ -47,6 +48,8 @@ const MEMBER_PREFIX: &str = "watermark/";
 const PENDING: &str = "pending";
 /// How many leading events of the pending batch the sink acknowledged.
 const PROGRESS: &str = "progress";
+/// The `start:` the stored state began from.
+const START: &str = "start";
 /// Prefix of the keys that hold dead-lettered batches.
 const DEAD_LETTER_PREFIX: &str = "dead_letter/";
 
@@ -253,6 +256,32 @@ pub enum OutboxError {
     /// An operator asked for a write the outbox does not make; nothing was written.
     #[error("{0}")]
     Refused(String),
+}
+
+/// The steps of the state's format that concern records, for the store to run when it
+/// opens a store of an earlier release: 2 keeps a pending batch's state change under
+/// `change` (a head, members put and removed) instead of the whole next watermark under
+/// `next_watermark` (0.1.0).
+pub const UPGRADES: &[Upgrade] = &[Upgrade { to: 2, rewrite: upgrade_record }];
+
+/// Opens the configured store, bringing one of an earlier release to this one's format
+/// ([`UPGRADES`]; the store takes a copy first).
+pub fn open(config: &StateConfig) -> Result<Arc<dyn Store>, StoreError> {
+    crate::state::open(config, UPGRADES)
+}
+
+/// A record in today's form, when it is in an earlier one: pending batches and dead
+/// letters are read in any form and written back in this one (their events as they
+/// were); everything else stays.
+fn upgrade_record(record: &Record) -> Option<Json> {
+    let again = if record.key == PENDING {
+        Json::encode(&record.value.decode_owned::<PendingBatch>().ok()?)
+    } else if record.key.starts_with(DEAD_LETTER_PREFIX) {
+        Json::encode(&record.value.decode_owned::<DeadLetter>().ok()?)
+    } else {
+        return None;
+    };
+    again.ok().filter(|text| *text != record.value)
 }
 
 /// Every watcher in `store` with its state, by `(namespace, name)`. Member rows are
@@ -480,6 +509,27 @@ impl Outbox {
         Ok(())
     }
 
+    /// Stores the first state `start:` mapped to, and the `start:` it came from (so that
+    /// a changed `start:` can be told apart later), checked like a commit.
+    pub async fn begin(&mut self, change: &ChangeSet, start: &str) -> Result<(), OutboxError> {
+        let mut ops = self.change_ops(change);
+        ops.push(Op::put(START, self.encode(START, &start)?, Expect::Any));
+        let written = self.transact(ops).await?;
+        if change.head.is_some() {
+            self.seen = Some(self.version_written(&written, 0)?);
+        }
+        Ok(())
+    }
+
+    /// The `start:` the stored state began from (None: `beginning`, or a state older
+    /// than the setting).
+    pub async fn stored_start(&self) -> Result<Option<String>, OutboxError> {
+        match self.get(START).await? {
+            Some(record) => Ok(Some(self.decode(START, &record.value)?)),
+            None => Ok(None),
+        }
+    }
+
     /// The writes of `change`, the head's (a put, or a check that it is ours) first.
     fn change_ops(&self, change: &ChangeSet) -> Vec<Op> {
         // Cloned for each attempt rather than moved: almost every commit succeeds at
@@ -595,6 +645,7 @@ impl Outbox {
             Op::delete_under(MEMBER_PREFIX),
             Op::delete(PENDING, Expect::Any),
             Op::delete(PROGRESS, Expect::Any),
+            Op::delete(START, Expect::Any),
         ])
         .await?;
         Ok(dropped)

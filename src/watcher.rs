@@ -99,6 +99,19 @@ pub struct Watcher {
     attempt_limit: Option<u32>,
     /// Namespace, name and source kind, shared by every event the watcher encodes.
     shared: (Arc<str>, Arc<str>, Arc<str>),
+    /// The `start:` setting was compared with the one the stored state began from.
+    start_checked: bool,
+}
+
+/// What [`Watcher::dry_run`] found.
+#[derive(Debug, Default)]
+pub struct DryRun {
+    /// The rest of a pending batch, delivered first by the next cycle.
+    pub pending: Vec<Encoded>,
+    /// The events of the next poll, in delivery order.
+    pub new: Vec<Encoded>,
+    /// More is waiting after them.
+    pub more: bool,
 }
 
 impl Watcher {
@@ -128,6 +141,7 @@ impl Watcher {
             more: false,
             attempt_limit: None,
             shared: (Arc::from(config.namespace.as_str()), Arc::from(config.name.as_str()), Arc::from(kind)),
+            start_checked: false,
         }
     }
 
@@ -312,9 +326,51 @@ impl Watcher {
             }
             if fresh {
                 self.begin().await?;
+            } else if !self.start_checked {
+                self.check_start().await?;
             }
         }
         Ok(loaded.pending)
+    }
+
+    /// Says, once, that a `start:` other than the one the stored state began from is
+    /// not applied: a watcher with a watermark goes on from it.
+    async fn check_start(&mut self) -> Result<(), WatcherError> {
+        let stored = self.outbox.stored_start().await?.unwrap_or_else(|| Start::Beginning.to_string());
+        let configured = self.start.to_string();
+        if stored != configured {
+            tracing::info!(start = %configured, began_from = %stored,
+                "`start:` applies to a watcher without a watermark; this one has one and goes on from it (`highwater state reset` applies `start:`).");
+        }
+        self.start_checked = true;
+        Ok(())
+    }
+
+    /// What the next cycle would deliver, found without delivering, committing or
+    /// writing anything: the rest of a pending batch, else the events of one poll (the
+    /// source's state, `start:` included, moves in memory only).
+    pub async fn dry_run(&mut self) -> Result<DryRun, WatcherError> {
+        let loaded = self.outbox.load().await?;
+        if let Some(committed) = loaded.watermark {
+            let fresh = committed.state.head.is_none();
+            self.source.restore(committed.state)?;
+            if fresh {
+                let change = self.source.begin(&self.start).await?;
+                self.source.committed(&change)?;
+            }
+        }
+        if let Some(staged) = loaded.pending {
+            let rest = staged.batch().events[staged.acked()..].to_vec();
+            return Ok(DryRun { pending: rest, new: Vec::new(), more: true });
+        }
+        self.poll().await?;
+        let mut new = Vec::new();
+        while let Some(batch) = self.queued.pop_front() {
+            if !batch.items.is_empty() {
+                new.extend(self.build_batch(batch)?.events);
+            }
+        }
+        Ok(DryRun { pending: Vec::new(), new, more: self.more })
     }
 
     /// Stores the first state `start:` maps to, for a watcher with no watermark.
@@ -330,9 +386,11 @@ impl Watcher {
         if change.is_empty() {
             return Ok(());
         }
-        let applied = self.outbox.apply(&change).await;
+        let start = self.start.to_string();
+        let applied = self.outbox.begin(&change, &start).await;
         self.guard(applied)?;
-        tracing::info!(start = %self.start, "Watcher has no watermark; starting where `start:` says.");
+        tracing::info!(start = %start, "Watcher has no watermark; starting where `start:` says.");
+        self.start_checked = true;
         self.tell_source(&change)
     }
 

@@ -78,6 +78,10 @@ pub enum Command {
     Once {
         /// Watchers to run (`namespace/name`, or `name` when it is unique). Default: all.
         watchers: Vec<String>,
+        /// Print the events the cycle would deliver (JSON lines: a pending batch's rest,
+        /// then what one poll finds) and deliver, commit and store nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List the configured watchers with their sources and sinks.
     Watchers {
@@ -165,7 +169,14 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Check { connect } => check::run(&config::load(&cli.config)?, connect).await,
-        Command::Once { watchers } => once::run(&config::load(&cli.config)?, &watchers).await,
+        Command::Once { watchers, dry_run } => {
+            let config = config::load(&cli.config)?;
+            if dry_run {
+                once::dry_run(&config, &watchers).await
+            } else {
+                once::run(&config, &watchers).await
+            }
+        }
         Command::Watchers { json } => {
             watchers::list(&config::load(&cli.config)?, json);
             Ok(())

@@ -1,4 +1,5 @@
-//! `highwater once`: one poll-deliver-commit cycle of each chosen watcher, then exit.
+//! `highwater once`: one poll-deliver-commit cycle of each chosen watcher, then exit;
+//! with `--dry-run`, what that cycle would deliver, printed instead.
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -6,25 +7,15 @@ use tracing::Instrument;
 use super::{Failure, resolve};
 use crate::config::Config;
 use crate::daemon;
-use crate::state;
 use crate::watcher::WatcherError;
+use crate::{outbox, state};
 
 /// Runs one cycle of each watcher named (all when none is), with a few delivery
 /// attempts each; a watcher that does not finish leaves its batch pending and fails
 /// the command with [`Failure::Incomplete`].
 pub(super) async fn run(config: &Config, names: &[String]) -> Result<(), Failure> {
-    let mut selected = Vec::new();
-    for name in names {
-        let (ns, n) = resolve(name, config.watchers.iter().map(|w| (w.namespace.clone(), w.name.clone())))?;
-        selected.push((ns, n));
-    }
-    let chosen: Vec<_> = config
-        .watchers
-        .iter()
-        .filter(|w| selected.is_empty() || selected.iter().any(|(ns, n)| *ns == w.namespace && *n == w.name))
-        .cloned()
-        .collect();
-    let store = state::open(&config.daemon.state)?;
+    let chosen = choose(config, names)?;
+    let store = outbox::open(&config.daemon.state)?;
     let built = daemon::build_watchers(&chosen, &store)?;
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -53,6 +44,67 @@ pub(super) async fn run(config: &Config, names: &[String]) -> Result<(), Failure
                 r.dead_lettered,
                 if r.more { " (more waiting)" } else { "" }
             )),
+            Err(e) => {
+                super::err(format_args!("{id}: {e}"));
+                failed.push(id);
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Incomplete(format!("{} watcher(s) did not finish: {}", failed.len(), failed.join(", "))))
+    }
+}
+
+/// The watchers named (all when none is).
+fn choose(config: &Config, names: &[String]) -> Result<Vec<crate::config::WatcherConfig>, Failure> {
+    let mut selected = Vec::new();
+    for name in names {
+        let (ns, n) = resolve(name, config.watchers.iter().map(|w| (w.namespace.clone(), w.name.clone())))?;
+        selected.push((ns, n));
+    }
+    Ok(config
+        .watchers
+        .iter()
+        .filter(|w| selected.is_empty() || selected.iter().any(|(ns, n)| *ns == w.namespace && *n == w.name))
+        .cloned()
+        .collect())
+}
+
+/// Prints, for each watcher named (all when none is), the events its next cycle would
+/// deliver: the rest of a pending batch, else what one poll finds. Nothing is delivered
+/// or stored; the sinks are not contacted.
+pub(super) async fn dry_run(config: &Config, names: &[String]) -> Result<(), Failure> {
+    let chosen = choose(config, names)?;
+    // Looking must not create: without a store, the state is empty.
+    let store = if config.daemon.state.get().exists() {
+        outbox::open(&config.daemon.state)?
+    } else {
+        state::empty()?
+    };
+    let built = daemon::build_watchers(&chosen, &store)?;
+    let mut failed = Vec::new();
+    for b in built {
+        let id = b.config.id();
+        let mut watcher = b.watcher;
+        let found = watcher.dry_run().instrument(tracing::info_span!("watcher", watcher = %id)).await;
+        match found {
+            Ok(found) => {
+                for event in found.pending.iter().chain(&found.new) {
+                    super::out(format_args!("{}", event.text()));
+                }
+                let what = if found.pending.is_empty() {
+                    format!(
+                        "would deliver {}{}",
+                        found.new.len(),
+                        if found.more { " (more waiting)" } else { "" }
+                    )
+                } else {
+                    format!("would redeliver the {} pending events not yet acknowledged", found.pending.len())
+                };
+                super::err(format_args!("{id}: {what}; nothing delivered or stored"));
+            }
             Err(e) => {
                 super::err(format_args!("{id}: {e}"));
                 failed.push(id);

@@ -2,7 +2,7 @@
 //! [`Outbox`] (which alone knows what its keys mean).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use super::{Failure, print_table, resolve};
 use crate::config::{self, Config, DaemonFile};
 use crate::json::Json;
 use crate::outbox::{self, Outbox, Replay, Summary};
-use crate::state::{self, Record};
+use crate::state::Record;
 
 /// `highwater state`.
 #[derive(Debug, Args)]
@@ -82,6 +82,13 @@ pub enum StateCommand {
         /// `namespace/name`, or `name` when it is unique. Default: every watcher stored.
         watchers: Vec<String>,
     },
+    /// Copy the whole store to a new file while it is in use (SQLite's online backup):
+    /// a consistent copy, whatever the daemon is writing. The copy is a store of its
+    /// own, in the format it had (it is not upgraded first).
+    Backup {
+        /// The file to write; it must not exist.
+        file: PathBuf,
+    },
 }
 
 /// Runs a `state` subcommand.
@@ -89,6 +96,17 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
     // The state commands need only the daemon file: a broken watcher file must not keep
     // an operator from looking at or fixing the state.
     let daemon: DaemonFile = config::load_daemon(config_path)?;
+    if let StateCommand::Backup { file } = &command {
+        if !daemon.state.get().exists() {
+            return Err(Failure::Runtime(format!(
+                "no state yet: {} does not exist",
+                daemon.state.describe()
+            )));
+        }
+        outbox::open(&daemon.state)?.backup(file).await?;
+        super::err(format_args!("State copied to {}.", file.display()));
+        return Ok(());
+    }
     let full = config::load(config_path).ok();
     // Looking must not create: a store that was never written holds no state, and
     // opening it would leave an empty database behind (owned by whoever looked).
@@ -112,7 +130,7 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
             _ => Err(Failure::Runtime(format!("no state yet: {} does not exist", daemon.state.describe()))),
         };
     }
-    let store = state::open(&daemon.state)?;
+    let store = outbox::open(&daemon.state)?;
     let stored = outbox::survey(&*store).await?;
     let known = || {
         let mut ids: Vec<(String, String)> = stored.keys().cloned().collect();
@@ -215,6 +233,7 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
                 ))),
             }
         }
+        StateCommand::Backup { .. } => Ok(()),
         StateCommand::Export { watchers } => {
             let mut chosen = Vec::new();
             for watcher in &watchers {
@@ -223,7 +242,6 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
             if chosen.is_empty() {
                 chosen = stored.keys().cloned().collect();
             }
-            let mut out = std::io::stdout().lock();
             for (ns, name) in chosen {
                 let outbox = Outbox::new(Arc::clone(&store), ns.as_str(), name.as_str());
                 let whole = match outbox.state().await? {
@@ -238,7 +256,7 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
                     .map(|r| (r.key, r.value))
                     .collect();
                 let line = json!({"namespace": ns, "name": name, "watermark": whole, "keys": keys});
-                writeln!(out, "{line}").map_err(|e| Failure::Runtime(format!("cannot write: {e}")))?;
+                super::out(format_args!("{line}"));
             }
             Ok(())
         }
@@ -263,8 +281,7 @@ fn encode_failure(e: serde_json::Error) -> Failure {
 
 /// Prints stored JSON indented, exactly as stored otherwise (numbers keep their digits).
 fn print_json(value: &Json) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", indent(value.as_str()));
+    super::out(format_args!("{}", indent(value.as_str())));
 }
 
 /// Indents JSON text by two spaces per level without parsing it into values, so that

@@ -8,6 +8,7 @@
 pub mod sqlite;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -128,8 +129,9 @@ pub trait StoreKind {
     /// Where the store lives, for logs (never a password).
     fn describe(&self) -> String;
 
-    /// Opens the store, creating it on first use.
-    fn open(&self) -> Result<std::sync::Arc<dyn Store>, StoreError>;
+    /// Opens the store, bringing a store written by an earlier release to the newest
+    /// format first (a copy of it taken before; `upgrades` in order).
+    fn open(&self, upgrades: &[Upgrade]) -> Result<std::sync::Arc<dyn Store>, StoreError>;
 
     /// Whether the store was ever created: read-only commands look only then.
     fn exists(&self) -> bool;
@@ -177,8 +179,8 @@ impl StoreKind for SqliteConfig {
         format!("{} {}", Self::TAG, self.path.display())
     }
 
-    fn open(&self) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-        Ok(std::sync::Arc::new(sqlite::SqliteStore::open(&self.path)?))
+    fn open(&self, upgrades: &[Upgrade]) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+        Ok(std::sync::Arc::new(sqlite::SqliteStore::open_upgrading(&self.path, upgrades)?))
     }
 
     fn exists(&self) -> bool {
@@ -186,9 +188,15 @@ impl StoreKind for SqliteConfig {
     }
 }
 
-/// Opens the configured store.
-pub fn open(config: &StateConfig) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    config.get().open()
+/// An empty store in memory: what a command that must create nothing (`once --dry-run`
+/// before any state was written) reads instead of the configured one.
+pub fn empty() -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Ok(std::sync::Arc::new(sqlite::SqliteStore::open_upgrading(Path::new(":memory:"), &[])?))
+}
+
+/// Opens the configured store (see [`StoreKind::open`]).
+pub fn open(config: &StateConfig, upgrades: &[Upgrade]) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    config.get().open(upgrades)
 }
 
 impl StateConfig {
@@ -240,6 +248,18 @@ pub enum StoreError {
     },
 }
 
+/// A step of the state's format, that a store runs when it opens a store of an earlier
+/// one: after a copy of the store as it was, in one transaction with the step's own
+/// schema change, every row `rewrite` returns a value for is rewritten (its version
+/// grows). The store does not know what the rows mean: `outbox.rs` gives the steps.
+#[derive(Debug, Clone, Copy)]
+pub struct Upgrade {
+    /// The format version the step reaches.
+    pub to: u32,
+    /// The new value of a row that changes; None for one that stays.
+    pub rewrite: fn(&Record) -> Option<Json>,
+}
+
 /// The `process_state` store.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -267,6 +287,10 @@ pub trait Store: Send + Sync {
         name: Option<&str>,
         keys: Keys<'_>,
     ) -> Result<BTreeMap<(String, String), u64>, StoreError>;
+
+    /// Writes a consistent copy of the whole store to the new file `to`, while the store
+    /// is in use (SQLite's online backup).
+    async fn backup(&self, to: &Path) -> Result<(), StoreError>;
 
     /// Applies every op for one watcher in one transaction: all of them or none. Fails
     /// with [`StoreError::Conflict`] when a precondition does not hold. Returns, for each

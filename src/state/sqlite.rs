@@ -4,19 +4,21 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Action, Expect, Keys, Op, Record, Store, StoreError, prefix_end};
+use super::{Action, Expect, Keys, Op, Record, Store, StoreError, Upgrade, prefix_end};
 use crate::json::Json;
 
-/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-/// Append only: a released migration never changes.
+/// Schema and format versions, applied in order; `PRAGMA user_version` records how many
+/// ran. A version is its SQL and, when its records change shape, the rewrite `outbox.rs`
+/// hands in as an [`Upgrade`] with the same number. Append only: a released version
+/// never changes.
 const MIGRATIONS: &[&str] = &[
-    // 1: the process_state table.
+    // 1 (0.1.0): the process_state table.
     "CREATE TABLE process_state (
         namespace  TEXT    NOT NULL,
         name       TEXT    NOT NULL,
@@ -26,7 +28,13 @@ const MIGRATIONS: &[&str] = &[
         updated_at TEXT    NOT NULL,
         PRIMARY KEY (namespace, name, key)
     ) WITHOUT ROWID;",
+    // 2: records only (a pending batch's `change`; see `outbox::UPGRADES`).
+    "",
 ];
+
+/// The versions whose records change shape: opening a store that holds rows of an
+/// earlier version needs their [`Upgrade`].
+const RECORD_VERSIONS: &[u32] = &[2];
 
 /// How long a writer waits for another process (say `highwater state set` while the
 /// daemon runs) before giving up.
@@ -43,9 +51,19 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating it and its directory if needed) the store at `path` and brings
-    /// its schema up to date.
+    /// Opens (creating it and its directory if needed) the store at `path` and brings a
+    /// new or empty one up to date. One with rows of an earlier version needs
+    /// [`Self::open_upgrading`].
+    #[cfg(test)]
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_upgrading(path, &[])
+    }
+
+    /// Opens the store at `path` and brings it up to date: a file of an earlier version
+    /// that holds rows is first copied whole with the online backup, next to it
+    /// (`<file>.v<version>.<time>.bak`: what that release reads), then each version
+    /// runs, its SQL and the rows its [`Upgrade`] rewrites in one transaction.
+    pub fn open_upgrading(path: &Path, upgrades: &[Upgrade]) -> Result<Self, StoreError> {
         let backend = |message: String| StoreError::Backend { location: path.display().to_string(), message };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
@@ -59,7 +77,16 @@ impl SqliteStore {
         // delivery promise holds.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| backend(e.to_string()))?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| backend(e.to_string()))?;
-        migrate(&mut conn).map_err(backend)?;
+        if let Some(done) = migrate(&mut conn, path, upgrades).map_err(backend)? {
+            let backup = done.backup.as_ref().map(|p| p.display().to_string());
+            tracing::warn!(
+                from = done.from,
+                to = done.to,
+                rows = done.rows,
+                backup = backup.as_deref().unwrap_or("-"),
+                "Upgraded the state to this release's format; the copy taken before is what the earlier release reads."
+            );
+        }
         Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf() })
     }
 
@@ -102,23 +129,93 @@ impl SqliteStore {
     }
 }
 
-/// Brings the schema to the newest version, refusing a file from a newer release.
-fn migrate(conn: &mut Connection) -> Result<(), String> {
+/// What [`migrate`] did to a file of an earlier version.
+struct Migrated {
+    from: i64,
+    to: i64,
+    /// Rows rewritten.
+    rows: usize,
+    /// The copy taken before (None: the file held no row).
+    backup: Option<PathBuf>,
+}
+
+/// Brings the file to the newest version, refusing one from a newer release. None when
+/// it was up to date.
+fn migrate(conn: &mut Connection, path: &Path, upgrades: &[Upgrade]) -> Result<Option<Migrated>, String> {
     let current: i64 =
         conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(|e| e.to_string())?;
     let known = MIGRATIONS.len() as i64;
     if current > known {
         return Err(format!(
-            "schema version {current} is newer than this highwater knows ({known}); upgrade highwater"
+            "state version {current} is newer than this highwater knows ({known}); upgrade highwater"
         ));
     }
+    if current == known {
+        return Ok(None);
+    }
+    let rows: i64 = if current == 0 {
+        0
+    } else {
+        conn.query_row("SELECT count(*) FROM process_state", [], |r| r.get(0)).map_err(|e| e.to_string())?
+    };
+    let mut backup = None;
+    if rows > 0 {
+        let missing = RECORD_VERSIONS
+            .iter()
+            .find(|v| i64::from(**v) > current && !upgrades.iter().any(|u| u.to == **v));
+        if let Some(version) = missing {
+            return Err(format!("the state needs the upgrade of its records to version {version}"));
+        }
+        let name = path.file_name().map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
+        let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
+        let to = path.with_file_name(format!("{name}.v{current}.{stamp}.bak"));
+        conn.backup(rusqlite::MAIN_DB, &to, None::<fn(rusqlite::backup::Progress)>)
+            .map_err(|e| format!("cannot copy the state to {} before upgrading it: {e}", to.display()))?;
+        backup = Some(to);
+    }
+    let mut rewritten = 0;
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = index as u32 + 1;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
-        tx.execute_batch(sql).map_err(|e| format!("migration {} failed: {e}", index + 1))?;
-        tx.pragma_update(None, "user_version", (index + 1) as i64).map_err(|e| e.to_string())?;
+        tx.execute_batch(sql).map_err(|e| format!("migration {version} failed: {e}"))?;
+        if let Some(upgrade) = upgrades.iter().find(|u| u.to == version) {
+            rewritten +=
+                rewrite_rows(&tx, upgrade).map_err(|e| format!("migration {version} failed: {e}"))?;
+        }
+        tx.pragma_update(None, "user_version", i64::from(version)).map_err(|e| e.to_string())?;
         tx.commit().map_err(|e| e.to_string())?;
     }
-    Ok(())
+    Ok(Some(Migrated { from: current, to: known, rows: rewritten, backup }))
+}
+
+/// Rewrites, in `tx`, every row `upgrade` has a new value for. Returns how many.
+fn rewrite_rows(tx: &rusqlite::Transaction<'_>, upgrade: &Upgrade) -> Result<usize, String> {
+    let mut changed = Vec::new();
+    {
+        let mut stmt = tx
+            .prepare("SELECT namespace, name, key, value, version, updated_at FROM process_state")
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+            .map_err(|e| e.to_string())?;
+        for row in rows {
+            let (a, b, c, d, e, f): RawRow = row.map_err(|e| e.to_string())?;
+            let record = to_record(a, b, c, d, e, f).map_err(|e| e.to_string())?;
+            if let Some(value) = (upgrade.rewrite)(&record) {
+                changed.push((record.namespace, record.name, record.key, value.into_string()));
+            }
+        }
+    }
+    let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    for (namespace, name, key, value) in &changed {
+        tx.execute(
+            "UPDATE process_state SET value = ?4, version = version + 1, updated_at = ?5
+             WHERE namespace = ?1 AND name = ?2 AND key = ?3",
+            params![namespace, name, key, value, now],
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(changed.len())
 }
 
 /// Turns a row into a [`Record`]. The value is passed on as the text it was written
@@ -248,6 +345,22 @@ impl Store for SqliteStore {
                 out.insert(watcher, u64::try_from(n).unwrap_or(0));
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn backup(&self, to: &Path) -> Result<(), StoreError> {
+        let location = self.path.display().to_string();
+        let to = to.to_path_buf();
+        self.with_conn(move |conn| {
+            let failed = |message: String| StoreError::Backend { location: location.clone(), message };
+            if to.exists() {
+                return Err(failed(format!("cannot back up to {}: the file exists", to.display())));
+            }
+            // The online backup copies a consistent snapshot page by page, WAL included;
+            // a copy of the files of a live WAL database may not be one.
+            conn.backup(rusqlite::MAIN_DB, &to, None::<fn(rusqlite::backup::Progress)>)
+                .map_err(|e| failed(format!("cannot back up to {}: {e}", to.display())))
         })
         .await
     }
@@ -521,6 +634,67 @@ mod tests {
         assert_eq!(prefix_end(""), None);
     }
 
+    /// A rewrite for the tests: the row `a` becomes 10.
+    fn ten(record: &Record) -> Option<Json> {
+        (record.key == "a").then(|| Json::parse("10").unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_earlier_version_is_copied_then_upgraded_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        // A store as version 1 left it.
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO process_state VALUES ('ns', 'w', 'a', '1', 1, '2026-01-01T00:00:00Z'),
+                                                  ('ns', 'w', 'b', '2', 1, '2026-01-01T00:00:00Z')",
+                [],
+            )
+            .unwrap();
+        }
+        let refused = SqliteStore::open(&path).err().unwrap().to_string();
+        assert!(refused.contains("needs the upgrade of its records to version 2"), "{refused}");
+        let s = SqliteStore::open_upgrading(&path, &[Upgrade { to: 2, rewrite: ten }]).unwrap();
+        let a = s.get("ns", "w", "a").await.unwrap().unwrap();
+        assert_eq!((a.value, a.version), (j(json!(10)), 2));
+        assert_eq!(s.get("ns", "w", "b").await.unwrap().unwrap().version, 1);
+        // The copy is the file as version 1 left it.
+        let copies: Vec<PathBuf> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains("state.db.v1."))
+            .collect();
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        let copy = Connection::open(&copies[0]).unwrap();
+        let version: i64 = copy.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        let value: String =
+            copy.query_row("SELECT value FROM process_state WHERE key = 'a'", [], |r| r.get(0)).unwrap();
+        assert_eq!((version, value.as_str()), (1, "1"));
+        drop(s);
+        // Up to date: nothing more happens.
+        SqliteStore::open_upgrading(&path, &[Upgrade { to: 2, rewrite: ten }]).unwrap();
+        let files: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(files.iter().filter(|f| f.ends_with(".bak")).count(), 1, "{files:?}");
+    }
+
+    #[tokio::test]
+    async fn a_backup_is_a_consistent_copy_and_never_overwrites() {
+        let (dir, s) = store();
+        s.write("ns", "w", vec![Op::put("a", j(json!(1)), Expect::Any)]).await.unwrap();
+        let backup = dir.path().join("copy.db");
+        s.backup(&backup).await.unwrap();
+        assert!(s.backup(&backup).await.is_err(), "an existing file is not overwritten");
+        s.write("ns", "w", vec![Op::put("a", j(json!(2)), Expect::Any)]).await.unwrap();
+        let copy = SqliteStore::open(&backup).unwrap();
+        assert_eq!(copy.get("ns", "w", "a").await.unwrap().unwrap().value, j(json!(1)));
+    }
+
     #[test]
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -529,6 +703,6 @@ mod tests {
         conn.pragma_update(None, "user_version", 99).unwrap();
         drop(conn);
         let err = SqliteStore::open(&path).err().unwrap().to_string();
-        assert!(err.contains("schema version 99 is newer"), "{err}");
+        assert!(err.contains("state version 99 is newer"), "{err}");
     }
 }

@@ -373,3 +373,140 @@ fn start_now_skips_what_is_there_and_reset_returns_to_it() {
         out.stderr
     );
 }
+
+/// The store a release wrote, as the current one finds it after an upgrade:
+/// `tests/fixtures/state/release-0.1.0/` (its README says how it was made).
+#[test]
+fn a_database_written_by_0_1_0_is_backed_up_and_migrated() {
+    let project = Project::default_config();
+    std::fs::create_dir_all(project.path().join("state")).expect("mkdir state");
+    let db = project.path().join("state/highwater.db");
+    std::fs::copy(repo().join("tests/fixtures/state/release-0.1.0/highwater.db"), &db).expect("copy fixture");
+    for dir in ["inbox", "stuck-in", "refused-in"] {
+        std::fs::create_dir_all(project.path().join(dir)).expect("mkdir");
+    }
+    // The same watchers, now all writing to files; a long look-back keeps the files
+    // 0.1.0 announced inside the window whenever this runs.
+    for (name, dir) in [("inbox", "inbox"), ("stuck", "stuck-in"), ("refused", "refused-in")] {
+        project.watcher(
+            name,
+            &format!(
+                "namespace: t\nname: {name}\nsource: {{type: local_dir, path: {dir}, min_age: 0s, lookback: 3000d}}\n\
+                 sink: {{type: file, path: out/{name}.jsonl}}\n"
+            ),
+        );
+    }
+    let old = crate::util::StoreProbe::open(&db);
+    let pending_before = old.dump();
+    assert!(pending_before.contains("next_watermark"), "the fixture is in the 0.1.0 form");
+    drop(old);
+
+    // The first command takes a copy, then upgrades.
+    let list = project.run(&["state", "list", "--json"]);
+    assert_eq!(list.code, Some(0), "{list:?}");
+    let line = list
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["from"] == 1)
+        .unwrap_or_else(|| panic!("no upgrade logged: {}", list.stderr));
+    assert_eq!((line["to"].as_u64(), line["rows"].as_u64()), (Some(2), Some(2)), "{line}");
+    let backup = line["backup"].as_str().expect("backup path");
+    assert!(backup.starts_with("state/highwater.db.v1."), "next to the store: {backup}");
+    let backup = project.path().join(backup);
+    let copy = crate::util::StoreProbe::open(&backup).dump();
+    assert_eq!(copy, pending_before, "the copy is the store as 0.1.0 left it");
+    let list: serde_json::Value = serde_json::from_str(&list.stdout).expect("state list JSON");
+    assert_eq!(list.as_array().map(Vec::len), Some(3));
+
+    let pending = project.run(&["state", "get", "t/stuck", "pending"]);
+    let pending: serde_json::Value = serde_json::from_str(&pending.stdout).expect("pending JSON");
+    assert!(
+        pending.get("next_watermark").is_none() && pending["change"]["head"]["seen"].is_object(),
+        "{pending}"
+    );
+    let stored_ids = ids(pending["events"].as_array().expect("events"));
+    assert_eq!(stored_ids.len(), 2);
+    // A second start finds nothing to upgrade.
+    let again = project.run(&["state", "list"]);
+    assert!(!again.stderr.contains("\"from\""), "{}", again.stderr);
+
+    // The pending batch is delivered with its ids; nothing is announced again.
+    let out = project.run(&["once"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("t/stuck: 0 delivered, 2 redelivered"), "{}", out.stderr);
+    assert!(out.stderr.contains("t/inbox: 0 delivered, 0 redelivered"), "{}", out.stderr);
+    let read = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(project.path().join(format!("out/{name}.jsonl")))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect()
+    };
+    assert_eq!(ids(&read("stuck")), stored_ids);
+
+    // The next batch stores the remembered files of the 0.1.0 watermark as rows.
+    project.write("inbox/d.csv", "d");
+    let out = project.run(&["once", "t/inbox"]);
+    assert!(out.stderr.contains("t/inbox: 1 delivered"), "{}", out.stderr);
+    let whole = project.run(&["state", "get", "t/inbox", "watermark"]);
+    let whole: serde_json::Value = serde_json::from_str(&whole.stdout).expect("watermark JSON");
+    let members: Vec<&String> = whole["members"].as_object().expect("members").keys().collect();
+    assert_eq!(members, ["a.csv", "b.csv", "c.csv", "d.csv"], "{whole}");
+    assert!(whole["head"].get("seen").is_none(), "{whole}");
+
+    // The dead letter of 0.1.0 replays.
+    let list: serde_json::Value =
+        serde_json::from_str(&project.run(&["state", "list", "--json"]).stdout).expect("state list JSON");
+    let refused = list.as_array().expect("list").iter().find(|w| w["name"] == "refused").expect("t/refused");
+    let batch = refused["dead_letters"][0].as_str().expect("a dead letter");
+    assert_eq!(project.run(&["state", "replay", "t/refused", batch]).code, Some(0));
+    let out = project.run(&["once", "t/refused"]);
+    assert!(out.stderr.contains("t/refused: 0 delivered, 1 redelivered"), "{}", out.stderr);
+    assert_eq!(read("refused").len(), 1);
+
+    // `state backup` copies the store as it is now, whatever runs.
+    let out = project.run(&["state", "backup", "copy.db"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let copy = crate::util::StoreProbe::open(&project.path().join("copy.db")).dump();
+    assert!(copy.contains("watermark/d.csv"), "{copy}");
+    let out = project.run(&["state", "backup", "copy.db"]);
+    assert_eq!(out.code, Some(74), "an existing file is not overwritten: {out:?}");
+}
+
+#[test]
+fn once_dry_run_prints_the_next_cycle_and_stores_nothing() {
+    let project = Project::default_config();
+    project.watcher("inbox", &fast_watcher("  type: file\n  path: out/events.jsonl"));
+    project.write("inbox/a.csv", "a");
+    project.write("inbox/b.csv", "b");
+    let dry = project.run(&["once", "--dry-run"]);
+    assert_eq!(dry.code, Some(0), "{dry:?}");
+    assert!(dry.stderr.contains("t/inbox: would deliver 2; nothing delivered or stored"), "{}", dry.stderr);
+    let printed: Vec<serde_json::Value> =
+        dry.stdout.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    assert_eq!(paths(&printed), ["a.csv", "b.csv"]);
+    assert!(!project.path().join("out/events.jsonl").exists(), "the sink is not touched");
+    assert!(!project.path().join("state/highwater.db").exists(), "nothing is created");
+
+    let out = project.run(&["once"]);
+    assert!(out.stderr.contains("t/inbox: 2 delivered"), "{}", out.stderr);
+    let delivered: Vec<serde_json::Value> = std::fs::read_to_string(project.path().join("out/events.jsonl"))
+        .expect("events")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(ids(&delivered), ids(&printed), "what the dry run printed is what was delivered");
+    let dry = project.run(&["once", "--dry-run", "t/inbox"]);
+    assert!(dry.stderr.contains("t/inbox: would deliver 0;"), "{}", dry.stderr);
+
+    // A `start:` set on a watcher that has a watermark is said to be ignored.
+    project
+        .watcher("inbox", &format!("{}start: now\n", fast_watcher("  type: file\n  path: out/events.jsonl")));
+    let out = project.run(&["once"]);
+    let said =
+        out.stderr.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).any(|l| {
+            field_str(&l, "began_from") == Some("beginning") && field_str(&l, "start") == Some("now")
+        });
+    assert!(said, "{}", out.stderr);
+}

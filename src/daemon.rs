@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{self, Config, WatcherConfig};
-use crate::state::{Store, StoreError};
+use crate::sink::Sink;
+use crate::source::Source;
+use crate::state::{self, Store, StoreError};
 use crate::telemetry::{Telemetry, WatcherState, WatcherStats, now_ms};
 use crate::watcher::Watcher;
 use crate::{http, notify, outbox};
@@ -70,19 +72,50 @@ fn build_keeping_stats(
     let mut built = Vec::new();
     let mut errors = Vec::new();
     for config in configs {
-        match config.sink.build() {
-            Ok(sink) => {
+        match build_parts(config) {
+            Ok((source, sink)) => {
                 let stats = stats.get(&config.id()).cloned().unwrap_or_default();
-                let source = config.source.build();
                 let watcher = Watcher::new(config, source, sink, Arc::clone(store), Arc::clone(&stats));
                 built.push(BuiltWatcher { config: config.clone(), watcher, stats });
             }
-            Err(e) => {
-                errors.push(format!("{}: watcher {}: sink: {e}", config.file.display(), config.id()));
-            }
+            Err(e) => errors.push(e),
         }
     }
     if errors.is_empty() { Ok(built) } else { Err(DaemonError::Build(errors)) }
+}
+
+/// A watcher's built source and sink.
+pub type Parts = (Box<dyn Source>, Box<dyn Sink>);
+
+/// Builds a watcher's source and sink: what `run` does before it starts the watcher,
+/// and what `check` does to report the same failures (a sink's secret that cannot be
+/// read). The error names the file and the watcher.
+pub fn build_parts(config: &WatcherConfig) -> Result<Parts, String> {
+    let sink = config
+        .sink
+        .build()
+        .map_err(|e| format!("{}: watcher {}: sink: {e}", config.file.display(), config.id()))?;
+    Ok((config.source.build(), sink))
+}
+
+/// Warns about state that belongs to no configured watcher: most often a watcher whose
+/// file was renamed (its name comes from the file name), which would announce
+/// everything again under its new name. Counts rows only; a failure here is not fatal.
+async fn warn_about_orphans(store: &dyn Store, config: &Config) {
+    let Ok(counts) = store.count(None, None, state::Keys::Under("")).await else { return };
+    let orphans: Vec<String> = counts
+        .keys()
+        .filter(|(ns, name)| !config.watchers.iter().any(|w| w.namespace == *ns && w.name == *name))
+        .map(|(ns, name)| format!("{ns}/{name}"))
+        .collect();
+    if !orphans.is_empty() {
+        tracing::warn!(
+            orphaned = orphans.len(),
+            watchers = %orphans.join(", "),
+            "Stored state belongs to no configured watcher. A renamed watcher file renames its watcher: \
+             `highwater state rename OLD NEW` moves the state; `highwater state reset` forgets it."
+        );
+    }
 }
 
 /// What stops and reloads the daemon: SIGTERM/SIGINT and SIGHUP, or whatever a test
@@ -153,6 +186,7 @@ struct Supervisor {
 pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) -> Result<(), DaemonError> {
     let Control { shutdown, mut reloads } = control;
     let store = outbox::open(&config.daemon.state)?;
+    warn_about_orphans(&*store, &config).await;
     let built = build_watchers(&config.watchers, &store)?;
     let telemetry = Arc::new(Telemetry::default());
     let token = CancellationToken::new();

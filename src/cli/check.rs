@@ -3,15 +3,25 @@
 
 use super::Failure;
 use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::daemon::{self, DaemonError};
 
 /// Reports a loaded (so valid) configuration OK, after checking what the sinks need
 /// from this host (a trust store for `https://`) and, when `connect` is set, trying
 /// every source and sink.
-pub(super) async fn run(config: &Config, connect: bool) -> Result<(), Failure> {
+pub(super) async fn run(config: &Config, connect: bool, skip_secrets: bool) -> Result<(), Failure> {
     if let Some(warning) = config.daemon.http.as_ref().and_then(|h| h.exposure_warning()) {
         super::err(format_args!("warning: {}: {warning}", config.file.display()));
     }
     check_host(config)?;
+    if !skip_secrets {
+        // The same building `run` does before it starts: a secret it cannot read makes
+        // `run` exit 78, so it fails `check` the same way.
+        let failures: Vec<String> =
+            config.watchers.iter().filter_map(|w| daemon::build_parts(w).err()).collect();
+        if !failures.is_empty() {
+            return Err(DaemonError::Build(failures).into());
+        }
+    }
     if connect {
         check_connections(config).await?;
     }

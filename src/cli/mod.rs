@@ -73,6 +73,10 @@ pub enum Command {
         /// directory, bucket, table or endpoint exists. Delivers nothing.
         #[arg(long)]
         connect: bool,
+        /// Do not read the secrets (`*_env` variables, `*_file` files) that `run` reads
+        /// at start: for a file checked outside the service's environment.
+        #[arg(long)]
+        skip_secrets: bool,
     },
     /// Run one poll-deliver-commit cycle of each watcher (or the ones named), then exit.
     Once {
@@ -168,7 +172,9 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             daemon::run(config, control).await?;
             Ok(())
         }
-        Command::Check { connect } => check::run(&config::load(&cli.config)?, connect).await,
+        Command::Check { connect, skip_secrets } => {
+            check::run(&config::load(&cli.config)?, connect, skip_secrets).await
+        }
         Command::Once { watchers, dry_run } => {
             let config = config::load(&cli.config)?;
             if dry_run {

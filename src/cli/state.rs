@@ -76,6 +76,16 @@ pub enum StateCommand {
         /// The batch id (the part after `dead_letter/`).
         batch_id: String,
     },
+    /// Move a watcher's state (watermark, pending batch, dead letters) to a new name,
+    /// in one transaction: a watcher's name is part of its events' ids, so a renamed
+    /// watcher file without this announces everything again. Run it before the daemon
+    /// picks up the renamed file (or with the daemon stopped).
+    Rename {
+        /// The old `namespace/name` (or `name` when it is unique), with stored state.
+        from: String,
+        /// The new `namespace/name`; it must have no state yet.
+        to: String,
+    },
     /// Print the state of every watcher (or those named) as JSON lines, one watcher
     /// each: its whole watermark and its other keys.
     Export {
@@ -234,6 +244,28 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
             }
         }
         StateCommand::Backup { .. } => Ok(()),
+        StateCommand::Rename { from, to } => {
+            let (from_ns, from_name) = resolve(&from, stored.keys().cloned())?;
+            let (to_ns, to_name) = match to.split_once('/') {
+                Some((ns, name)) => (ns.to_string(), name.to_string()),
+                None => ("default".to_string(), to.clone()),
+            };
+            for part in [&to_ns, &to_name] {
+                crate::value::Name::new(part).map_err(|m| Failure::Usage(format!("{to:?}: {m}")))?;
+            }
+            match store.rename((&from_ns, &from_name), (&to_ns, &to_name)).await {
+                Ok(rows) => {
+                    super::err(format_args!(
+                        "{from_ns}/{from_name}: {rows} rows moved to {to_ns}/{to_name}."
+                    ));
+                    Ok(())
+                }
+                Err(crate::state::StoreError::Conflict { .. }) => Err(Failure::Usage(format!(
+                    "{to_ns}/{to_name} has state already; reset or delete it first"
+                ))),
+                Err(e) => Err(e.into()),
+            }
+        }
         StateCommand::Export { watchers } => {
             let mut chosen = Vec::new();
             for watcher in &watchers {

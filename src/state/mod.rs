@@ -297,4 +297,9 @@ pub trait Store: Send + Sync {
     /// op in order, the version it wrote: `Some` for a put, `None` for a delete or a
     /// check. Callers take versions from here, never by predicting them.
     async fn write(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<Vec<Option<i64>>, StoreError>;
+
+    /// Moves every row of one watcher to another name, in one transaction (for
+    /// `highwater state rename`: a watcher's name is part of its identity). Returns the
+    /// rows moved. Fails with [`StoreError::Conflict`] when the new name has rows.
+    async fn rename(&self, from: (&str, &str), to: (&str, &str)) -> Result<u64, StoreError>;
 }

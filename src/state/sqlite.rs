@@ -365,6 +365,41 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn rename(&self, from: (&str, &str), to: (&str, &str)) -> Result<u64, StoreError> {
+        let (from_ns, from_name) = (from.0.to_string(), from.1.to_string());
+        let (to_ns, to_name) = (to.0.to_string(), to.1.to_string());
+        let location = self.path.display().to_string();
+        self.with_conn(move |conn| {
+            let err = db_error(&location);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
+            let taken: i64 = tx
+                .query_row(
+                    "SELECT count(*) FROM process_state WHERE namespace = ?1 AND name = ?2",
+                    params![to_ns, to_name],
+                    |r| r.get(0),
+                )
+                .map_err(&err)?;
+            if taken > 0 {
+                return Err(StoreError::Conflict {
+                    namespace: to_ns,
+                    name: to_name,
+                    key: String::new(),
+                    expected: "no rows".into(),
+                    found: format!("{taken} rows"),
+                });
+            }
+            let moved = tx
+                .execute(
+                    "UPDATE process_state SET namespace = ?3, name = ?4 WHERE namespace = ?1 AND name = ?2",
+                    params![from_ns, from_name, to_ns, to_name],
+                )
+                .map_err(&err)?;
+            tx.commit().map_err(&err)?;
+            Ok(moved as u64)
+        })
+        .await
+    }
+
     async fn write(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<Vec<Option<i64>>, StoreError> {
         let (namespace, name) = (namespace.to_string(), name.to_string());
         let location = self.path.display().to_string();
@@ -511,6 +546,27 @@ mod tests {
     ) -> Result<i64, StoreError> {
         let written = s.write("ns", "w", vec![Op::put(key, j(value), expect)]).await?;
         Ok(written[0].expect("a put returns its version"))
+    }
+
+    #[tokio::test]
+    async fn rename_moves_every_row_at_once_and_never_onto_rows() {
+        let (_dir, s) = store();
+        s.write(
+            "a",
+            "old",
+            vec![Op::put("k1", j(json!(1)), Expect::Any), Op::put("k2", j(json!(2)), Expect::Any)],
+        )
+        .await
+        .unwrap();
+        s.write("a", "taken", vec![Op::put("k1", j(json!(3)), Expect::Any)]).await.unwrap();
+        let err = s.rename(("a", "old"), ("a", "taken")).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        assert_eq!(s.rename(("a", "old"), ("b", "new")).await.unwrap(), 2);
+        let all = Keys::Under("");
+        assert!(s.list(Some("a"), Some("old"), all).await.unwrap().is_empty());
+        let moved = s.list(Some("b"), Some("new"), all).await.unwrap();
+        assert_eq!(moved.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["k1", "k2"]);
+        assert_eq!(moved[1].version, 1, "versions move with the rows");
     }
 
     #[tokio::test]

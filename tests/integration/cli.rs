@@ -103,3 +103,63 @@ fn a_closed_standard_error_does_not_stop_the_daemon() {
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(0), "the daemon stopped cleanly, not with a panic (101)");
 }
+
+#[test]
+fn check_reads_the_secrets_run_reads_unless_told_to_skip_them() {
+    let p = Project::default_config();
+    std::fs::create_dir_all(p.path().join("in")).expect("mkdir");
+    p.watcher(
+        "hook",
+        "source: {type: local_dir, path: in}\n\
+         sink: {type: webhook, url: http://127.0.0.1:9/in, secret_env: HIGHWATER_TEST_SURELY_UNSET}\n",
+    );
+    let check = p.command(&["check"]).env_remove("HIGHWATER_TEST_SURELY_UNSET").output().expect("check");
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("HIGHWATER_TEST_SURELY_UNSET"), "{stderr}");
+    let run = p.command(&["run"]).env_remove("HIGHWATER_TEST_SURELY_UNSET").output().expect("run");
+    assert_eq!(
+        run.status.code(),
+        Some(78),
+        "run fails the same way: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let skipped = p
+        .command(&["check", "--skip-secrets"])
+        .env_remove("HIGHWATER_TEST_SURELY_UNSET")
+        .output()
+        .expect("check");
+    assert_eq!(skipped.status.code(), Some(0), "{}", String::from_utf8_lossy(&skipped.stderr));
+}
+
+#[test]
+fn a_renamed_watcher_is_warned_about_and_its_state_moved_with_state_rename() {
+    let p = project_with_one_watcher();
+    p.write("in/a.csv", "x");
+    let first = p.run(&["once"]);
+    assert_eq!(first.code, Some(0), "{first:?}");
+    assert!(first.stdout.contains("a.csv"), "{}", first.stdout);
+    // The file is renamed, and with it the watcher.
+    std::fs::rename(p.path().join("watchers/orders.yaml"), p.path().join("watchers/renamed.yaml"))
+        .expect("mv");
+    let mut d = p.start();
+    let warning = d.wait_log_where("a warning about orphaned state", |line| {
+        crate::util::field(line, "orphaned").and_then(|v| v.as_u64()) == Some(1)
+    });
+    assert_eq!(crate::util::field_str(&warning, "watchers"), Some("default/orders"));
+    // `renamed` starts from nothing: it announces a.csv again, which is what
+    // `state rename` is for. Its state is then in the way, as it would be for an
+    // operator who renamed the file first and moved the state second.
+    d.wait_delivered("default/renamed", 1);
+    d.stop();
+    let refused = p.run(&["state", "rename", "default/orders", "default/renamed"]);
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert_eq!(p.run(&["state", "reset", "renamed"]).code, Some(0));
+    assert_eq!(p.run(&["state", "delete", "renamed", "watermark"]).code, Some(1), "reset removed it");
+    let moved = p.run(&["state", "rename", "orders", "default/renamed"]);
+    assert_eq!(moved.code, Some(0), "{moved:?}");
+    // The watermark moved: nothing is announced again under the new name.
+    let again = p.run(&["once"]);
+    assert_eq!(again.code, Some(0), "{again:?}");
+    assert!(!again.stdout.contains("a.csv"), "announced again: {}", again.stdout);
+}

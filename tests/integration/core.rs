@@ -252,7 +252,8 @@ fn a_missing_directory_holds_only_its_own_watcher() {
 #[test]
 fn the_shipped_examples_are_valid() {
     let project = Project::new(&format!("watchers_dir: {}\n", repo().join("watchers/examples").display()));
-    let out = project.run(&["check"]);
+    // Their secrets are the operator's: this checks the files, not this environment.
+    let out = project.run(&["check", "--skip-secrets"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stdout.contains("OK, 3 watchers"), "{}", out.stdout);
 }

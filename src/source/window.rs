@@ -18,44 +18,6 @@ pub fn horizon(high: i64, floor: Option<i64>, lookback: i64) -> i64 {
     floor.map_or(window, |floor| window.max(floor.saturating_add(1)))
 }
 
-/// Forgets entries that fell out of the look-back window (unless `keep_outside` asks to
-/// keep them, as delete detection does), then, if the set is still over `cap`, the
-/// oldest times (whole timestamps at once, never the newest one, so ties at `high` stay
-/// exact), raising `floor` to the last time given up.
-pub fn prune<V>(
-    seen: &mut BTreeMap<String, V>,
-    time: impl Fn(&V) -> i64,
-    high: i64,
-    floor: &mut Option<i64>,
-    lookback: i64,
-    cap: usize,
-    keep_outside: bool,
-) {
-    if !keep_outside {
-        let window = high.saturating_sub(lookback);
-        seen.retain(|_, v| time(v) >= window);
-    }
-    if seen.len() <= cap {
-        return;
-    }
-    let mut times: Vec<i64> = seen.values().map(&time).collect();
-    times.sort_unstable();
-    let excess = seen.len() - cap;
-    // Drop every entry at or below the time of the `excess`-th oldest entry, unless
-    // that is the newest time, which must stay to keep its ties exact.
-    let cut = times[excess - 1];
-    if cut >= high {
-        tracing::warn!(
-            remembered = seen.len(),
-            cap,
-            "More items share the newest time than max_remembered allows; keeping them all."
-        );
-        return;
-    }
-    seen.retain(|_, v| time(v) > cut);
-    *floor = Some(floor.map_or(cut, |f| f.max(cut)));
-}
-
 /// A remembered member: what the window needs of it is its time.
 pub trait Timed {
     /// The member's place in time (the unit of the window's `high` and `lookback`).
@@ -210,8 +172,9 @@ impl<V: Timed + Clone> Draft<'_, V> {
         }
     }
 
-    /// Removes `name` in the batch being planned.
-    fn remove(&mut self, name: &str) {
+    /// Removes `name` in the batch being planned (a member that is gone, or one a
+    /// source no longer looks at).
+    pub fn remove(&mut self, name: &str) {
         self.forget(name);
         self.batch_put.remove(name);
         self.batch_remove.insert(name.to_string());
@@ -329,32 +292,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pruning_keeps_the_newest_ties_and_records_a_floor() {
-        let mut seen = BTreeMap::new();
-        for i in 0..5 {
-            seen.insert(format!("old{i}"), 50 + i);
-        }
-        for i in 0..3 {
-            seen.insert(format!("new{i}"), 100);
-        }
-        let mut floor = None;
-        prune(&mut seen, |t| *t, 100, &mut floor, 1000, 4, false);
-        assert_eq!(seen.len(), 4);
-        assert_eq!(floor, Some(53));
-        prune(&mut seen, |t| *t, 100, &mut floor, 10, 1, false);
-        assert_eq!(seen.len(), 3, "ties at the newest time are never dropped");
-    }
-
-    #[test]
-    fn keeping_outside_the_window_still_honours_the_cap() {
-        let mut seen: BTreeMap<String, i64> = (0..10).map(|i| (format!("k{i}"), i)).collect();
-        let mut floor = None;
-        prune(&mut seen, |t| *t, 100, &mut floor, 5, 100, true);
-        assert_eq!(seen.len(), 10);
-        prune(&mut seen, |t| *t, 100, &mut floor, 5, 4, true);
-        assert_eq!(seen.len(), 4);
-        assert_eq!(floor, Some(5));
-        assert_eq!(horizon(100, floor, 5), 95);
+    fn the_horizon_is_the_window_or_above_the_floor() {
+        assert_eq!(horizon(100, None, 5), 95);
+        assert_eq!(horizon(100, Some(5), 5), 95);
         assert_eq!(horizon(100, Some(97), 5), 98);
     }
 

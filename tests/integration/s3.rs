@@ -69,7 +69,11 @@ fn full_listing_due(project: &Project, watcher: &str) {
     let out = project.run(&["state", "get", watcher, "watermark"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let mut mark: serde_json::Value = serde_json::from_str(&out.stdout).expect("watermark JSON");
-    mark["full_at_ms"] = 0.into();
+    // The head alone, or `{"head", "members"}` when keys are remembered.
+    match mark.get_mut("head") {
+        Some(head) => head["full_at_ms"] = 0.into(),
+        None => mark["full_at_ms"] = 0.into(),
+    }
     let out = project.run(&["state", "set", watcher, "watermark", &mark.to_string()]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
 }
@@ -142,8 +146,13 @@ fn s3_pagination_and_ties_announce_every_object_once_across_restarts() {
     bucket.put_many(&objects);
     let endpoint = &weed().endpoint;
     let p = project(&[
-        ("any", watcher("any", "pages", endpoint, "", 400)),
-        ("ordered", watcher("ordered", "pages", endpoint, "  key_order: lexicographic\n", 300)),
+        // One listing hands over at most `max_per_poll`: each `once` below takes one
+        // batch, so a restart falls between every two.
+        ("any", watcher("any", "pages", endpoint, "  max_per_poll: 400\n", 400)),
+        (
+            "ordered",
+            watcher("ordered", "pages", endpoint, "  key_order: lexicographic\n  max_per_poll: 300\n", 300),
+        ),
     ]);
     let mut tally = Tally::default();
     let mut times: BTreeMap<String, usize> = BTreeMap::new();
@@ -1010,8 +1019,9 @@ fn s3_a_private_ca_and_an_https_proxy() {
     let front = TlsFront::start();
     let proxy = ConnectProxy::start();
     let p = project(&[
-        ("tls", watcher("tls", "tls", &front.endpoint, "", 1)),
-        ("direct", watcher("direct", "tls", &front.endpoint, "", 1)),
+        // One object per run: each run below must reach the server on its own.
+        ("tls", watcher("tls", "tls", &front.endpoint, "  max_per_poll: 1\n", 1)),
+        ("direct", watcher("direct", "tls", &front.endpoint, "  max_per_poll: 1\n", 1)),
     ]);
     let ca = front.ca_file.display().to_string();
     let creds = [
@@ -1057,4 +1067,121 @@ fn s3_a_private_ca_and_an_https_proxy() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(events.len(), 1);
     assert_eq!(tunnels(), before, "NO_PROXY bypasses the proxy");
+}
+
+/// A backlog drains from one listing at any `batch_size`: each batch is committed on its
+/// own, and the listing is not repeated per batch.
+#[test]
+fn s3_one_listing_hands_a_backlog_over_in_many_batches() {
+    let bucket = Bucket::new("backlog");
+    let objects: Vec<(String, String)> =
+        (0..2500).map(|i| (format!("in/{i:05}.csv"), "x".to_string())).collect();
+    bucket.put_many(&objects);
+    let proxy = Proxy::start();
+    let p = project(&[("any", watcher("any", "backlog", &proxy.endpoint, "", 100))]);
+    let events = once_ok(&p, &["any"]);
+    assert_eq!(events.len(), 2500);
+    let keys: BTreeSet<String> = events.iter().map(key).collect();
+    assert_eq!(keys.len(), 2500, "each once");
+    let lists = proxy.state().list_requests;
+    assert!(lists <= 2 * 3 + 2, "{lists} LIST requests for 2,500 keys in batches of 100");
+    // Every batch was committed on its own: the state remembers them all, nothing is pending.
+    let state = &state_list(&p)["any"];
+    assert_eq!(state["remembered"], 2500, "{state}");
+    assert!(once_ok(&p, &["any"]).is_empty());
+}
+
+/// `max_remembered` forcing the window to shrink is said, with a field to find it by.
+#[test]
+fn s3_the_cap_on_remembered_keys_is_logged_when_it_bites() {
+    let bucket = Bucket::new("capped");
+    bucket.put_many(&(0..30).map(|i| (format!("in/{i:02}.csv"), "x".to_string())).collect::<Vec<_>>());
+    let p =
+        project(&[("capped", watcher("capped", "capped", &weed().endpoint, "  max_remembered: 10\n", 100))]);
+    let (out, events) = once(&p, &["capped"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(events.len(), 30);
+    let warned = logs(&out.stderr)
+        .into_iter()
+        .filter(|l| l["level"] == "WARN" && l["max_remembered"] == 10 && l["forgotten"].as_u64().is_some())
+        .count();
+    // All 30 share one or two seconds: the newest second's ties stay whatever the cap,
+    // so the warning comes only when an older second could be given up.
+    let seconds: BTreeSet<String> = events.iter().map(|e| e["item"]["last_modified"].to_string()).collect();
+    assert_eq!(warned, usize::from(seconds.len() > 1), "{}", out.stderr);
+}
+
+/// `start: now` and `start: <time>` skip what is already there, and only while the
+/// watcher has no watermark.
+#[test]
+fn s3_start_now_or_at_a_time_skips_what_is_there() {
+    let bucket = Bucket::new("starts");
+    bucket.put("in/1-old.csv", "old");
+    let endpoint = &weed().endpoint;
+    let at = chrono::Utc::now() + chrono::Duration::days(1);
+    let p = project(&[
+        ("now", format!("start: now\n{}", watcher("now", "starts", endpoint, "", 100))),
+        (
+            "ordered",
+            format!(
+                "start: now\n{}",
+                watcher("ordered", "starts", endpoint, "  key_order: lexicographic\n", 100)
+            ),
+        ),
+        ("later", format!("start: {}\n{}", at.to_rfc3339(), watcher("later", "starts", endpoint, "", 100))),
+    ]);
+    // Servers stamp whole seconds, and a start takes in its whole second (so that
+    // nothing written just after it is lost): each write goes in a second of its own.
+    let next_second = || {
+        let stamped = chrono::Utc::now().timestamp();
+        while chrono::Utc::now().timestamp() <= stamped {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    next_second();
+    let first = once_ok(&p, &[]);
+    assert!(first.is_empty(), "{first:?}");
+    next_second();
+    bucket.put("in/2-new.csv", "new");
+    let events = once_ok(&p, &[]);
+    let got: BTreeSet<(String, String)> =
+        events.iter().map(|e| (e["watcher"].as_str().unwrap_or("").to_string(), key(e))).collect();
+    let expected: BTreeSet<(String, String)> = [("now", "in/2-new.csv"), ("ordered", "in/2-new.csv")]
+        .iter()
+        .map(|(w, k)| (w.to_string(), k.to_string()))
+        .collect();
+    assert_eq!(got, expected);
+}
+
+/// A watermark written by 0.1 (the remembered keys inside it) is read as it is, and the
+/// next batch stores the keys as rows of their own.
+#[test]
+fn s3_a_watermark_of_the_previous_release_is_split_into_rows() {
+    let bucket = Bucket::new("upgrade");
+    bucket.put("in/a.csv", "a");
+    let p = project(&[("up", watcher("up", "upgrade", &weed().endpoint, "", 100))]);
+    let events = once_ok(&p, &["up"]);
+    assert_eq!(events.len(), 1);
+    let last_modified: chrono::DateTime<chrono::Utc> =
+        events[0]["item"]["last_modified"].as_str().and_then(|t| t.parse().ok()).expect("last_modified");
+    let ms = last_modified.timestamp_millis();
+    let etag = events[0]["item"]["etag"].as_str().expect("etag");
+    let old = serde_json::json!({
+        "high_ms": ms,
+        "seen": {"in/a.csv": [ms, etag, 1]},
+        "scope": {"bucket": "upgrade", "prefix": "in/"},
+    });
+    let out = p.run(&["state", "set", "up", "watermark", &old.to_string()]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(state_list(&p)["up"]["watermark"]["remembered"], 1);
+    past_last_modified(&events[0]);
+    bucket.put("in/b.csv", "b");
+    let events = once_ok(&p, &["up"]);
+    assert_eq!(events.iter().map(key).collect::<Vec<_>>(), ["in/b.csv"], "a.csv is remembered");
+    let out = p.run(&["state", "get", "up", "watermark"]);
+    let whole: serde_json::Value = serde_json::from_str(&out.stdout).expect("watermark JSON");
+    assert!(whole["head"].get("seen").is_none(), "{whole}");
+    let members: BTreeSet<&str> =
+        whole["members"].as_object().expect("members").keys().map(String::as_str).collect();
+    assert_eq!(members, BTreeSet::from(["in/a.csv", "in/b.csv"]));
 }

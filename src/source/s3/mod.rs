@@ -14,7 +14,9 @@ pub mod notice;
 pub mod queue;
 pub mod scan;
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -22,11 +24,11 @@ use serde::Deserialize;
 
 use aws_sdk_s3::types::EncodingType;
 
-use self::scan::{Candidate, Flow, Listed, Mark, OrderNote, Rules, Scan};
-use super::legacy::{self, Polled, Source};
-use super::{Found, SourceError, SourceKind};
+use self::scan::{Candidate, Flow, Head, Listed, OrderNote, Planned, Rules, Scan, Seen, State};
+use super::{Batch, ChangeSet, Found, Polled, Source, SourceError, SourceKind, SourceState};
 use crate::event::{Change, Item, S3Object, S3Objects};
-use crate::value::{Glob, HttpUrl, HumanDuration, Kind};
+use crate::json::Json;
+use crate::value::{Glob, HttpUrl, HumanDuration, Kind, Start};
 
 /// Whether keys can be trusted to grow in byte order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -109,9 +111,13 @@ pub struct S3Config {
     /// change, listing the objects).
     #[serde(default)]
     pub emit: Emit,
-    /// Most keys remembered (bounds the watermark's size).
+    /// Most keys remembered (bounds the state's size and the source's memory).
     #[serde(default = "default_max_remembered")]
     pub max_remembered: usize,
+    /// Most objects one listing hands over, in batches of the watcher's `batch_size`;
+    /// the rest wait for the next listing. Bounds the memory of a poll.
+    #[serde(default = "default_max_per_poll")]
+    pub max_per_poll: usize,
 }
 
 /// `notifications:` of an `s3` source.
@@ -146,6 +152,13 @@ fn default_max_remembered() -> usize {
     100_000
 }
 
+fn default_max_per_poll() -> usize {
+    100_000
+}
+
+/// The most either cap may be set to: what a 2-core box holds without trouble.
+const MAX_CAP: usize = 1_000_000;
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -168,6 +181,8 @@ impl S3Config {
             lookback_ms: millis(self.lookback.0),
             full_relist_every_ms: millis(self.full_relist_every.unwrap_or_else(default_full_relist_every).0),
             max_remembered: self.max_remembered,
+            max_per_poll: self.max_per_poll,
+            notified: self.notifications.is_some(),
         }
     }
 }
@@ -212,8 +227,12 @@ impl SourceKind for S3Config {
         if self.events.is_empty() {
             errors.push(("events".into(), "must name at least one of created, updated, deleted".into()));
         }
-        if self.max_remembered == 0 {
-            errors.push(("max_remembered".into(), "must be at least 1".into()));
+        for (key, value) in [("max_remembered", self.max_remembered), ("max_per_poll", self.max_per_poll)] {
+            if value == 0 {
+                errors.push((key.into(), "must be at least 1".into()));
+            } else if value > MAX_CAP {
+                errors.push((key.into(), format!("must be at most {MAX_CAP}")));
+            }
         }
         match (self.key_order, self.full_relist_every) {
             (KeyOrder::Any, Some(_)) if self.notifications.is_none() => errors.push((
@@ -244,8 +263,13 @@ impl SourceKind for S3Config {
         errors
     }
 
-    fn build(&self) -> Box<dyn super::Source> {
-        legacy::boxed(S3Source::new(self.clone()))
+    fn build(&self) -> Box<dyn Source> {
+        Box::new(S3Source::new(self.clone()))
+    }
+
+    fn check_start(&self, _start: &Start) -> Result<(), String> {
+        // Every form: `now` and a time become a floor on `LastModified`.
+        Ok(())
     }
 }
 
@@ -253,11 +277,14 @@ impl SourceKind for S3Config {
 pub struct S3Source {
     config: S3Config,
     /// Shared with each poll's scan, which borrows it while the source lists.
-    rules: std::sync::Arc<Rules>,
+    rules: Arc<Rules>,
+    /// The committed state: head and remembered keys. Shared with a poll's scan (which
+    /// only reads it); changed only by `restore` and `committed`.
+    state: Arc<State>,
+    /// When the cap's warning was last logged, to say it again only now and then.
+    cap_warned: Option<Instant>,
     /// Built by the first poll or check.
     client: Option<client::Built>,
-    /// The last poll found nothing but its watermark must be stored all the same.
-    store_idle: bool,
     /// Keys skipped since the last `take_skipped` (not decodable as UTF-8).
     skipped: u64,
     /// The scope change was logged (once per process).
@@ -273,8 +300,9 @@ impl S3Source {
         S3Source {
             config,
             rules,
+            state: Arc::default(),
+            cap_warned: None,
             client: None,
-            store_idle: false,
             skipped: 0,
             scope_logged: false,
             queue: None,
@@ -499,23 +527,81 @@ fn decode_key(encoded: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-#[async_trait]
-impl Source for S3Source {
-    fn kind(&self) -> &'static str {
-        S3Config::TAG
+/// How often the cap's warning may repeat while it keeps biting.
+const CAP_WARNING_EVERY: Duration = Duration::from_secs(600);
+
+fn encode(value: &impl serde::Serialize) -> Result<Json, SourceError> {
+    Json::encode(value).map_err(|e| SourceError::transient(format!("cannot encode the state: {e}")))
+}
+
+fn unreadable(what: &str, error: impl std::fmt::Display) -> SourceError {
+    SourceError::unreadable_state(S3Config::TAG, what, error)
+}
+
+/// The short form of a state: when the newest announced object was modified, how many
+/// keys are remembered, the ordered cursor, and a server seen out of byte order.
+fn summary_of(head: &Head, remembered: u64) -> serde_json::Value {
+    let mut summary = serde_json::json!({
+        "last_modified": DateTime::<Utc>::from_timestamp_millis(head.high_ms)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "remembered": remembered,
+    });
+    if let Some(after) = &head.after {
+        summary["after"] = after.clone().into();
+    }
+    if head.unordered {
+        // The status operators read (`state list`, each event): this server's listings
+        // cannot be resumed by key.
+        summary["listing"] = "unordered".into();
+    }
+    summary
+}
+
+/// The first head of `start: now` or `start: <time>` at `at_ms`: objects modified before
+/// the second it falls in are not announced (servers stamp whole seconds, so an object
+/// written in that second after the start is not hidden).
+fn start_head(at_ms: i64, rules: &Rules) -> Head {
+    let floor = at_ms.div_euclid(1000) * 1000 - 1;
+    Head { high_ms: floor, floor_ms: Some(floor), scope: Some(rules.scope()), ..Head::default() }
+}
+
+impl S3Source {
+    /// Says that the cap made the window give up keys: once, then at most every
+    /// [`CAP_WARNING_EVERY`] while it keeps biting.
+    fn warn_capped(&mut self, (capped, floor): (usize, Option<i64>)) {
+        if capped == 0 || self.cap_warned.is_some_and(|at| at.elapsed() < CAP_WARNING_EVERY) {
+            return;
+        }
+        self.cap_warned = Some(Instant::now());
+        let floor = floor.and_then(DateTime::<Utc>::from_timestamp_millis).map(|f| f.to_rfc3339());
+        tracing::warn!(
+            bucket = %self.config.bucket,
+            forgotten = capped,
+            max_remembered = self.config.max_remembered,
+            floor = floor.as_deref().unwrap_or("-"),
+            "max_remembered forces the look-back window to shrink: objects modified at or before the floor are no longer looked at; raise max_remembered or shorten lookback."
+        );
     }
 
-    async fn poll(
-        &mut self,
-        watermark: Option<&serde_json::Value>,
-        limit: usize,
-    ) -> Result<Polled, SourceError> {
-        self.store_idle = false;
-        let mark: Option<Mark> = legacy::read_watermark(S3Config::TAG, watermark)?;
+    /// A planned batch as the loop takes it: events, and the change set of its commit.
+    fn batch(&self, planned: Planned) -> Result<Batch, SourceError> {
+        let mut put = BTreeMap::new();
+        for (key, seen) in &planned.put {
+            put.insert(key.clone(), encode(seen)?);
+        }
+        let change = ChangeSet { head: Some(encode(&planned.head)?), put, remove: planned.remove };
+        Ok(Batch { items: self.found(planned.items), change })
+    }
+
+    /// One listing: from the scan's start to the end of the prefix (or until the scan has
+    /// enough), planned into batches of `limit`.
+    async fn list_once(&mut self, limit: usize) -> Result<Polled, SourceError> {
         let (client, clock) = self.client().await?;
         let url = self.config.url();
-        let rules = std::sync::Arc::clone(&self.rules);
-        let mut scan = Scan::new(&rules, mark, limit, Utc::now().timestamp_millis());
+        let rules = Arc::clone(&self.rules);
+        let state = Arc::clone(&self.state);
+        let mut scan = Scan::new(&rules, &state, Utc::now().timestamp_millis());
         if let Some(change) = scan.scope_change()
             && !self.scope_logged
         {
@@ -547,15 +633,15 @@ impl Source for S3Source {
         };
         let full = scan.is_full();
         let now = Utc::now().timestamp_millis();
-        let outcome = scan.finish(complete, now, clock.last().unwrap_or(now));
+        let outcome = scan.finish(complete, limit, now, clock.last().unwrap_or(now));
         match &outcome.order {
             OrderNote::Broken { previous, key } => tracing::warn!(
                 bucket = %self.config.bucket,
                 previous = %previous,
                 key = %key,
                 listing_order = "unordered",
-                "The server lists keys out of UTF-8 byte order; deletes are judged against the whole \
-                 listing, and `key_order: lexicographic` lists in full on every poll."
+                "The server lists keys out of UTF-8 byte order; `key_order: lexicographic` lists in full \
+                 on every poll."
             ),
             OrderNote::Restored => tracing::info!(
                 bucket = %self.config.bucket,
@@ -572,22 +658,74 @@ impl Source for S3Source {
                 "Object's LastModified is ahead of the server's clock; announced, the watermark stays at the present."
             );
         }
+        self.warn_capped(outcome.capped);
+        let found: usize = outcome.batches.iter().map(|b| b.items.len()).sum();
         tracing::debug!(
             requests = stats.requests,
             listed = stats.listed,
             full,
-            found = outcome.items.len(),
+            found,
+            batches = outcome.batches.len(),
             more = outcome.more,
             "Listed {url}."
         );
-        self.store_idle = outcome.items.is_empty() && outcome.store_idle;
-        let next = serde_json::to_value(&outcome.next)
-            .map_err(|e| SourceError::transient(format!("cannot encode the watermark: {e}")))?;
-        Ok(Polled { items: self.found(outcome.items), next, more: outcome.more })
+        let more = outcome.more;
+        let batches = outcome.batches.into_iter().map(|p| self.batch(p)).collect::<Result<Vec<_>, _>>()?;
+        Ok(Polled { batches, more })
+    }
+}
+
+#[async_trait]
+impl Source for S3Source {
+    fn kind(&self) -> &'static str {
+        S3Config::TAG
     }
 
-    fn store_idle(&self) -> bool {
-        self.store_idle
+    fn restore(&mut self, state: SourceState) -> Result<(), SourceError> {
+        let head: Option<Head> = state
+            .head
+            .as_ref()
+            .map(|h| h.decode_owned())
+            .transpose()
+            .map_err(|e| unreadable("watermark", e))?;
+        let mut members = Vec::with_capacity(state.members.len());
+        for (key, value) in &state.members {
+            let seen: Seen = value.decode_owned().map_err(|e| unreadable(&format!("member {key:?}"), e))?;
+            members.push((key.clone(), seen));
+        }
+        self.state = Arc::new(State::restore(head, members));
+        Ok(())
+    }
+
+    async fn begin(&mut self, start: &Start) -> Result<ChangeSet, SourceError> {
+        let at = match start {
+            Start::Beginning => return Ok(ChangeSet::default()),
+            // This machine's clock: the server's is known only after a request, and a
+            // start a second early announces a little more, never less.
+            Start::Now => Utc::now().timestamp_millis(),
+            Start::At(at) => at.timestamp_millis(),
+        };
+        Ok(ChangeSet::head(encode(&start_head(at, &self.rules))?))
+    }
+
+    async fn poll(&mut self, limit: usize) -> Result<Polled, SourceError> {
+        self.list_once(limit).await
+    }
+
+    fn committed(&mut self, change: &ChangeSet) -> Result<(), SourceError> {
+        let head: Option<Head> = change
+            .head
+            .as_ref()
+            .map(|h| h.decode_owned())
+            .transpose()
+            .map_err(|e| unreadable("watermark", e))?;
+        let mut put = Vec::with_capacity(change.put.len());
+        for (key, value) in &change.put {
+            let seen: Seen = value.decode_owned().map_err(|e| unreadable(&format!("member {key:?}"), e))?;
+            put.push((key.clone(), seen));
+        }
+        Arc::make_mut(&mut self.state).apply(head, &change.remove, put);
+        Ok(())
     }
 
     fn take_skipped(&mut self) -> u64 {
@@ -639,26 +777,21 @@ impl Source for S3Source {
         Ok(())
     }
 
-    fn summarize(&self, watermark: &serde_json::Value) -> serde_json::Value {
-        // Read in place: the remembered set can be large, and only its size is shown.
-        let Some(high_ms) = watermark.get("high_ms").and_then(serde_json::Value::as_i64) else {
-            return watermark.clone();
-        };
-        let mut summary = serde_json::json!({
-            "last_modified": DateTime::<Utc>::from_timestamp_millis(high_ms)
-                .unwrap_or_default()
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "remembered": watermark.get("seen").and_then(serde_json::Value::as_object).map_or(0, |s| s.len()),
-        });
-        if let Some(after) = watermark.get("after") {
-            summary["after"] = after.clone();
+    fn summary(&self) -> serde_json::Value {
+        if !self.state.stored {
+            return serde_json::Value::Null;
         }
-        if watermark.get("unordered").and_then(serde_json::Value::as_bool) == Some(true) {
-            // The status operators read (`state list`, each event): this server's
-            // listings cannot be merged or resumed by key.
-            summary["listing"] = "unordered".into();
+        summary_of(&self.state.stored_head(), self.state.window.len() as u64)
+    }
+
+    fn summarize(&self, head: &Json, remembered: u64) -> serde_json::Value {
+        match head.decode_owned::<Head>() {
+            Ok(head) => {
+                let inline = head.seen.as_ref().map_or(0, |seen| seen.len() as u64);
+                summary_of(&head, remembered + inline)
+            }
+            Err(_) => serde_json::Value::String(head.as_str().chars().take(60).collect()),
         }
-        summary
     }
 }
 
@@ -758,16 +891,29 @@ mod tests {
     #[test]
     fn summaries_are_short() {
         let source = S3Source::new(parse("bucket: b\n").unwrap());
-        let mut mark = Mark { high_ms: 1_700_000_000_000, after: Some("in/9".into()), ..Mark::default() };
-        mark.seen.insert("in/1".into(), (1, "e".into(), 1));
-        let summary = source.summarize(&serde_json::to_value(&mark).unwrap());
+        let head = Head { high_ms: 1_700_000_000_000, after: Some("in/9".into()), ..Head::default() };
+        let summary = source.summarize(&Json::encode(&head).unwrap(), 1);
         assert_eq!(
             summary,
             serde_json::json!({"last_modified": "2023-11-14T22:13:20.000Z", "remembered": 1, "after": "in/9"})
         );
-        mark.unordered = true;
-        let summary = source.summarize(&serde_json::to_value(&mark).unwrap());
-        assert_eq!(summary["listing"], "unordered");
+        let old = Json::parse(r#"{"high_ms": 1, "seen": {"in/1": [1, "e", 1]}, "unordered": true}"#).unwrap();
+        let summary = source.summarize(&old, 0);
+        assert_eq!(
+            (summary["remembered"].as_u64(), summary["listing"].as_str()),
+            (Some(1), Some("unordered"))
+        );
+        assert_eq!(source.summary(), serde_json::Value::Null, "nothing stored yet");
+    }
+
+    #[test]
+    fn start_now_and_a_time_become_a_floor_below_their_second() {
+        let rules = parse("bucket: b\nprefix: in/\n").unwrap().rules();
+        let head = start_head(1_700_000_000_700, &rules);
+        assert_eq!((head.high_ms, head.floor_ms), (1_699_999_999_999, Some(1_699_999_999_999)));
+        assert_eq!(head.scope, Some(rules.scope()));
+        let state = State::restore(Some(head), std::iter::empty());
+        assert_eq!(state.window.horizon(rules.lookback_ms), 1_700_000_000_000);
     }
 
     #[test]

@@ -336,6 +336,13 @@ impl Collector for WatcherCollector {
         counter(
             &mut encoder,
             &rows,
+            "highwater_watcher_items_unnotified",
+            "Objects a scheduled listing found that no event notification had announced (an s3 source with notifications).",
+            |s| &s.items_unnotified,
+        )?;
+        counter(
+            &mut encoder,
+            &rows,
             "highwater_watcher_events_delivered",
             "Events the sink acknowledged.",
             |s| &s.events_delivered,

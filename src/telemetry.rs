@@ -67,6 +67,8 @@ pub struct WatcherStats {
     pub items_found: AtomicU64,
     /// Items a source skipped as unusable (a row whose cursor is NULL), each logged.
     pub items_skipped: AtomicU64,
+    /// Objects a scheduled listing found that no event notification had announced.
+    pub items_unnotified: AtomicU64,
     /// Events the sink acknowledged.
     pub events_delivered: AtomicU64,
     /// Delivery attempts answered "retry later".

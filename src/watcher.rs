@@ -219,6 +219,9 @@ impl Watcher {
             if self.stats.state() != WatcherState::Blocked {
                 self.stats.set_state(WatcherState::Ok);
             }
+            // A source that waits in its own poll (a long-polled queue) asks to be
+            // polled again at once although it found nothing.
+            report.more = self.more;
             return Ok(report);
         };
         report.more = self.more || !self.queued.is_empty();
@@ -259,6 +262,7 @@ impl Watcher {
         let polled = self.source.poll(self.batch_size).await?;
         WatcherStats::add(&self.stats.polls, 1);
         WatcherStats::add(&self.stats.items_skipped, self.source.take_skipped());
+        WatcherStats::add(&self.stats.items_unnotified, self.source.take_unnotified());
         self.stats.poll_duration.observe(started.elapsed());
         self.stats.last_poll_ms.store(now_ms(), Ordering::Relaxed);
         let items: usize = polled.batches.iter().map(|b| b.items.len()).sum();

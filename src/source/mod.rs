@@ -207,6 +207,14 @@ pub trait Source: Send {
         0
     }
 
+    /// Objects a scheduled listing found that no event notification had announced,
+    /// since the last call (the `s3` source with `notifications`: the queue lost or
+    /// filtered them), for the watcher's `items_unnotified` counter. The source logs
+    /// them itself.
+    fn take_unnotified(&mut self) -> u64 {
+        0
+    }
+
     /// A short form of the state the source holds, for the events of its next poll
     /// (their `watermark` field). Never the remembered set.
     fn summary(&self) -> serde_json::Value;

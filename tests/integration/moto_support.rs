@@ -198,6 +198,19 @@ impl Notified {
         });
     }
 
+    pub fn delete(&self, key: &str) {
+        rt().block_on(async {
+            self.s3.delete_object().bucket(&self.bucket).key(key).send().await.expect("delete");
+        });
+    }
+
+    /// Sends a message of the test's own making to the queue.
+    pub fn send(&self, body: &str) {
+        rt().block_on(async {
+            self.sqs.send_message().queue_url(&self.queue_url).message_body(body).send().await.expect("send");
+        });
+    }
+
     /// Messages in the queue, visible or not (SQS's approximate counts, exact on moto).
     pub fn messages(&self) -> (u64, u64) {
         use aws_sdk_sqs::types::QueueAttributeName as A;

@@ -6,11 +6,8 @@
 //! semantics are in [`scan`]. [`client`] builds the SDK client and classifies its errors.
 
 pub mod client;
-// Messages are read and the queue received from by the notification path, which comes
-// with the stateful source; until then only `check --connect` uses the queue.
-#[allow(dead_code)]
 pub mod notice;
-#[allow(dead_code)]
+pub mod notified;
 pub mod queue;
 pub mod scan;
 
@@ -24,6 +21,7 @@ use serde::Deserialize;
 
 use aws_sdk_s3::types::EncodingType;
 
+use self::notified::{Held, Inbox, Timing};
 use self::scan::{Candidate, Flow, Head, Listed, OrderNote, Planned, Rules, Scan, Seen, State};
 use super::{Batch, ChangeSet, Found, Polled, Source, SourceError, SourceKind, SourceState};
 use crate::event::{Change, Item, S3Object, S3Objects};
@@ -134,6 +132,23 @@ pub struct NotificationsConfig {
     /// `eventbridge` (an EventBridge rule's S3 events).
     #[serde(default)]
     pub format: notice::Format,
+    /// How long one receive waits for a message (SQS long polling, 1s to 20s): longer
+    /// means fewer requests while the queue is idle, shorter a quicker shutdown.
+    #[serde(default = "default_wait_time")]
+    pub wait_time: HumanDuration,
+    /// How long a received message stays invisible to other receivers (1s to 12h); it
+    /// is extended while the batch holding its events waits for the sink, and it is how
+    /// soon a message comes back after a crash.
+    #[serde(default = "default_visibility_timeout")]
+    pub visibility_timeout: HumanDuration,
+}
+
+fn default_wait_time() -> HumanDuration {
+    HumanDuration(Duration::from_secs(20))
+}
+
+fn default_visibility_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
 }
 
 fn default_lookback() -> HumanDuration {
@@ -259,6 +274,17 @@ impl SourceKind for S3Config {
             } else if url.query().is_some() || url.fragment().is_some() {
                 errors.push(("notifications.queue_url".into(), "must not carry a query or fragment".into()));
             }
+            let wait = notifications.wait_time.0;
+            if wait < Duration::from_secs(1) || wait > Duration::from_secs(20) {
+                errors.push((
+                    "notifications.wait_time".into(),
+                    "must be from 1s to 20s (SQS long polling)".into(),
+                ));
+            }
+            let visibility = notifications.visibility_timeout.0;
+            if visibility < Duration::from_secs(1) || visibility > Duration::from_secs(12 * 3600) {
+                errors.push(("notifications.visibility_timeout".into(), "must be from 1s to 12h".into()));
+            }
         }
         errors
     }
@@ -289,8 +315,14 @@ pub struct S3Source {
     skipped: u64,
     /// The scope change was logged (once per process).
     scope_logged: bool,
-    /// The queue of `notifications`, built with the client.
-    queue: Option<queue::Queue>,
+    /// The queue of `notifications` and the messages held, built with the client.
+    inbox: Option<Inbox>,
+    /// The last listing stopped at `max_per_poll`: with notifications, the next poll
+    /// lists again instead of reading the queue.
+    listing_more: bool,
+    /// Objects scheduled listings found that no message had announced, since the last
+    /// `take_unnotified`.
+    unnotified: u64,
 }
 
 impl S3Source {
@@ -305,7 +337,9 @@ impl S3Source {
             client: None,
             skipped: 0,
             scope_logged: false,
-            queue: None,
+            inbox: None,
+            listing_more: false,
+            unnotified: 0,
         }
     }
 
@@ -323,8 +357,10 @@ impl S3Source {
             } else {
                 tracing::debug!(region = %built.region, region_from = built.region_from, "S3 client built.");
             }
-            if let Some(notifications) = &self.config.notifications {
-                self.queue = Some(queue::Queue::new(&built.shared, &notifications.queue_url));
+            if let Some(n) = &self.config.notifications {
+                let queue = queue::Queue::new(&built.shared, &n.queue_url);
+                let timing = Timing { wait: n.wait_time.0, visibility: n.visibility_timeout.0 };
+                self.inbox = Some(Inbox::new(queue, n.format, timing));
             }
             self.client = Some(built);
         }
@@ -601,6 +637,8 @@ impl S3Source {
         let url = self.config.url();
         let rules = Arc::clone(&self.rules);
         let state = Arc::clone(&self.state);
+        // A listing on the schedule (not a first one, nor one going on with a backlog).
+        let scheduled = state.stored && !self.listing_more;
         let mut scan = Scan::new(&rules, &state, Utc::now().timestamp_millis());
         if let Some(change) = scan.scope_change()
             && !self.scope_logged
@@ -650,15 +688,7 @@ impl S3Source {
             ),
             OrderNote::Same => {}
         }
-        for (key, time_ms) in &outcome.future {
-            tracing::warn!(
-                bucket = %self.config.bucket,
-                key = %key,
-                last_modified = %DateTime::<Utc>::from_timestamp_millis(*time_ms).unwrap_or_default().to_rfc3339(),
-                "Object's LastModified is ahead of the server's clock; announced, the watermark stays at the present."
-            );
-        }
-        self.warn_capped(outcome.capped);
+        self.report(&outcome.future, outcome.capped);
         let found: usize = outcome.batches.iter().map(|b| b.items.len()).sum();
         tracing::debug!(
             requests = stats.requests,
@@ -669,9 +699,211 @@ impl S3Source {
             more = outcome.more,
             "Listed {url}."
         );
+        if self.inbox.is_some() && scheduled && found > 0 {
+            // With notifications on, an object a listing finds first is one the queue
+            // did not announce (lost, filtered, delayed, or not yet received).
+            self.unnotified += found as u64;
+            tracing::warn!(
+                bucket = %self.config.bucket,
+                unnotified = found,
+                "The scheduled listing found objects that no notification announced; check the bucket's notification configuration and the queue."
+            );
+        }
         let more = outcome.more;
+        self.listing_more = more;
         let batches = outcome.batches.into_iter().map(|p| self.batch(p)).collect::<Result<Vec<_>, _>>()?;
         Ok(Polled { batches, more })
+    }
+
+    /// With notifications: a listing runs instead of reading the queue on the first
+    /// poll, to go on with a backlog, after a change of scope, and every
+    /// `full_relist_every` (the backstop for what the queue lost).
+    fn listing_due(&self, now_ms: i64) -> bool {
+        let state = &self.state;
+        !state.stored
+            || self.listing_more
+            || state.head.scope.as_ref() != Some(&self.rules.scope())
+            || state
+                .head
+                .full_at_ms
+                .is_none_or(|at| now_ms.saturating_sub(at) >= self.rules.full_relist_every_ms)
+    }
+
+    /// A poll of the queue: the keys its messages name, looked up and judged against
+    /// the remembered keys as a listing would judge them, in batches of `limit`.
+    async fn notified(&mut self, limit: usize) -> Result<Polled, SourceError> {
+        let (client, clock) = self.client().await?;
+        let rules = Arc::clone(&self.rules);
+        let bucket = self.config.bucket.clone();
+        let inbox = self.inbox.as_mut().expect("built with the client");
+        let inbound = inbox.receive(&bucket, |key| rules.in_scope(key)).await?;
+        let waits = inbox.waits();
+        if inbound.keys.is_empty() {
+            tracing::debug!(received = inbound.received, keys = 0, "Read {}.", inbox.queue().shown());
+            inbox.hand_out(inbound.messages, &[], 0);
+            self.flush().await;
+            // After a receive that waited, the next one may follow at once: the wait is
+            // in the queue.
+            return Ok(Polled { batches: Vec::new(), more: waits || inbound.received > 0 });
+        }
+        clock.reset();
+        let (objects, requests) = self.look_up(&client, inbound.keys.keys()).await?;
+        let state = Arc::clone(&self.state);
+        let mut candidates = Vec::new();
+        for key in inbound.keys.keys() {
+            let remembered = state.window.get(key);
+            let (change, object) = match (objects.get(key), remembered) {
+                (Some(object), _) if !rules.wanted(object) => continue,
+                // The same object as announced (a message for it came back, or the
+                // listing saw it first).
+                (Some(object), Some((time, etag, _)))
+                    if *etag == object.etag && *time == object.last_modified_ms =>
+                {
+                    continue;
+                }
+                (Some(object), Some(_)) => (Change::Updated, object.clone()),
+                (Some(object), None) => (Change::Created, object.clone()),
+                (None, Some((time, etag, size))) => (
+                    Change::Deleted,
+                    Listed {
+                        key: key.clone(),
+                        last_modified_ms: *time,
+                        etag: etag.clone(),
+                        size: *size,
+                        storage_class: None,
+                    },
+                ),
+                (None, None) => continue,
+            };
+            if !rules.events.contains(&change) {
+                continue;
+            }
+            candidates.push(Candidate {
+                time_ms: object.last_modified_ms,
+                key: object.key,
+                etag: object.etag,
+                size: object.size,
+                storage_class: object.storage_class,
+                change,
+            });
+        }
+        candidates.sort();
+        let now = Utc::now().timestamp_millis();
+        let cuts =
+            scan::cut(&rules, &state, candidates, usize::MAX, &[], limit, clock.last().unwrap_or(now), false);
+        self.report(&cuts.future, cuts.capped);
+        let base = state.stored_head();
+        let mut waits_for: Vec<Option<usize>> = vec![None; inbound.messages.len()];
+        let mut batches = Vec::with_capacity(cuts.cuts.len());
+        for (n, cut) in cuts.cuts.into_iter().enumerate() {
+            for item in &cut.items {
+                for &m in inbound.keys.get(&item.key).map(Vec::as_slice).unwrap_or_default() {
+                    waits_for[m] = Some(n);
+                }
+            }
+            let head = Head { high_ms: cut.high_ms, floor_ms: cut.floor_ms, ..base.clone() };
+            batches.push(self.batch(Planned { items: cut.items, head, put: cut.put, remove: cut.remove })?);
+        }
+        let found: usize = batches.iter().map(|b| b.items.len()).sum();
+        tracing::debug!(
+            received = inbound.received,
+            keys = inbound.keys.len(),
+            removals = inbound.removals,
+            requests,
+            found,
+            batches = batches.len(),
+            "Read {}.",
+            self.inbox.as_ref().map_or("", |i| i.queue().shown())
+        );
+        let held: Vec<Held> = inbound.messages;
+        if let Some(inbox) = self.inbox.as_mut() {
+            inbox.hand_out(held, &waits_for, batches.len());
+        }
+        self.flush().await;
+        Ok(Polled { batches, more: true })
+    }
+
+    /// Deletes the messages that are done; a failure is said and tried again later.
+    async fn flush(&mut self) {
+        if let Some(inbox) = self.inbox.as_mut()
+            && let Err(e) = inbox.flush().await
+        {
+            tracing::warn!(error = %e, "Could not delete handled messages from the queue; trying again at the next poll.");
+        }
+    }
+
+    /// What the bucket holds now under each of `keys` (sorted): a ListObjectsV2 from just
+    /// below the next key not yet resolved, so that keys lying close together share a
+    /// request. Returns the objects found and the requests made.
+    async fn look_up(
+        &mut self,
+        client: &aws_sdk_s3::Client,
+        keys: impl Iterator<Item = &String>,
+    ) -> Result<(std::collections::HashMap<String, Listed>, u64), SourceError> {
+        let keys: Vec<String> = keys.cloned().collect();
+        let bucket = self.config.bucket.clone();
+        let url = self.config.url();
+        let mut found = std::collections::HashMap::new();
+        let mut requests = 0;
+        let mut next = 0;
+        let mut listed_to: Option<String> = None;
+        while next < keys.len() {
+            // Just below the key: the key without its last character (every key between
+            // the two is one this watcher skips).
+            let key = &keys[next];
+            let mut below = key.clone();
+            below.pop();
+            let start_after = match &listed_to {
+                Some(done) if *done > below => done.clone(),
+                _ => below,
+            };
+            let max_keys = i32::try_from((2 * (keys.len() - next)).clamp(10, 1000)).unwrap_or(1000);
+            let mut request = client
+                .list_objects_v2()
+                .bucket(&bucket)
+                .encoding_type(EncodingType::Url)
+                .max_keys(max_keys)
+                .start_after(start_after);
+            if !self.config.prefix.is_empty() {
+                request = request.prefix(&self.config.prefix);
+            }
+            let page = request
+                .send()
+                .await
+                .map_err(|e| client::classify(&e, &bucket, &format!("looking up keys in {url}")))?;
+            requests += 1;
+            let encoded = page.encoding_type() == Some(&EncodingType::Url);
+            for object in page.contents() {
+                let Some(object) = self.listed(object, encoded) else { continue };
+                while next < keys.len() && keys[next] < object.key {
+                    next += 1; // not there
+                }
+                if next < keys.len() && keys[next] == object.key {
+                    next += 1;
+                    listed_to = Some(object.key.clone());
+                    found.insert(object.key.clone(), object);
+                } else {
+                    listed_to = Some(object.key);
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                break; // every key left lies past the end
+            }
+        }
+        Ok((found, requests))
+    }
+
+    /// Logs objects stamped in the future and the cap biting.
+    fn report(&mut self, future: &[(String, i64)], capped: (usize, Option<i64>)) {
+        for (key, time_ms) in future {
+            tracing::warn!(
+                bucket = %self.config.bucket,
+                key = %key,
+                last_modified = %DateTime::<Utc>::from_timestamp_millis(*time_ms).unwrap_or_default().to_rfc3339(),
+                "Object's LastModified is ahead of the server's clock; announced, the watermark stays at the present."
+            );
+        }
+        self.warn_capped(capped);
     }
 }
 
@@ -694,6 +926,10 @@ impl Source for S3Source {
             members.push((key.clone(), seen));
         }
         self.state = Arc::new(State::restore(head, members));
+        self.listing_more = false;
+        if let Some(inbox) = self.inbox.as_mut() {
+            inbox.forget();
+        }
         Ok(())
     }
 
@@ -709,7 +945,15 @@ impl Source for S3Source {
     }
 
     async fn poll(&mut self, limit: usize) -> Result<Polled, SourceError> {
-        self.list_once(limit).await
+        if self.config.notifications.is_none() {
+            return self.list_once(limit).await;
+        }
+        self.client().await?;
+        self.flush().await;
+        if self.listing_due(Utc::now().timestamp_millis()) {
+            return self.list_once(limit).await;
+        }
+        self.notified(limit).await
     }
 
     fn committed(&mut self, change: &ChangeSet) -> Result<(), SourceError> {
@@ -725,11 +969,19 @@ impl Source for S3Source {
             put.push((key.clone(), seen));
         }
         Arc::make_mut(&mut self.state).apply(head, &change.remove, put);
+        if let Some(inbox) = self.inbox.as_mut() {
+            inbox.committed();
+        }
         Ok(())
     }
 
+    fn take_unnotified(&mut self) -> u64 {
+        std::mem::take(&mut self.unnotified)
+    }
+
     fn take_skipped(&mut self) -> u64 {
-        std::mem::take(&mut self.skipped)
+        let set_aside = self.inbox.as_mut().map_or(0, Inbox::take_set_aside);
+        std::mem::take(&mut self.skipped) + set_aside
     }
 
     async fn check(&mut self) -> Result<(), SourceError> {
@@ -771,8 +1023,8 @@ impl Source for S3Source {
             previous = Some(object.key);
         }
         // The queue: it exists, and these credentials may use it.
-        if let Some(queue) = &self.queue {
-            queue.check().await?;
+        if let Some(inbox) = &self.inbox {
+            inbox.queue().check().await?;
         }
         Ok(())
     }

@@ -3,11 +3,11 @@
 //! (`{"Type": "Notification", "Message": "..."}`), or an EventBridge event
 //! (`{"detail-type": "Object Created", "source": "aws.s3", "detail": {...}}`).
 //!
-//! Pure: no network, no clock. A message that is none of these, or one whose records
+//! A record's `sequencer` is not needed: every notified key is looked up, and S3's
+//! answer orders a delete and a re-PUT of one key whatever order their messages came
+//! in. Pure: no network, no clock. A message that is none of these, or one whose records
 //! lack what a notice needs, is an error the caller counts and sets aside; one record it
 //! has no use for (a restore, a tag change) is skipped, not an error.
-
-use std::cmp::Ordering;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -45,9 +45,6 @@ pub struct Notice {
     pub key: String,
     /// What happened.
     pub action: Action,
-    /// Orders the events of one key (hexadecimal; compare with [`sequencer_cmp`]).
-    /// Absent from some servers' messages.
-    pub sequencer: Option<String>,
     /// The ETag without quotes, when the message carries one (not for removals).
     pub etag: Option<String>,
 }
@@ -141,7 +138,6 @@ fn s3(value: &Value) -> Result<Message, String> {
             bucket: bucket.to_string(),
             key,
             action,
-            sequencer: text(object, "sequencer"),
             etag: text(object, "eTag").map(|e| e.trim_matches('"').to_string()),
         });
     }
@@ -187,21 +183,12 @@ fn eventbridge(value: &Value) -> Result<Message, String> {
         bucket: bucket.to_string(),
         key: key.to_string(),
         action,
-        sequencer: text(object, "sequencer"),
         etag: text(object, "etag").map(|e| e.trim_matches('"').to_string()),
     }]))
 }
 
 fn text(object: &Value, field: &str) -> Option<String> {
     object.get(field).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string)
-}
-
-/// Orders two sequencers of one key as S3 says to: the shorter left-padded with zeros,
-/// then compared as text (hexadecimal digits of one case).
-pub fn sequencer_cmp(a: &str, b: &str) -> Ordering {
-    let width = a.len().max(b.len());
-    let pad = |s: &str| format!("{}{}", "0".repeat(width - s.len()), s.to_ascii_uppercase());
-    pad(a).cmp(&pad(b))
 }
 
 #[cfg(test)]
@@ -234,7 +221,6 @@ mod tests {
         assert_eq!(n[0].bucket, "landing");
         assert_eq!(n[0].action, Action::Created);
         assert_eq!(n[0].etag.as_deref(), Some("abc"));
-        assert_eq!(n[0].sequencer.as_deref(), Some("0055AED6DCD90281E5"));
         let n = notices(parse(&s3_body("ObjectRemoved:DeleteMarkerCreated", "x"), Format::S3).unwrap());
         assert_eq!(n[0].action, Action::Removed);
         let n = notices(parse(&s3_body("s3:LifecycleExpiration:Delete", "x"), Format::S3).unwrap());
@@ -294,13 +280,5 @@ mod tests {
         );
         assert!(parse(&s3_body("ObjectCreated:Put", "in/%ZZ"), Format::Auto).unwrap_err().contains("in/%ZZ"));
         assert!(parse(&s3_body("ObjectCreated:Put", "x"), Format::Eventbridge).is_err());
-    }
-
-    #[test]
-    fn sequencers_compare_left_padded() {
-        assert_eq!(sequencer_cmp("0055AED6DCD90281E5", "0055AED6DCD90281E6"), Ordering::Less);
-        assert_eq!(sequencer_cmp("FF", "0100"), Ordering::Less);
-        assert_eq!(sequencer_cmp("00ff", "FF"), Ordering::Equal);
-        assert_eq!(sequencer_cmp("1A", "19"), Ordering::Greater);
     }
 }

@@ -647,105 +647,156 @@ impl<'a> Scan<'a> {
             None => (self.unordered, OrderNote::Same),
         };
 
-        // The newest time follows `LastModified` up to the server's present, never past
-        // it: one object stamped in the future must not put the present outside the
-        // window. (Never more than half the window, so that a short `lookback` keeps
-        // the present inside it.)
-        let limit = clock_ms.saturating_add(FUTURE_TOLERANCE_MS.min(rules.lookback_ms / 2));
-        let keep_outside = rules.deletes();
-        let mut future = Vec::new();
-        let mut draft = state.window.draft();
-        for key in &self.forgotten {
-            draft.remove(key);
-        }
-        let batch = batch.max(1);
-        let chunks = items.len().div_ceil(batch);
-        let mut batches = Vec::with_capacity(chunks.max(1));
-        let mut capped = 0;
-        let mut after = head.after.clone();
-        let mut rest = items.into_iter().enumerate().peekable();
-        for n in 0..chunks {
-            let mut taken = Vec::with_capacity(batch);
-            while taken.len() < batch
-                && let Some((i, c)) = rest.next()
-            {
-                if c.change == Change::Deleted {
-                    draft.remove(&c.key);
-                } else {
-                    if c.time_ms > limit {
-                        future.push((c.key.clone(), c.time_ms));
-                    }
-                    let high = draft.high.max(c.time_ms.min(limit));
-                    draft.put(&c.key, (c.time_ms, c.etag.clone(), c.size));
-                    draft.high = high;
-                }
-                if i >= from_window {
-                    after = Some(c.key.clone());
-                }
-                taken.push(c);
-            }
-            let last = n + 1 == chunks;
-            let step = draft.finish_batch(rules.lookback_ms, rules.max_remembered, keep_outside);
-            capped += step.capped;
-            let head = Head {
-                high_ms: step.high,
-                floor_ms: step.floor,
-                seen: None,
-                after: if last { after_final.clone() } else { after.clone() },
-                full_at_ms: if last { full_at_final } else { head.full_at_ms },
-                scope: if last || !self.rejudge { scope_final.clone() } else { head.scope.clone() },
-                unordered,
-            };
-            let put = if state.inline && n == 0 {
-                // The head carried the set: store all of it as members, once.
-                draft.members().map(|(k, v)| (k.to_string(), v.clone())).collect()
-            } else {
-                step.put
-            };
-            batches.push(Planned { items: taken, head, put, remove: step.remove });
-        }
-        if batches.is_empty() {
-            // Nothing to announce; what a restart must not lose is stored all the same
-            // (a full listing's time in ordered mode or with notifications, at most once
-            // per `full_relist_every`; a changed scope or server order, once).
-            let head = Head {
-                high_ms: state.window.high,
-                floor_ms: state.window.floor,
-                seen: None,
-                after: after_final,
-                full_at_ms: full_at_final,
-                scope: scope_final,
-                unordered,
-            };
+        let changed_idle = |after: &Option<String>, full_at: Option<i64>, scope: &Option<Scope>| {
             // When the last full listing ran matters only once there is a cursor to
             // list after (before that, every ordered poll lists from the start) or when
             // listings run on a schedule beside notifications.
-            let full_at_moved =
-                head.full_at_ms != state.head.full_at_ms && (head.after.is_some() || rules.notified);
-            let changed = full_at_moved
-                || head.scope != state.head.scope
-                || head.unordered != state.head.unordered
-                || head.after != state.head.after
+            let full_at_moved = full_at != head.full_at_ms && (after.is_some() || rules.notified);
+            full_at_moved
+                || *scope != head.scope
+                || unordered != head.unordered
+                || *after != head.after
                 || !self.forgotten.is_empty()
-                || state.inline;
-            if state.stored && changed {
-                let step = draft.finish_batch(rules.lookback_ms, rules.max_remembered, keep_outside);
-                let put = if state.inline {
-                    draft.members().map(|(k, v)| (k.to_string(), v.clone())).collect()
-                } else {
-                    step.put
+                || state.inline
+        };
+        // Nothing to announce: what a restart must not lose is stored all the same (a
+        // full listing's time in ordered mode or with notifications, at most once per
+        // `full_relist_every`; a changed scope or server order, once).
+        // Beside notifications even a first listing that found nothing stores when it ran:
+        // the queue is read until the next one is due.
+        let store_idle = items.is_empty()
+            && (state.stored || rules.notified)
+            && changed_idle(&after_final, full_at_final, &scope_final);
+        let cuts = cut(rules, state, items, from_window, &self.forgotten, batch, clock_ms, store_idle);
+        let n = cuts.cuts.len();
+        let batches = cuts
+            .cuts
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let last = i + 1 == n;
+                let head = Head {
+                    high_ms: c.high_ms,
+                    floor_ms: c.floor_ms,
+                    seen: None,
+                    after: if last { after_final.clone() } else { c.after.or_else(|| head.after.clone()) },
+                    full_at_ms: if last { full_at_final } else { head.full_at_ms },
+                    scope: if last || !self.rejudge { scope_final.clone() } else { head.scope.clone() },
+                    unordered,
                 };
-                batches.push(Planned { items: Vec::new(), head, put, remove: step.remove });
-            }
-        }
+                Planned { items: c.items, head, put: c.put, remove: c.remove }
+            })
+            .collect();
         Outcome {
             batches,
             more: window_overflow || self.stopped || past_more,
             order,
-            future,
-            capped: (capped, draft.floor),
+            future: cuts.future,
+            capped: cuts.capped,
         }
     }
+}
+
+/// One batch cut from a poll's candidates, before its head is written.
+#[derive(Debug)]
+pub struct Cut {
+    /// What to announce.
+    pub items: Vec<Candidate>,
+    /// The newest time after the batch.
+    pub high_ms: i64,
+    /// The floor after the batch.
+    pub floor_ms: Option<i64>,
+    /// Members added or replaced.
+    pub put: BTreeMap<String, Seen>,
+    /// Members removed.
+    pub remove: Vec<String>,
+    /// The last key past the ordered cursor taken so far (None: none yet).
+    pub after: Option<String>,
+}
+
+/// A poll's candidates cut into batches.
+#[derive(Debug)]
+pub struct Cuts {
+    /// The batches, oldest first.
+    pub cuts: Vec<Cut>,
+    /// Objects whose `LastModified` is past the server's clock: `(key, ms)`.
+    pub future: Vec<(String, i64)>,
+    /// Remembered keys the cap made the window give up, and the floor after them.
+    pub capped: (usize, Option<i64>),
+}
+
+/// Cuts `items` (delivery order; those from `from_window` on were taken past the ordered
+/// cursor) into batches of `batch`, each with what its commit changes, planned on a
+/// draft of `state`. `forgotten` members are removed by the first batch; with
+/// `store_idle`, a poll with nothing to announce still gives one batch (its changes
+/// only). `clock_ms` is the server's clock: the newest time never moves past it (plus
+/// [`FUTURE_TOLERANCE_MS`], at most half the window), so one object stamped in the
+/// future does not put the present outside the window.
+#[allow(clippy::too_many_arguments)]
+pub fn cut(
+    rules: &Rules,
+    state: &State,
+    items: Vec<Candidate>,
+    from_window: usize,
+    forgotten: &[String],
+    batch: usize,
+    clock_ms: i64,
+    store_idle: bool,
+) -> Cuts {
+    let limit = clock_ms.saturating_add(FUTURE_TOLERANCE_MS.min(rules.lookback_ms / 2));
+    let keep_outside = rules.deletes();
+    let batch = batch.max(1);
+    let mut chunks = items.len().div_ceil(batch);
+    if chunks == 0 && store_idle {
+        chunks = 1;
+    }
+    let mut future = Vec::new();
+    let mut draft = state.window.draft();
+    for key in forgotten {
+        draft.remove(key);
+    }
+    let mut cuts = Vec::with_capacity(chunks);
+    let mut capped = 0;
+    let mut after = None;
+    let mut rest = items.into_iter().enumerate();
+    for n in 0..chunks {
+        let mut taken = Vec::with_capacity(batch.min(rest.len()));
+        while taken.len() < batch
+            && let Some((i, c)) = rest.next()
+        {
+            if c.change == Change::Deleted {
+                draft.remove(&c.key);
+            } else {
+                if c.time_ms > limit {
+                    future.push((c.key.clone(), c.time_ms));
+                }
+                let high = draft.high.max(c.time_ms.min(limit));
+                draft.put(&c.key, (c.time_ms, c.etag.clone(), c.size));
+                draft.high = high;
+            }
+            if i >= from_window {
+                after = Some(c.key.clone());
+            }
+            taken.push(c);
+        }
+        let step = draft.finish_batch(rules.lookback_ms, rules.max_remembered, keep_outside);
+        capped += step.capped;
+        let put = if state.inline && n == 0 {
+            // The head carried the set: store all of it as members, once.
+            draft.members().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        } else {
+            step.put
+        };
+        cuts.push(Cut {
+            items: taken,
+            high_ms: step.high,
+            floor_ms: step.floor,
+            put,
+            remove: step.remove,
+            after: after.clone(),
+        });
+    }
+    Cuts { cuts, future, capped: (capped, draft.floor) }
 }
 
 /// The delete candidate of a remembered key.

@@ -1,18 +1,34 @@
 #!/usr/bin/env bash
 # The S3 benchmark: installs SeaweedFS like the tests do (tests/setup/s3.sh), then runs
 # `cargo bench --bench s3` (a release build), which starts its own server on loopback,
-# puts HIGHWATER_BENCH_OBJECTS objects (default 100000) and prints its report.
+# puts the objects and prints each row next to its baseline, measured in the same run:
+# 20k new keys cold against a bare ListObjectsV2 walk (medians), a backlog in `any`
+# order at batch_size 100 against 10000 (LIST requests and time), the CPU of an idle
+# `lexicographic` poll with 100k keys remembered, and peak RSS. Then, against moto's
+# server (tests/setup/moto.sh), `cargo bench --bench s3_notify`: PUT -> event delivered
+# (p50, p95) with S3 notifications through SQS next to listing at the default poll
+# interval, both running at once, and SQS requests per idle minute.
 #
 # Usage: scripts/bench-s3.sh
-#   HIGHWATER_BENCH_OBJECTS=N      objects to put (default 100000; ~1,000 PUT/s on 2 cores)
-#   HIGHWATER_BENCH_BATCH=N        the watchers' batch_size (default 10000)
-#   HIGHWATER_BENCH_MODES=a,b      only these set-ups: any, lexicographic, lexicographic-10k
-#   e.g. a million keys in ordered mode:
-#   HIGHWATER_BENCH_OBJECTS=1000000 HIGHWATER_BENCH_MODES=lexicographic,lexicographic-10k scripts/bench-s3.sh
+#   HIGHWATER_BENCH_COLD=N         keys of the cold row (default 20000)
+#   HIGHWATER_BENCH_BACKLOG=N      keys of the larger backlog row (default 100000)
+#   HIGHWATER_BENCH_REMEMBERED=N   keys remembered by the idle row (default 100000)
+#   HIGHWATER_BENCH_RUNS=N         runs behind each median (default 5)
+#   HIGHWATER_BENCH_PUTS=N         PUTs of the notification row (default 40)
+#   HIGHWATER_BENCH_ONLY=s3|s3_notify   one of the two
+# About 8 minutes on 2 cores, most of it putting 120,000 objects.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HIGHWATER_TEST_CACHE="${HIGHWATER_TEST_CACHE:-$PWD/.cache}"
 mkdir -p "$HIGHWATER_TEST_CACHE"
+only="${HIGHWATER_BENCH_ONLY:-}"
 # shellcheck source=/dev/null
 source tests/setup/s3.sh
-cargo bench --locked --bench s3
+# shellcheck source=/dev/null
+source tests/setup/moto.sh
+if [ -z "$only" ] || [ "$only" = s3 ]; then
+    cargo bench --locked --bench s3
+fi
+if [ -z "$only" ] || [ "$only" = s3_notify ]; then
+    cargo bench --locked --bench s3_notify
+fi

@@ -22,6 +22,9 @@ const SET_ASIDE: Duration = Duration::from_secs(12 * 3600);
 /// Most messages one poll receives.
 const MAX_MESSAGES: usize = 100;
 
+/// Most ids of messages set aside remembered (to log each once).
+const MAX_LOGGED: usize = 10_000;
+
 /// A message not yet deleted: its id (for logs) and the handle of this receipt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
@@ -212,6 +215,10 @@ impl Inbox {
     async fn set_aside(&mut self, id: &str, receipt: &str, reason: &str) {
         self.set_aside_count += 1;
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        if self.set_aside.len() >= MAX_LOGGED {
+            // Bounded: a queue full of foreign messages logs them again, never grows this.
+            self.set_aside.clear();
+        }
         if self.set_aside.insert(id.to_string()) {
             tracing::warn!(
                 queue = %self.queue.shown(),
@@ -290,5 +297,52 @@ impl Inbox {
                 }
             }
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::HttpUrl;
+
+    fn inbox() -> Inbox {
+        let shared =
+            aws_config::SdkConfig::builder().behavior_version(aws_config::BehaviorVersion::latest()).build();
+        let url = HttpUrl::parse("http://127.0.0.1:9/123456789012/q").unwrap();
+        let timing = Timing { wait: Duration::from_secs(1), visibility: Duration::from_secs(2) };
+        Inbox::new(Queue::new(&shared, &url), Format::Auto, timing)
+    }
+
+    fn held(id: &str) -> Held {
+        Held { id: id.into(), receipt: format!("receipt-{id}") }
+    }
+
+    fn done(inbox: &Inbox) -> Vec<&str> {
+        inbox.done.iter().map(|h| h.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_message_is_done_only_when_the_batch_holding_its_events_is_committed() {
+        let mut inbox = inbox();
+        inbox.hand_out(vec![held("a"), held("b"), held("c")], &[Some(0), Some(1), None], 2);
+        assert_eq!(done(&inbox), ["c"], "nothing to announce: done at once");
+        inbox.committed();
+        assert_eq!(done(&inbox), ["c", "a"]);
+        inbox.committed();
+        assert_eq!(done(&inbox), ["c", "a", "b"]);
+        inbox.committed();
+        assert_eq!(done(&inbox).len(), 3, "a commit of another poll's batch changes nothing");
+    }
+
+    #[test]
+    fn a_restore_lets_the_messages_of_dropped_batches_come_back() {
+        let mut inbox = inbox();
+        inbox.in_flight.lock().unwrap().insert("a".into(), "receipt-a".into());
+        inbox.hand_out(vec![held("a")], &[Some(0)], 1);
+        inbox.forget();
+        inbox.committed();
+        assert!(done(&inbox).is_empty(), "not deleted: it comes back and is judged again");
+        assert!(inbox.in_flight.lock().unwrap().is_empty(), "no longer kept invisible");
+        assert!(!inbox.waits(), "the first receive of a process does not wait");
     }
 }

@@ -4,10 +4,8 @@
 //! Sources only read: they never touch the store or a sink. A source is stateful: the
 //! loop hands it the committed state once ([`Source::restore`]: a small head and the
 //! remembered members), each poll returns batches that carry their [`ChangeSet`], and
-//! after each commit the loop says so ([`Source::committed`]). A source that still speaks
-//! "whole watermark in, whole watermark out" runs through [`legacy`].
+//! after each commit the loop says so ([`Source::committed`]).
 
-pub mod legacy;
 pub mod local_dir;
 pub mod postgres;
 pub mod s3;

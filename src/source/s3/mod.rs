@@ -369,7 +369,9 @@ impl S3Source {
     }
 
     /// Lists from where the scan says, offering every object to it, until the listing
-    /// ends, the scan has enough, or it asks to start again.
+    /// ends, the scan has enough, or it asks to start again. The next page is asked for
+    /// as soon as a page arrives, so that the server works on it while this one is
+    /// judged.
     async fn list(
         &mut self,
         client: &aws_sdk_s3::Client,
@@ -378,24 +380,46 @@ impl S3Source {
     ) -> Result<Listing, SourceError> {
         let url = self.config.url();
         let bucket = self.config.bucket.clone();
-        let bucket = bucket.as_str();
         let start_after = scan.start_after().map(str::to_string);
-        let mut token: Option<String> = None;
-        loop {
+        let prefix = self.config.prefix.clone();
+        let page_request = |token: Option<String>| {
             let mut request = client
                 .list_objects_v2()
-                .bucket(bucket)
+                .bucket(&bucket)
                 .encoding_type(EncodingType::Url)
-                .set_continuation_token(token.take());
-            if !self.config.prefix.is_empty() {
-                request = request.prefix(&self.config.prefix);
+                .set_continuation_token(token);
+            if !prefix.is_empty() {
+                request = request.prefix(&prefix);
             }
             if let Some(after) = &start_after {
                 request = request.start_after(after);
             }
-            let page =
-                request.send().await.map_err(|e| client::classify(&e, bucket, &format!("listing {url}")))?;
+            tokio::spawn(request.send())
+        };
+        let mut next = Some(page_request(None));
+        // Dropping a task does not stop it: a listing that ends early aborts the request
+        // it no longer needs.
+        let abort = |next: Option<tokio::task::JoinHandle<_>>| {
+            if let Some(task) = next {
+                task.abort();
+            }
+        };
+        while let Some(task) = next.take() {
+            let page = task
+                .await
+                .map_err(|e| SourceError::transient(format!("listing {url}: the request task failed: {e}")))?
+                .map_err(|e| client::classify(&e, &bucket, &format!("listing {url}")))?;
             stats.requests += 1;
+            let more = page.is_truncated() == Some(true);
+            let token = page.next_continuation_token().map(str::to_string);
+            if more && token.is_none() {
+                return Err(SourceError::transient(format!(
+                    "listing {url}: the server said the listing goes on but gave no continuation token"
+                )));
+            }
+            if more {
+                next = Some(page_request(token));
+            }
             // A server that ignores `encoding-type` says so by not echoing it; its keys
             // are then taken as they are.
             let encoded = page.encoding_type() == Some(&EncodingType::Url);
@@ -404,20 +428,18 @@ impl S3Source {
                 stats.listed += 1;
                 match scan.offer(object) {
                     Flow::Continue => {}
-                    Flow::Stop => return Ok(Listing::Stopped),
-                    Flow::Restart { previous, key } => return Ok(Listing::Restart { previous, key }),
+                    Flow::Stop => {
+                        abort(next);
+                        return Ok(Listing::Stopped);
+                    }
+                    Flow::Restart { previous, key } => {
+                        abort(next);
+                        return Ok(Listing::Restart { previous, key });
+                    }
                 }
             }
-            if page.is_truncated() != Some(true) {
-                return Ok(Listing::Complete);
-            }
-            token = page.next_continuation_token().map(str::to_string);
-            if token.is_none() {
-                return Err(SourceError::transient(format!(
-                    "listing {url}: the server said the listing goes on but gave no continuation token"
-                )));
-            }
         }
+        Ok(Listing::Complete)
     }
 
     /// Converts one listed object; None for an entry without a key or with one that does

@@ -79,6 +79,45 @@ pub struct S3Objects {
     pub objects: Vec<S3Object>,
 }
 
+/// JSON text a source wrote once and the event carries as it is: nothing in it is
+/// parsed or rounded on the way to the sink (a number in a Postgres `jsonb` keeps every
+/// digit). Read back into an [`Event`] (tests; the loop never does) through a JSON
+/// value, since a tagged item is buffered before its fields are read.
+#[derive(Debug, Clone)]
+pub struct RawJson(Box<RawValue>);
+
+impl RawJson {
+    /// Text the source encoded itself (so it is JSON).
+    pub fn new(raw: Box<RawValue>) -> Self {
+        RawJson(raw)
+    }
+
+    /// The text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for RawJson {
+    /// Equal when the text is.
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        serde_json::value::to_raw_value(&value).map(RawJson).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A row found by the `postgres` source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,13 +125,14 @@ pub struct RowItem {
     /// `schema.table`.
     pub table: String,
     /// The columns that identify the row (the primary key unless configured), with
-    /// their values.
-    pub key: serde_json::Map<String, serde_json::Value>,
+    /// their values: a JSON object.
+    pub key: RawJson,
     /// The cursor columns with their values: where the row sits in the table's order.
-    pub cursor: serde_json::Map<String, serde_json::Value>,
+    pub cursor: RawJson,
     /// Key, cursor and the configured `columns`, each as faithful JSON (integers,
-    /// numeric as a string, RFC 3339 timestamps, bytea as base64, arrays, json).
-    pub columns: serde_json::Map<String, serde_json::Value>,
+    /// numeric as a string, RFC 3339 timestamps, bytea as base64, arrays, json and
+    /// jsonb as the server wrote them).
+    pub columns: RawJson,
     /// Columns whose value (or an element of it) is Postgres' text form because it
     /// could not be decoded into JSON; absent when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -387,6 +427,28 @@ mod tests {
         assert!(matches!(back.kind, Cow::Borrowed(_)));
         assert_eq!(back.emitted_at, event.emitted_at);
         assert_eq!(serde_json::from_str::<Event>(back.text()).unwrap(), event);
+    }
+
+    #[test]
+    fn a_row_item_carries_its_json_as_written() {
+        let raw = |text: &str| RawJson::new(RawValue::from_string(text.to_string()).unwrap());
+        let row = Item::Row(RowItem {
+            table: "s.t".into(),
+            key: raw(r#"{"id":1}"#),
+            cursor: raw(r#"{"id":1}"#),
+            columns: raw(r#"{"doc":{"n": 12345678901234567890123456789, "e": 1e400},"id":1}"#),
+            as_text: Vec::new(),
+        });
+        let text = serde_json::to_string(&row).unwrap();
+        assert_eq!(
+            text,
+            r#"{"kind":"row","table":"s.t","key":{"id":1},"cursor":{"id":1},"columns":{"doc":{"n": 12345678901234567890123456789, "e": 1e400},"id":1}}"#
+        );
+        let back: Item = serde_json::from_str(
+            r#"{"kind":"row","table":"s.t","key":{"id":1},"cursor":{"id":1},"columns":{"id":1}}"#,
+        )
+        .unwrap();
+        assert!(matches!(back, Item::Row(r) if r.columns.get() == r#"{"id":1}"#));
     }
 
     #[test]

@@ -28,9 +28,10 @@ pub mod values;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::{Client, RowStream, Statement};
 
 pub use self::config::{Mode, PostgresConfig};
 use self::history::{Facts, Server, Verdict};
@@ -386,12 +387,13 @@ impl Postgres {
                     not_before: floor.as_ref(),
                     limit: row_limit,
                 };
-                let rows = conn.plan.page(&conn.client, shape, &args).await?;
+                let stream = conn.plan.page(&conn.client, shape, &args).await?;
                 queries += 1;
                 let plan = &conn.plan;
-                let more = rows.len() >= limit;
-                let last = rows.last().map(|r| rows::position(plan, r, true)).transpose()?;
-                let items = rows::found(plan, &rows, emit)?;
+                let (items, last) = read_page(plan, stream, limit, true).await?;
+                let n = items.len();
+                let more = n >= limit;
+                let items = rows::emit(plan, items, emit);
                 let name = plan.name.clone();
                 let next = if more {
                     Mark::Xid { from: from.clone(), to: Some(to), after: last.or(after), not_before, server }
@@ -405,7 +407,7 @@ impl Postgres {
                     }
                     Mark::Xid { from: Some(to), to: None, after: None, not_before: None, server }
                 };
-                tracing::debug!(table = %name, queries, rows = rows.len(), "Polled table.");
+                tracing::debug!(table = %name, queries, rows = n, "Polled table.");
                 self.count_as_text(&name, &items);
                 Ok(Outcome { items, next, more })
             }
@@ -422,12 +424,12 @@ impl Postgres {
                     not_before: None,
                     limit: row_limit,
                 };
-                let rows = conn.plan.page(&conn.client, shape, &args).await?;
+                let stream = conn.plan.page(&conn.client, shape, &args).await?;
                 let plan = &conn.plan;
-                let more = rows.len() >= limit;
-                let last = rows.last().map(|r| rows::position(plan, r, false)).transpose()?;
-                let items = rows::found(plan, &rows, emit)?;
-                tracing::debug!(table = %plan.name, queries = 1, rows = rows.len(), "Polled table.");
+                let (items, last) = read_page(plan, stream, limit, false).await?;
+                let more = items.len() >= limit;
+                tracing::debug!(table = %plan.name, queries = 1, rows = items.len(), "Polled table.");
+                let items = rows::emit(plan, items, emit);
                 let name = plan.name.clone();
                 self.count_as_text(&name, &items);
                 Ok(Outcome { items, next: Mark::Cursor { after: last.or(after) }, more })
@@ -446,6 +448,27 @@ impl Postgres {
         }
         Ok(mark)
     }
+}
+
+/// Reads a page's rows as they arrive, each turned into its item at once (no row is
+/// kept beyond its item), and the keyset position of the last one.
+async fn read_page(
+    plan: &Plan,
+    stream: RowStream,
+    limit: usize,
+    with_xid: bool,
+) -> Result<(Vec<Found>, Option<Vec<String>>), SourceError> {
+    let mut stream = std::pin::pin!(stream);
+    // Grown as rows come: a large limit is often far more than a page holds.
+    let mut items = Vec::with_capacity(limit.min(1024));
+    let mut last = None;
+    while let Some(row) = stream.next().await {
+        let row = row.map_err(|e| query_error(&plan.name, e))?;
+        items.push(rows::found(plan, &row)?);
+        last = Some(row);
+    }
+    let last = last.map(|row| rows::position(plan, &row, with_xid)).transpose()?;
+    Ok((items, last))
 }
 
 /// A failed query, classified, with the server's message (never a secret: the

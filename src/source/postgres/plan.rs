@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use tokio_postgres::types::{Kind, ToSql, Type};
-use tokio_postgres::{Client, Row, Statement};
+use tokio_postgres::{Client, Row, RowStream, Statement};
 
 use super::config::{Mode, PostgresConfig};
 use super::query_error;
@@ -145,6 +145,11 @@ pub(super) struct Plan {
     grace: Option<Clock>,
     /// Columns decoded into the event (key ∪ cursor ∪ columns), in select order.
     pub values: Vec<String>,
+    /// Which of `values` make an item's `key`, `cursor` and `columns` objects, each in
+    /// name order (the order events have always had).
+    pub key_fields: Vec<usize>,
+    pub cursor_fields: Vec<usize>,
+    pub column_fields: Vec<usize>,
     /// The select list: key and cursor as text, the xid as text, then `values`.
     select: String,
     /// The quoted xid column (mode `xid`).
@@ -397,6 +402,9 @@ pub(super) async fn prepare(client: &Client, config: &PostgresConfig) -> Result<
         });
     }
     let nullable: Vec<String> = config.cursor.iter().filter(|c| types[*c].nullable).cloned().collect();
+    let key_fields = fields(&values, &key);
+    let cursor_fields = fields(&values, &config.cursor);
+    let column_fields = fields(&values, &values);
     let mut plan = Plan {
         from: format!("{}.{}", quote_ident(schema), quote_ident(table)),
         name,
@@ -405,6 +413,9 @@ pub(super) async fn prepare(client: &Client, config: &PostgresConfig) -> Result<
         nullable,
         cursor_types,
         values,
+        key_fields,
+        cursor_fields,
+        column_fields,
         // Aliased, so that ORDER BY and the keyset name the table's columns, never an
         // output column of the same name.
         select: select
@@ -436,6 +447,14 @@ pub(super) async fn prepare(client: &Client, config: &PostgresConfig) -> Result<
         plan.query(client, shape).await?;
     }
     Ok(plan)
+}
+
+/// The positions in `values` of `names`, in name order, each name once.
+fn fields(values: &[String], names: &[String]) -> Vec<usize> {
+    let mut picked: Vec<usize> = names.iter().filter_map(|n| values.iter().position(|v| v == n)).collect();
+    picked.sort_by(|a, b| values[*a].cmp(&values[*b]));
+    picked.dedup();
+    picked
 }
 
 /// Mode `xid`: the rows whose writing transaction is visible in the snapshot worked
@@ -543,16 +562,21 @@ impl Plan {
         self.queries.get(&shape).ok_or_else(|| SourceError::transient("statement missing"))
     }
 
-    /// Runs one of the page queries.
+    /// Runs one of the page queries. Its rows stream in as the server sends them: the
+    /// driver holds one network read of them at a time, and the server waits while the
+    /// caller has not taken them.
     pub async fn page(
         &mut self,
         client: &Client,
         shape: Shape,
         args: &Args<'_>,
-    ) -> Result<Vec<Row>, SourceError> {
+    ) -> Result<RowStream, SourceError> {
         let query = self.query(client, shape).await?;
         let params = args.bind(&query.params)?;
-        client.query(&query.statement, &params).await.map_err(|e| query_error(&self.name, e))
+        client
+            .query_raw(&query.statement, params.iter().map(|p| *p as &dyn ToSql))
+            .await
+            .map_err(|e| query_error(&self.name, e))
     }
 
     /// Whether a `start:` time can be compared with the first cursor column; the error
@@ -641,6 +665,9 @@ mod tests {
             nullable: vec![],
             cursor_types: types.iter().map(|t| t.to_string()).collect(),
             values: vec![],
+            key_fields: vec![],
+            cursor_fields: vec![],
+            column_fields: vec![],
             select: "1".into(),
             xid: Some(quote_ident("x")),
             filter: String::new(),
@@ -708,6 +735,13 @@ mod tests {
             "{}",
             sql.text
         );
+    }
+
+    #[test]
+    fn item_objects_list_their_columns_in_name_order_once() {
+        let values: Vec<String> = ["id", "at", "note", "amount"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(fields(&values, &values), vec![3, 1, 0, 2]);
+        assert_eq!(fields(&values, &["note".into(), "id".into(), "id".into()]), vec![0, 2]);
     }
 
     #[test]

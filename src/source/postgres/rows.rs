@@ -2,15 +2,19 @@
 //! each with the identity its event id is derived from (table, key and cursor values,
 //! and in mode `xid` the writing transaction), and the keyset position a page ended
 //! at.
+//!
+//! A row's values are decoded once and written straight into the item's JSON (its
+//! `key`, `cursor` and `columns` objects), names in order as before: no JSON tree is
+//! built per row, and json/jsonb values go in as the server sent them.
 
-use serde_json::{Map, Value};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use tokio_postgres::Row;
 
 use super::config::Emit;
 use super::plan::Plan;
 use super::query_error;
-use super::values::{Raw, decode};
-use crate::event::{Change, Item, RowItem, RowsItem};
+use super::values::{Cell, Raw, decode};
+use crate::event::{Change, Item, RawJson, RowItem, RowsItem};
 use crate::source::{Found, SourceError};
 
 /// The keyset position of a row: (xid,) cursor values as text.
@@ -26,65 +30,89 @@ pub(super) fn position(plan: &Plan, row: &Row, with_xid: bool) -> Result<Vec<Str
 }
 
 fn text(plan: &Plan, row: &Row, index: usize) -> Result<String, SourceError> {
-    let value: Option<String> = row.try_get(index).map_err(|e| query_error(&plan.name, e))?;
+    let value: Option<&str> = row.try_get(index).map_err(|e| query_error(&plan.name, e))?;
     // Cursor and xid columns are never NULL here (the query excludes such rows); a
     // NULL key column is written as an empty marker that no text value can equal.
-    Ok(value.unwrap_or_else(|| "\u{0}NULL".into()))
+    Ok(value.map_or_else(|| "\u{0}NULL".into(), str::to_string))
 }
 
-/// Turns rows into what the loop delivers: one item per row, or one for the batch.
-pub(super) fn found(plan: &Plan, rows: &[Row], emit: Emit) -> Result<Vec<Found>, SourceError> {
-    let mut items = Vec::with_capacity(rows.len());
-    for row in rows {
-        let mut identity = vec![plan.name.clone()];
-        for i in 0..plan.key.len() {
-            identity.push(text(plan, row, plan.key_text(i))?);
+/// Some of a row's decoded values as a JSON object, names in the plan's order.
+struct Fields<'r, 'a> {
+    plan: &'r Plan,
+    /// Indexes into `cells` (and the plan's values), in name order.
+    pick: &'r [usize],
+    cells: &'r [Cell<'a>],
+}
+
+impl Serialize for Fields<'_, '_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.pick.len()))?;
+        for &i in self.pick {
+            map.serialize_entry(&self.plan.values[i], &self.cells[i])?;
         }
-        for i in 0..plan.cursor.len() {
-            identity.push(text(plan, row, plan.cursor_text(i))?);
-        }
-        // The transaction that wrote the row tells a row deleted and written again
-        // with the same key (or a table dropped and made again) from the row before.
-        if plan.has_xid() {
-            identity.push(text(plan, row, plan.xid_text())?);
-        }
-        let mut decoded = Map::new();
-        let mut as_text = Vec::new();
-        for (i, column) in plan.values.iter().enumerate() {
-            let index = plan.value(i);
-            let ty = row.columns()[index].type_().clone();
-            let raw: Raw = row.try_get(index).map_err(|e| query_error(&plan.name, e))?;
-            let cell = decode(&ty, raw.0);
-            if cell.as_text {
-                as_text.push(column.clone());
-            }
-            decoded.insert(column.clone(), cell.value);
-        }
-        let pick = |names: &[String]| -> Map<String, Value> {
-            names.iter().map(|n| (n.clone(), decoded.get(n).cloned().unwrap_or(Value::Null))).collect()
-        };
-        let item = RowItem {
-            table: plan.name.clone(),
-            key: pick(&plan.key),
-            cursor: pick(&plan.cursor),
-            columns: decoded.clone(),
-            as_text,
-        };
-        items.push(Found { change: Change::Created, item: Item::Row(item), identity });
+        map.end()
     }
-    if emit == Emit::Batch && !items.is_empty() {
-        let mut identity = vec![plan.name.clone(), "batch".to_string()];
-        let mut rows = Vec::with_capacity(items.len());
-        for f in items {
-            identity.push(f.identity[1..].join("\u{1f}"));
-            if let Item::Row(row) = f.item {
-                rows.push(row);
-            }
-        }
-        let item = Item::Rows(RowsItem { table: plan.name.clone(), rows });
-        return Ok(vec![Found { change: Change::Created, item, identity }]);
+}
+
+/// One row's item and identity.
+pub(super) fn found(plan: &Plan, row: &Row) -> Result<Found, SourceError> {
+    let mut identity = Vec::with_capacity(2 + plan.key.len() + plan.cursor.len());
+    identity.push(plan.name.clone());
+    for i in 0..plan.key.len() {
+        identity.push(text(plan, row, plan.key_text(i))?);
     }
-    Ok(items)
+    for i in 0..plan.cursor.len() {
+        identity.push(text(plan, row, plan.cursor_text(i))?);
+    }
+    // The transaction that wrote the row tells a row deleted and written again with
+    // the same key (or a table dropped and made again) from the row before.
+    if plan.has_xid() {
+        identity.push(text(plan, row, plan.xid_text())?);
+    }
+    let columns = row.columns();
+    let mut cells = Vec::with_capacity(plan.values.len());
+    let mut as_text = Vec::new();
+    for (i, column) in plan.values.iter().enumerate() {
+        let index = plan.value(i);
+        let raw: Raw = row.try_get(index).map_err(|e| query_error(&plan.name, e))?;
+        let decoded = decode(columns[index].type_(), raw.0);
+        if decoded.as_text {
+            as_text.push(column.clone());
+        }
+        cells.push(decoded.cell);
+    }
+    let raw = |pick: &[usize]| -> Result<RawJson, SourceError> {
+        let fields = Fields { plan, pick, cells: &cells };
+        serde_json::value::to_raw_value(&fields)
+            .map(RawJson::new)
+            .map_err(|e| SourceError::transient(format!("{}: cannot encode a row: {e}", plan.name)))
+    };
+    let item = RowItem {
+        table: plan.name.clone(),
+        key: raw(&plan.key_fields)?,
+        cursor: raw(&plan.cursor_fields)?,
+        columns: raw(&plan.column_fields)?,
+        as_text,
+    };
+    Ok(Found { change: Change::Created, item: Item::Row(item), identity })
+}
+
+/// The rows of a page as what the loop delivers: one item per row, or one for the
+/// batch (`emit: batch`).
+pub(super) fn emit(plan: &Plan, items: Vec<Found>, emit: Emit) -> Vec<Found> {
+    if emit == Emit::Row || items.is_empty() {
+        return items;
+    }
+    let mut identity = vec![plan.name.clone(), "batch".to_string()];
+    let mut rows = Vec::with_capacity(items.len());
+    for f in items {
+        identity.push(f.identity[1..].join("\u{1f}"));
+        if let Item::Row(row) = f.item {
+            rows.push(row);
+        }
+    }
+    let item = Item::Rows(RowsItem { table: plan.name.clone(), rows });
+    vec![Found { change: Change::Created, item, identity }]
 }
 
 /// How many values of these items went as text, and in which columns.

@@ -1,6 +1,6 @@
-"""Waits until the Airflow started by start.sh can take asset events for the test DAG.
+"""Waits until the Airflow started by start.sh can take asset events for the test DAGs.
 
-Usage: ready.py BASE_URL AIRFLOW_HOME. Exits 0 when the API answers, the test DAG is
+Usage: ready.py BASE_URL AIRFLOW_HOME. Exits 0 when the API answers, every test DAG is
 parsed and unpaused and its asset is registered; 3 when the API server exited before
 (its port was taken: the caller starts again on another); 1 after 100 s. Both failures
 print the logs' tails.
@@ -17,8 +17,9 @@ import urllib.error
 import urllib.request
 
 BASE, HOME = sys.argv[1], pathlib.Path(sys.argv[2])
-DAG_ID = "highwater_e2e"
-ASSET_URI = "s3://highwater-e2e/landing"
+SCENARIOS = ["burst", "rotate", "stall", "partial", "restart", "outage", "removable"]
+DAG_IDS = ["highwater_e2e"] + [f"highwater_e2e_{s}" for s in SCENARIOS]
+ASSET_URIS = ["s3://highwater-e2e/landing"] + [f"s3://highwater-e2e/{s}" for s in SCENARIOS]
 DEADLINE = time.monotonic() + 100
 
 
@@ -82,25 +83,30 @@ def fresh_token():
 wait("token", fresh_token)
 
 
-def dag_unpaused():
+def dags_unpaused():
     token = fresh_token()
-    status, dag = call("GET", f"/api/v2/dags/{DAG_ID}", token=token)
-    if status != 200:
-        return False
-    if dag.get("is_paused"):
-        # Events posted while the DAG is paused start no run.
-        call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False}, token=token)
-        return False
+    for dag_id in DAG_IDS:
+        status, dag = call("GET", f"/api/v2/dags/{dag_id}", token=token)
+        if status != 200:
+            return False
+        if dag.get("is_paused"):
+            # Events posted while the DAG is paused start no run.
+            call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False}, token=token)
+            return False
     return True
 
 
-wait("test DAG parsed and unpaused", dag_unpaused)
+wait("test DAGs parsed and unpaused", dags_unpaused)
 
 
-def asset_registered():
-    status, body = call("GET", "/api/v2/assets?uri_pattern=highwater-e2e", token=fresh_token())
-    return status == 200 and any(a["uri"] == ASSET_URI for a in body["assets"])
+def assets_registered():
+    status, body = call("GET", "/api/v2/assets?uri_pattern=highwater-e2e&limit=100", token=fresh_token())
+    if status != 200:
+        return False
+    by_uri = {a["uri"]: a for a in body["assets"]}
+    # Registered, and the DAG scheduled on it recorded.
+    return all(uri in by_uri and by_uri[uri]["scheduled_dags"] for uri in ASSET_URIS)
 
 
-wait("test asset registered", asset_registered)
+wait("test assets registered", assets_registered)
 print(f"Airflow ready at {BASE} in {time.monotonic() - started:.1f}s", file=sys.stderr)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts a throwaway Apache Airflow 3 on loopback for the end-to-end test, and returns
-# once it can take asset events for the test DAG (tests/airflow/dags).
+# Starts a throwaway Apache Airflow 3 on loopback for the end-to-end tests, and returns
+# once it can take asset events for every test DAG (tests/airflow/dags, copied to
+# AIRFLOW_HOME/dags so that a test can remove a DAG file and put it back).
 #
 # Usage: tests/airflow/start.sh VENV AIRFLOW_HOME PORT
 #
@@ -11,14 +12,16 @@ set -euo pipefail
 
 venv=$1 home=$2 port=$3
 here=$(cd "$(dirname "$0")" && pwd)
-mkdir -p "$home"
+mkdir -p "$home/dags"
+cp "$here"/dags/*.py "$home/dags/"
 
 export AIRFLOW_HOME="$home"
-export AIRFLOW__CORE__DAGS_FOLDER="$here/dags"
+export AIRFLOW__CORE__DAGS_FOLDER="$home/dags"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$home/airflow.db"
-export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin
+# `rotator` is the user whose password a test changes.
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin,rotator:admin
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$home/passwords.json"
 export AIRFLOW__API__HOST=127.0.0.1
 export AIRFLOW__API__PORT="$port"
@@ -29,15 +32,26 @@ export AIRFLOW__API_AUTH__JWT_SECRET=highwater-e2e-not-a-secret
 # leeway, so a test can see a token expire for real.
 export AIRFLOW__API_AUTH__JWT_EXPIRATION_TIME="${HIGHWATER_E2E_TOKEN_SECONDS:-86400}"
 export AIRFLOW__API_AUTH__JWT_LEEWAY=0
+# A removed DAG file is noticed within seconds (its asset references dropped, the asset
+# orphaned), and one put back is parsed as soon.
+export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=3
+export AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL=5
+export AIRFLOW__SCHEDULER__PARSING_CLEANUP_INTERVAL=3
+# Two cores are shared with the build and the other tests: few task processes at once.
+export AIRFLOW__CORE__PARALLELISM=4
 # Nothing of this throwaway instance may reach beyond loopback.
 export AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=0
 export SCARF_ANALYTICS=false
 export DO_NOT_TRACK=true
 export AIRFLOW__USAGE_DATA_COLLECTION__ENABLED=False
-echo '{"admin": "admin"}' > "$home/passwords.json"
+echo '{"admin": "admin", "rotator": "rotator-1"}' > "$home/passwords.json"
 
 airflow="$venv/bin/airflow"
 "$airflow" db migrate > "$home/db-migrate.log" 2>&1
+# SQLite in WAL mode (kept in the file): readers no longer block the writers, so the
+# API server, the scheduler and the DAG processor fail each other's writes with
+# "database is locked" far less often on a busy machine.
+"$venv/bin/python" -c 'import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute("PRAGMA journal_mode=WAL")' "$home/airflow.db"
 
 start() {
     local name=$1

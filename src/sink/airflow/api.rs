@@ -7,6 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::AUTHORIZATION;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::sink::http::{self, Redactor};
@@ -14,6 +15,7 @@ use crate::sink::{Delivery, classify_http_status};
 use crate::value::{HttpUrl, Secret, SecretRef};
 
 /// How requests authenticate.
+#[derive(Clone)]
 pub(super) enum Auth {
     /// No `Authorization` header (an Airflow that lets everyone in).
     None,
@@ -28,7 +30,27 @@ pub(super) enum Auth {
 /// Why a request did not get the answer it needed: the delivery outcome to report.
 pub(super) type Failed = Delivery;
 
-/// Airflow's API as the sink calls it.
+/// A request that got no answer it could use.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum SendError {
+    /// It did not reach Airflow, or Airflow refused it: nothing happened there.
+    Failed(Failed),
+    /// It may have reached Airflow and done its work there without the answer coming
+    /// back (a timeout, a connection closed after sending, a 5xx): whether it did is
+    /// unknown until looked up.
+    Unknown(Failed),
+}
+
+impl SendError {
+    /// The delivery outcome to report.
+    pub(super) fn into_failed(self) -> Failed {
+        match self {
+            SendError::Failed(failed) | SendError::Unknown(failed) => failed,
+        }
+    }
+}
+
+/// Airflow's API as the sink calls it. A clone starts without a token of its own.
 pub(super) struct Api {
     pub(super) base: reqwest::Url,
     /// `base` as logs may show it, without a trailing `/`.
@@ -40,6 +62,9 @@ pub(super) struct Api {
     pub(super) slow_retry: Duration,
     /// The secrets sent so far (password, tokens), kept out of what Airflow answers.
     redactor: Redactor,
+    /// The last request got no answer, or a gateway's 502/503/504: Airflow itself was
+    /// out of reach (as opposed to answering, with an error of its own).
+    pub(super) unreachable: bool,
 }
 
 impl Api {
@@ -51,6 +76,7 @@ impl Api {
             timeout,
             slow_retry,
             redactor: Redactor::default(),
+            unreachable: false,
         }
     }
 
@@ -71,6 +97,26 @@ impl Api {
     /// Airflow's base URL as messages show it.
     pub(super) fn base_shown(&self) -> &str {
         &self.shown
+    }
+
+    /// A second handle on the same API with its own token (for work beside the sink's
+    /// own deliveries).
+    pub(super) fn fork(&self) -> Self {
+        let auth = match &self.auth {
+            Auth::Password { username, password, .. } => {
+                Auth::Password { username: username.clone(), password: password.clone(), token: None }
+            }
+            other => other.clone(),
+        };
+        Api {
+            base: self.base.clone(),
+            shown: self.shown.clone(),
+            auth,
+            timeout: self.timeout,
+            slow_retry: self.slow_retry,
+            redactor: Redactor::default(),
+            unreachable: false,
+        }
     }
 
     /// A failure that an operator must fix; the batch is held and retried slowly.
@@ -116,8 +162,12 @@ impl Api {
             .json(&json!({"username": username, "password": password.expose()}))
             .send()
             .await
-            .map_err(|e| http::transport_failure(e, &what, self.timeout))?;
+            .map_err(|e| {
+                self.unreachable = true;
+                http::transport_failure(e, &what, self.timeout)
+            })?;
         let status = response.status();
+        self.unreachable = matches!(status.as_u16(), 502..=504);
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             let key = match &self.auth {
                 Auth::Password { password, .. } => password.key(),
@@ -161,20 +211,39 @@ impl Api {
         what: &str,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, Failed> {
-        let client = self.client()?;
+        self.send_telling(what, build).await.map_err(SendError::into_failed)
+    }
+
+    /// [`Api::send`], telling a request that never reached Airflow from one that may
+    /// have (no answer after it was sent).
+    pub(super) async fn send_telling(
+        &mut self,
+        what: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, SendError> {
+        let client = self.client().map_err(SendError::Failed)?;
         let mut renewed = false;
         loop {
             let mut request = build(&client).timeout(self.timeout);
-            if let Some(token) = self.token().await? {
+            if let Some(token) = self.token().await.map_err(SendError::Failed)? {
                 let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
                     .map_err(|_| {
-                        self.needs_operator("the Airflow token holds characters a header cannot carry".into())
+                        SendError::Failed(self.needs_operator(
+                            "the Airflow token holds characters a header cannot carry".into(),
+                        ))
                     })?;
                 value.set_sensitive(true);
                 request = request.header(AUTHORIZATION, value);
             }
-            let response =
-                request.send().await.map_err(|e| http::transport_failure(e, what, self.timeout))?;
+            let response = request.send().await.map_err(|e| {
+                self.unreachable = true;
+                // Refused or unresolved connections sent nothing; anything later may
+                // have left the request with Airflow.
+                let sent = !(e.is_connect() || e.is_builder());
+                let failed = http::transport_failure(e, what, self.timeout);
+                if sent { SendError::Unknown(failed) } else { SendError::Failed(failed) }
+            })?;
+            self.unreachable = matches!(response.status().as_u16(), 502..=504);
             if response.status() != StatusCode::UNAUTHORIZED {
                 return Ok(response);
             }
@@ -187,11 +256,38 @@ impl Api {
                     renewed = true;
                 }
                 _ => {
-                    return Err(self.needs_operator(format!(
+                    return Err(SendError::Failed(self.needs_operator(format!(
                         "{what} answered HTTP 401: the token is refused; check the sink's credentials"
-                    )));
+                    ))));
                 }
             }
         }
+    }
+
+    /// `GET url` and its JSON answer. Any other answer is a failure, classified; a 404
+    /// is `Ok(None)`.
+    pub(super) async fn get_json<T: DeserializeOwned>(
+        &mut self,
+        url: reqwest::Url,
+        what: &str,
+    ) -> Result<Option<T>, Failed> {
+        let response = self.send(what, |client| client.get(url.clone())).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(self.failure(response, what).await);
+        }
+        response.json::<T>().await.map(Some).map_err(|e| {
+            Delivery::retry(format!("{what} answered unexpected JSON: {}", http::error_chain(&e)))
+        })
+    }
+
+    /// True when Airflow's health endpoint (`/api/v2/monitor/health`, no credentials
+    /// needed) answers 200.
+    pub(super) async fn healthy(&self) -> bool {
+        let Ok(client) = http::client_for(&self.base) else { return false };
+        let request = client.get(self.url("/api/v2/monitor/health")).timeout(self.timeout);
+        request.send().await.is_ok_and(|r| r.status().is_success())
     }
 }

@@ -1,10 +1,13 @@
 //! Postgres watchers beyond one table's rows: where a new watcher starts (`start: now`
-//! and a time, in both modes).
+//! and a time, in both modes), and many watchers of one server sharing a few
+//! connections.
+
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::postgres::{Pg, Schema, ids, watcher_project};
-use crate::util::Project;
+use crate::postgres::{Pg, Schema, ids, url, watcher_project};
+use crate::util::{Metrics, POLLS, Project};
 
 /// A watcher on `table` that starts where `start` says.
 fn starting(table: &str, source: &str, start: &str) -> Project {
@@ -74,4 +77,52 @@ fn start_at_a_time_announces_the_rows_from_that_time_on() {
     let out = by_id.run(&["once"]);
     assert_eq!(out.code, Some(75), "{}", out.stderr);
     assert!(out.stderr.contains("needs the first cursor column (id) to hold one"), "{}", out.stderr);
+}
+
+#[test]
+fn a_hundred_watchers_of_one_server_share_a_few_connections() {
+    let schema = Schema::new("shared");
+    let table = schema.orders();
+    // A name of the test's own, so that only its sessions are counted.
+    let app = format!("hw_shared_{}", std::process::id());
+    let base = url();
+    let connection = format!("{base}{}application_name={app}", if base.contains('?') { '&' } else { '?' });
+    let project = Project::default_config();
+    let watchers: Vec<String> = (0..100).map(|i| format!("w{i:03}")).collect();
+    for name in &watchers {
+        project.watcher(
+            name,
+            &format!(
+                "namespace: pg\nname: {name}\npoll_interval: 100ms\nsource:\n  type: postgres\n  \
+                 connection: \"{connection}\"\n  table: {table}\n  cursor: id\n  xid_column: hx\n\
+                 sink: {{type: stdout}}\n"
+            ),
+        );
+    }
+    let sessions = || -> i64 {
+        let n = schema
+            .pg
+            .text(&format!("SELECT count(*)::text FROM pg_stat_activity WHERE application_name = '{app}'"));
+        n.parse().expect("count")
+    };
+    let mut daemon = project.start();
+    schema.pg.exec(&format!("INSERT INTO {table} (note) SELECT 'n' FROM generate_series(1, 3)"));
+    // Sampled while the watchers start, read the catalog and deliver.
+    let mut most = 0;
+    let mut events = Vec::new();
+    while events.len() < 300 {
+        most = most.max(sessions());
+        events.extend(daemon.events(1, Duration::from_secs(30)));
+    }
+    assert_eq!(events.len(), 300, "each watcher announces the 3 rows");
+    // Every watcher keeps polling on its own schedule through the shared connections.
+    let polled = daemon.metrics();
+    let target: Vec<(String, u64)> =
+        watchers.iter().map(|w| (format!("pg/{w}"), polled.watcher(POLLS, &format!("pg/{w}")) + 3)).collect();
+    daemon.wait_metrics("every watcher polling three more times", |m: &Metrics| {
+        target.iter().all(|(w, n)| m.watcher(POLLS, w) >= *n)
+    });
+    most = most.max(sessions());
+    assert!((1..=4).contains(&most), "{most} connections for 100 watchers (the pool holds 4)");
+    daemon.stop();
 }

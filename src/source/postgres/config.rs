@@ -81,6 +81,21 @@ pub struct PostgresConfig {
     /// shows state `waiting` and retries. `0s`: wait for as long as it takes.
     #[serde(default = "default_lock_timeout")]
     pub lock_timeout: HumanDuration,
+    /// Most connections open at once to this server: watchers with the same connection
+    /// settings share them (a pool of the largest size any of them asks for), each
+    /// taking one for the length of a poll.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+/// The pool size when no watcher of a server sets one: enough for a 2-core machine,
+/// where more polls at once would only queue for the CPU.
+const DEFAULT_MAX_CONNECTIONS: usize = 4;
+/// The largest pool a watcher may ask for.
+const MAX_CONNECTIONS_CAP: usize = 64;
+
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
 }
 
 fn default_statement_timeout() -> HumanDuration {
@@ -271,6 +286,9 @@ impl SourceKind for PostgresConfig {
                 }
             }
         }
+        if !(1..=MAX_CONNECTIONS_CAP).contains(&self.max_connections) {
+            errors.push(("max_connections".into(), format!("must be between 1 and {MAX_CONNECTIONS_CAP}")));
+        }
         if self.filter.as_deref().is_some_and(|f| f.trim().is_empty()) {
             errors.push(("where".into(), "must not be empty".into()));
         }
@@ -306,6 +324,9 @@ mod tests {
         let c = config("table: app.orders\ncursor: [updated_at, id]\nxid_column: hx\n");
         assert!(c.validate().is_empty());
         assert_eq!(c.cursor, vec!["updated_at", "id"]);
+        assert_eq!(c.max_connections, 4);
+        let c = config("table: app.orders\ncursor: id\nxid_column: hx\nmax_connections: 0\n");
+        assert_eq!(c.validate(), vec![("max_connections".into(), "must be between 1 and 64".into())]);
     }
 
     #[test]

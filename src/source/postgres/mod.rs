@@ -15,27 +15,33 @@
 //! - `cursor`: plain keyset pagination on the cursor columns, with an optional grace
 //!   delay; for tables that cannot get the column, with the limits the README states.
 //!
-//! This file holds the watermark and the poll; `config` the config and its validation,
-//! `plan` the catalog checks and the SQL, `rows` rows to events, `values` column values
-//! to JSON, `history` the server's history, `connect` the connection.
+//! The watermark is the source's whole state (its head; it remembers no members), held
+//! in memory between polls. This file holds it, where `start:` puts it, and the poll;
+//! `config` the config and its validation, `plan` the catalog checks and the SQL, `rows`
+//! rows to events, `values` column values to JSON, `history` the server's history,
+//! `connect` a connection, `pool` the connections watchers of one server share.
 
 mod config;
 pub mod connect;
 mod history;
 mod plan;
+mod pool;
 mod rows;
 pub mod values;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio_postgres::{Client, RowStream, Statement};
+use tokio_postgres::RowStream;
 
 pub use self::config::{Mode, PostgresConfig};
 use self::history::{Facts, Server, Verdict};
 use self::plan::{Args, Plan, Shape};
+use self::pool::{Lease, Pool, Timeouts};
 use super::{Batch, ChangeSet, ErrorClass, Found, Polled, Source, SourceError, SourceState};
 use crate::json::Json;
 use crate::value::{Kind, Start};
@@ -113,17 +119,6 @@ fn snapshot_progress(text: &str) -> Option<(&str, &str)> {
     Some((parts.next()?, parts.next()?))
 }
 
-/// A live connection and the plan built for it.
-struct Conn {
-    client: Client,
-    plan: Plan,
-    /// Mode `xid`: the snapshot and what identifies the server's history
-    /// ([`history::FACTS_SQL`]), prepared so that an idle poll is one round trip.
-    facts: Option<Statement>,
-    /// Mode `xid`: the cluster's `system_identifier`.
-    system: String,
-}
-
 /// What one poll found: the items, the head they lead to, and whether more is waiting.
 struct Outcome {
     items: Vec<Found>,
@@ -134,7 +129,11 @@ struct Outcome {
 /// The runtime `postgres` source.
 pub struct Postgres {
     config: PostgresConfig,
-    conn: Option<Conn>,
+    /// The connections this watcher shares with the others that read the same server
+    /// (joined at the first poll).
+    pool: Option<Arc<Pool>>,
+    /// What the catalog said and the SQL built from it; read again after a failure.
+    plan: Option<Plan>,
     /// Where the next poll starts: the committed head (None: none is stored), or where a
     /// poll that found nothing moved it in memory.
     mark: Option<Mark>,
@@ -155,7 +154,8 @@ impl Postgres {
     pub fn new(config: PostgresConfig) -> Self {
         Postgres {
             config,
-            conn: None,
+            pool: None,
+            plan: None,
             mark: None,
             handed_out: None,
             skipped_null_cursor: 0,
@@ -164,48 +164,68 @@ impl Postgres {
         }
     }
 
-    /// The open connection, opening it and reading the catalog if needed.
-    async fn conn(&mut self) -> Result<&mut Conn, SourceError> {
-        if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
-            self.conn = None;
+    /// A connection of the pool for one poll, and the table's plan (read from the
+    /// catalog on the first poll and after a failure).
+    async fn lease(&mut self) -> Result<(Lease, Plan), SourceError> {
+        let settings = self.config.settings();
+        let max = self.config.max_connections;
+        let pool = Arc::clone(self.pool.get_or_insert_with(|| pool::join(&settings, max)));
+        let timeouts =
+            Timeouts { statement: self.config.statement_timeout.0, lock: self.config.lock_timeout.0 };
+        let mut lease = pool.get(timeouts).await?;
+        if let Some(plan) = self.plan.take() {
+            return Ok((lease, plan));
         }
-        if self.conn.is_none() {
-            let target = connect::resolve(&self.config.settings())?;
-            let client = connect::connect(&target).await?;
-            let plan = plan::prepare(&client, &self.config).await?;
-            tracing::info!(
-                server = %target.describe(),
-                table = %plan.name,
-                time_zone = %plan.zone,
-                "Connected to Postgres."
-            );
-            if self.config.mode == Mode::Cursor && !plan.nullable.is_empty() {
-                let n = plan.count_null_cursors(&client).await?;
-                if n > 0 {
-                    self.skipped_null_cursor = self.skipped_null_cursor.max(n);
-                    tracing::warn!(table = %plan.name, rows = n, "Rows with a NULL cursor column are skipped.");
-                }
+        let plan = match self.read_plan(&mut lease).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                lease.discard();
+                return Err(e);
             }
-            let (facts, system) = match self.config.mode {
-                Mode::Xid => (
-                    Some(client.prepare(history::FACTS_SQL).await.map_err(|e| query_error(&plan.name, e))?),
-                    history::system(&client, &plan.name).await?,
-                ),
-                Mode::Cursor => (None, String::new()),
-            };
-            self.conn = Some(Conn { client, plan, facts, system });
-        }
-        self.conn.as_mut().ok_or_else(|| SourceError::transient("no connection"))
+        };
+        Ok((lease, plan))
     }
 
-    /// Drops the connection after a failure: a fresh one re-reads the catalog, so a
-    /// table fixed by an operator or a restarted server is picked up by the next try.
-    fn after<T>(&mut self, result: Result<T, SourceError>) -> Result<T, SourceError> {
-        if let Err(e) = &result {
-            self.conn = None;
-            if e.class == ErrorClass::Transient {
-                tracing::debug!(error = %e, "Dropped the Postgres connection; reconnecting at the next poll.");
+    /// Reads the catalog and builds the plan.
+    async fn read_plan(&mut self, lease: &mut Lease) -> Result<Plan, SourceError> {
+        let plan = plan::prepare(lease, &self.config).await?;
+        tracing::info!(table = %plan.name, time_zone = %plan.zone, "Read the table's columns and prepared its queries.");
+        if self.config.mode == Mode::Cursor && !plan.nullable.is_empty() {
+            let n = plan.count_null_cursors(lease.client()).await?;
+            if n > 0 {
+                self.skipped_null_cursor = self.skipped_null_cursor.max(n);
+                tracing::warn!(table = %plan.name, rows = n, "Rows with a NULL cursor column are skipped.");
             }
+        }
+        Ok(plan)
+    }
+
+    /// Runs `work` with a leased connection and the plan. After a failure the connection
+    /// is closed rather than given back (it may be inside a failed transaction) and the
+    /// plan is read again at the next try, so a table fixed by an operator or a
+    /// restarted server is picked up.
+    async fn with_lease<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut Self, &mut Lease, &Plan) -> Result<T, SourceError>,
+    ) -> Result<T, SourceError> {
+        let result = match self.lease().await {
+            Ok((mut lease, plan)) => {
+                let result = work(self, &mut lease, &plan).await;
+                match &result {
+                    Ok(_) => self.plan = Some(plan),
+                    Err(_) => {
+                        lease.forget(plan.id);
+                        lease.discard();
+                    }
+                }
+                result
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result
+            && e.class == ErrorClass::Transient
+        {
+            tracing::debug!(error = %e, "Closed the Postgres connection; the next poll takes another.");
         }
         result
     }
@@ -238,83 +258,88 @@ impl Postgres {
         }
     }
 
-    /// Mode `xid`: the server's snapshot and history now, the WAL made durable up to
-    /// them (see `history`), and the history recorded after `before`.
-    async fn durable_now(conn: &Conn, before: Option<&Server>) -> Result<(Facts, Server, u32), SourceError> {
-        let facts = conn.facts.as_ref().ok_or_else(|| SourceError::transient("no facts query"))?;
-        let facts = history::facts(&conn.client, facts, &conn.plan.name).await?;
-        let mut queries = 1;
-        if !facts.standby && facts.flushed < facts.lsn {
-            history::make_durable(&conn.client, facts.lsn, &conn.plan.name).await?;
-            queries += 1;
-        }
-        let server = history::record(&conn.system, before, &facts);
-        Ok((facts, server, queries))
+    /// Mode `xid`: the server's snapshot and what identifies its history, in one round
+    /// trip (the statement is prepared once per connection).
+    async fn facts(lease: &mut Lease, plan: &Plan) -> Result<Facts, SourceError> {
+        let statement = lease.statement(pool::SHARED, history::FACTS_SQL, &plan.name).await?;
+        history::facts(lease.client(), &statement, &plan.name).await
     }
 
     /// The first head for `start:` (see [`Source::begin`]).
-    async fn first_mark(&mut self, start: &Start) -> Result<Option<Mark>, SourceError> {
+    async fn first_mark(
+        &mut self,
+        lease: &mut Lease,
+        plan: &Plan,
+        start: &Start,
+    ) -> Result<Mark, SourceError> {
         let before = match start {
-            Start::Beginning => return Ok(None),
+            Start::Beginning => return Ok(Mark::empty(self.config.mode)),
             Start::Now => None,
             Start::At(time) => Some(*time),
         };
-        let mode = self.config.mode;
         let grace = self.config.grace.map(|g| g.0.as_secs_f64());
-        let conn = self.conn().await?;
-        Ok(Some(match mode {
+        Ok(match self.config.mode {
             // Every transaction the current snapshot shows counts as announced, and in
-            // the first pair, rows from before the time do.
+            // the first pair, rows from before the time do. The snapshot is made
+            // durable like any the source relies on (see `history`).
             Mode::Xid => {
-                let (facts, server, _) = Self::durable_now(conn, None).await?;
+                if before.is_some() {
+                    plan.check_time_cursor()?;
+                }
+                let facts = Self::facts(lease, plan).await?;
+                if !facts.standby && facts.flushed < facts.lsn {
+                    history::make_durable(lease.client(), facts.lsn, &plan.name).await?;
+                }
+                let system = lease.system(&plan.name).await?;
+                let server = Some(history::record(&system, None, &facts));
                 match before {
                     None => Mark::Xid {
                         from: Some(facts.snapshot),
                         to: None,
                         after: None,
                         not_before: None,
-                        server: Some(server),
+                        server,
                     },
-                    Some(time) => {
-                        conn.plan.check_time_cursor()?;
-                        Mark::Xid {
-                            from: None,
-                            to: Some(facts.snapshot),
-                            after: None,
-                            not_before: Some(time),
-                            server: Some(server),
-                        }
-                    }
+                    Some(time) => Mark::Xid {
+                        from: None,
+                        to: Some(facts.snapshot),
+                        after: None,
+                        not_before: Some(time),
+                        server,
+                    },
                 }
             }
             // As if every row a poll could announce now (before the time) had been.
             Mode::Cursor => {
                 let time = before.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
-                let last = conn.plan.last_position(&conn.client, grace, time.as_ref()).await?;
-                Mark::Cursor { after: last.map(|row| rows::position(&conn.plan, &row, false)).transpose()? }
+                let last = plan.last_position(lease.client(), grace, time.as_ref()).await?;
+                Mark::Cursor { after: last.map(|row| rows::position(plan, &row, false)).transpose()? }
             }
-        }))
+        })
     }
 
-    async fn poll_inner(&mut self, mark: Mark, limit: usize) -> Result<Outcome, SourceError> {
+    async fn poll_inner(
+        &mut self,
+        lease: &mut Lease,
+        plan: &Plan,
+        mark: Mark,
+        limit: usize,
+    ) -> Result<Outcome, SourceError> {
         let grace = self.config.grace.map(|g| g.0.as_secs_f64());
         let emit = self.config.emit;
         let limit = limit.max(1);
         let row_limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.conn().await?;
-        let Some(conn) = self.conn.as_mut() else { return Err(SourceError::transient("no connection")) };
         match mark {
             Mark::Xid { from, to, after, not_before, server } => {
-                let facts = conn.facts.as_ref().ok_or_else(|| SourceError::transient("no facts query"))?;
-                let facts = history::facts(&conn.client, facts, &conn.plan.name).await?;
+                let facts = Self::facts(lease, plan).await?;
+                let system = lease.system(&plan.name).await?;
                 let mut queries = 1;
                 let (from, to, after, server) = match &server {
                     None => (from, to, after, None),
                     Some(stored) => {
                         let newest = to.as_deref().or(from.as_deref());
-                        let plan = &conn.plan;
                         let verdict =
-                            history::check(&conn.client, &conn.system, stored, newest, &facts, &plan.name)
+                            history::check(lease.client(), &system, stored, newest, &facts, &plan.name)
                                 .await?;
                         match verdict {
                             Verdict::Continue(None) => (from, to, after, server),
@@ -359,7 +384,7 @@ impl Postgres {
                         // No transaction finished since the last poll: nothing can be
                         // new, and one query is all an idle poll costs.
                         if from.as_deref().and_then(snapshot_progress) == snapshot_progress(&now) {
-                            tracing::debug!(table = %conn.plan.name, queries, rows = 0, "Polled table.");
+                            tracing::debug!(table = %plan.name, queries, rows = 0, "Polled table.");
                             let next =
                                 Mark::Xid { from: Some(now), to: None, after: None, not_before, server };
                             return Ok(Outcome { items: Vec::new(), next, more: false });
@@ -367,15 +392,15 @@ impl Postgres {
                         // Nothing of the new snapshot is announced before the WAL that
                         // shows it is durable (see `history`).
                         if !facts.standby && facts.flushed < facts.lsn {
-                            history::make_durable(&conn.client, facts.lsn, &conn.plan.name).await?;
+                            history::make_durable(lease.client(), facts.lsn, &plan.name).await?;
                             queries += 1;
                         }
-                        (now, Some(history::record(&conn.system, server.as_ref(), &facts)))
+                        (now, Some(history::record(&system, server.as_ref(), &facts)))
                     }
                 };
                 let shape =
                     Shape { since: from.is_some(), resume: after.is_some(), floor: not_before.is_some() };
-                let zone = conn.plan.zone.clone();
+                let zone = plan.zone.clone();
                 let position = after.as_deref().unwrap_or_default();
                 let floor = not_before.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
                 let args = Args {
@@ -387,9 +412,8 @@ impl Postgres {
                     not_before: floor.as_ref(),
                     limit: row_limit,
                 };
-                let stream = conn.plan.page(&conn.client, shape, &args).await?;
+                let stream = plan.page(lease, shape, &args).await?;
                 queries += 1;
-                let plan = &conn.plan;
                 let (items, last) = read_page(plan, stream, limit, true).await?;
                 let n = items.len();
                 let more = n >= limit;
@@ -401,7 +425,7 @@ impl Postgres {
                     // The pair is done: count the rows it skipped for a NULL cursor (none
                     // can be when the catalog says the cursor columns are NOT NULL).
                     if !plan.nullable.is_empty() {
-                        let nulls = plan.count_pair_nulls(&conn.client, &args).await?;
+                        let nulls = plan.count_pair_nulls(lease.client(), &args).await?;
                         queries += 1;
                         self.skip_nulls(&name, nulls);
                     }
@@ -413,7 +437,7 @@ impl Postgres {
             }
             Mark::Cursor { after } => {
                 let shape = Shape { since: false, resume: after.is_some(), floor: false };
-                let zone = conn.plan.zone.clone();
+                let zone = plan.zone.clone();
                 let position = after.as_deref().unwrap_or_default();
                 let args = Args {
                     to: None,
@@ -424,8 +448,7 @@ impl Postgres {
                     not_before: None,
                     limit: row_limit,
                 };
-                let stream = conn.plan.page(&conn.client, shape, &args).await?;
-                let plan = &conn.plan;
+                let stream = plan.page(lease, shape, &args).await?;
                 let (items, last) = read_page(plan, stream, limit, false).await?;
                 let more = items.len() >= limit;
                 tracing::debug!(table = %plan.name, queries = 1, rows = items.len(), "Polled table.");
@@ -500,17 +523,19 @@ impl Source for Postgres {
     }
 
     async fn begin(&mut self, start: &Start) -> Result<ChangeSet, SourceError> {
-        let first = self.first_mark(start).await;
-        match self.after(first)? {
-            Some(mark) => Ok(ChangeSet::head(mark.encode()?)),
-            None => Ok(ChangeSet::default()),
+        if *start == Start::Beginning {
+            return Ok(ChangeSet::default());
         }
+        let first =
+            self.with_lease(async |this, lease, plan| this.first_mark(lease, plan, start).await).await?;
+        Ok(ChangeSet::head(first.encode()?))
     }
 
     async fn poll(&mut self, limit: usize) -> Result<Polled, SourceError> {
         let mark = self.mark.clone().unwrap_or_else(|| Mark::empty(self.config.mode));
-        let polled = self.poll_inner(mark, limit).await;
-        let Outcome { items, next, more } = self.after(polled)?;
+        let Outcome { items, next, more } = self
+            .with_lease(async |this, lease, plan| this.poll_inner(lease, plan, mark, limit).await)
+            .await?;
         if items.is_empty() {
             // Nothing to announce, nothing to lose: the next poll starts from here, and
             // nothing is stored.
@@ -533,8 +558,9 @@ impl Source for Postgres {
     }
 
     async fn check(&mut self) -> Result<(), SourceError> {
-        let result = self.conn().await.map(|_| ());
-        self.conn = None;
+        let result = self.with_lease(async |_, _, _| Ok(())).await;
+        // Read again at the first poll, as after a restart.
+        self.plan = None;
         result
     }
 

@@ -10,9 +10,10 @@
 use std::collections::HashMap;
 
 use tokio_postgres::types::{Kind, ToSql, Type};
-use tokio_postgres::{Client, Row, RowStream, Statement};
+use tokio_postgres::{Client, Row, RowStream};
 
 use super::config::{Mode, PostgresConfig};
+use super::pool::{Lease, next_plan_id};
 use super::query_error;
 use super::values::{needs_text, quote_ident};
 use crate::source::SourceError;
@@ -119,14 +120,11 @@ pub(super) struct Shape {
     pub floor: bool,
 }
 
-/// A prepared query and the values it takes.
-struct Query {
-    statement: Statement,
-    params: Vec<Param>,
-}
-
-/// What the catalog said, and the SQL built from it. Rebuilt at every connect.
+/// What the catalog said, and the SQL built from it. Read again after a failure; its
+/// statements are prepared on each pooled connection it is used on, under its id.
 pub(super) struct Plan {
+    /// Names this plan's statements on the pooled connections.
+    pub id: u64,
     /// `"schema"."table"`, quoted.
     from: String,
     /// `schema.table`, for events and messages.
@@ -162,8 +160,8 @@ pub(super) struct Plan {
     /// What the first cursor column holds, when it holds a time: what a grace delay and
     /// a `start:` time compare it with.
     clock: Option<Clock>,
-    /// The page queries, prepared (the rarely used ones when first needed).
-    queries: HashMap<Shape, Query>,
+    /// The page queries (prepared on a connection when first used there).
+    queries: HashMap<Shape, Sql>,
 }
 
 /// Where each part sits in a selected row.
@@ -260,34 +258,18 @@ fn check_xid_column(table: &str, xid: &str, column: &Column, is_table: bool) -> 
     Ok(())
 }
 
-/// Reads the catalog, checks every configured name, builds and prepares the queries
-/// (preparing also checks the `where` filter and the SELECT privilege).
-pub(super) async fn prepare(client: &Client, config: &PostgresConfig) -> Result<Plan, SourceError> {
+/// Reads the catalog, checks every configured name, builds the queries and prepares the
+/// usual ones on `lease` (preparing also checks the `where` filter and the SELECT
+/// privilege). The session's timeouts are already set (see `pool`): even reading the
+/// catalog can wait on a lock.
+pub(super) async fn prepare(lease: &mut Lease, config: &PostgresConfig) -> Result<Plan, SourceError> {
     let (schema, table) = (&config.table.schema, &config.table.table);
     let name = config.table.to_string();
     let err = |e| query_error(&name, e);
-    // The zone a session of this server gets unless it sets its own: the one writers
-    // of a `timestamp without time zone` most likely wrote their local times in.
-    let zone: String = client
-        .query_one("SELECT current_setting('TimeZone')", &[])
-        .await
-        .map_err(err)?
-        .try_get(0)
-        .map_err(err)?;
-    // Timeouts first: even reading the catalog and preparing a query can wait on a
-    // lock. Milliseconds are integers written here, never text from the config. A
-    // commit of this session waits for the local flush, whatever writers use (see
-    // `history::make_durable`).
-    client
-        .batch_execute(&format!(
-            "SET statement_timeout = {}; SET lock_timeout = {}; SET synchronous_commit = local; \
-             SET default_transaction_read_only = on; SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; \
-             SET extra_float_digits = 3",
-            config.statement_timeout.0.as_millis(),
-            config.lock_timeout.0.as_millis()
-        ))
-        .await
-        .map_err(err)?;
+    // The zone writers of a `timestamp without time zone` most likely wrote their local
+    // times in (see `pool`).
+    let zone = lease.zone().to_string();
+    let client = lease.client();
     let found = client
         .query_opt(
             "SELECT c.oid, has_table_privilege(c.oid, 'SELECT'), c.relkind IN ('r', 'p') FROM pg_class c \
@@ -406,6 +388,7 @@ pub(super) async fn prepare(client: &Client, config: &PostgresConfig) -> Result<
     let cursor_fields = fields(&values, &config.cursor);
     let column_fields = fields(&values, &values);
     let mut plan = Plan {
+        id: next_plan_id(),
         from: format!("{}.{}", quote_ident(schema), quote_ident(table)),
         name,
         key,
@@ -437,6 +420,8 @@ pub(super) async fn prepare(client: &Client, config: &PostgresConfig) -> Result<
             Shape { since: true, resume: false, floor: false },
             Shape { since: false, resume: true, floor: false },
             Shape { since: true, resume: true, floor: false },
+            Shape { since: false, resume: false, floor: true },
+            Shape { since: false, resume: true, floor: true },
         ],
         Mode::Cursor => &[
             Shape { since: false, resume: false, floor: false },
@@ -444,7 +429,15 @@ pub(super) async fn prepare(client: &Client, config: &PostgresConfig) -> Result<
         ],
     };
     for &shape in shapes {
-        plan.query(client, shape).await?;
+        let sql = match &plan.xid {
+            Some(x) => plan.xid_page(x, shape),
+            None => plan.cursor_page(shape),
+        };
+        // The rare shapes (a first pair from a `start:` time) are prepared when used.
+        if !shape.floor {
+            lease.statement(plan.id, &sql.text, &plan.name).await?;
+        }
+        plan.queries.insert(shape, sql);
     }
     Ok(plan)
 }
@@ -548,33 +541,21 @@ impl Plan {
         sql
     }
 
-    /// The page query of `shape`, prepared on first use.
-    async fn query(&mut self, client: &Client, shape: Shape) -> Result<&Query, SourceError> {
-        if !self.queries.contains_key(&shape) {
-            let sql = match &self.xid {
-                Some(x) => self.xid_page(x, shape),
-                None => self.cursor_page(shape),
-            };
-            tracing::debug!(sql = %sql.text, "Prepared query.");
-            let statement = client.prepare(&sql.text).await.map_err(|e| query_error(&self.name, e))?;
-            self.queries.insert(shape, Query { statement, params: sql.params });
-        }
-        self.queries.get(&shape).ok_or_else(|| SourceError::transient("statement missing"))
-    }
-
     /// Runs one of the page queries. Its rows stream in as the server sends them: the
     /// driver holds one network read of them at a time, and the server waits while the
     /// caller has not taken them.
     pub async fn page(
-        &mut self,
-        client: &Client,
+        &self,
+        lease: &mut Lease,
         shape: Shape,
         args: &Args<'_>,
     ) -> Result<RowStream, SourceError> {
-        let query = self.query(client, shape).await?;
-        let params = args.bind(&query.params)?;
-        client
-            .query_raw(&query.statement, params.iter().map(|p| *p as &dyn ToSql))
+        let sql = self.queries.get(&shape).ok_or_else(|| SourceError::transient("query missing"))?;
+        let statement = lease.statement(self.id, &sql.text, &self.name).await?;
+        let params = args.bind(&sql.params)?;
+        lease
+            .client()
+            .query_raw(&statement, params.iter().map(|p| *p as &dyn ToSql))
             .await
             .map_err(|e| query_error(&self.name, e))
     }
@@ -658,6 +639,7 @@ mod tests {
 
     fn plan(cursor: &[&str], types: &[&str]) -> Plan {
         Plan {
+            id: 1,
             from: format!("{}.{}", quote_ident("App"), quote_ident("Orders")),
             name: "App.Orders".into(),
             key: vec!["id".into()],

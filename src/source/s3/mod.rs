@@ -769,7 +769,15 @@ impl S3Source {
             return Ok(Polled { batches: Vec::new(), more: waits || inbound.received > 0 });
         }
         clock.reset();
-        let (objects, requests) = self.look_up(&client, inbound.keys.keys()).await?;
+        let (objects, requests) = match self.look_up(&client, inbound.keys.keys()).await {
+            Ok(found) => found,
+            Err(e) => {
+                if let Some(inbox) = self.inbox.as_mut() {
+                    inbox.release(&inbound.messages);
+                }
+                return Err(e);
+            }
+        };
         let state = Arc::clone(&self.state);
         let mut candidates = Vec::new();
         for key in inbound.keys.keys() {
@@ -824,7 +832,15 @@ impl S3Source {
                 }
             }
             let head = Head { high_ms: cut.high_ms, floor_ms: cut.floor_ms, ..base.clone() };
-            batches.push(self.batch(Planned { items: cut.items, head, put: cut.put, remove: cut.remove })?);
+            match self.batch(Planned { items: cut.items, head, put: cut.put, remove: cut.remove }) {
+                Ok(batch) => batches.push(batch),
+                Err(e) => {
+                    if let Some(inbox) = self.inbox.as_mut() {
+                        inbox.release(&inbound.messages);
+                    }
+                    return Err(e);
+                }
+            }
         }
         let found: usize = batches.iter().map(|b| b.items.len()).sum();
         tracing::debug!(

@@ -163,7 +163,15 @@ impl Inbox {
         let mut wait = if self.waited { self.timing.wait } else { Duration::ZERO };
         self.waited = true;
         loop {
-            let batch = self.queue.receive(wait, self.timing.visibility).await?;
+            let batch = match self.queue.receive(wait, self.timing.visibility).await {
+                Ok(batch) => batch,
+                // What came before is kept: those messages are held already.
+                Err(e) if inbound.received > 0 => {
+                    tracing::debug!(error = %e, "A further receive failed; going on with the messages received.");
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
             // Only the first receive waits; the rest take what is there.
             wait = Duration::ZERO;
             let got = batch.len();
@@ -254,6 +262,15 @@ impl Inbox {
     pub fn committed(&mut self) {
         if let Some(messages) = self.awaiting.pop_front() {
             self.done.extend(messages);
+        }
+    }
+
+    /// Messages received by a poll that failed before handing them out: no longer kept
+    /// invisible, so they come back once their visibility ends.
+    pub fn release(&mut self, messages: &[Held]) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        for held in messages {
+            in_flight.remove(&held.id);
         }
     }
 

@@ -1,13 +1,18 @@
 //! Webhook sink throughput and the cost of signing, next to a bare HTTP client posting
-//! the same bodies to the same local receiver in the same run.
+//! the same bodies to the same local receiver in the same run; and the rate at which the
+//! real daemon delivers through its whole loop (a `local_dir` watcher, `batch: 1`,
+//! `batch_size: 50`) to a receiver that fails a seeded 20 % of requests with 503, next
+//! to one that fails none.
 //!
-//! Run: `cargo bench --bench webhook` (optionally `-- EVENTS`, default 3000). Numbers
-//! depend on the machine; the ratios to the bare client are what to compare between
-//! runs. Requests go to a receiver on 127.0.0.1 only, one at a time, as a watcher sends
-//! them.
+//! Run: `cargo bench --bench webhook` (optionally `-- EVENTS`, default 3000, and
+//! `--loop ITEMS`, default 1000). Numbers depend on the machine; the ratios to the bare
+//! client, and of the failing receiver to the one that fails none, are what to compare
+//! between runs. Requests go to a receiver on 127.0.0.1 only, one at a time, as a
+//! watcher sends them.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use highwater::event::{Change, Encoded, Event, FileItem, Item};
@@ -105,8 +110,116 @@ async fn bare(url: &str, events: &[Encoded], batch: usize) -> Measured {
     measure(events.len(), bodies.len(), started.elapsed())
 }
 
+/// A receiver that answers 503 to a seeded share of requests and counts the distinct
+/// event ids it accepted (`webhook-id` is the event id with `batch: 1`).
+#[derive(Default)]
+struct Flaky {
+    /// Requests so far: the input of the seeded choice.
+    requests: AtomicU64,
+    /// Percent of requests refused.
+    fail_percent: u64,
+    accepted: Mutex<HashSet<String>>,
+}
+
+impl Flaky {
+    /// Whether request `n` fails: a fixed hash of `n`, the same in every run.
+    fn fails(&self, n: u64) -> bool {
+        let mut x = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        x % 100 < self.fail_percent
+    }
+}
+
+/// Starts a [`Flaky`] receiver; returns its URL and state.
+async fn flaky(fail_percent: u64) -> (String, Arc<Flaky>) {
+    let state = Arc::new(Flaky { fail_percent, ..Flaky::default() });
+    let shared = Arc::clone(&state);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, _body: axum::body::Bytes| {
+            let state = Arc::clone(&shared);
+            async move {
+                let n = state.requests.fetch_add(1, Ordering::Relaxed);
+                if state.fails(n) {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                if let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok()) {
+                    state.accepted.lock().expect("lock").insert(id.to_string());
+                }
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+    (url, state)
+}
+
+/// `highwater run` with one `local_dir` watcher over `items` files and a webhook sink
+/// (`batch: 1`, `batch_size: 50`) posting to a receiver failing `fail_percent` % of
+/// requests, until every item was accepted. Returns the time taken and the requests
+/// made.
+async fn through_the_loop(items: usize, fail_percent: u64, retry: &str) -> (Duration, u64) {
+    let (url, receiver) = flaky(fail_percent).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = dir.path();
+    for sub in ["config", "watchers", "landing"] {
+        std::fs::create_dir_all(project.join(sub)).expect("mkdir");
+    }
+    std::fs::write(
+        project.join("config/highwater.yaml"),
+        "watchers_dir: watchers\nstate: {type: sqlite, path: state/highwater.db}\n",
+    )
+    .expect("config");
+    std::fs::write(
+        project.join("watchers/landing.yaml"),
+        format!(
+            "namespace: bench\nname: landing\nsource: {{type: local_dir, path: landing, min_age: 0s}}\n\
+             sink: {{type: webhook, url: \"{url}\", batch: 1}}\nbatch_size: 50\npoll_interval: 100ms\n\
+             retry: {retry}\n"
+        ),
+    )
+    .expect("watcher");
+    for i in 0..items {
+        std::fs::write(project.join(format!("landing/orders-{i:06}.csv")), format!("{i}\n")).expect("file");
+    }
+    let started = Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_highwater"))
+        .current_dir(project)
+        .arg("run")
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start highwater");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while receiver.accepted.lock().expect("lock").len() < items {
+        assert!(Instant::now() < deadline, "not every item was accepted within 10 minutes");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = started.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    (took, receiver.requests.load(Ordering::Relaxed))
+}
+
 fn main() {
-    let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(3000);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let loop_items: usize = args
+        .iter()
+        .position(|a| a == "--loop")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1000);
+    let n: usize = args
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || args[i - 1] != "--loop")
+        .find_map(|(_, a)| a.parse().ok())
+        .unwrap_or(3000);
     highwater::init_tls();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -194,5 +307,29 @@ fn main() {
             );
         }
         println!("bytes received: {}", received.load(Ordering::Relaxed));
+
+        // The whole loop against a receiver that fails a seeded share of requests.
+        println!();
+        println!(
+            "through the daemon: {loop_items} items, local_dir -> webhook (batch: 1, batch_size: 50), receiver answering 503 to a seeded share of requests"
+        );
+        println!("{:<44} {:>10} {:>10} {:>12} {:>14}", "case", "seconds", "requests", "items/s", "vs failing none");
+        for retry in ["{initial: 1s, max: 5m}", "{initial: 100ms, max: 5s}"] {
+            let (clean, clean_requests) = through_the_loop(loop_items, 0, retry).await;
+            let (flaky, flaky_requests) = through_the_loop(loop_items, 20, retry).await;
+            let rate = |took: Duration| loop_items as f64 / took.as_secs_f64();
+            for (name, took, requests) in
+                [("failing none", clean, clean_requests), ("failing 20 %", flaky, flaky_requests)]
+            {
+                println!(
+                    "{:<44} {:>10.2} {:>10} {:>12.0} {:>13.2}x",
+                    format!("{name}, retry {retry}"),
+                    took.as_secs_f64(),
+                    requests,
+                    rate(took),
+                    rate(took) / rate(clean)
+                );
+            }
+        }
     });
 }

@@ -42,6 +42,15 @@ pub const PROGRESS_EVERY_EVENTS: usize = 1000;
 /// ...or the time after which it keeps whatever was acknowledged since.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
+/// Failed attempts without progress retried at once, within [`QUICK_WINDOW`] of the sink
+/// last taking events, before the backoff applies: a receiver that fails a request now
+/// and then costs a request, not a wait; one that went down gets a few quick tries,
+/// then the backoff (and one that was down already, the backoff alone).
+const QUICK_RETRIES: u32 = 3;
+
+/// How long after the sink last took events a failure still counts as sporadic.
+const QUICK_WINDOW: Duration = Duration::from_secs(10);
+
 /// Why a cycle did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum WatcherError {
@@ -101,6 +110,10 @@ pub struct Watcher {
     shared: (Arc<str>, Arc<str>, Arc<str>),
     /// The `start:` setting was compared with the one the stored state began from.
     start_checked: bool,
+    /// Quick retries left ([`QUICK_RETRIES`]), refilled whenever the sink takes events.
+    quick_retries: u32,
+    /// When the sink last took events.
+    last_taken: Option<Instant>,
 }
 
 /// What [`Watcher::dry_run`] found.
@@ -142,6 +155,8 @@ impl Watcher {
             attempt_limit: None,
             shared: (Arc::from(config.namespace.as_str()), Arc::from(config.name.as_str()), Arc::from(kind)),
             start_checked: false,
+            quick_retries: QUICK_RETRIES,
+            last_taken: None,
         }
     }
 
@@ -454,8 +469,8 @@ impl Watcher {
     /// Delivers `batch` until the sink acknowledges it (then commits) or the policy sets
     /// it aside. Only the events after those the sink acknowledged are sent again; the
     /// count is kept with the pending batch at most every [`PROGRESS_EVERY_EVENTS`]
-    /// events or [`PROGRESS_EVERY`], and before a wait. Returns the number of events
-    /// acknowledged.
+    /// events or [`PROGRESS_EVERY`], and before a wait. A failure after progress is
+    /// retried at once ([`QUICK_RETRIES`]). Returns the number of events acknowledged.
     async fn deliver_and_commit(
         &mut self,
         mut staged: Staged,
@@ -474,9 +489,6 @@ impl Watcher {
         self.stats.set_pending(n - done, staged.batch().created_at.timestamp_millis());
         let mut backoff = Backoff::new(self.retry.initial.0, self.retry.max.0);
         let mut attempts = 0u32;
-        // A failure right after progress is retried at once, once: the receiver was
-        // taking events a moment ago.
-        let mut quick = false;
         loop {
             attempts += 1;
             let acked = Acked::new();
@@ -506,6 +518,7 @@ impl Watcher {
             let probe = matches!(outcome, Delivery::RetryLater { .. });
             let (reason, delay) = match outcome {
                 Delivery::Acknowledged => {
+                    self.took_events();
                     self.commit(&mut staged, None, shutdown).await?;
                     WatcherStats::add(&self.stats.events_delivered, (n - resumed) as u64);
                     self.stats.last_delivery_ms.store(now_ms(), Ordering::Relaxed);
@@ -518,15 +531,20 @@ impl Watcher {
                     WatcherStats::add(&self.stats.delivery_retries, 1);
                     self.stats.set_state(WatcherState::Retrying);
                     self.stats.set_pending(n - done, staged.batch().created_at.timestamp_millis());
+                    // A receiver that took events a moment ago and fails now and then is
+                    // retried at once: after progress, and a few times more; only a
+                    // streak of failures without progress backs off.
                     let delay = match after {
                         Some(after) => after.min(MAX_RETRY_AFTER).max(backoff.next_delay() / 2),
                         None if gained > 0 => {
                             backoff.reset();
-                            quick = true;
+                            self.took_events();
                             Duration::ZERO
                         }
-                        None if quick => {
-                            quick = false;
+                        None if self.quick_retries > 0
+                            && self.last_taken.is_some_and(|at| at.elapsed() < QUICK_WINDOW) =>
+                        {
+                            self.quick_retries -= 1;
                             Duration::ZERO
                         }
                         None => backoff.next_delay(),
@@ -599,6 +617,12 @@ impl Watcher {
                 return Err(WatcherError::Shutdown);
             }
         }
+    }
+
+    /// Notes that the sink took events: failures soon after are retried at once.
+    fn took_events(&mut self) {
+        self.quick_retries = QUICK_RETRIES;
+        self.last_taken = Some(Instant::now());
     }
 
     /// Commits the batch's state change and clears the outbox, in one transaction; with

@@ -77,7 +77,9 @@ impl SqliteStore {
         // delivery promise holds.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| backend(e.to_string()))?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| backend(e.to_string()))?;
-        if let Some(done) = migrate(&mut conn, path, upgrades).map_err(backend)? {
+        // A new file is brought to the newest version silently; one an earlier release
+        // wrote is worth a line.
+        if let Some(done) = migrate(&mut conn, path, upgrades).map_err(backend)?.filter(|d| d.from > 0) {
             let backup = done.backup.as_ref().map(|p| p.display().to_string());
             tracing::warn!(
                 from = done.from,

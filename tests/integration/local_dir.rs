@@ -95,3 +95,30 @@ fn local_dir_a_file_copied_in_again_with_its_times_kept_is_announced() {
     assert_ne!(again[0]["id"], first[0]["id"], "a new generation, a new id");
     assert!(once(&p).is_empty());
 }
+
+/// README promises a warning when `max_remembered` makes the look-back window shrink.
+#[test]
+fn local_dir_says_when_the_cap_forgets_files() {
+    let p = Project::default_config();
+    p.watcher(
+        "landing",
+        "name: landing\nsource: {type: local_dir, path: landing, min_age: 0s, max_remembered: 2}\nsink: {type: stdout}\n",
+    );
+    let mut warned = Vec::new();
+    // One run per file: each lands at a later change time than the one before.
+    for name in ["a.csv", "b.csv", "c.csv"] {
+        p.write(&format!("landing/{name}"), name);
+        let out = p.run(&["once"]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        warned.extend(
+            out.stderr
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|l| l["max_remembered"] == 2),
+        );
+    }
+    assert_eq!(warned.len(), 1, "said once, when the third file pushed the first out: {warned:?}");
+    assert_eq!(warned[0]["forgotten"], 1, "{}", warned[0]);
+    assert_eq!(warned[0]["level"], "WARN");
+    assert!(warned[0]["floor"].is_string(), "{}", warned[0]);
+}

@@ -804,16 +804,13 @@ fn plain_http_works_on_a_host_without_ca_certificates() {
 
 #[test]
 fn a_restart_sends_only_what_the_receiver_had_not_taken() {
-    // Three events taken, then the fourth refused three times: the watcher keeps its
-    // progress before it waits (its backoff is long), and is killed while it waits.
-    let receiver = Receiver::start(vec![
-        Fault::Status(200),
-        Fault::Status(200),
-        Fault::Status(200),
-        Fault::Status(503),
-        Fault::Status(503),
-        Fault::Status(503),
-    ]);
+    // Three events taken, then the fourth refused five times (once after the progress,
+    // then as many times as the watcher retries at once, and once more): the watcher
+    // keeps its progress before it waits (its backoff is long), and is killed while it
+    // waits.
+    let mut plan = vec![Fault::Status(200); 3];
+    plan.extend([Fault::Status(503); 5]);
+    let receiver = Receiver::start(plan);
     let project = Project::default_config();
     std::fs::create_dir_all(project.path().join("landing")).expect("mkdir landing");
     project.watcher(
@@ -833,7 +830,7 @@ fn a_restart_sends_only_what_the_receiver_had_not_taken() {
         (value["acked"] == 3).then_some(value)
     });
     assert!(progress["batch_id"].is_string(), "{progress}");
-    assert_eq!(receiver.arrivals().len(), 6);
+    assert_eq!(receiver.arrivals().len(), 8);
     daemon.kill9();
 
     let _daemon = project.start_with(&[("HOOK_SECRET", SECRET)], &[]);
@@ -843,6 +840,7 @@ fn a_restart_sends_only_what_the_receiver_had_not_taken() {
     assert_repeats_are_identical(&receiver);
     let arrivals = receiver.arrivals();
     let sent: Vec<Vec<String>> = arrivals.iter().map(Arrival::event_ids).collect();
-    assert_eq!(arrivals.len(), 9, "3 taken, 3 refused, then only the 3 not taken: {sent:?}");
-    assert_eq!(sent[6], sent[3], "the restart starts with the event first refused");
+    assert_eq!(arrivals.len(), 11, "3 taken, 5 refused, then only the 3 not taken: {sent:?}");
+    assert!(sent[3..8].iter().all(|ids| *ids == sent[3]), "retries of the event refused: {sent:?}");
+    assert_eq!(sent[8], sent[3], "the restart starts with the event first refused");
 }

@@ -5,7 +5,7 @@
 #   /etc/highwater/watchers/                  watcher files, one per watcher
 #   UNITDIR/highwater.service                 the unit
 #   PREFIX/lib/sysusers.d/highwater.conf      the `highwater` system user
-#   PREFIX/share/doc/highwater/               README and an example watcher
+#   PREFIX/share/doc/highwater/               README, docs/ and an example watcher
 # State lives in /var/lib/highwater, which systemd creates (StateDirectory=).
 #
 # Usage:
@@ -51,6 +51,9 @@ chmod 0644 "$DESTDIR$UNITDIR/highwater.service"
 
 install -D -m 0644 systemd/highwater.sysusers "$DESTDIR$PREFIX/lib/sysusers.d/highwater.conf"
 install -D -m 0644 README.md "$DESTDIR$docdir/README.md"
+find docs -name '*.md' -print0 | while IFS= read -r -d '' page; do
+    install -D -m 0644 "$page" "$DESTDIR$docdir/$page"
+done
 install -D -m 0644 watchers/example.yaml.sample "$DESTDIR$docdir/example-watcher.yaml"
 
 if [ -z "$DESTDIR" ]; then

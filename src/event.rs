@@ -181,7 +181,7 @@ impl Item {
 
 /// One event: the unit a sink delivers and a consumer deduplicates on.
 ///
-/// This struct is the JSON every sink writes (README, "Event shape"); the outbox stores
+/// This struct is the JSON every sink writes (docs/reference/events.md); the outbox stores
 /// it verbatim so that a redelivery is byte-for-byte the event first attempted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

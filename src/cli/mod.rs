@@ -20,7 +20,7 @@ use crate::state::StoreError;
 
 pub use state::{StateArgs, StateCommand};
 
-/// Exit codes, one per kind of failure (README, "Exit codes").
+/// Exit codes, one per kind of failure (docs/reference/cli.md, "Exit codes").
 pub mod exit {
     /// Success.
     pub const OK: i32 = 0;
@@ -282,7 +282,7 @@ mod tests {
         StoreError::Backend { location: "state.db".into(), message: "disk full".into() }
     }
 
-    /// The codes README's "Exit codes" table promises, pinned as numbers: systemd units
+    /// The codes the "Exit codes" table of docs/reference/cli.md promises, pinned as numbers: systemd units
     /// and scripts act on them.
     #[test]
     fn every_failure_has_its_documented_exit_code() {

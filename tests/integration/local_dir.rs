@@ -96,7 +96,7 @@ fn local_dir_a_file_copied_in_again_with_its_times_kept_is_announced() {
     assert!(once(&p).is_empty());
 }
 
-/// README promises a warning when `max_remembered` makes the look-back window shrink.
+/// docs/reference/local_dir.md promises a warning when `max_remembered` makes the look-back window shrink.
 #[test]
 fn local_dir_says_when_the_cap_forgets_files() {
     let p = Project::default_config();

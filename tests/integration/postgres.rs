@@ -83,7 +83,7 @@ impl Schema {
     }
 
     /// `orders(id bigserial primary key, note, hx xid8 default pg_current_xact_id())`,
-    /// indexed on `(hx, id)` as README advises.
+    /// indexed on `(hx, id)` as docs/reference/postgres.md advises.
     pub(crate) fn orders(&self) -> String {
         let table = format!("{}.orders", self.name);
         self.pg.exec(&format!(

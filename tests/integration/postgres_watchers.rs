@@ -44,7 +44,7 @@ fn start_now_announces_only_what_is_written_after_the_watcher_began() {
     assert_eq!(ids(&once(&cursor)), vec![5]);
     open.exec("COMMIT");
     assert_eq!(ids(&once(&xid)), vec![4]);
-    // Mode cursor is past id 4 already (README: what it can miss).
+    // Mode cursor is past id 4 already (docs/reference/postgres.md: what it can miss).
     assert_eq!(once(&cursor), Vec::<Value>::new());
 }
 

@@ -359,6 +359,8 @@ fn install_script_lays_out_a_packaged_install_whose_config_is_valid() {
         "usr/lib/systemd/system/highwater.service",
         "usr/lib/sysusers.d/highwater.conf",
         "usr/share/doc/highwater/README.md",
+        "usr/share/doc/highwater/docs/operations.md",
+        "usr/share/doc/highwater/docs/reference/config.md",
     ] {
         assert!(stage.path().join(file).is_file(), "{file} is installed");
     }

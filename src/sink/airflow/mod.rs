@@ -95,7 +95,7 @@ pub struct AirflowConfig {
     pub rate_limit: u32,
     /// After each batch, make sure every DAG consuming the asset has a run that
     /// includes the batch's last event, and post that event again when Airflow left it
-    /// without one (see README). Default true.
+    /// without one (see docs/reference/airflow.md). Default true.
     #[serde(default = "default_ensure_runs")]
     pub ensure_runs: bool,
 }

@@ -46,7 +46,7 @@ pub struct PostgresConfig {
     #[serde(deserialize_with = "one_or_many")]
     pub cursor: Vec<String>,
     /// `xid` (default): commit-order safe, needs `xid_column`. `cursor`: plain keyset
-    /// on the cursor columns (see README for what it can miss).
+    /// on the cursor columns (docs/reference/postgres.md says what it can miss).
     #[serde(default)]
     pub mode: Mode,
     /// The `xid8` column filled by `DEFAULT pg_current_xact_id()`, indexed (mode `xid`).
@@ -272,7 +272,7 @@ impl SourceKind for PostgresConfig {
                     errors.push((
                         "xid_column".into(),
                         "mode xid needs the column filled by `DEFAULT pg_current_xact_id()` \
-                         (or set `mode: cursor`; see README for what it can miss)"
+                         (or set `mode: cursor`; docs/reference/postgres.md says what it can miss)"
                             .into(),
                     ));
                 }

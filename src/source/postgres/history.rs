@@ -388,7 +388,7 @@ pub(super) fn stop_error(table: &str, cause: &Cause, stored: &Server, from: Opti
          announced may have been handed out again, and rows they write would be skipped, so the watcher stops. \
          To announce again every row written by transaction {n} or later ({what}; take a smaller id if the server \
          lost more), run `highwater state set WATCHER watermark '{{\"mode\":\"xid\",\"from\":\"{n}:{n}:\"}}'`; \
-         to announce the whole table again, `highwater state reset WATCHER` (README, postgres: \"When the \
+         to announce the whole table again, `highwater state reset WATCHER` (docs/internals.md: \"When the \
          server's history changes\")"
     ))
 }

@@ -1,7 +1,7 @@
 //! The `postgres` source: new rows of a table, safe against transactions that commit
 //! out of order.
 //!
-//! Two modes (README, "postgres"):
+//! Two modes (docs/reference/postgres.md):
 //!
 //! - `xid` (default): the table has a column filled by `DEFAULT pg_current_xact_id()`.
 //!   The watermark is the snapshot (`pg_current_snapshot()`) of the previous poll; a poll
@@ -13,7 +13,7 @@
 //!   The watermark also records where in the server's history its snapshot was taken,
 //!   checked at every poll (`history`), since ids handed out again would look seen.
 //! - `cursor`: plain keyset pagination on the cursor columns, with an optional grace
-//!   delay; for tables that cannot get the column, with the limits the README states.
+//!   delay; for tables that cannot get the column, with the limits docs/reference/postgres.md states.
 //!
 //! The watermark is the source's whole state (its head; it remembers no members), held
 //! in memory between polls. This file holds it, where `start:` puts it, and the poll;

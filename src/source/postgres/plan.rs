@@ -252,7 +252,7 @@ fn check_xid_column(table: &str, xid: &str, column: &Column, is_table: bool) -> 
         tracing::warn!(
             table,
             column = xid,
-            "No index starts with the xid column: every poll reads the whole table (README: CREATE INDEX ON table (xid_column, cursor…))."
+            "No index starts with the xid column: every poll reads the whole table (docs/reference/postgres.md: CREATE INDEX ON table (xid_column, cursor…))."
         );
     }
     Ok(())

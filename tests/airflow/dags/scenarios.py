@@ -4,7 +4,7 @@ own asset, so that scenarios running at once never see each other's events or ru
 Their one task is an EmptyOperator, which the scheduler marks done without starting a
 process: the scenarios look at the runs Airflow makes and the events each consumes,
 and a task process per run would only load the machine (the DAG in highwater_e2e.py
-runs a real task that reads the events, as README's example does).
+runs a real task that reads the events, as the example DAG of docs/reference/airflow.md does).
 """
 
 import pendulum

@@ -20,8 +20,9 @@ export AIRFLOW__CORE__DAGS_FOLDER="$home/dags"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$home/airflow.db"
-# `rotator` is the user whose password a test changes.
-export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin,rotator:admin
+# `rotator` is the user whose password a test changes; `highwater` is the user of
+# docs/guides/s3-to-airflow.md, with the role the guide gives it.
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin,rotator:admin,highwater:op
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$home/passwords.json"
 export AIRFLOW__API__HOST=127.0.0.1
 export AIRFLOW__API__PORT="$port"
@@ -44,7 +45,7 @@ export AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=0
 export SCARF_ANALYTICS=false
 export DO_NOT_TRACK=true
 export AIRFLOW__USAGE_DATA_COLLECTION__ENABLED=False
-echo '{"admin": "admin", "rotator": "rotator-1"}' > "$home/passwords.json"
+echo '{"admin": "admin", "rotator": "rotator-1", "highwater": "guide-password"}' > "$home/passwords.json"
 
 airflow="$venv/bin/airflow"
 "$airflow" db migrate > "$home/db-migrate.log" 2>&1

@@ -8,7 +8,8 @@
 //! Scenarios: a dropped file starts a run (and an expired token is renewed); a burst
 //! of files each reaches a run; a rotated password file and a refused password (state
 //! error, `/readyz`); a removed DAG holds its watcher; a stall mid-batch and one 500
-//! mid-batch post no event twice; recovery after an outage keeps the order.
+//! mid-batch post no event twice; recovery after an outage keeps the order; and
+//! docs/guides/s3-to-airflow.md followed with its own watcher file, DAG and IAM policy.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -23,6 +24,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::s3_support::{ACCESS_KEY, Bucket, SECRET_KEY, weed};
 use crate::util::{DEFAULT_CONFIG, Daemon, Project, field_str, http_get};
 
 /// Airflow's API tokens expire this fast here, so the sink's renewal runs for real.
@@ -69,6 +71,11 @@ fn start_airflow() -> Airflow {
     });
     let home = tempfile::Builder::new().prefix("highwater-airflow-").tempdir().expect("tempdir").keep();
     AIRFLOW_HOME.set(home.clone()).expect("one Airflow per binary");
+    // The DAG of docs/guides/s3-to-airflow.md, as the guide has it (start.sh copies the
+    // test DAGs next to it).
+    std::fs::create_dir_all(home.join("dags")).expect("mkdir dags");
+    std::fs::write(home.join("dags/guide_s3_to_airflow.py"), guide_block("dag"))
+        .expect("write the guide's DAG");
     // SAFETY: registers a plain extern "C" function with no arguments, once.
     unsafe { libc::atexit(stop_airflow) };
     // The port is free when picked, but another process may take it before the API
@@ -458,8 +465,11 @@ fn a_rotated_password_file_and_a_refused_password() {
     daemon.wait_delivered("e2e/rotate", 1);
 
     // Airflow's password for the user changes; highwater still has the old one.
-    std::fs::write(airflow.home.join("passwords.json"), r#"{"admin": "admin", "rotator": "rotator-2"}"#)
-        .expect("rotate the password");
+    std::fs::write(
+        airflow.home.join("passwords.json"),
+        r#"{"admin": "admin", "rotator": "rotator-2", "highwater": "guide-password"}"#,
+    )
+    .expect("rotate the password");
     // Once a token issued now has expired, so has the sink's.
     let api = Api::new();
     let later_token = rt().block_on(api.token("admin", "admin")).expect("token");
@@ -795,4 +805,111 @@ fn recovery_after_an_outage_keeps_the_order() {
     );
     let (code, _) = daemon.stop();
     assert_eq!(code, Some(0));
+}
+
+/// The guide that [`the_s3_to_airflow_guide_starts_its_dag`] follows.
+const GUIDE: &str = "docs/guides/s3-to-airflow.md";
+
+/// The fenced block that follows `<!-- guide-test: NAME -->` in [`GUIDE`], so that the
+/// test runs what the guide shows.
+fn guide_block(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(GUIDE);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let marker = format!("<!-- guide-test: {name} -->");
+    let after = text.split_once(&marker).unwrap_or_else(|| panic!("{GUIDE} has no {marker}")).1;
+    let fenced = after.trim_start();
+    assert!(fenced.starts_with("```"), "{GUIDE}: {marker} is not followed by a fenced block");
+    let body = fenced.split_once('\n').expect("the fence's line").1;
+    let (block, _) = body.split_once("\n```").unwrap_or_else(|| panic!("{GUIDE}: {name}: no closing fence"));
+    format!("{block}\n")
+}
+
+#[test]
+fn the_s3_to_airflow_guide_starts_its_dag() {
+    let airflow = airflow();
+    let mut watcher: serde_yaml::Value =
+        serde_yaml::from_str(&guide_block("watcher")).expect("the guide's watcher");
+    let text = |v: &serde_yaml::Value| v.as_str().expect("a string").to_string();
+    let (bucket, prefix) = (text(&watcher["source"]["bucket"]), text(&watcher["source"]["prefix"]));
+    let asset_uri = text(&watcher["sink"]["asset_uri"]);
+    let name = format!("{}/{}", text(&watcher["namespace"]), text(&watcher["name"]));
+    let dag = guide_block("dag");
+    let dag_id = dag
+        .lines()
+        .find_map(|l| l.strip_prefix("def ").and_then(|d| d.split_once('(')).map(|(id, _)| id.to_string()))
+        .expect("the guide's DAG function");
+    assert!(dag.contains(&format!("uri=\"{asset_uri}\"")), "the DAG is scheduled on the watcher's asset");
+
+    // The IAM policy allows the one action the watcher needs, on its bucket and prefix.
+    let policy: Value =
+        serde_json::from_str(&guide_block("iam-policy")).expect("the guide's IAM policy is JSON");
+    let statement = &policy["Statement"][0];
+    assert_eq!(statement["Action"], "s3:ListBucket");
+    assert_eq!(statement["Resource"], format!("arn:aws:s3:::{bucket}"));
+    assert_eq!(statement["Condition"]["StringLike"]["s3:prefix"], json!([prefix, format!("{prefix}*")]));
+
+    // What the test changes: where the servers are.
+    watcher["source"]["endpoint_url"] = weed().endpoint.clone().into();
+    watcher["source"]["force_path_style"] = true.into();
+    watcher["sink"]["base_url"] = airflow.base.clone().into();
+    let landing = Bucket::new(&bucket);
+    let project = Project::new(DEFAULT_CONFIG);
+    project.watcher("partner-orders", &serde_yaml::to_string(&watcher).expect("yaml"));
+    // The systemd credential of the guide's unit, and its environment file.
+    project.write("credentials/airflow-password", "guide-password\n");
+    let credentials = project.path().join("credentials").to_string_lossy().into_owned();
+    let env = [
+        ("CREDENTIALS_DIRECTORY", credentials.as_str()),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+    ];
+
+    // Step 5: the DAG is deployed before the watcher starts.
+    let api = Api::new();
+    eventually(&format!("Airflow parsing the guide's DAG, scheduled on {asset_uri}"), AIRFLOW_WAIT, || {
+        let asset = api.asset(&asset_uri);
+        asset["scheduled_dags"].as_array().is_some_and(|d| !d.is_empty()).then_some(())
+    });
+    // Step 6: check --connect, then start.
+    let check = project.command(&["check", "--connect"]).envs(env).output().expect("check");
+    let check_err = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(0), "{check_err}");
+    assert!(check_err.contains(&dag_id), "check names the consuming DAG: {check_err}");
+    let mut daemon = project.start_with(&env, &[]);
+    // `start: now`: what lands after the first poll is announced.
+    daemon.wait_polls(&name, 1);
+
+    // Step 7: a file lands; a run of the DAG loads it.
+    let key = format!("{prefix}2026-11-26/orders.csv");
+    landing.put(&key, "id,amount\n1,10\n");
+    wait_delivered(&mut daemon, &name, 1);
+    let events = api.events(&asset_uri);
+    let event =
+        events.iter().find(|e| e["extra"]["item"]["key"] == key.as_str()).expect("the file's asset event");
+    assert_eq!(event["extra"]["item"]["bucket"], bucket.as_str());
+    let event_id = event["extra"]["event_id"].as_str().expect("event id").to_string();
+    eventually(&format!("a successful run of {dag_id} carrying event {event_id}"), AIRFLOW_WAIT * 2, || {
+        let runs = api.get(&format!("/api/v2/dags/{dag_id}/dagRuns?run_type=asset_triggered&limit=100"));
+        runs["dag_runs"].as_array().into_iter().flatten().find_map(|run| {
+            let run_id = run["dag_run_id"].as_str().expect("run id");
+            let consumed = api.get(&format!("/api/v2/dags/{dag_id}/dagRuns/{run_id}/upstreamAssetEvents"));
+            let ours = consumed["asset_events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["extra"]["event_id"] == event_id.as_str());
+            if ours {
+                // A failed run means the guide's DAG does not read the event as shown.
+                assert_ne!(run["state"], "failed", "the guide's DAG failed on the event: {run}");
+            }
+            (ours && run["state"] == "success").then_some(())
+        })
+    });
+
+    let (code, logs) = daemon.stop();
+    assert_eq!(code, Some(0));
+    assert!(
+        !logs.iter().any(|l| l.contains("guide-password") || l.contains(SECRET_KEY)),
+        "a secret reached the logs"
+    );
 }

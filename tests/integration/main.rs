@@ -7,6 +7,7 @@ mod architecture;
 mod cli;
 mod conformance;
 mod core;
+mod docs;
 mod local_dir;
 mod moto_support;
 mod postgres;

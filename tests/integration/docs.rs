@@ -1,0 +1,313 @@
+//! The documentation kept true to the code: each field table of docs/reference/ names
+//! exactly the keys its config struct takes, says which are required as the struct does,
+//! and gives the defaults the struct's default functions return; every relative link of
+//! README.md, CONTRIBUTING.md and docs/ leads to a file and a heading that exist; README
+//! shows the commands CI and the quick start run.
+//!
+//! The structs are read from their source files (the config types are private to the
+//! crate), so a renamed or added field fails here until its page says so.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(relative: &str) -> String {
+    std::fs::read_to_string(root().join(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
+}
+
+/// A config struct a table covers: (source file, struct, key prefix of its fields in
+/// the table).
+type Covered = (&'static str, &'static str, &'static str);
+
+/// Each reference page, and the structs its table covers.
+const PAGES: &[(&str, &[Covered])] = &[
+    ("docs/reference/local_dir.md", &[("src/source/local_dir.rs", "LocalDirConfig", "")]),
+    (
+        "docs/reference/s3.md",
+        &[
+            ("src/source/s3/mod.rs", "S3Config", ""),
+            ("src/source/s3/mod.rs", "NotificationsConfig", "notifications."),
+        ],
+    ),
+    ("docs/reference/postgres.md", &[("src/source/postgres/config.rs", "PostgresConfig", "")]),
+    ("docs/reference/stdout.md", &[("src/sink/stdout.rs", "StdoutConfig", "")]),
+    ("docs/reference/file.md", &[("src/sink/file.rs", "FileSinkConfig", "")]),
+    ("docs/reference/webhook.md", &[("src/sink/webhook.rs", "WebhookConfig", "")]),
+    ("docs/reference/airflow.md", &[("src/sink/airflow/mod.rs", "AirflowConfig", "")]),
+];
+
+/// A field as the struct declares it.
+#[derive(Debug)]
+struct Field {
+    ty: String,
+    /// The `#[serde(...)]` attributes before it, joined.
+    serde: String,
+}
+
+impl Field {
+    fn default_fn(&self) -> Option<&str> {
+        let (_, rest) = self.serde.split_once("default = \"")?;
+        rest.split_once('"').map(|(f, _)| f)
+    }
+
+    fn required(&self) -> bool {
+        !self.serde.contains("default") && !self.ty.starts_with("Option<")
+    }
+}
+
+/// The fields of `pub struct NAME` in `file`, by their YAML key.
+fn struct_fields(file: &str, name: &str) -> BTreeMap<String, Field> {
+    let text = read(file);
+    let mut lines = text.lines();
+    let head = format!("pub struct {name} ");
+    lines.by_ref().find(|l| l.starts_with(&head)).unwrap_or_else(|| panic!("{file}: no `pub struct {name}`"));
+    let mut fields = BTreeMap::new();
+    let mut serde = String::new();
+    if text.contains(&format!("pub struct {name} {{}}")) {
+        return fields;
+    }
+    for line in lines {
+        let line = line.trim();
+        if line == "}" {
+            break;
+        }
+        if let Some(attr) = line.strip_prefix("#[serde(") {
+            serde.push_str(attr);
+            continue;
+        }
+        if let Some((field, ty)) = line.strip_prefix("pub ").and_then(|l| l.split_once(": ")) {
+            let key = serde
+                .split_once("rename = \"")
+                .and_then(|(_, r)| r.split_once('"'))
+                .map_or(field.to_string(), |(r, _)| r.to_string());
+            fields.insert(
+                key,
+                Field { ty: ty.trim_end_matches(',').to_string(), serde: std::mem::take(&mut serde) },
+            );
+        }
+    }
+    fields
+}
+
+/// What the default function `name` in `file` returns, as the docs would write it.
+fn default_value(file: &str, name: &str) -> String {
+    let text = read(file);
+    let head = format!("fn {name}() ");
+    let mut lines = text.lines().skip_while(|l| !l.starts_with(&head));
+    lines.next().unwrap_or_else(|| panic!("{file}: no fn {name}"));
+    let body = lines.next().expect("a one-line body").trim().to_string();
+    if let Some(secs) =
+        body.strip_prefix("HumanDuration(Duration::from_secs(").and_then(|b| b.strip_suffix("))"))
+    {
+        let secs: u64 = secs.split('*').map(|n| n.trim().parse::<u64>().expect("seconds")).product();
+        return format!("{secs}s");
+    }
+    if let Some(items) = body.strip_prefix("vec![").and_then(|b| b.strip_suffix(']')) {
+        let items: Vec<String> =
+            items.split(',').map(|i| i.trim().rsplit("::").next().expect("variant").to_lowercase()).collect();
+        return format!("[{}]", items.join(", "));
+    }
+    if body.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+        let decl = format!("const {body}: ");
+        let line =
+            text.lines().find(|l| l.contains(&decl)).unwrap_or_else(|| panic!("{file}: no const {body}"));
+        let value = line.split_once(" = ").expect("const value").1.trim_end_matches(';');
+        return value.replace('_', "");
+    }
+    body.replace('_', "")
+}
+
+/// A duration as the docs write it (`1h`, `90s`), in seconds; None for anything else.
+fn doc_seconds(value: &str) -> Option<u64> {
+    let unit = value.trim_start_matches(|c: char| c.is_ascii_digit());
+    let n: u64 = value[..value.len() - unit.len()].parse().ok()?;
+    Some(
+        n * match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86400,
+            _ => return None,
+        },
+    )
+}
+
+/// The rows of the table under `## Fields`: key -> (required cell, default cell).
+fn table(page: &str) -> BTreeMap<String, (String, String)> {
+    let text = read(page);
+    let section =
+        text.split_once("\n## Fields\n").unwrap_or_else(|| panic!("{page}: no `## Fields` section")).1;
+    let mut rows = BTreeMap::new();
+    for line in section.lines().skip_while(|l| !l.starts_with('|')).take_while(|l| l.starts_with('|')).skip(2)
+    {
+        let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+        assert_eq!(cells.len(), 5, "{page}: a row of five cells: {line}");
+        let key = cells[0].trim_matches('`').to_string();
+        assert!(
+            rows.insert(key.clone(), (cells[2].to_string(), cells[3].to_string())).is_none(),
+            "{page}: {key} twice"
+        );
+    }
+    rows
+}
+
+#[test]
+fn every_reference_table_matches_its_config_struct() {
+    let mut problems = Vec::new();
+    for (page, structs) in PAGES {
+        let mut rows = table(page);
+        assert_eq!(rows.remove("type").map(|(r, _)| r), Some("yes".to_string()), "{page}: a `type` row");
+        let mut documented: BTreeSet<String> = rows.keys().cloned().collect();
+        for (file, name, prefix) in *structs {
+            for (key, field) in struct_fields(file, name) {
+                let key = format!("{prefix}{key}");
+                let Some((required, default)) = rows.get(&key) else {
+                    problems.push(format!("{page}: `{key}` ({name} in {file}) is missing from the table"));
+                    continue;
+                };
+                documented.remove(&key);
+                let says_required = required == "yes" || required.starts_with("yes,");
+                if says_required != field.required() {
+                    problems.push(format!(
+                        "{page}: `{key}` is {}required in {name}, the table says `{required}`",
+                        if field.required() { "" } else { "not " }
+                    ));
+                }
+                let literal = default.strip_prefix('`').and_then(|d| d.strip_suffix('`'));
+                if let Some(function) = field.default_fn() {
+                    let value = default_value(file, function);
+                    let matches = literal.is_some_and(|l| {
+                        l == value || doc_seconds(l).is_some_and(|s| Some(s) == doc_seconds(&value))
+                    });
+                    if !matches {
+                        problems.push(format!(
+                            "{page}: `{key}` defaults to `{value}` ({function}), the table says {default}"
+                        ));
+                    }
+                } else if field.serde.contains("default") && field.ty == "bool" && literal != Some("false") {
+                    problems.push(format!("{page}: `{key}` defaults to `false`, the table says {default}"));
+                }
+            }
+        }
+        for key in documented {
+            problems.push(format!("{page}: `{key}` is in the table but no config struct takes it"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "the reference tables and the config structs disagree:\n{}",
+        problems.join("\n")
+    );
+}
+
+/// The headings of a markdown file as GitHub makes anchors of them.
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut fenced = false;
+    let mut found = BTreeSet::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            let title = line.trim_start_matches('#').trim().to_lowercase();
+            let anchor: String = title
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == '-' || *c == ' ' || *c == '_')
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect();
+            found.insert(anchor);
+        }
+    }
+    found
+}
+
+fn markdown_files() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read docs/").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = vec![root().join("README.md"), root().join("CONTRIBUTING.md")];
+    walk(&root().join("docs"), &mut files);
+    files
+}
+
+#[test]
+fn every_relative_link_of_the_docs_leads_somewhere() {
+    let mut broken = Vec::new();
+    for file in markdown_files() {
+        let text = std::fs::read_to_string(&file).expect("read");
+        let mut fenced = false;
+        for line in text.lines() {
+            if line.starts_with("```") {
+                fenced = !fenced;
+            }
+            if fenced {
+                continue;
+            }
+            for (_, rest) in line.match_indices("](").map(|(i, _)| line.split_at(i + 2)) {
+                let Some((target, _)) = rest.split_once(')') else { continue };
+                if target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                let (path, anchor) = target.split_once('#').unwrap_or((target, ""));
+                let linked =
+                    if path.is_empty() { file.clone() } else { file.parent().expect("dir").join(path) };
+                let shown = file.strip_prefix(root()).unwrap_or(&file).display().to_string();
+                if !linked.exists() {
+                    broken.push(format!("{shown}: {target}: no such file"));
+                } else if !anchor.is_empty() && linked.is_file() {
+                    let text = std::fs::read_to_string(&linked).expect("read");
+                    if !anchors(&text).contains(anchor) {
+                        broken.push(format!("{shown}: {target}: no such heading"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn readme_shows_the_commands_the_quick_start_and_ci_run() {
+    let readme = read("README.md");
+    assert!(readme.contains("```sh\ncargo run --locked -- run\n```"), "README: the quick start's command");
+    assert!(readme.contains("```sh\nscripts/test.sh\n```"), "README: the test command");
+    assert!(read(".ci/run").lines().any(|l| l == "scripts/test.sh"), ".ci/run runs README's test command");
+    assert!(root().join("watchers/demo-inbox.yaml").is_file() && root().join("demo/inbox").is_dir());
+}
+
+#[test]
+fn rust_version_covers_every_locked_dependency() {
+    let manifest = read("Cargo.toml");
+    let ours = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("Cargo.toml states rust-version");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .current_dir(root())
+        .output()
+        .expect("cargo metadata");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let version = |v: &str| -> Vec<u64> { v.split('.').map(|n| n.parse().unwrap_or(0)).collect() };
+    let needs: Vec<String> = metadata["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .filter_map(|p| Some((p["name"].as_str()?, p["rust_version"].as_str()?)))
+        .filter(|(_, v)| version(v) > version(ours))
+        .map(|(name, v)| format!("{name} needs {v}"))
+        .collect();
+    assert!(needs.is_empty(), "Cargo.toml's rust-version {ours} is too old: {}", needs.join(", "));
+}

@@ -32,12 +32,26 @@ pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, Vec<Conf
             let path = err.path().to_string();
             let inner = err.into_inner();
             let location = inner.location();
-            let message = clean_message(inner.to_string(), &path);
+            let mut message = clean_message(inner.to_string(), &path);
+            let line = location.as_ref().map(|l| l.line());
+            let key = match (unknown_tail(&path), line) {
+                (Some(known), Some(line)) => {
+                    // The parser's words for what is nearly always an indentation slip.
+                    if ["mapping values are not allowed", "did not find expected key"]
+                        .iter()
+                        .any(|m| message.starts_with(m))
+                    {
+                        message.push_str(" (is this line indented like the keys beside it?)");
+                    }
+                    parent_key(text, known, line)
+                }
+                _ => key_of(&path),
+            };
             let mut first = ConfigError {
                 file: file.to_path_buf(),
-                line: location.as_ref().map(|l| l.line()),
+                line,
                 column: location.as_ref().map(|l| l.column()),
-                key: key_of(&path),
+                key,
                 message,
             };
             place_duplicate(text, &mut first);
@@ -49,7 +63,8 @@ pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, Vec<Conf
 }
 
 /// serde_yaml appends " at line L column C" and sometimes prefixes the key path; both
-/// are already in the error's own fields.
+/// are already in the error's own fields. An unknown key or kind close to a known one
+/// is answered with that one ([`suggest`]).
 fn clean_message(mut message: String, path: &str) -> String {
     if let Some(at) = message.rfind(" at line ") {
         message.truncate(at);
@@ -57,10 +72,117 @@ fn clean_message(mut message: String, path: &str) -> String {
     let segments: Vec<&str> = path.split('.').collect();
     for n in (1..=segments.len()).rev() {
         if let Some(rest) = message.strip_prefix(&format!("{}: ", segments[..n].join("."))) {
-            return rest.to_string();
+            message = rest.to_string();
+            break;
         }
     }
+    suggest(message)
+}
+
+/// Rewrites serde's "unknown field `prefx`, expected one of `bucket`, `prefix`, …" (or
+/// "unknown variant") into "unknown field `prefx`; did you mean `prefix`?" when one of
+/// the expected names is close to what was written ([`closest`]). Otherwise the list
+/// stays: it is the best help there is.
+fn suggest(message: String) -> String {
+    for what in ["unknown field `", "unknown variant `"] {
+        let Some(rest) = message.strip_prefix(what) else { continue };
+        let Some((written, rest)) = rest.split_once('`') else { break };
+        let Some(expected) = rest.strip_prefix(", expected ") else { break };
+        let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        if let Some(best) = closest(written, &known) {
+            return format!("{what}{written}`; did you mean `{best}`?");
+        }
+        break;
+    }
     message
+}
+
+/// The known name closest to `written` by edit distance (a transposition counts as one
+/// edit), if it is close enough to be what was meant: at most one edit in three
+/// characters (`pth` → `path`, `prefx` → `prefix`, `pol_interval` → `poll_interval`),
+/// the cut-off rustc uses for its own suggestions. Case alone is always close. The
+/// first of equally close names wins.
+pub(crate) fn closest<'a>(written: &str, known: &[&'a str]) -> Option<&'a str> {
+    let length = written.chars().count();
+    // One edit in a name of one letter is a different name.
+    let cutoff = (length.max(3) / 3).min(length.saturating_sub(1));
+    known
+        .iter()
+        .map(|k| {
+            let d = if k.eq_ignore_ascii_case(written) { 0 } else { edit_distance(written, k) };
+            (d, *k)
+        })
+        .filter(|(d, _)| *d <= cutoff)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and
+/// transpositions of neighbours each cost one.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // Three rows: the one before the previous is needed for transpositions.
+    let mut older = vec![0; b.len() + 1];
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        current[0] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut d = (previous[j] + 1).min(current[j - 1] + 1).min(previous[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d = d.min(older[j - 2] + 1);
+            }
+            current[j] = d;
+        }
+        std::mem::swap(&mut older, &mut previous);
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous[b.len()]
+}
+
+/// When the parser failed before it could read a key (serde_path_to_error shows that
+/// key as `?`, as in `source.?`: an indentation slip), the known part of the path.
+fn unknown_tail(path: &str) -> Option<&str> {
+    if path == "?" {
+        return Some("");
+    }
+    path.strip_suffix(".?")
+}
+
+/// The key path of the error at `line` after an indentation slip: the keys the line
+/// sits under by its indentation (the nearest line above indented less, then the one
+/// above that, …), when they agree with what the parser knew (`known`, a prefix);
+/// otherwise `known` alone. `  region: x` followed by `    prefix: in/` puts the
+/// error under `source.region`, where the slip made it.
+fn parent_key(text: &str, known: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut bound = lines.get(line.saturating_sub(1)).map_or(usize::MAX, |l| indent(l));
+    let mut keys = Vec::new();
+    for l in lines.iter().take(line.saturating_sub(1)).rev() {
+        let trimmed = l.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || indent(l) >= bound {
+            continue;
+        }
+        bound = indent(l);
+        if let Some((key, rest)) = trimmed.split_once(':')
+            && (rest.is_empty() || rest.starts_with([' ', '\t']))
+            && !key.is_empty()
+            && key.chars().all(|c| c.is_alphanumeric() || "_-.".contains(c))
+        {
+            keys.push(key);
+        }
+        if bound == 0 {
+            break;
+        }
+    }
+    keys.reverse();
+    let found = keys.join(".");
+    let agrees = known.is_empty() || found == known || found.starts_with(&format!("{known}."));
+    let path = if agrees { found } else { known.to_string() };
+    (!path.is_empty()).then_some(path)
 }
 
 fn key_of(path: &str) -> Option<String> {
@@ -382,6 +504,61 @@ mod tests {
             "{".repeat(40)
         );
         assert!(errors(&quoted).iter().all(|e| !e.contains("nested")), "{:?}", errors(&quoted));
+    }
+
+    #[test]
+    fn a_misspelt_key_gets_the_closest_known_one() {
+        assert_eq!(
+            errors("name: a\nevery: 1s\nconut: 2\n"),
+            ["f.yaml:3:1: conut: unknown field `conut`; did you mean `count`?"]
+        );
+        assert_eq!(
+            errors("name: a\nevery: 1s\ninner:\n  a: 1\n  B: 2\n"),
+            ["f.yaml:5:3: inner.B: unknown field `B`; did you mean `b`?"]
+        );
+        // Nothing close: the list of known keys stays.
+        assert_eq!(
+            errors("name: a\nevery: 1s\nsomething: 2\n"),
+            [
+                "f.yaml:3:1: something: unknown field `something`, expected one of `name`, `every`, `inner`, `count`"
+            ]
+        );
+        let known = ["bucket", "prefix", "glob", "region", "poll_interval", "path"];
+        assert_eq!(closest("prefx", &known), Some("prefix"));
+        assert_eq!(closest("perfix", &known), Some("prefix"), "a transposition is one edit");
+        assert_eq!(closest("pth", &known), Some("path"));
+        assert_eq!(closest("pol_interval", &known), Some("poll_interval"));
+        assert_eq!(closest("regoin", &known), Some("region"));
+        assert_eq!(closest("asset", &known), None);
+        assert_eq!(closest("x", &known), None);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn an_indentation_slip_names_the_key_it_happened_under() {
+        // A key indented deeper than its neighbours: it continues the value above.
+        type Nested = std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
+        let text = "source:\n  type: s3\n  region: x\n    prefix: in/\nsink: {}\n";
+        let reported: Vec<String> = parse::<Nested>(Path::new("f.yaml"), text)
+            .expect_err("a slip")
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            reported,
+            [
+                "f.yaml:4:11: source.region: mapping values are not allowed in this context (is this line indented like the keys beside it?)"
+            ]
+        );
+        assert_eq!(parent_key(text, "source", 4), Some("source.region".into()));
+        assert_eq!(parent_key(text, "", 4), Some("source.region".into()));
+        assert_eq!(parent_key(text, "sink", 4), Some("sink".into()), "the parser's word wins");
+        // A key indented less than its neighbours, but not back to the top.
+        let text = "name: a\nevery: 1s\ninner:\n  a: 1\n b: 2\n";
+        let reported = errors(text);
+        assert!(reported[0].starts_with("f.yaml:5:2: inner: "), "{reported:?}");
+        assert!(reported.iter().all(|e| !e.contains('?')), "{reported:?}");
     }
 
     #[test]

@@ -887,6 +887,16 @@ fn the_s3_to_airflow_guide_starts_its_dag() {
     let event =
         events.iter().find(|e| e["extra"]["item"]["key"] == key.as_str()).expect("the file's asset event");
     assert_eq!(event["extra"]["item"]["bucket"], bucket.as_str());
+    // The `extra` docs/reference/events.md shows, as a DAG sees it.
+    let keys: Vec<&str> = event["extra"].as_object().expect("extra").keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["emitted_at", "event_id", "from_rest_api", "item", "namespace", "source", "type", "watcher"],
+        "{event}"
+    );
+    for key in ["kind", "bucket", "key", "size", "etag", "last_modified"] {
+        assert!(event["extra"]["item"].get(key).is_some(), "item.{key}: {event}");
+    }
     let event_id = event["extra"]["event_id"].as_str().expect("event id").to_string();
     eventually(&format!("a successful run of {dag_id} carrying event {event_id}"), AIRFLOW_WAIT * 2, || {
         let runs = api.get(&format!("/api/v2/dags/{dag_id}/dagRuns?run_type=asset_triggered&limit=100"));

@@ -18,25 +18,41 @@ fn read(relative: &str) -> String {
     std::fs::read_to_string(root().join(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
 }
 
+/// The heading of a source's or sink's table.
+const FIELDS: &str = "## Fields";
+
 /// A config struct a table covers: (source file, struct, key prefix of its fields in
 /// the table).
 type Covered = (&'static str, &'static str, &'static str);
 
-/// Each reference page, and the structs its table covers.
-const PAGES: &[(&str, &[Covered])] = &[
-    ("docs/reference/local_dir.md", &[("src/source/local_dir.rs", "LocalDirConfig", "")]),
+/// Each reference page, the heading its table is under, and the structs it covers.
+const PAGES: &[(&str, &str, &[Covered])] = &[
+    (
+        "docs/reference/config.md",
+        "## The daemon file",
+        &[
+            ("src/config/mod.rs", "DaemonFile", ""),
+            ("src/state/mod.rs", "SqliteConfig", "state."),
+            ("src/config/mod.rs", "WatcherDefaults", "defaults."),
+            ("src/config/mod.rs", "RetryConfig", "defaults.retry."),
+            ("src/http.rs", "HttpConfig", "http."),
+        ],
+    ),
+    ("docs/reference/config.md", "## Watcher files", &[("src/config/mod.rs", "WatcherFile", "")]),
+    ("docs/reference/local_dir.md", FIELDS, &[("src/source/local_dir.rs", "LocalDirConfig", "")]),
     (
         "docs/reference/s3.md",
+        FIELDS,
         &[
             ("src/source/s3/mod.rs", "S3Config", ""),
             ("src/source/s3/mod.rs", "NotificationsConfig", "notifications."),
         ],
     ),
-    ("docs/reference/postgres.md", &[("src/source/postgres/config.rs", "PostgresConfig", "")]),
-    ("docs/reference/stdout.md", &[("src/sink/stdout.rs", "StdoutConfig", "")]),
-    ("docs/reference/file.md", &[("src/sink/file.rs", "FileSinkConfig", "")]),
-    ("docs/reference/webhook.md", &[("src/sink/webhook.rs", "WebhookConfig", "")]),
-    ("docs/reference/airflow.md", &[("src/sink/airflow/mod.rs", "AirflowConfig", "")]),
+    ("docs/reference/postgres.md", FIELDS, &[("src/source/postgres/config.rs", "PostgresConfig", "")]),
+    ("docs/reference/stdout.md", FIELDS, &[("src/sink/stdout.rs", "StdoutConfig", "")]),
+    ("docs/reference/file.md", FIELDS, &[("src/sink/file.rs", "FileSinkConfig", "")]),
+    ("docs/reference/webhook.md", FIELDS, &[("src/sink/webhook.rs", "WebhookConfig", "")]),
+    ("docs/reference/airflow.md", FIELDS, &[("src/sink/airflow/mod.rs", "AirflowConfig", "")]),
 ];
 
 /// A field as the struct declares it.
@@ -110,6 +126,26 @@ fn default_value(file: &str, name: &str) -> String {
             items.split(',').map(|i| i.trim().rsplit("::").next().expect("variant").to_lowercase()).collect();
         return format!("[{}]", items.join(", "));
     }
+    if let Some(path) =
+        body.strip_prefix("PathBuf::from(\"").or_else(|| body.strip_prefix("std::path::PathBuf::from(\""))
+    {
+        return path.trim_end_matches("\")").to_string();
+    }
+    if let Some(addr) = body.strip_prefix("SocketAddr::from(([").and_then(|b| b.strip_suffix("))")) {
+        let (ip, port) = addr.split_once("], ").expect("([a, b, c, d], port)");
+        return format!("{}:{port}", ip.split(", ").collect::<Vec<_>>().join("."));
+    }
+    if let Some((_, variant)) = body.split_once("::").filter(|(ty, _)| ty.chars().all(char::is_alphanumeric))
+    {
+        // An enum's variant, as serde's snake_case writes it.
+        return variant.chars().fold(String::new(), |mut out, c| {
+            if c.is_ascii_uppercase() && !out.is_empty() {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+            out
+        });
+    }
     if body.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
         let decl = format!("const {body}: ");
         let line =
@@ -135,11 +171,13 @@ fn doc_seconds(value: &str) -> Option<u64> {
     )
 }
 
-/// The rows of the table under `## Fields`: key -> (required cell, default cell).
-fn table(page: &str) -> BTreeMap<String, (String, String)> {
+/// The rows of the first table under `heading`: key -> (required cell, default cell).
+fn table(page: &str, heading: &str) -> BTreeMap<String, (String, String)> {
     let text = read(page);
-    let section =
-        text.split_once("\n## Fields\n").unwrap_or_else(|| panic!("{page}: no `## Fields` section")).1;
+    let section = text
+        .split_once(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("{page}: no `{heading}` section"))
+        .1;
     let mut rows = BTreeMap::new();
     for line in section.lines().skip_while(|l| !l.starts_with('|')).take_while(|l| l.starts_with('|')).skip(2)
     {
@@ -157,9 +195,15 @@ fn table(page: &str) -> BTreeMap<String, (String, String)> {
 #[test]
 fn every_reference_table_matches_its_config_struct() {
     let mut problems = Vec::new();
-    for (page, structs) in PAGES {
-        let mut rows = table(page);
-        assert_eq!(rows.remove("type").map(|(r, _)| r), Some("yes".to_string()), "{page}: a `type` row");
+    for (page, heading, structs) in PAGES {
+        let mut rows = table(page, heading);
+        // `type` picks the struct; it is not a field of it.
+        let tags: Vec<String> =
+            rows.keys().filter(|k| *k == "type" || k.ends_with(".type")).cloned().collect();
+        for tag in tags {
+            let (required, _) = rows.remove(&tag).expect("row");
+            assert!(required.starts_with("yes"), "{page}: `{tag}` is required");
+        }
         let mut documented: BTreeSet<String> = rows.keys().cloned().collect();
         for (file, name, prefix) in *structs {
             for (key, field) in struct_fields(file, name) {

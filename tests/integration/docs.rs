@@ -1,8 +1,10 @@
 //! The documentation kept true to the code: each field table of docs/reference/ names
 //! exactly the keys its config struct takes, says which are required as the struct does,
 //! and gives the defaults the struct's default functions return; every relative link of
-//! README.md, CONTRIBUTING.md and docs/ leads to a file and a heading that exist; README
-//! shows the commands CI and the quick start run.
+//! README.md, CONTRIBUTING.md and docs/ leads to a file and a heading that exist; every
+//! watcher the docs show (and every example watcher shipped) passes `highwater check`;
+//! README shows the commands CI and the quick start run; `rust-version` covers the
+//! locked dependencies.
 //!
 //! The structs are read from their source files (the config types are private to the
 //! crate), so a renamed or added field fails here until its page says so.
@@ -354,4 +356,75 @@ fn rust_version_covers_every_locked_dependency() {
         .map(|(name, v)| format!("{name} needs {v}"))
         .collect();
     assert!(needs.is_empty(), "Cargo.toml's rust-version {ours} is too old: {}", needs.join(", "));
+}
+
+/// The fenced YAML blocks of a markdown text, with the line each starts on.
+fn yaml_blocks(text: &str) -> Vec<(usize, String)> {
+    let mut blocks = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (n, line) in text.lines().enumerate() {
+        match &mut current {
+            None if line.trim_start() == "```yaml" => current = Some((n + 2, String::new())),
+            Some(_) if line.trim_start().starts_with("```") => blocks.extend(current.take()),
+            Some((_, block)) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            None => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn every_watcher_shown_in_the_docs_passes_check() {
+    // The blocks of the docs, and the example watchers shipped beside them.
+    let mut shown = Vec::new();
+    for file in markdown_files() {
+        let page = file.strip_prefix(root()).unwrap_or(&file).display().to_string();
+        let text = std::fs::read_to_string(&file).expect("read");
+        shown.extend(yaml_blocks(&text).into_iter().map(|(line, block)| (format!("{page}:{line}"), block)));
+    }
+    let mut examples =
+        vec!["watchers/example.yaml.sample".to_string(), "watchers/demo-inbox.yaml".to_string()];
+    for entry in std::fs::read_dir(root().join("watchers/examples")).expect("watchers/examples").flatten() {
+        examples.push(format!("watchers/examples/{}", entry.file_name().to_string_lossy()));
+    }
+    shown.extend(examples.into_iter().map(|e| (e.clone(), read(&e))));
+
+    let project =
+        crate::util::Project::new("watchers_dir: watchers\nstate: {type: sqlite, path: state/hw.db}\n");
+    let mut origins = BTreeMap::new();
+    for (origin, block) in shown {
+        // Only whole watchers and `source:`/`sink:` fragments: a daemon file or a
+        // Prometheus rule is not a watcher.
+        let Ok(serde_yaml::Value::Mapping(mut map)) = serde_yaml::from_str::<serde_yaml::Value>(&block)
+        else {
+            continue;
+        };
+        let (has_source, has_sink) = (map.contains_key("source"), map.contains_key("sink"));
+        if !has_source && !has_sink {
+            continue;
+        }
+        if !has_source {
+            map.insert("source".into(), serde_yaml::from_str("{type: local_dir, path: .}").expect("yaml"));
+        }
+        if !has_sink {
+            map.insert("sink".into(), serde_yaml::from_str("{type: stdout}").expect("yaml"));
+        }
+        // Each block a watcher of its own, whatever name it gives itself.
+        let name = format!("doc-{}", origins.len());
+        map.insert("namespace".into(), "docs".into());
+        map.insert("name".into(), name.clone().into());
+        project.watcher(&name, &serde_yaml::to_string(&map).expect("yaml"));
+        origins.insert(name, origin);
+    }
+    assert!(origins.len() >= 12, "the docs and examples show watchers: {origins:?}");
+    let out = project.command(&["check", "--skip-secrets"]).output().expect("highwater check");
+    let mut stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    for (name, origin) in origins.iter().rev() {
+        stderr =
+            stderr.replace(&format!("watchers/{name}.yaml"), &format!("{origin} (as watchers/{name}.yaml)"));
+    }
+    assert_eq!(out.status.code(), Some(0), "a watcher shown in the docs fails `highwater check`:\n{stderr}");
 }

@@ -48,9 +48,10 @@ pub mod exit {
 #[derive(Debug, Parser)]
 #[command(name = "highwater", version, about, long_about = None)]
 pub struct Cli {
-    /// The daemon config file.
-    #[arg(long, short = 'c', global = true, env = "HIGHWATER_CONFIG", default_value = config::DEFAULT_CONFIG_PATH)]
-    pub config: PathBuf,
+    /// The daemon config file. Default: config/highwater.yaml when it exists, else
+    /// /etc/highwater/highwater.yaml.
+    #[arg(long, short = 'c', global = true, env = "HIGHWATER_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Log format: `text` for people, `json` for log shippers, `journal` for the
     /// systemd journal's own protocol (priorities and fields). Default: journal when
     /// standard error is the journal, text on a terminal, json otherwise.
@@ -69,6 +70,9 @@ pub enum Command {
     /// Validate the config and every watcher file and report every error. Touches no
     /// network unless `--connect` is given.
     Check {
+        /// Watcher files (or directories of them) to check on their own, without the
+        /// daemon config. Default: the config and its whole watchers directory.
+        paths: Vec<PathBuf>,
         /// Also try every source and sink: connect, authenticate, and check that the
         /// directory, bucket, table or endpoint exists. Delivers nothing.
         #[arg(long)]
@@ -164,19 +168,27 @@ impl From<DaemonError> for Failure {
 
 /// Runs a parsed command line.
 pub async fn execute(cli: Cli) -> Result<(), Failure> {
+    let named = cli.config.as_deref();
     match cli.command {
         Command::Run => {
             // Handlers first: SIGHUP's default action would kill a daemon still loading.
             let control = daemon::signals()?;
-            let config = config::load(&cli.config)?;
+            let path = config::find(named)?;
+            // First, so that whoever reads the log knows which file the rest is about.
+            tracing::info!(config = %path.display(), "Starting: loading the config file.");
+            let config = config::load(&path)?;
             daemon::run(config, control).await?;
             Ok(())
         }
-        Command::Check { connect, skip_secrets } => {
-            check::run(&config::load(&cli.config)?, connect, skip_secrets).await
+        Command::Check { paths, connect, skip_secrets } => {
+            if paths.is_empty() {
+                check::run(&config::load(&config::find(named)?)?, connect, skip_secrets).await
+            } else {
+                check::run_files(&config::load_watcher_paths(&paths)?, connect, skip_secrets).await
+            }
         }
         Command::Once { watchers, dry_run } => {
-            let config = config::load(&cli.config)?;
+            let config = config::load(&config::find(named)?)?;
             if dry_run {
                 once::dry_run(&config, &watchers).await
             } else {
@@ -184,10 +196,10 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Watchers { json } => {
-            watchers::list(&config::load(&cli.config)?, json);
+            watchers::list(&config::load(&config::find(named)?)?, json);
             Ok(())
         }
-        Command::State(args) => state::run(&cli.config, args.command).await,
+        Command::State(args) => state::run(&config::find(named)?, args.command).await,
     }
 }
 

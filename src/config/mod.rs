@@ -29,8 +29,38 @@ use crate::value::{HumanDuration, Name, Start};
 const MAX_FILE_SIZE: u64 = 1024 * 1024;
 
 /// Where `highwater` looks for its config when neither `--config` nor
-/// `HIGHWATER_CONFIG` says otherwise.
-pub const DEFAULT_CONFIG_PATH: &str = "config/highwater.yaml";
+/// `HIGHWATER_CONFIG` names one, in this order: the quick start's file under the
+/// working directory, then the packaged install's.
+pub const DEFAULT_CONFIG_PATHS: [&str; 2] = ["config/highwater.yaml", "/etc/highwater/highwater.yaml"];
+
+/// The config file to use: the one named (`--config`, `HIGHWATER_CONFIG`), else the
+/// first of [`DEFAULT_CONFIG_PATHS`] that exists. With none, the error names every
+/// path tried.
+pub fn find(named: Option<&Path>) -> Result<PathBuf, ConfigErrors> {
+    find_among(named, &DEFAULT_CONFIG_PATHS.map(Path::new))
+}
+
+fn find_among(named: Option<&Path>, candidates: &[&Path]) -> Result<PathBuf, ConfigErrors> {
+    if let Some(named) = named {
+        return Ok(named.to_path_buf());
+    }
+    if let Some(found) = candidates.iter().find(|c| c.exists()) {
+        return Ok(found.to_path_buf());
+    }
+    let cwd = std::env::current_dir().map(|d| format!(" (under {})", d.display())).unwrap_or_default();
+    let tried: Vec<String> = candidates
+        .iter()
+        .map(|c| if c.is_relative() { format!("{}{cwd}", c.display()) } else { c.display().to_string() })
+        .collect();
+    Err(ConfigErrors(vec![ConfigError::file(
+        "",
+        format!(
+            "no config file: tried {}; name one with --config or HIGHWATER_CONFIG \
+             (or lint watcher files alone: highwater check FILE…)",
+            tried.join(" and ")
+        ),
+    )]))
+}
 
 /// The daemon's own file (`config/highwater.yaml`).
 #[derive(Debug, Clone, Deserialize)]
@@ -305,10 +335,59 @@ fn load_recorded(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         }
     };
 
+    let watchers = load_watchers(files, env, &daemon.defaults, &mut errors);
+    if errors.is_empty() {
+        Ok(Config { file: path.to_path_buf(), daemon, watchers })
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Loads watcher files alone, without a daemon file (`highwater check FILE…`): each
+/// path a watcher file or a directory of them, with the built-in defaults (a file
+/// lints the same under any daemon file: only the keys it sets are checked). Names
+/// must be unique among them, as in one watchers directory.
+pub fn load_watcher_paths(paths: &[PathBuf]) -> Result<Vec<WatcherConfig>, ConfigErrors> {
+    let process_env = |name: &str| std::env::var(name).ok();
+    let env = Recorded::new(&process_env);
+    let mut errors = Vec::new();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for path in paths {
+        let found = if path.is_dir() {
+            match watcher_files(path) {
+                Ok(found) => found,
+                Err(message) => {
+                    errors.push(ConfigError::file(path, message));
+                    continue;
+                }
+            }
+        } else {
+            vec![path.clone()]
+        };
+        // A file named twice (itself and its directory) is one watcher, not a duplicate.
+        let same = |a: &Path, b: &Path| {
+            a == b || a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok() == Some(a))
+        };
+        files.extend(
+            found.into_iter().filter(|f| !files.iter().any(|seen| same(seen, f))).collect::<Vec<_>>(),
+        );
+    }
+    let watchers = load_watchers(files, &|name| env.lookup(name), &WatcherDefaults::default(), &mut errors);
+    if errors.is_empty() { Ok(watchers) } else { Err(env.redact(ConfigErrors(errors))) }
+}
+
+/// Parses and validates watcher files, recording every problem; a name given twice
+/// is an error at its second file.
+fn load_watchers(
+    files: Vec<PathBuf>,
+    env: &dyn Fn(&str) -> Option<String>,
+    defaults: &WatcherDefaults,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<WatcherConfig> {
     let mut watchers = Vec::new();
     let mut seen: BTreeMap<(String, String), PathBuf> = BTreeMap::new();
     for file in files {
-        let Some(text) = read_expanded(&file, env, &mut errors) else { continue };
+        let Some(text) = read_expanded(&file, env, errors) else { continue };
         let raw: WatcherFile = match yaml::parse(&file, &text) {
             Ok(raw) => raw,
             Err(e) => {
@@ -316,7 +395,7 @@ fn load_recorded(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Co
                 continue;
             }
         };
-        let Some(watcher) = validate_watcher(&file, &text, raw, &daemon.defaults, &mut errors) else {
+        let Some(watcher) = validate_watcher(&file, &text, raw, defaults, errors) else {
             continue;
         };
         let key = (watcher.namespace.clone(), watcher.name.clone());
@@ -338,12 +417,7 @@ fn load_recorded(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         seen.insert(key, file.clone());
         watchers.push(watcher);
     }
-
-    if errors.is_empty() {
-        Ok(Config { file: path.to_path_buf(), daemon, watchers })
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    watchers
 }
 
 /// Loads only the daemon file (for `highwater state`, which must work while a watcher
@@ -605,6 +679,24 @@ mod tests {
         assert!(load_with_env(&path, &env).is_err());
         let daemon = load_daemon(&path).expect("daemon file");
         assert_eq!(daemon.state, StateConfig::Sqlite(crate::state::SqliteConfig { path: "s.db".into() }));
+    }
+
+    #[test]
+    fn the_config_is_the_one_named_else_the_first_default_that_exists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (local, system) = (dir.path().join("local.yaml"), dir.path().join("system.yaml"));
+        let candidates = [local.as_path(), system.as_path()];
+        let named = Path::new("/elsewhere/h.yaml");
+        assert_eq!(find_among(Some(named), &candidates), Ok(named.to_path_buf()), "named, even if absent");
+        let none = find_among(None, &candidates).expect_err("neither exists").to_string();
+        assert!(none.contains(&format!("tried {} and {}", local.display(), system.display())), "{none}");
+        std::fs::write(&system, "").expect("write");
+        assert_eq!(find_among(None, &candidates), Ok(system.clone()));
+        std::fs::write(&local, "").expect("write");
+        assert_eq!(find_among(None, &candidates), Ok(local));
+        let relative =
+            find_among(None, &[Path::new("surely/not/here.yaml")]).expect_err("absent").to_string();
+        assert!(relative.contains("surely/not/here.yaml (under /"), "{relative}");
     }
 
     #[test]

@@ -163,3 +163,84 @@ fn a_renamed_watcher_is_warned_about_and_its_state_moved_with_state_rename() {
     assert_eq!(again.code, Some(0), "{again:?}");
     assert!(!again.stdout.contains("a.csv"), "announced again: {}", again.stdout);
 }
+
+#[test]
+fn check_lints_watcher_files_given_as_paths_without_a_daemon_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    };
+    let s3 = "source: {type: s3, bucket: drop, prefix: in/}\nsink: {type: stdout}\n";
+    write("new/orders.yaml", s3);
+    write("new/refunds.yml", &format!("namespace: shop\n{s3}"));
+    write("draft.yaml", "source:\n  type: s3\n  bucket: drop\n  prefx: in/\nsink: {type: stdout}\n");
+    let check = |args: &[&str]| {
+        let out = std::process::Command::new(crate::util::bin())
+            .arg("check")
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("HIGHWATER_CONFIG")
+            .output()
+            .expect("check");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    // No config/highwater.yaml here: the files are checked on their own.
+    let (code, stdout, stderr) = check(&["new/orders.yaml"]);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (Some(0), "new/orders.yaml: OK, watcher default/orders\n"),
+        "{stderr}"
+    );
+    // A directory, and a file in it again: each watcher once.
+    let (code, stdout, stderr) = check(&["new", "new/orders.yaml"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stdout,
+        "new/orders.yaml: OK, watcher default/orders\nnew/refunds.yml: OK, watcher shop/refunds\n"
+    );
+    let (code, stdout, stderr) = check(&["new", "draft.yaml"]);
+    assert_eq!((code, stdout.as_str()), (Some(78), ""));
+    assert_eq!(
+        stderr,
+        "error: 1 config error:\n  draft.yaml:4:3: source.prefx: unknown field `prefx`; did you mean `prefix`?\n\n"
+    );
+    let (code, _, stderr) = check(&["missing.yaml"]);
+    assert_eq!(code, Some(78));
+    assert!(stderr.contains("missing.yaml: cannot read: No such file"), "{stderr}");
+    std::fs::create_dir(dir.path().join("empty")).expect("mkdir");
+    let (code, _, stderr) = check(&["empty"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("warning: no watcher files"), "{stderr}");
+
+    // Without paths, `check` wants the daemon config, and says where it looked.
+    let (code, _, stderr) = check(&[]);
+    assert_eq!(code, Some(78), "{stderr}");
+    if !std::path::Path::new("/etc/highwater/highwater.yaml").exists() {
+        assert!(
+            stderr.contains("no config file: tried config/highwater.yaml (under ")
+                && stderr.contains(" and /etc/highwater/highwater.yaml;"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_warns_about_zero_watchers_and_run_logs_its_config_file_first() {
+    let p = Project::default_config();
+    let check = p.run(&["check"]);
+    assert_eq!(check.code, Some(0), "{check:?}");
+    assert_eq!(check.stdout, "config/highwater.yaml: OK, 0 watchers in watchers\n");
+    assert!(check.stderr.contains("warning: config/highwater.yaml: no watcher files"), "{}", check.stderr);
+
+    let p = project_with_one_watcher();
+    let mut d = p.start();
+    d.wait_log_where("the config file named", |line| {
+        crate::util::field_str(line, "config") == Some("config/highwater.yaml")
+    });
+    let first = d.drain_logs().first().cloned().unwrap_or_default();
+    assert!(first.contains("\"config\":\"config/highwater.yaml\""), "not the first log line: {first}");
+    d.stop();
+}

@@ -810,18 +810,9 @@ fn recovery_after_an_outage_keeps_the_order() {
 /// The guide that [`the_s3_to_airflow_guide_starts_its_dag`] follows.
 const GUIDE: &str = "docs/guides/s3-to-airflow.md";
 
-/// The fenced block that follows `<!-- guide-test: NAME -->` in [`GUIDE`], so that the
-/// test runs what the guide shows.
+/// The block of [`GUIDE`] marked `name`.
 fn guide_block(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(GUIDE);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let marker = format!("<!-- guide-test: {name} -->");
-    let after = text.split_once(&marker).unwrap_or_else(|| panic!("{GUIDE} has no {marker}")).1;
-    let fenced = after.trim_start();
-    assert!(fenced.starts_with("```"), "{GUIDE}: {marker} is not followed by a fenced block");
-    let body = fenced.split_once('\n').expect("the fence's line").1;
-    let (block, _) = body.split_once("\n```").unwrap_or_else(|| panic!("{GUIDE}: {name}: no closing fence"));
-    format!("{block}\n")
+    crate::docs::guide_block(GUIDE, name)
 }
 
 #[test]

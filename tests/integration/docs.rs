@@ -428,3 +428,16 @@ fn every_watcher_shown_in_the_docs_passes_check() {
     }
     assert_eq!(out.status.code(), Some(0), "a watcher shown in the docs fails `highwater check`:\n{stderr}");
 }
+
+/// The fenced block that follows `<!-- guide-test: NAME -->` in the guide at `guide`, so
+/// that a test runs what the guide shows.
+pub(crate) fn guide_block(guide: &str, name: &str) -> String {
+    let text = read(guide);
+    let marker = format!("<!-- guide-test: {name} -->");
+    let after = text.split_once(&marker).unwrap_or_else(|| panic!("{guide} has no {marker}")).1;
+    let fenced = after.trim_start();
+    assert!(fenced.starts_with("```"), "{guide}: {marker} is not followed by a fenced block");
+    let body = fenced.split_once('\n').expect("the fence's line").1;
+    let (block, _) = body.split_once("\n```").unwrap_or_else(|| panic!("{guide}: {name}: no closing fence"));
+    format!("{block}\n")
+}

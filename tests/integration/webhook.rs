@@ -844,3 +844,89 @@ fn a_restart_sends_only_what_the_receiver_had_not_taken() {
     assert!(sent[3..8].iter().all(|ids| *ids == sent[3]), "retries of the event refused: {sent:?}");
     assert_eq!(sent[8], sent[3], "the restart starts with the event first refused");
 }
+
+/// What docs/guides/postgres-to-webhook.md runs, cleaned up after the test: its schema
+/// and the role the test made in the guide's place.
+struct GuideDb {
+    pg: crate::postgres::Pg,
+    role: String,
+}
+
+impl Drop for GuideDb {
+    fn drop(&mut self) {
+        let role = &self.role;
+        for sql in [
+            "DROP SCHEMA IF EXISTS sales CASCADE".to_string(),
+            format!("DROP OWNED BY {role}"),
+            format!("DROP ROLE {role}"),
+        ] {
+            let _ = self.pg.query(&format!(
+                "DO $$ BEGIN EXECUTE '{}'; EXCEPTION WHEN OTHERS THEN NULL; END $$",
+                sql.replace('\'', "''")
+            ));
+        }
+    }
+}
+
+#[test]
+fn the_postgres_to_webhook_guide_delivers_a_new_row() {
+    const GUIDE: &str = "docs/guides/postgres-to-webhook.md";
+    let block = |name: &str| crate::docs::guide_block(GUIDE, name);
+    // A role of its own per run: roles belong to the whole cluster.
+    let role = format!("hw_guide_{}", std::process::id());
+    let pg = crate::postgres::Pg::connect();
+    let db = GuideDb { pg, role: role.clone() };
+    db.pg.exec("DROP SCHEMA IF EXISTS sales CASCADE; CREATE SCHEMA sales");
+    // The table the guide starts from: an application's, without the `hx` column.
+    db.pg.exec("CREATE TABLE sales.orders (id bigserial PRIMARY KEY, customer_id int, amount numeric(10,2), status text)");
+    db.pg.exec("INSERT INTO sales.orders (customer_id, amount, status) VALUES (1, 5.00, 'old')");
+    // The guide's SQL, statement by statement (CREATE INDEX CONCURRENTLY refuses a
+    // transaction block).
+    let statements = |sql: String| -> Vec<String> {
+        let lines: Vec<&str> = sql.lines().map(|l| l.split("--").next().unwrap_or("")).collect();
+        lines.join("\n").split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+    };
+    for sql in statements(block("table-sql")) {
+        db.pg.exec(&sql);
+    }
+    let role_sql = block("role-sql").replace("highwater", &role).replace("'…'", "'guide-pg-password'");
+    for sql in statements(role_sql) {
+        db.pg.exec(&sql);
+    }
+
+    let config: tokio_postgres::Config = crate::postgres::url().parse().expect("HIGHWATER_TEST_PG_URL");
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let dbname = config.get_dbname().expect("a database").to_string();
+    let receiver = Receiver::start(vec![]);
+    let mut watcher: serde_yaml::Value =
+        serde_yaml::from_str(&block("watcher")).expect("the guide's watcher");
+    // Where the database and the receiver are; no TLS on the test server.
+    watcher["source"]["connection"] =
+        format!("host=127.0.0.1 port={port} dbname={dbname} user={role}").into();
+    watcher["source"]["sslmode"] = "disable".into();
+    watcher["sink"]["url"] = receiver.url().into();
+    let project = Project::new(DEFAULT_CONFIG);
+    project.watcher("orders-table", &serde_yaml::to_string(&watcher).expect("yaml"));
+    project.write("credentials/pg-password", "guide-pg-password\n");
+    project.write("credentials/orders-hook-secret", &format!("{SECRET}\n"));
+    let credentials = project.path().join("credentials").to_string_lossy().into_owned();
+    let env = [("CREDENTIALS_DIRECTORY", credentials.as_str())];
+
+    let check = project.command(&["check", "--connect"]).envs(env).output().expect("check");
+    assert_eq!(check.status.code(), Some(0), "{}", String::from_utf8_lossy(&check.stderr));
+    let mut daemon = project.start_with(&env, &[]);
+    // `start: now`: the row already there is not announced; rows committed later are.
+    daemon.wait_polls("sales/orders-table", 1);
+    db.pg.exec("INSERT INTO sales.orders (customer_id, amount, status) VALUES (7, 19.90, 'paid')");
+    let ids = receiver.wait_accepted(1, Duration::from_secs(60));
+    assert_eq!(ids.len(), 1, "only the new row");
+    receiver.assert_signatures_verified();
+    let arrival = receiver.arrivals().into_iter().find(|a| a.accepted()).expect("an accepted request");
+    assert_eq!(arrival.content_type, "application/cloudevents-batch+json", "batch: 50 posts arrays");
+    let event = &arrival.body[0]["data"];
+    assert_eq!(event["item"]["columns"]["status"], "paid", "{event}");
+    assert_eq!(event["item"]["columns"]["amount"], "19.90", "{event}");
+    let (code, logs) = daemon.stop();
+    assert_eq!(code, Some(0));
+    assert!(!logs.iter().any(|l| l.contains("guide-pg-password")), "the password reached the logs");
+}

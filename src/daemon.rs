@@ -186,6 +186,7 @@ struct Supervisor {
 pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) -> Result<(), DaemonError> {
     let Control { shutdown, mut reloads } = control;
     let store = outbox::open(&config.daemon.state)?;
+    state::claim_for_writing(&*store).await?;
     warn_about_orphans(&*store, &config).await;
     let built = build_watchers(&config.watchers, &store)?;
     let telemetry = Arc::new(Telemetry::default());

@@ -250,11 +250,26 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
             );
         }
     }
+    // Without waiting for ready_max_blocked: a store that cannot be written holds back
+    // every watcher that finds something, and an operator must act.
+    let mut body = String::new();
+    if let Err(e) = state.store.check().await {
+        body.push_str(&format!("not ready: {e}\n"));
+    }
+    let failed = state.telemetry.store_failed();
+    if !failed.is_empty() {
+        body.push_str(&format!(
+            "not ready: the state store failed for watchers {} (state error; see the log)\n",
+            failed.join(", ")
+        ));
+    }
+    if !body.is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, body);
+    }
     let blocked = state.telemetry.blocked_longer_than(state.ready_max_blocked, now_ms());
     if blocked.is_empty() {
         return (StatusCode::OK, "ready\n".to_string());
     }
-    let mut body = String::new();
     for (id, watcher_state, how_long) in blocked {
         let what =
             if watcher_state == WatcherState::Error { "needs attention (state error)" } else { "blocked" };

@@ -388,6 +388,12 @@ impl Outbox {
         self.stale = true;
     }
 
+    /// Whether the store is still there to be written ([`Store::check`]): a cycle looks
+    /// first, since an idle one writes nothing that would fail.
+    pub async fn check_store(&self) -> Result<(), OutboxError> {
+        Ok(self.store.check().await?)
+    }
+
     /// True when a batch is pending.
     pub async fn has_pending(&self) -> Result<bool, OutboxError> {
         Ok(self.get(PENDING).await?.is_some())

@@ -94,6 +94,10 @@ pub struct WatcherStats {
     /// none waiting): how far delivery lags behind detection.
     pub pending_since_ms: AtomicI64,
     state: AtomicU8,
+    /// The watcher's last cycle failed in the state store (not a conflict: the store
+    /// could not be read or written, or its file was deleted or replaced). `/readyz`
+    /// names such watchers at once; cleared by the next cycle that goes through.
+    pub store_failed: AtomicBool,
     /// Unix milliseconds when the current state began.
     pub state_since_ms: AtomicI64,
 }
@@ -220,6 +224,16 @@ impl Telemetry {
         line.push_str(": ");
         line.push_str(&parts.join(", "));
         line
+    }
+
+    /// Watchers whose last cycle failed in the state store, for `/readyz`.
+    pub fn store_failed(&self) -> Vec<String> {
+        let guard = self.watchers.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard
+            .iter()
+            .filter(|(_, stats)| stats.store_failed.load(Ordering::Relaxed))
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Watchers blocked, or needing attention (state `error`), for longer than `max` at

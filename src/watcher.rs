@@ -178,6 +178,9 @@ impl Watcher {
             wait = match self.cycle(&shutdown).await {
                 Ok(report) => {
                     backoff.reset();
+                    if self.stats.store_failed.swap(false, Ordering::Relaxed) {
+                        tracing::info!(store_failed = false, "State store works again.");
+                    }
                     if report.more || report.redelivered > 0 {
                         Duration::ZERO
                     } else {
@@ -196,6 +199,10 @@ impl Watcher {
 
     /// Logs and counts a failed cycle.
     fn report_error(&self, error: &WatcherError, delay: Duration, attempt: u32) {
+        if store_failure(error) {
+            self.store_failed(error, delay);
+            return;
+        }
         let state = match error {
             WatcherError::Source(e) if e.class == ErrorClass::NeedsAttention => WatcherState::Error,
             WatcherError::Source(e) if e.class == ErrorClass::Waiting => WatcherState::Waiting,
@@ -213,11 +220,22 @@ impl Watcher {
         }
     }
 
+    /// A cycle (or a commit) that failed in the store: the watcher is in state `error`
+    /// (an operator is needed: a full disk, a read-only or deleted file), named by
+    /// `/readyz`, logged at ERROR; its next cycle that goes through clears it.
+    fn store_failed(&self, error: &dyn std::fmt::Display, delay: Duration) {
+        self.stats.set_state(WatcherState::Error);
+        self.stats.store_failed.store(true, Ordering::Relaxed);
+        let retry_in = format!("{:.1}s", delay.as_secs_f64());
+        tracing::error!(error = %error, store_failed = true, retry_in, "State store failed; retrying.");
+    }
+
     /// One cycle: redeliver the pending batch if there is one; otherwise take the next
     /// batch of the last poll, or poll; write the batch to the outbox, deliver it and
     /// commit.
     pub async fn cycle(&mut self, shutdown: &CancellationToken) -> Result<CycleReport, WatcherError> {
         let mut report = CycleReport::default();
+        self.outbox.check_store().await?;
         if let Some(staged) = self.sync().await? {
             let n = staged.batch().events.len();
             tracing::info!(batch = %staged.batch().batch_id, events = n, "Redelivering pending batch.");
@@ -654,7 +672,7 @@ impl Watcher {
                 Err(e @ (OutboxError::Encode { .. } | OutboxError::Refused(_))) => return Err(e.into()),
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = format!("{:.1}s", delay.as_secs_f64()), "Commit failed; retrying.");
+                    self.store_failed(&e, delay);
                     if sleep(delay, shutdown).await.is_err() {
                         return Err(WatcherError::Shutdown);
                     }
@@ -669,6 +687,12 @@ impl Watcher {
         }
         Ok(())
     }
+}
+
+/// Whether a cycle failed because the store could not be used (a conflict is not
+/// that: someone else wrote first, and the next cycle reads again).
+fn store_failure(error: &WatcherError) -> bool {
+    matches!(error, WatcherError::Outbox(OutboxError::Store(StoreError::Backend { .. })))
 }
 
 /// Keeps the count of acknowledged events with the pending batch; false when that failed

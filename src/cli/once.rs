@@ -16,6 +16,8 @@ use crate::{outbox, state};
 pub(super) async fn run(config: &Config, names: &[String]) -> Result<(), Failure> {
     let chosen = choose(config, names)?;
     let store = outbox::open(&config.daemon.state)?;
+    // `once` delivers and commits like a daemon: not beside one.
+    state::claim_for_writing(&*store).await?;
     let built = daemon::build_watchers(&chosen, &store)?;
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();

@@ -141,6 +141,14 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
         };
     }
     let store = outbox::open(&daemon.state)?;
+    if !read_only && let Some(pid) = daemon.state.get().held_by() {
+        // Allowed beside the daemon: every write is compare-and-set, so neither side
+        // overwrites the other; the daemon reads the change at its next cycle.
+        super::err(format_args!(
+            "Note: a highwater daemon (pid {pid}) runs on this store. It takes the change at its \
+             next cycle; a batch it is delivering meanwhile may go again, with the same event ids."
+        ));
+    }
     let stored = outbox::survey(&*store).await?;
     let known = || {
         let mut ids: Vec<(String, String)> = stored.keys().cloned().collect();

@@ -135,6 +135,13 @@ pub trait StoreKind {
 
     /// Whether the store was ever created: read-only commands look only then.
     fn exists(&self) -> bool;
+
+    /// The daemon holding the store for itself ([`Store::claim`]), by pid, if one runs:
+    /// the `state` commands that write say so (their change reaches it through
+    /// compare-and-set). None for a store several daemons share.
+    fn held_by(&self) -> Option<String> {
+        None
+    }
 }
 
 crate::value::kinds! {
@@ -186,6 +193,10 @@ impl StoreKind for SqliteConfig {
     fn exists(&self) -> bool {
         self.path.exists()
     }
+
+    fn held_by(&self) -> Option<String> {
+        sqlite::SqliteStore::held_by(&self.path)
+    }
 }
 
 /// An empty store in memory: what a command that must create nothing (`once --dry-run`
@@ -197,6 +208,20 @@ pub fn empty() -> Result<std::sync::Arc<dyn Store>, StoreError> {
 /// Opens the configured store (see [`StoreKind::open`]).
 pub fn open(config: &StateConfig, upgrades: &[Upgrade]) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     config.get().open(upgrades)
+}
+
+/// Makes `store` this daemon's to write, or says why not: claimed for this process
+/// ([`Store::claim`]) and proven writable ([`Store::probe_write`]). What `run` and
+/// `once` do first.
+pub async fn claim_for_writing(store: &dyn Store) -> Result<(), StoreError> {
+    store.claim().await?;
+    store.probe_write().await.map_err(|e| match e {
+        StoreError::Backend { location, message } => StoreError::Backend {
+            location,
+            message: format!("cannot be written ({message}); refusing to start"),
+        },
+        other => other,
+    })
 }
 
 impl StateConfig {
@@ -302,4 +327,31 @@ pub trait Store: Send + Sync {
     /// `highwater state rename`: a watcher's name is part of its identity). Returns the
     /// rows moved. Fails with [`StoreError::Conflict`] when the new name has rows.
     async fn rename(&self, from: (&str, &str), to: (&str, &str)) -> Result<u64, StoreError>;
+
+    /// Makes this process the one daemon that writes the store, for as long as the
+    /// store stays open: `run` and `once` call it first. A store only one daemon may
+    /// write (SQLite: a lock file beside the database, holding the pid) refuses a second
+    /// one with an error naming the holder; one that several share (their watchers
+    /// fenced by leases) has nothing to do.
+    async fn claim(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Proves that the store takes writes: a transaction that puts a row and deletes it
+    /// again, leaving nothing (in a namespace no watcher can have: names are never
+    /// empty). `run` and `once` refuse to start on a store that cannot be written
+    /// (read-only, immutable, a full disk) rather than retry forever.
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        let probe = "write-probe";
+        let ops = vec![Op::put(probe, Json::null(), Expect::Any), Op::delete(probe, Expect::Any)];
+        self.write("", "", ops).await.map(|_| ())
+    }
+
+    /// A cheap look, without writing, at whether the store is still there to be written
+    /// (SQLite: the database file open is still the one at its path, not deleted or
+    /// replaced). Every watcher cycle and `/readyz` call it: an idle watcher writes
+    /// nothing, and would not otherwise notice.
+    async fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

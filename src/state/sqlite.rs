@@ -1,5 +1,8 @@
 //! The embedded SQLite `process_state` store: one file, WAL mode, versioned schema.
 
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,6 +51,68 @@ pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     /// The file, for error messages.
     path: PathBuf,
+    /// The file opened (device and inode; None in memory): a database deleted or
+    /// replaced while open is told from the one at `path` by it, so that nothing is
+    /// written to an unlinked file that no later start would read.
+    identity: Option<(u64, u64)>,
+    /// The lock file beside the database while this process holds it ([`Store::claim`]):
+    /// closing it releases the lock.
+    lock: Arc<Mutex<Option<File>>>,
+}
+
+/// How long a daemon starting waits for the lock: long enough for a `state` command
+/// that looks whether a daemon runs (it holds the lock for an instant), far shorter
+/// than any daemon's life.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// Mode of the files the store creates (the database, its `-wal` and `-shm`, which
+/// SQLite creates with the database's mode, and the lock file): a pending batch can
+/// carry customer data.
+const FILE_MODE: u32 = 0o600;
+
+/// The lock file of the database at `path`: `<file>.lock`, beside it.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Device and inode of the file at `path`.
+fn identity_of(path: &Path) -> std::io::Result<(u64, u64)> {
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// Whether the file at `path` is still the one opened (`identity`).
+fn same_file(path: &Path, identity: Option<(u64, u64)>) -> Result<(), StoreError> {
+    let Some(opened) = identity else { return Ok(()) };
+    let failed = |message: String| StoreError::Backend { location: path.display().to_string(), message };
+    match identity_of(path) {
+        Ok(now) if now == opened => Ok(()),
+        Ok(_) => Err(failed(
+            "the database file was replaced by another file while in use; nothing more is written \
+             to the old one. Restart highwater to use the new file"
+                .into(),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(failed(
+            "the database file was deleted or moved away while in use; nothing more is written to \
+             it. Put it back at its path (highwater goes on by itself), or restart highwater, which \
+             starts an empty store (every watcher from its `start:`)"
+                .into(),
+        )),
+        Err(e) => Err(failed(format!("cannot look at the database file: {e}"))),
+    }
+}
+
+/// The pid a lock file names, for the message that refuses a second daemon.
+fn holder(file: &mut File) -> String {
+    let mut text = String::new();
+    let _ = file.rewind();
+    let _ = file.take(64).read_to_string(&mut text);
+    match text.trim() {
+        "" => "unknown".to_string(),
+        pid => pid.to_string(),
+    }
 }
 
 impl SqliteStore {
@@ -61,21 +126,36 @@ impl SqliteStore {
 
     /// Opens the store at `path` and brings it up to date: a file of an earlier version
     /// that holds rows is first copied whole with the online backup, next to it
-    /// (`<file>.v<version>.<time>.bak`: what that release reads), then each version
-    /// runs, its SQL and the rows its [`Upgrade`] rewrites in one transaction.
+    /// (`<file>.v<version>.<time>.bak`: what that release reads), then the versions
+    /// run, their SQL and the rows their [`Upgrade`]s rewrite, in one transaction. A new
+    /// file is created with mode 0600.
     pub fn open_upgrading(path: &Path, upgrades: &[Upgrade]) -> Result<Self, StoreError> {
         let backend = |message: String| StoreError::Backend { location: path.display().to_string(), message };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .map_err(|e| backend(format!("cannot create directory {}: {e}", parent.display())))?;
         }
-        let mut conn = Connection::open(path).map_err(|e| backend(e.to_string()))?;
+        let in_memory = path.as_os_str() == ":memory:";
+        if !in_memory {
+            // Created here, not by SQLite, for its mode (SQLite's default lets anyone on
+            // the host read it; its -wal and -shm take the database's mode). One that
+            // exists stays as it is; any other failure is SQLite's to report below.
+            let _ = std::fs::OpenOptions::new().write(true).create_new(true).mode(FILE_MODE).open(path);
+        }
+        let cannot_open = |e: rusqlite::Error| {
+            backend(format!(
+                "cannot open: {e} (the file and its directory must be writable: SQLite keeps -wal and -shm \
+                 files beside it)"
+            ))
+        };
+        let mut conn = Connection::open(path).map_err(cannot_open)?;
+        let identity = if in_memory { None } else { identity_of(path).ok() };
         conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| backend(e.to_string()))?;
         // WAL lets readers (the `state` command) run beside the daemon. NORMAL sync can
         // lose the last commits on power loss, never on a process crash; either way the
         // outbox is redelivered or the items are found again with the same ids, so the
         // delivery promise holds.
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| backend(e.to_string()))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(cannot_open)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| backend(e.to_string()))?;
         // A new file is brought to the newest version silently; one an earlier release
         // wrote is worth a line.
@@ -89,7 +169,68 @@ impl SqliteStore {
                 "Upgraded the state to this release's format; the copy taken before is what the earlier release reads."
             );
         }
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf() })
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+            identity,
+            lock: Arc::default(),
+        })
+    }
+
+    /// Takes the lock file beside the database (`<file>.lock`, an `flock` holding this
+    /// process's id), waiting [`LOCK_WAIT`] at most. Blocking: call it off the runtime.
+    fn lock_file(path: &Path) -> Result<File, StoreError> {
+        let lock = lock_path(path);
+        let failed = |message: String| StoreError::Backend { location: path.display().to_string(), message };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(FILE_MODE)
+            .open(&lock)
+            .map_err(|e| failed(format!("cannot open the lock file {}: {e}", lock.display())))?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(failed(format!(
+                        "in use by another highwater daemon (pid {}, lock file {}): one daemon per \
+                         SQLite file. Stop that one first, or give this one its own state.path",
+                        holder(&mut file),
+                        lock.display()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(failed(format!("cannot lock {}: {e}", lock.display())));
+                }
+            }
+        }
+        // The pid is for people (and the message above); the lock is the flock, which
+        // the kernel drops when this process ends however it ends.
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .and_then(|()| file.flush());
+        written.map_err(|e| failed(format!("cannot write the lock file {}: {e}", lock.display())))?;
+        Ok(file)
+    }
+
+    /// The pid of the daemon holding the database at `path`, if one does (for the
+    /// `state` commands that write, which go on beside it). Takes the lock for an
+    /// instant when it is free; a daemon starting meanwhile waits for it.
+    pub fn held_by(path: &Path) -> Option<String> {
+        let mut file = std::fs::OpenOptions::new().read(true).open(lock_path(path)).ok()?;
+        match file.try_lock_shared() {
+            Ok(()) => None,
+            Err(std::fs::TryLockError::WouldBlock) => Some(holder(&mut file)),
+            Err(std::fs::TryLockError::Error(_)) => None,
+        }
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -143,22 +284,39 @@ struct Migrated {
 
 /// Brings the file to the newest version, refusing one from a newer release. None when
 /// it was up to date.
+///
+/// Safe to race: two processes opening a new file at once (a daemon and a `state`
+/// command, two daemons) must not both create the table. The version is read again
+/// inside a write transaction (IMMEDIATE: the write lock first), and only the one that
+/// finds it still behind does the work; the other waits (the busy timeout) and then
+/// finds nothing to do. Every step runs in that one transaction: a version is all
+/// there or not at all.
 fn migrate(conn: &mut Connection, path: &Path, upgrades: &[Upgrade]) -> Result<Option<Migrated>, String> {
-    let current: i64 =
-        conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(|e| e.to_string())?;
     let known = MIGRATIONS.len() as i64;
-    if current > known {
-        return Err(format!(
-            "state version {current} is newer than this highwater knows ({known}); upgrade highwater"
-        ));
+    let version_of = |conn: &Connection| -> Result<i64, String> {
+        let current: i64 =
+            conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(|e| e.to_string())?;
+        if current > known {
+            return Err(format!(
+                "state version {current} is newer than this highwater knows ({known}); upgrade highwater"
+            ));
+        }
+        Ok(current)
+    };
+    // Up to date, the common case, takes no write lock: a read-only command must be
+    // able to read a store it cannot write.
+    if version_of(conn)? == known {
+        return Ok(None);
     }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
+    let current = version_of(&tx)?;
     if current == known {
         return Ok(None);
     }
     let rows: i64 = if current == 0 {
         0
     } else {
-        conn.query_row("SELECT count(*) FROM process_state", [], |r| r.get(0)).map_err(|e| e.to_string())?
+        tx.query_row("SELECT count(*) FROM process_state", [], |r| r.get(0)).map_err(|e| e.to_string())?
     };
     let mut backup = None;
     if rows > 0 {
@@ -171,22 +329,29 @@ fn migrate(conn: &mut Connection, path: &Path, upgrades: &[Upgrade]) -> Result<O
         let name = path.file_name().map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
         let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
         let to = path.with_file_name(format!("{name}.v{current}.{stamp}.bak"));
-        conn.backup(rusqlite::MAIN_DB, &to, None::<fn(rusqlite::backup::Progress)>)
-            .map_err(|e| format!("cannot copy the state to {} before upgrading it: {e}", to.display()))?;
+        // Taken while this transaction holds the write lock: the copy is the file as
+        // this version left it, and a second process opening it meanwhile waits instead
+        // of copying too. Through a second connection, a reader beside the writer (WAL):
+        // SQLite refuses to back up from the connection that is writing.
+        let copy = || -> Result<(), rusqlite::Error> {
+            let reader = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            reader.busy_timeout(BUSY_TIMEOUT)?;
+            reader.backup(rusqlite::MAIN_DB, &to, None::<fn(rusqlite::backup::Progress)>)
+        };
+        copy().map_err(|e| format!("cannot copy the state to {} before upgrading it: {e}", to.display()))?;
         backup = Some(to);
     }
     let mut rewritten = 0;
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = index as u32 + 1;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
         tx.execute_batch(sql).map_err(|e| format!("migration {version} failed: {e}"))?;
         if let Some(upgrade) = upgrades.iter().find(|u| u.to == version) {
             rewritten +=
                 rewrite_rows(&tx, upgrade).map_err(|e| format!("migration {version} failed: {e}"))?;
         }
         tx.pragma_update(None, "user_version", i64::from(version)).map_err(|e| e.to_string())?;
-        tx.commit().map_err(|e| e.to_string())?;
     }
+    tx.commit().map_err(|e| e.to_string())?;
     Ok(Some(Migrated { from: current, to: known, rows: rewritten, backup }))
 }
 
@@ -251,6 +416,25 @@ fn db_error(location: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn claim(&self) -> Result<(), StoreError> {
+        if self.identity.is_none() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let file = tokio::task::spawn_blocking(move || Self::lock_file(&path)).await.map_err(|e| {
+            StoreError::Backend {
+                location: self.path.display().to_string(),
+                message: format!("lock task failed: {e}"),
+            }
+        })??;
+        *self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(file);
+        Ok(())
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        same_file(&self.path, self.identity)
+    }
+
     async fn get(&self, namespace: &str, name: &str, key: &str) -> Result<Option<Record>, StoreError> {
         let (namespace, name, key) = (namespace.to_string(), name.to_string(), key.to_string());
         let location = self.path.display().to_string();
@@ -371,7 +555,9 @@ impl Store for SqliteStore {
         let (from_ns, from_name) = (from.0.to_string(), from.1.to_string());
         let (to_ns, to_name) = (to.0.to_string(), to.1.to_string());
         let location = self.path.display().to_string();
+        let (path, identity) = (self.path.clone(), self.identity);
         self.with_conn(move |conn| {
+            same_file(&path, identity)?;
             let err = db_error(&location);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
             let taken: i64 = tx
@@ -405,7 +591,11 @@ impl Store for SqliteStore {
     async fn write(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<Vec<Option<i64>>, StoreError> {
         let (namespace, name) = (namespace.to_string(), name.to_string());
         let location = self.path.display().to_string();
+        let (path, identity) = (self.path.clone(), self.identity);
         self.with_conn(move |conn| {
+            // Looked at before every write: one that went to a deleted file would be
+            // acknowledged and lost.
+            same_file(&path, identity)?;
             let err = db_error(&location);
             // IMMEDIATE takes the write lock up front, so the version checks below and
             // the writes that follow them see the same database.

@@ -19,6 +19,7 @@ mod s3;
 mod s3_notify;
 mod s3_support;
 mod service;
+mod store;
 mod systemd;
 mod util;
 mod webhook;

@@ -155,7 +155,28 @@ impl SqliteStore {
         // lose the last commits on power loss, never on a process crash; either way the
         // outbox is redelivered or the items are found again with the same ids, so the
         // delivery promise holds.
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(cannot_open)?;
+        // Switching a new file to WAL needs it alone for an instant, and SQLite answers
+        // "busy" at once rather than through the busy timeout: wait as that would.
+        let since = std::time::Instant::now();
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Ok(()) => break,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy && since.elapsed() < BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(
+                    e @ rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error { code: rusqlite::ErrorCode::DatabaseBusy, .. },
+                        _,
+                    ),
+                ) => {
+                    return Err(backend(e.to_string()));
+                }
+                Err(e) => return Err(cannot_open(e)),
+            }
+        }
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| backend(e.to_string()))?;
         // A new file is brought to the newest version silently; one an earlier release
         // wrote is worth a line.

@@ -54,12 +54,12 @@ impl Drop for Mutable {
 #[test]
 fn processes_creating_a_new_database_at_once_all_succeed() {
     let p = project();
-    // Each round races three processes on a file that does not exist yet; before the
+    // Each round races four processes on a file that does not exist yet; before the
     // migration re-read the version under the write lock, most rounds failed one with
     // "migration 1 failed: table process_state already exists".
-    for round in 0..20 {
+    for round in 0..30 {
         let _ = std::fs::remove_dir_all(p.path().join("state"));
-        let children: Vec<_> = (0..3)
+        let children: Vec<_> = (0..4)
             .map(|i| {
                 p.command(&["state", "set", "t/inbox", &format!("note{i}"), "1"])
                     .stdout(std::process::Stdio::null())

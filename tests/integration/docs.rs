@@ -4,13 +4,14 @@
 //! README.md, CONTRIBUTING.md and docs/ leads to a file and a heading that exist; every
 //! watcher the docs show (and every example watcher shipped) passes `highwater check`;
 //! README shows the commands CI and the quick start run; `rust-version` covers the
-//! locked dependencies.
+//! locked dependencies; the SFTP guide announces an upload once.
 //!
 //! The structs are read from their source files (the config types are private to the
 //! crate), so a renamed or added field fails here until its page says so.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -440,4 +441,42 @@ pub(crate) fn guide_block(guide: &str, name: &str) -> String {
     let body = fenced.split_once('\n').expect("the fence's line").1;
     let (block, _) = body.split_once("\n```").unwrap_or_else(|| panic!("{guide}: {name}: no closing fence"));
     format!("{block}\n")
+}
+
+#[test]
+fn the_sftp_guide_announces_an_upload_once() {
+    let mut watcher: serde_yaml::Value =
+        serde_yaml::from_str(&guide_block("docs/guides/sftp-dir-to-file.md", "watcher"))
+            .expect("the guide's watcher");
+    let project = crate::util::Project::default_config();
+    // The two paths, moved into the project.
+    watcher["source"]["path"] = "drop".into();
+    watcher["sink"]["path"] = "events/sftp-drop.jsonl".into();
+    project.watcher("sftp-drop", &serde_yaml::to_string(&watcher).expect("yaml"));
+    std::fs::create_dir_all(project.path().join("drop")).expect("mkdir drop");
+    let mut daemon = project.start();
+    daemon.wait_polls("landing/sftp-drop", 1);
+
+    // An SFTP client writes under a hidden name, then renames the finished file.
+    project.write("drop/.partner-1.csv.part", "id,amount\n1,10\n");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::rename(
+        project.path().join("drop/.partner-1.csv.part"),
+        project.path().join("drop/partner-1.csv"),
+    )
+    .expect("rename");
+    let events = project.path().join("events/sftp-drop.jsonl");
+    crate::util::eventually("the upload's event in the events file", Duration::from_secs(60), || {
+        std::fs::read_to_string(&events).ok().filter(|t| !t.is_empty())
+    });
+    // Two more polls: nothing else comes (not the hidden name).
+    daemon.wait_polls("landing/sftp-drop", 2);
+    let (code, _) = daemon.stop();
+    assert_eq!(code, Some(0));
+    let text = std::fs::read_to_string(&events).expect("events file");
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert_eq!(lines.len(), 1, "one event: {text}");
+    assert_eq!(lines[0]["item"]["relative_path"], "partner-1.csv");
+    assert_eq!(lines[0]["type"], "created");
 }

@@ -166,6 +166,76 @@ pub enum Item {
     Rows(RowsItem),
 }
 
+/// The kinds of [`Item`], without their values: what a source's configuration says
+/// its items will be, known before anything is polled (so that `check` can find a
+/// template naming a field they never have).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemKind {
+    /// [`Item::File`].
+    File,
+    /// [`Item::S3Object`].
+    S3Object,
+    /// [`Item::S3Objects`].
+    S3Objects,
+    /// [`Item::Row`].
+    Row,
+    /// [`Item::Rows`].
+    Rows,
+}
+
+impl ItemKind {
+    /// The top-level fields of such an item's JSON: `kind`, then the struct's own,
+    /// read from the struct's `Deserialize` (so they cannot drift from it). Optional
+    /// fields are among them: an item may have them.
+    pub fn fields(self) -> Vec<&'static str> {
+        let own = match self {
+            ItemKind::File => struct_fields::<FileItem>(),
+            ItemKind::S3Object => struct_fields::<S3Object>(),
+            ItemKind::S3Objects => struct_fields::<S3Objects>(),
+            ItemKind::Row => struct_fields::<RowItem>(),
+            ItemKind::Rows => struct_fields::<RowsItem>(),
+        };
+        std::iter::once("kind").chain(own.iter().copied()).collect()
+    }
+}
+
+/// The field names a derived `Deserialize` of a struct hands to its deserializer:
+/// a deserializer that only records them, then stops.
+fn struct_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for Fields<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("fields read"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    // The error is the point: the deserializer stops once it has the names.
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
+}
+
 impl Item {
     /// The `kind` tag, as in the event's JSON.
     pub fn kind(&self) -> &'static str {
@@ -364,6 +434,33 @@ pub fn event_id(namespace: &str, watcher: &str, parts: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn item_fields_are_those_of_the_items_json() {
+        assert_eq!(ItemKind::File.fields(), ["kind", "path", "relative_path", "size", "modified"]);
+        let object = S3Object {
+            bucket: "b".into(),
+            key: "k".into(),
+            size: 1,
+            etag: "e".into(),
+            last_modified: DateTime::<Utc>::UNIX_EPOCH,
+            version_id: Some("v".into()),
+            storage_class: Some("STANDARD".into()),
+        };
+        let objects = S3Objects { bucket: "b".into(), objects: vec![object.clone()] };
+        for (kind, item) in
+            [(ItemKind::S3Object, Item::S3Object(object)), (ItemKind::S3Objects, Item::S3Objects(objects))]
+        {
+            let json = serde_json::to_value(&item).unwrap();
+            let mut keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+            let mut fields = kind.fields();
+            keys.sort();
+            fields.sort();
+            assert_eq!(keys, fields, "{kind:?}");
+        }
+        assert_eq!(ItemKind::Row.fields(), ["kind", "table", "key", "cursor", "columns", "as_text"]);
+        assert_eq!(ItemKind::Rows.fields(), ["kind", "table", "rows"]);
+    }
 
     #[test]
     fn event_id_is_stable_across_releases() {

@@ -541,6 +541,38 @@ fn check_common(
     }
 }
 
+/// A sink template (`partition_key`) naming a field the source's items never have
+/// would fail every batch for good: refused here, with the fields they do have.
+fn check_templates(
+    file: &Path,
+    text: &str,
+    source: &SourceConfig,
+    sink: &SinkConfig,
+    errors: &mut Vec<ConfigError>,
+) {
+    let fields = source.item_kind().fields();
+    for (key, template) in sink.item_templates() {
+        for field in template.fields().filter(|f| !fields.contains(f)) {
+            let hint = match yaml::closest(field, &fields) {
+                Some(near) => format!("; did you mean `{{{near}}}`?"),
+                None => {
+                    let known: Vec<String> = fields.iter().map(|f| format!("`{f}`")).collect();
+                    format!(" (they have {})", known.join(", "))
+                }
+            };
+            errors.push(located(
+                file,
+                text,
+                &format!("sink.{key}"),
+                format!(
+                    "`{{{field}}}`: the items of this `{}` source have no field `{field}`{hint}",
+                    source.kind()
+                ),
+            ));
+        }
+    }
+}
+
 fn validate_watcher(
     file: &Path,
     text: &str,
@@ -585,6 +617,7 @@ fn validate_watcher(
     for (key, message) in raw.sink.validate() {
         errors.push(located(file, text, &format!("sink.{key}"), message));
     }
+    check_templates(file, text, &raw.source, &raw.sink, errors);
     if let Some(start) = &raw.start
         && let Err(message) = raw.source.check_start(start)
     {

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use crate::event::Encoded;
+use crate::value::Template;
 
 /// A sink's answer to one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,6 +254,12 @@ pub trait SinkKind {
     /// Builds the runtime sink. Cheap and local: nothing is contacted until the first
     /// delivery.
     fn build(&self) -> Result<Box<dyn Sink>, BuildError>;
+
+    /// The templates filled from each event's item, with their keys under `sink`:
+    /// `check` finds the fields they name that the source's items never have.
+    fn item_templates(&self) -> Vec<(&'static str, &Template)> {
+        Vec::new()
+    }
 }
 
 crate::value::kinds! {
@@ -278,6 +285,11 @@ impl SinkConfig {
     /// Checks that need more than one key; `(key under sink, message)` pairs.
     pub fn validate(&self) -> Vec<(String, String)> {
         self.get().validate()
+    }
+
+    /// The templates filled from each item (see [`SinkKind::item_templates`]).
+    pub fn item_templates(&self) -> Vec<(&'static str, &Template)> {
+        self.get().item_templates()
     }
 
     /// What the sink needs from this host (see [`SinkKind::check_host`]).

@@ -34,7 +34,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::window::{Smallest, Timed, Window};
 use super::{Batch, ChangeSet, Found, Polled, Source, SourceError, SourceKind, SourceState};
-use crate::event::{Change, FileItem, Item};
+use crate::event::{Change, FileItem, Item, ItemKind};
 use crate::json::Json;
 use crate::value::{Glob, HumanDuration, Kind, Start};
 
@@ -144,6 +144,10 @@ impl SourceKind for LocalDirConfig {
 
     fn build(&self) -> Box<dyn Source> {
         Box::new(LocalDir::new(self.clone()))
+    }
+
+    fn item_kind(&self) -> ItemKind {
+        ItemKind::File
     }
 
     fn check_start(&self, _start: &Start) -> Result<(), String> {

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Change, Item};
+use crate::event::{Change, Item, ItemKind};
 use crate::json::Json;
 use crate::value::Start;
 
@@ -239,6 +239,10 @@ pub trait SourceKind {
     /// start.
     fn build(&self) -> Box<dyn Source>;
 
+    /// The kind of item every event of this source carries, as configured (`emit`):
+    /// what a sink's templates may name.
+    fn item_kind(&self) -> ItemKind;
+
     /// Whether the kind maps this `start:` to a first watermark (see
     /// [`Source::begin`]), so that `highwater check` reports one it cannot. The default
     /// takes `beginning` only; a kind that overrides [`Source::begin`] overrides this.
@@ -266,6 +270,11 @@ impl SourceConfig {
     /// One line for `highwater watchers` (never a secret).
     pub fn describe(&self) -> String {
         self.get().describe()
+    }
+
+    /// The kind of item its events carry (see [`SourceKind::item_kind`]).
+    pub fn item_kind(&self) -> ItemKind {
+        self.get().item_kind()
     }
 
     /// Checks that need more than one key; returns `(key under source, message)` pairs.
@@ -297,6 +306,9 @@ mod tests {
         }
         fn build(&self) -> Box<dyn Source> {
             unreachable!("not built")
+        }
+        fn item_kind(&self) -> ItemKind {
+            ItemKind::File
         }
     }
 

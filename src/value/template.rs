@@ -67,6 +67,14 @@ impl Template {
         Ok(Template { text: text.to_string(), pieces })
     }
 
+    /// The item fields it names, in order.
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.pieces.iter().filter_map(|p| match p {
+            Piece::Field(field) => Some(field.as_str()),
+            Piece::Text(_) => None,
+        })
+    }
+
     /// Fills the template from an item (a JSON object); the error names the missing
     /// field.
     pub fn render(&self, item: &serde_json::Value) -> Result<String, String> {

@@ -72,8 +72,9 @@ pub struct AirflowConfig {
     #[serde(default)]
     pub asset_name: Option<String>,
     /// The event's partition key, built from the item: `{field}` is replaced by that
-    /// field of the item (`"{relative_path}"`, `"day={date}"`), `{{` and `}}` are
-    /// literal braces. Default: no partition key.
+    /// field of the item (`"{key}"` for an `s3` object, `"{relative_path}"` for a
+    /// `local_dir` file), `{{` and `}}` are literal braces. `check` refuses a field the
+    /// source's items never have. Default: no partition key.
     #[serde(default)]
     pub partition_key: Option<Template>,
     /// How long one request may take, connecting included.
@@ -225,6 +226,10 @@ impl SinkKind for AirflowConfig {
 
     fn build(&self) -> Result<Box<dyn Sink>, BuildError> {
         Ok(Box::new(AirflowSink::new(self)?))
+    }
+
+    fn item_templates(&self) -> Vec<(&'static str, &Template)> {
+        self.partition_key.iter().map(|t| ("partition_key", t)).collect()
     }
 }
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::Postgres;
 use super::connect::{self, ConnectSettings, TlsMode};
+use crate::event::ItemKind;
 use crate::source::{Source, SourceKind};
 use crate::value::{EnvVar, HumanDuration, Kind, SecretFile, Start};
 
@@ -297,6 +298,13 @@ impl SourceKind for PostgresConfig {
 
     fn build(&self) -> Box<dyn Source> {
         Box::new(Postgres::new(self.clone()))
+    }
+
+    fn item_kind(&self) -> ItemKind {
+        match self.emit {
+            Emit::Row => ItemKind::Row,
+            Emit::Batch => ItemKind::Rows,
+        }
     }
 
     /// Every form: `now` is the current snapshot (mode `xid`) or the last row (mode

@@ -24,7 +24,7 @@ use aws_sdk_s3::types::EncodingType;
 use self::notified::{Held, Inbox, Timing};
 use self::scan::{Candidate, Flow, Head, Listed, OrderNote, Planned, Rules, Scan, Seen, State};
 use super::{Batch, ChangeSet, Found, Polled, Source, SourceError, SourceKind, SourceState};
-use crate::event::{Change, Item, S3Object, S3Objects};
+use crate::event::{Change, Item, ItemKind, S3Object, S3Objects};
 use crate::json::Json;
 use crate::value::{Glob, HttpUrl, HumanDuration, Kind, Start};
 
@@ -291,6 +291,13 @@ impl SourceKind for S3Config {
 
     fn build(&self) -> Box<dyn Source> {
         Box::new(S3Source::new(self.clone()))
+    }
+
+    fn item_kind(&self) -> ItemKind {
+        match self.emit {
+            Emit::Object => ItemKind::S3Object,
+            Emit::Batch => ItemKind::S3Objects,
+        }
     }
 
     fn check_start(&self, _start: &Start) -> Result<(), String> {

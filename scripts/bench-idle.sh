@@ -4,7 +4,9 @@
 # /proc/PID/stat user+system time over the measuring window) and memory (VmRSS at
 # the end, VmHWM peak), next to a baseline daemon with no watchers measured the same
 # way in the same run. The daemons listen for /metrics on a free loopback port; after
-# the window one scrape of the 1,000-watcher daemon is timed (with curl, if present).
+# the window one scrape of the 1,000-watcher daemon is timed (with curl, if present),
+# and its size per watcher is compared with a third daemon's, the same watchers with
+# http.per_watcher_histograms: true (scraped after its warm-up only).
 #
 # Usage: scripts/bench-idle.sh [WATCHERS] [SECONDS]
 #   WATCHERS  watchers in the measured daemon (default 1000)
@@ -40,13 +42,13 @@ trap cleanup EXIT
 # A project with N watchers, each on its own directory holding three small files
 # (announced during the warm-up, so the window sees idle polls only).
 make_project() {
-    local dir="$1" n="$2" i name
+    local dir="$1" n="$2" http_extra="${3:-}" i name
     mkdir -p "$dir/watchers" "$dir/in" "$dir/out"
     cat > "$dir/highwater.yaml" <<YAML
 watchers_dir: $dir/watchers
 state: {type: sqlite, path: $dir/state/highwater.db}
 defaults: {poll_interval: 10s}
-http: {listen: "127.0.0.1:0"}
+http: {listen: "127.0.0.1:0"$http_extra}
 YAML
     for ((i = 1; i <= n; i++)); do
         name="$(printf 'w%04d' "$i")"
@@ -102,14 +104,40 @@ measure() {
         'BEGIN { printf "%.2f %.1f %.1f %d %s\n", 100 * d / hz / (e - s), rss / 1024, hwm / 1024, ev, scrape }'
 }
 
+# Starts a daemon on a project, waits the warm-up, prints the bytes of one GET /metrics.
+scrape_only() {
+    local dir="$1" pid addr bytes=none
+    HIGHWATER_LOG_FORMAT=json "$bin" --config "$dir/highwater.yaml" run \
+        > "$dir/stdout.log" 2> "$dir/daemon.log" &
+    pid=$!
+    pids+=("$pid")
+    sleep "$warmup"
+    addr="$(grep -o '"addr":"[^"]*"' "$dir/daemon.log" | head -1 | cut -d'"' -f4)"
+    if command -v curl >/dev/null 2>&1 && [ -n "$addr" ]; then
+        bytes="$(curl -s -o /dev/null -w '%{size_download}' "http://$addr/metrics")"
+    fi
+    kill -TERM "$pid"
+    wait "$pid" || true
+    echo "$bytes"
+}
+
+# Bytes a watcher adds to a scrape: (scrape - baseline scrape) / watchers.
+per_watcher() {
+    awk -v s="${1%%,*}" -v b="${2%%,*}" -v n="$watchers" \
+        'BEGIN { if (s ~ /^[0-9]+$/ && b ~ /^[0-9]+$/ && n > 0) printf "%d", (s - b) / n; else print "n/a" }'
+}
+
 echo "preparing $watchers watchers in $work" >&2
 make_project "$work/base" 0
 make_project "$work/many" "$watchers"
+make_project "$work/hist" "$watchers" ", per_watcher_histograms: true"
 
 echo "measuring the baseline (0 watchers): ${warmup}s warm-up, ${seconds}s window" >&2
-read -r base_cpu base_rss base_hwm _ < <(measure "$work/base")
+read -r base_cpu base_rss base_hwm _ base_scrape < <(measure "$work/base")
 echo "measuring $watchers watchers: ${warmup}s warm-up, ${seconds}s window" >&2
 read -r cpu rss hwm events scrape < <(measure "$work/many")
+echo "scraping $watchers watchers with per_watcher_histograms: true after ${warmup}s" >&2
+hist_scrape="$(scrape_only "$work/hist")"
 
 cat <<REPORT
 
@@ -123,4 +151,12 @@ $watchers local_dir watchers, poll_interval 10s, nothing new; ${seconds}s window
 
 events announced during the warm-up: $events (expected $((watchers * 3)))
 one GET /metrics after the window (bytes,seconds): $scrape
+
+| /metrics | scrape (bytes) | per watcher (bytes) |
+|---|---|---|
+| baseline, 0 watchers | ${base_scrape%%,*} | |
+| $watchers watchers, per_watcher_histograms: false (default) | ${scrape%%,*} | $(per_watcher "$scrape" "$base_scrape") |
+| $watchers watchers, per_watcher_histograms: true | ${hist_scrape} | $(per_watcher "$hist_scrape" "$base_scrape") |
+
+reproduce: scripts/bench-idle.sh $watchers $seconds
 REPORT

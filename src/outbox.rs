@@ -231,6 +231,8 @@ pub struct Summary {
     pub remembered: u64,
     /// Events in the pending batch (0 when none).
     pub pending_events: usize,
+    /// When the pending batch was written (None when none, or it cannot be read).
+    pub pending_since: Option<DateTime<Utc>>,
     /// Batch ids of the dead letters, in key order.
     pub dead_letters: Vec<String>,
 }
@@ -292,7 +294,7 @@ pub async fn survey(store: &dyn Store) -> Result<BTreeMap<(String, String), Summ
         let summary = out.entry((record.namespace.clone(), record.name.clone())).or_default();
         if record.key == PENDING {
             // Counted leniently: a listing must show a damaged batch, not fail on it.
-            summary.pending_events = event_count(&record.value);
+            (summary.pending_events, summary.pending_since) = glance(&record.value);
         } else if let Some(batch_id) = record.key.strip_prefix(DEAD_LETTER_PREFIX) {
             summary.dead_letters.push(batch_id.to_string());
         } else if record.key == WATERMARK {
@@ -305,14 +307,17 @@ pub async fn survey(store: &dyn Store) -> Result<BTreeMap<(String, String), Summ
     Ok(out)
 }
 
-/// The number of events in a stored pending batch, 0 when it has none it can count.
-fn event_count(pending: &Json) -> usize {
+/// The number of events in a stored pending batch (0 when it has none it can count)
+/// and when it was written.
+fn glance(pending: &Json) -> (usize, Option<DateTime<Utc>>) {
     #[derive(Deserialize)]
-    struct Count {
+    struct Glance {
         #[serde(default)]
         events: Vec<serde::de::IgnoredAny>,
+        #[serde(default)]
+        created_at: Option<DateTime<Utc>>,
     }
-    pending.decode::<Count>().map_or(0, |c| c.events.len())
+    pending.decode::<Glance>().map_or((0, None), |g| (g.events.len(), g.created_at))
 }
 
 /// The whole watermark as one JSON document, as `state get W watermark` prints it and
@@ -575,6 +580,16 @@ impl Outbox {
         Ok(staged.batch.change.take())
     }
 
+    /// How many batches are held under dead-letter keys: one range of the primary key,
+    /// counted, not read.
+    pub async fn dead_letters(&self) -> Result<u64, StoreError> {
+        let counted = self
+            .store
+            .count(Some(&self.namespace), Some(&self.name), Keys::Under(DEAD_LETTER_PREFIX))
+            .await?;
+        Ok(counted.into_values().sum())
+    }
+
     /// Queues dead letter `batch_id` for delivery again, without a state change, and
     /// removes the dead letter, in one transaction.
     pub async fn replay(&self, batch_id: &str) -> Result<Replay, OutboxError> {
@@ -714,7 +729,7 @@ impl Outbox {
 
     /// Events of the pending batch, if one is stored.
     async fn pending_events(&self) -> Result<Option<usize>, StoreError> {
-        Ok(self.get(PENDING).await?.map(|record| event_count(&record.value)))
+        Ok(self.get(PENDING).await?.map(|record| glance(&record.value).0))
     }
 
     fn expect_watermark(&self) -> Expect {

@@ -93,6 +93,19 @@ pub struct WatcherStats {
     /// Unix milliseconds when the batch waiting for acknowledgement was written (0:
     /// none waiting): how far delivery lags behind detection.
     pub pending_since_ms: AtomicI64,
+    /// Items polls found that the sink has not acknowledged (nor were set aside) yet:
+    /// the batches of the last poll still queued plus the rest of the pending batch.
+    pub backlog_events: AtomicU64,
+    /// Unix milliseconds when the oldest of [`Self::backlog_events`] was found (or its
+    /// batch written, for one restored from the store); 0 while the backlog is empty.
+    /// Now minus this is the watcher's lag: how far delivery is behind detection.
+    pub backlog_since_ms: AtomicI64,
+    /// Batches held under `dead_letter/*` keys in the store, counted at start and
+    /// recounted while any are held (so that `state replay` and purges show).
+    pub dead_letters: AtomicU64,
+    /// The configured `poll_interval`, in milliseconds, so that an alert can say "no
+    /// successful poll for N intervals" of each watcher's own interval.
+    pub poll_interval_ms: AtomicU64,
     state: AtomicU8,
     /// The watcher's last cycle failed in the state store (not a conflict: the store
     /// could not be read or written, or its file was deleted or replaced). `/readyz`
@@ -126,6 +139,20 @@ impl WatcherStats {
     pub fn set_pending(&self, events: usize, since_ms: i64) {
         self.pending_events.store(events as u64, Ordering::Relaxed);
         self.pending_since_ms.store(if events == 0 { 0 } else { since_ms }, Ordering::Relaxed);
+    }
+
+    /// Records the backlog: `events` found and not yet delivered, the oldest found at
+    /// `since_ms` (0 events: none).
+    pub fn set_backlog(&self, events: usize, since_ms: i64) {
+        self.backlog_events.store(events as u64, Ordering::Relaxed);
+        self.backlog_since_ms.store(if events == 0 { 0 } else { since_ms }, Ordering::Relaxed);
+    }
+
+    /// Seconds delivery is behind detection at `now_ms`: the age of the oldest item found
+    /// and not yet delivered (0 when everything found was delivered).
+    pub fn lag_seconds(&self, now_ms: i64) -> f64 {
+        let since = self.backlog_since_ms.load(Ordering::Relaxed);
+        if since == 0 { 0.0 } else { now_ms.saturating_sub(since).max(0) as f64 / 1000.0 }
     }
 }
 
@@ -165,6 +192,14 @@ impl DurationHistogram {
         }
         (self.sum_us.load(Ordering::Relaxed) as f64 / 1e6, count, buckets)
     }
+
+    /// Adds every observation of `other` to this one.
+    fn absorb(&self, other: &DurationHistogram) {
+        for (mine, theirs) in self.buckets.iter().zip(&other.buckets) {
+            mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.sum_us.fetch_add(other.sum_us.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
 }
 
 /// What the daemon as a whole shows to `/metrics`, `/healthz`, `/readyz` and systemd:
@@ -186,12 +221,37 @@ pub struct Telemetry {
     /// Connections to the HTTP listener closed at once because `http.max_connections`
     /// were open.
     pub http_connections_refused: AtomicU64,
+    /// Poll durations of watchers a reload removed: kept in the daemon-wide histogram
+    /// so that its counts never go down.
+    retired_polls: DurationHistogram,
 }
 
 impl Telemetry {
     /// Replaces the list of running watchers (`namespace/name` → counters).
     pub fn set_watchers(&self, watchers: BTreeMap<String, Arc<WatcherStats>>) {
-        *self.watchers.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = watchers;
+        let mut guard = self.watchers.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (id, old) in guard.iter() {
+            if !watchers.get(id).is_some_and(|new| Arc::ptr_eq(new, old)) {
+                self.retired_polls.absorb(&old.poll_duration);
+            }
+        }
+        *guard = watchers;
+    }
+
+    /// The poll durations of every watcher this daemon ran, as one histogram (the
+    /// shape of [`DurationHistogram::snapshot`]).
+    pub fn poll_duration(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let (mut sum, mut count, mut buckets) = self.retired_polls.snapshot();
+        let guard = self.watchers.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for stats in guard.values() {
+            let (s, c, b) = stats.poll_duration.snapshot();
+            sum += s;
+            count += c;
+            for (total, (_, n)) in buckets.iter_mut().zip(b) {
+                total.1 += n;
+            }
+        }
+        (sum, count, buckets)
     }
 
     /// The running watchers, sorted by `namespace/name`.
@@ -273,6 +333,34 @@ mod tests {
         assert_eq!(buckets[0], (0.001, 1));
         assert_eq!(buckets[4], (0.025, 1));
         assert_eq!(buckets.last(), Some(&(f64::INFINITY, 1)));
+    }
+
+    #[test]
+    fn the_daemon_wide_histogram_keeps_the_polls_of_removed_watchers() {
+        let telemetry = Telemetry::default();
+        let a = Arc::new(WatcherStats::default());
+        let b = Arc::new(WatcherStats::default());
+        a.poll_duration.observe(Duration::from_millis(2));
+        b.poll_duration.observe(Duration::from_secs(2));
+        telemetry.set_watchers(BTreeMap::from([("n/a".to_string(), Arc::clone(&a)), ("n/b".to_string(), b)]));
+        assert_eq!(telemetry.poll_duration().1, 2);
+        // A reload keeps `a` (the same counters) and removes `b`.
+        telemetry.set_watchers(BTreeMap::from([("n/a".to_string(), Arc::clone(&a))]));
+        a.poll_duration.observe(Duration::from_millis(2));
+        let (sum, count, buckets) = telemetry.poll_duration();
+        assert_eq!(count, 3);
+        assert!((sum - 2.004).abs() < 1e-9, "{sum}");
+        assert_eq!(buckets[1], (0.0025, 2));
+    }
+
+    #[test]
+    fn lag_is_the_age_of_the_oldest_item_not_delivered() {
+        let stats = WatcherStats::default();
+        assert_eq!(stats.lag_seconds(10_000), 0.0);
+        stats.set_backlog(5, 4_000);
+        assert_eq!(stats.lag_seconds(10_000), 6.0);
+        stats.set_backlog(0, 4_000);
+        assert_eq!(stats.lag_seconds(10_000), 0.0);
     }
 
     #[test]

@@ -114,6 +114,11 @@ pub struct Watcher {
     quick_retries: u32,
     /// When the sink last took events.
     last_taken: Option<Instant>,
+    /// Unix milliseconds of the poll that found the queued batches (its age is the lag
+    /// of their items).
+    queued_found_ms: i64,
+    /// The dead letters held were counted since the watcher started.
+    dead_letters_counted: bool,
 }
 
 /// What [`Watcher::dry_run`] found.
@@ -137,6 +142,7 @@ impl Watcher {
         stats: Arc<WatcherStats>,
     ) -> Self {
         let kind = source.kind();
+        stats.poll_interval_ms.store(config.poll_interval.as_millis() as u64, Ordering::Relaxed);
         Watcher {
             namespace: config.namespace.clone(),
             name: config.name.clone(),
@@ -157,6 +163,8 @@ impl Watcher {
             start_checked: false,
             quick_retries: QUICK_RETRIES,
             last_taken: None,
+            queued_found_ms: 0,
+            dead_letters_counted: false,
         }
     }
 
@@ -310,6 +318,10 @@ impl Watcher {
         self.queued = polled.batches.into();
         self.queued_summary = summary;
         self.more = polled.more;
+        if items > 0 {
+            self.queued_found_ms = now_ms();
+        }
+        self.set_pending(0, 0);
         Ok(())
     }
 
@@ -346,6 +358,7 @@ impl Watcher {
     /// watcher without a watermark begins where `start:` says.
     async fn sync(&mut self) -> Result<Option<Staged>, WatcherError> {
         let loaded = self.outbox.load().await?;
+        self.count_dead_letters().await?;
         if let Some(committed) = loaded.watermark {
             if committed.replaced {
                 tracing::info!("Watermark was changed outside this watcher; continuing from the stored one.");
@@ -504,7 +517,7 @@ impl Watcher {
         if resumed > 0 {
             tracing::info!(batch = %batch_id, events = n, acked = resumed, "Sending the rest of a batch delivered part-way.");
         }
-        self.stats.set_pending(n - done, staged.batch().created_at.timestamp_millis());
+        self.set_pending(n - done, staged.batch().created_at.timestamp_millis());
         let mut backoff = Backoff::new(self.retry.initial.0, self.retry.max.0);
         let mut attempts = 0u32;
         loop {
@@ -540,7 +553,7 @@ impl Watcher {
                     self.commit(&mut staged, None, shutdown).await?;
                     WatcherStats::add(&self.stats.events_delivered, (n - resumed) as u64);
                     self.stats.last_delivery_ms.store(now_ms(), Ordering::Relaxed);
-                    self.stats.set_pending(0, 0);
+                    self.set_pending(0, 0);
                     self.stats.set_state(WatcherState::Ok);
                     tracing::info!(batch = %batch_id, events = n, attempts, "Delivered batch.");
                     return Ok(n);
@@ -548,7 +561,7 @@ impl Watcher {
                 Delivery::RetryLater { reason, after } => {
                     WatcherStats::add(&self.stats.delivery_retries, 1);
                     self.stats.set_state(WatcherState::Retrying);
-                    self.stats.set_pending(n - done, staged.batch().created_at.timestamp_millis());
+                    self.set_pending(n - done, staged.batch().created_at.timestamp_millis());
                     // A receiver that took events a moment ago and fails now and then is
                     // retried at once: after progress, and a few times more; only a
                     // streak of failures without progress backs off.
@@ -588,7 +601,8 @@ impl Watcher {
                         FailurePolicy::DeadLetter => {
                             self.commit(&mut staged, Some(&reason), shutdown).await?;
                             WatcherStats::add(&self.stats.batches_dead_lettered, 1);
-                            self.stats.set_pending(0, 0);
+                            WatcherStats::add(&self.stats.dead_letters, 1);
+                            self.set_pending(0, 0);
                             self.stats.set_state(WatcherState::Ok);
                             tracing::error!(batch = %batch_id, events = n, reason = %reason,
                                 key = dead_letter_key(&batch_id),
@@ -635,6 +649,33 @@ impl Watcher {
                 return Err(WatcherError::Shutdown);
             }
         }
+    }
+
+    /// Records the batch waiting for acknowledgement (`left` events of it, written at
+    /// `since_ms`), and with it the backlog: those and the items of the batches still
+    /// queued, aged from the oldest.
+    fn set_pending(&self, left: usize, since_ms: i64) {
+        self.stats.set_pending(left, since_ms);
+        let queued: usize = self.queued.iter().map(|b| b.items.len()).sum();
+        let oldest = [(left > 0).then_some(since_ms), (queued > 0).then_some(self.queued_found_ms)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(0);
+        self.stats.set_backlog(left + queued, oldest);
+    }
+
+    /// Counts the dead letters held in the store: at start, and again at each cycle
+    /// while any are held, so that a replay or a purge from the command line shows.
+    /// Nothing is read while none are held (only this watcher sets batches aside).
+    async fn count_dead_letters(&mut self) -> Result<(), WatcherError> {
+        if self.dead_letters_counted && self.stats.dead_letters.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        let held = self.outbox.dead_letters().await.map_err(OutboxError::Store)?;
+        self.stats.dead_letters.store(held, Ordering::Relaxed);
+        self.dead_letters_counted = true;
+        Ok(())
     }
 
     /// Notes that the sink took events: failures soon after are retried at once.
@@ -1039,6 +1080,8 @@ mod tests {
         assert_eq!(letter.reason, "HTTP 400");
         assert_eq!(summary.watermark.map(|r| r.value), Some(Json::encode(&1).unwrap()));
         assert_eq!(rig.pending().await, None);
+        let held = || w.stats.dead_letters.load(Ordering::Relaxed);
+        assert_eq!(held(), 1, "the dead letter is counted as held");
 
         // Replay: the batch goes back to `pending` without a state change.
         assert_eq!(rig.outbox().replay(batch_id).await.unwrap(), Replay::Queued { events: 1 });
@@ -1046,6 +1089,7 @@ mod tests {
         rig.add(&["b"]);
         let report = w.cycle(&token).await.unwrap();
         assert_eq!(report.redelivered, 1);
+        assert_eq!(w.stats.dead_letters.load(Ordering::Relaxed), 0, "the replay is seen by the next cycle");
         assert_eq!(rig.watermark().await, Some(json!(1)), "a replay leaves the watermark");
         w.cycle(&token).await.unwrap();
         assert_eq!(rig.watermark().await, Some(json!(2)));

@@ -6,6 +6,7 @@
 mod check;
 mod once;
 mod state;
+mod status;
 mod watchers;
 
 use std::io::Write;
@@ -99,6 +100,28 @@ pub enum Command {
     },
     /// Inspect and edit the stored state (watermarks, pending batches, dead letters).
     State(StateArgs),
+    /// One line per watcher: state, lag, pending batch, last delivery, dead letters,
+    /// owner. Reads the store, and the running daemon's `http:` listener when the daemon
+    /// file sets one (for live state such as `error` or `blocked`).
+    Status {
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Refresh until interrupted (with `--json`: one document per line each time).
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes with `--watch`.
+        #[arg(long, default_value_t = 2.0, value_parser = parse_interval)]
+        interval: f64,
+    },
+}
+
+/// A refresh interval: a number of seconds from 0.1 to 86400.
+fn parse_interval(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if (0.1..=86_400.0).contains(&secs) => Ok(secs),
+        _ => Err(format!("{text:?} is not a number of seconds from 0.1 to 86400")),
+    }
 }
 
 /// A failed command, mapped to its exit code.
@@ -200,6 +223,10 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::State(args) => state::run(&config::find(named)?, args.command).await,
+        Command::Status { json, watch, interval } => {
+            let path = config::find(named)?;
+            status::run(&path, json, watch, std::time::Duration::from_secs_f64(interval)).await
+        }
     }
 }
 
@@ -214,15 +241,14 @@ pub(crate) fn err(args: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr().lock(), "{args}");
 }
 
-/// Prints aligned columns.
-fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+/// Writes aligned columns to `out` (a closed standard output ends the output quietly).
+fn print_table(out: &mut impl Write, headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
             widths[i] = widths[i].max(cell.chars().count());
         }
     }
-    let mut out = std::io::stdout().lock();
     let line = |cells: Vec<&str>| {
         let mut s = String::new();
         for (i, cell) in cells.iter().enumerate() {

@@ -450,7 +450,11 @@ fn state_list(stored: &BTreeMap<(String, String), Summary>, config: Option<&Conf
     if json {
         super::out(format_args!("{}", serde_json::to_string_pretty(&out).unwrap_or_default()));
     } else {
-        print_table(&["WATCHER", "WATERMARK", "MOVED (UTC)", "PENDING", "DEAD LETTERS"], &rows);
+        print_table(
+            &mut std::io::stdout().lock(),
+            &["WATCHER", "WATERMARK", "MOVED (UTC)", "PENDING", "DEAD LETTERS"],
+            &rows,
+        );
     }
 }
 

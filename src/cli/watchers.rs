@@ -41,5 +41,5 @@ pub(super) fn list(config: &Config, json: bool) {
             ]
         })
         .collect();
-    print_table(&["WATCHER", "SOURCE", "SINK", "EVERY", "FILE"], &rows);
+    print_table(&mut std::io::stdout().lock(), &["WATCHER", "SOURCE", "SINK", "EVERY", "FILE"], &rows);
 }

@@ -9,6 +9,7 @@ mod conformance;
 mod core;
 mod docs;
 mod local_dir;
+mod monitoring;
 mod moto_support;
 mod postgres;
 mod postgres_history;

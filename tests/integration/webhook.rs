@@ -516,11 +516,20 @@ fn client_errors_follow_the_failure_policy() {
     let ids = receiver.wait_accepted(1, Duration::from_secs(20));
     assert_eq!(ids.len(), 1);
     assert_eq!(accepted_paths(&receiver), ["later.csv"], "the refused event is set aside, the next one goes");
-    let (code, logs) = daemon.stop();
-    assert_eq!(code, Some(0), "{}", logs.join("\n"));
+    daemon
+        .wait_metrics("the dead letter held", |m| m.watcher("highwater_watcher_dead_letters", LANDING) == 1);
     let list: serde_json::Value =
         serde_json::from_str(&project.run(&["state", "list", "--json"]).stdout).expect("state list JSON");
     assert_eq!(list[0]["dead_letters"].as_array().map(Vec::len), Some(1), "{list}");
+    // Replayed while the daemon runs: delivered, and no longer held.
+    let batch = list[0]["dead_letters"][0].as_str().expect("batch id");
+    assert_eq!(project.run(&["state", "replay", LANDING, batch]).code, Some(0));
+    receiver.wait_accepted(2, Duration::from_secs(20));
+    daemon.wait_metrics("the replayed dead letter gone", |m| {
+        m.watcher("highwater_watcher_dead_letters", LANDING) == 0
+    });
+    let (code, logs) = daemon.stop();
+    assert_eq!(code, Some(0), "{}", logs.join("\n"));
     let set_aside = logs
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

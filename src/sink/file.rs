@@ -5,7 +5,7 @@
 //! so the redelivered events start on a line of their own.
 
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::{Acked, BuildError, Delivery, Lines, Sink, SinkKind};
 use crate::event::Encoded;
-use crate::value::Kind;
+use crate::value::{FileMode, Kind};
 
 /// `sink: {type: file}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -23,6 +23,15 @@ pub struct FileSinkConfig {
     /// for every batch, so moving it away (log rotation) starts a new file. A named
     /// pipe works too: the reader then gets each batch as it is written.
     pub path: PathBuf,
+    /// The permission bits the file gets when the sink creates it (octal; the umask
+    /// does not apply). A file that exists keeps its own. Events can carry what a
+    /// source read, so not readable by everyone by default.
+    #[serde(default = "default_mode")]
+    pub mode: FileMode,
+}
+
+fn default_mode() -> FileMode {
+    FileMode(0o640)
 }
 
 impl Kind for FileSinkConfig {
@@ -63,9 +72,9 @@ impl FileSink {
 impl Sink for FileSink {
     async fn deliver(&mut self, events: &[Encoded], acked: &Acked) -> Delivery {
         let lines = Lines::of(events);
-        let path = self.config.path.clone();
+        let (path, mode) = (self.config.path.clone(), self.config.mode);
         let written = tokio::task::spawn_blocking(move || {
-            let (written, result) = append(&path, &lines.bytes);
+            let (written, result) = append(&path, mode, &lines.bytes);
             (lines.whole(written), result)
         })
         .await;
@@ -86,8 +95,8 @@ impl Sink for FileSink {
 /// directory) if missing, and syncs it. Returns how many bytes of `buffer` are in the
 /// file for good: all on success; on a failure part-way (a full disk), those written
 /// before it, once synced (none when the sync fails too).
-fn append(path: &Path, buffer: &[u8]) -> (usize, std::io::Result<()>) {
-    let mut file = match open(path) {
+fn append(path: &Path, mode: FileMode, buffer: &[u8]) -> (usize, std::io::Result<()>) {
+    let mut file = match open(path, mode) {
         Ok(file) => file,
         Err(e) => return (0, Err(e)),
     };
@@ -104,9 +113,19 @@ fn append(path: &Path, buffer: &[u8]) -> (usize, std::io::Result<()>) {
 
 /// Opens the file for appending, ending a line torn by a crash; and whether it is a
 /// regular file (which has something to sync).
-fn open(path: &Path) -> std::io::Result<(std::fs::File, bool)> {
+fn open(path: &Path, mode: FileMode) -> std::io::Result<(std::fs::File, bool)> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
+    }
+    // Created here with its mode, set again past the umask; an existing file (or a
+    // named pipe) is left as it is.
+    match std::fs::OpenOptions::new().create_new(true).append(true).mode(mode.0).open(path) {
+        Ok(file) => {
+            file.set_permissions(std::fs::Permissions::from_mode(mode.0))?;
+            return Ok((file, true));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
     }
     // A regular file is opened for reading too, to look at its last byte; a named pipe
     // must not be (a reader-writer open of a FIFO never blocks and never sees EPIPE).
@@ -133,13 +152,29 @@ mod tests {
     fn a_torn_last_line_is_ended_before_appending() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out/events.jsonl");
-        append(&path, b"{\"a\":1}\n").1.unwrap();
-        append(&path, b"{\"b\":2}\n").1.unwrap();
+        append(&path, default_mode(), b"{\"a\":1}\n").1.unwrap();
+        append(&path, default_mode(), b"{\"b\":2}\n").1.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
         // A crash in the middle of a line.
         std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"c\":").unwrap();
-        append(&path, b"{\"c\":3}\n").1.unwrap();
+        append(&path, default_mode(), b"{\"c\":3}\n").1.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "{\"a\":1}\n{\"b\":2}\n{\"c\":\n{\"c\":3}\n");
+    }
+
+    #[test]
+    fn a_new_file_gets_its_mode_past_the_umask_and_an_existing_one_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode_of = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let fresh = dir.path().join("new.jsonl");
+        append(&fresh, default_mode(), b"{}\n").1.unwrap();
+        assert_eq!(mode_of(&fresh), 0o640);
+        // 0666 is more than any usual umask lets through: set after creating.
+        let wide = dir.path().join("wide.jsonl");
+        append(&wide, FileMode(0o666), b"{}\n").1.unwrap();
+        assert_eq!(mode_of(&wide), 0o666);
+        append(&wide, FileMode(0o600), b"{}\n").1.unwrap();
+        assert_eq!(mode_of(&wide), 0o666, "an existing file keeps its mode");
+        assert_eq!(std::fs::read_to_string(&wide).unwrap(), "{}\n{}\n");
     }
 }

@@ -1,6 +1,6 @@
 //! Config values that check themselves while they are read and are then carried typed:
-//! durations, globs, names, HTTP URLs and headers, templates, secrets, `start:`; and the
-//! kinds of `type:`-tagged enums.
+//! durations, globs, names, HTTP URLs and headers, templates, secrets, `start:`, file
+//! modes; and the kinds of `type:`-tagged enums.
 //!
 //! A leaf: nothing here imports another module of the crate, so the config loader and
 //! every component can use these types without importing each other. Each type fails
@@ -10,6 +10,7 @@
 mod duration;
 mod glob;
 mod http;
+mod mode;
 mod name;
 mod secret;
 mod start;
@@ -19,6 +20,7 @@ mod template;
 pub use duration::HumanDuration;
 pub use glob::Glob;
 pub use http::{Header, Headers, HttpUrl};
+pub use mode::FileMode;
 pub use name::Name;
 pub use secret::{EnvVar, Secret, SecretError, SecretFile, SecretReadError, SecretRef};
 pub use start::Start;

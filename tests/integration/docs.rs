@@ -129,6 +129,9 @@ fn default_value(file: &str, name: &str) -> String {
             items.split(',').map(|i| i.trim().rsplit("::").next().expect("variant").to_lowercase()).collect();
         return format!("[{}]", items.join(", "));
     }
+    if let Some(octal) = body.strip_prefix("FileMode(0o").and_then(|b| b.strip_suffix(')')) {
+        return format!("0{octal}");
+    }
     if let Some(path) =
         body.strip_prefix("PathBuf::from(\"").or_else(|| body.strip_prefix("std::path::PathBuf::from(\""))
     {

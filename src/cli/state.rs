@@ -43,7 +43,20 @@ pub enum StateCommand {
     /// Write a key (a JSON value, given as an argument, or with `--file` from a file or
     /// standard input). Setting `watermark` replaces it whole (as `state get` shows it)
     /// and drops a pending batch, whose items are found again by the next poll if they
-    /// lie past the new watermark.
+    /// lie past the new watermark. A watermark the watcher's source cannot read is
+    /// refused.
+    ///
+    /// A watermark's head, by source (`state get WATCHER watermark` shows the stored one):
+    ///   local_dir  {"high_ns": 1700000000000000000}: the newest change time announced,
+    ///              ns since the epoch; "floor_ns": files changed at or before it are
+    ///              not looked at again
+    ///   s3         {"high_ms": 1700000000000}: the newest LastModified announced, ms
+    ///              since the epoch; "floor_ms" likewise; "after": the last key
+    ///              announced with `key_order: lexicographic`
+    ///   postgres   {"mode": "cursor", "after": ["42"]}: the last cursor values
+    ///              announced, as text; {"mode": "xid"} (or "cursor") alone starts over
+    /// With remembered items the whole is {"head": {…}, "members": {"<name>": …}}.
+    #[command(verbatim_doc_comment)]
     Set {
         /// `namespace/name`, or `name` when it is unique.
         watcher: String,
@@ -211,6 +224,9 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
             };
             let value =
                 Json::parse(text).map_err(|e| Failure::Usage(format!("the value is not JSON: {e}")))?;
+            if key == "watermark" {
+                check_watermark(full.as_ref(), &ns, &name, &value)?;
+            }
             let dropped = outbox.set_key(&key, value).await?;
             report_dropped_pending(&ns, &name, dropped);
             super::err(format_args!("{ns}/{name}: {key} set."));
@@ -385,6 +401,31 @@ fn indent(text: &str) -> String {
 }
 
 /// Says that a pending batch was dropped along with the watermark it led to.
+/// Refuses a watermark the watcher's source could not restore from: the source's own
+/// `restore` reads it, as the watcher would at its next cycle (where a wrong shape
+/// would stop it until an operator came). A watcher that is not configured (or whose
+/// config does not load) has no source to ask: said, and the value is taken.
+fn check_watermark(config: Option<&Config>, ns: &str, name: &str, value: &Json) -> Result<(), Failure> {
+    let watcher = config.and_then(|c| c.watchers.iter().find(|w| w.namespace == ns && w.name == name));
+    let Some(watcher) = watcher else {
+        super::err(format_args!(
+            "Note: {ns}/{name} is not a watcher of a config that loads: the watermark is not checked \
+             against its source."
+        ));
+        return Ok(());
+    };
+    let mut source = watcher.source.build();
+    source.restore(outbox::disassemble(value.clone())).map_err(|e| {
+        // The source's words are for a stored watermark found at a poll.
+        let reason = e.message.trim_end_matches("; reset it with `highwater state reset`");
+        let reason = reason.strip_prefix("stored ").unwrap_or(reason);
+        Failure::Usage(format!(
+            "{ns}/{name}: not set: {reason}; `highwater state set --help` shows the shape of each \
+             source's watermark"
+        ))
+    })
+}
+
 fn report_dropped_pending(ns: &str, name: &str, dropped: Option<usize>) {
     if let Some(n) = dropped {
         super::err(format_args!(

@@ -19,7 +19,7 @@ fn project_with_one_watcher() -> Project {
 #[test]
 fn unknown_and_invalid_watcher_names_are_usage_errors_that_change_nothing() {
     let p = project_with_one_watcher();
-    assert_eq!(p.run(&["state", "set", "orders", "watermark", "1"]).code, Some(0));
+    assert_eq!(p.run(&["state", "set", "orders", "watermark", r#"{"high_ns": 1}"#]).code, Some(0));
     for args in [
         &["once", "pol/typo"][..],
         &["once", "x/y/z"],
@@ -243,4 +243,37 @@ fn check_warns_about_zero_watchers_and_run_logs_its_config_file_first() {
     let first = d.drain_logs().first().cloned().unwrap_or_default();
     assert!(first.contains("\"config\":\"config/highwater.yaml\""), "not the first log line: {first}");
     d.stop();
+}
+
+#[test]
+fn state_set_refuses_a_watermark_the_watchers_source_cannot_read() {
+    let p = project_with_one_watcher();
+    p.watcher("drop", "source: {type: s3, bucket: drop}\nsink: {type: stdout}\n");
+    // A local_dir head given to an s3 watcher: refused, and nothing written.
+    let wrong = p.run(&["state", "set", "drop", "watermark", r#"{"high_ns": 0}"#]);
+    assert_eq!(wrong.code, Some(2), "{wrong:?}");
+    assert!(
+        wrong
+            .stderr
+            .contains("default/drop: not set: watermark is not a s3 watermark (unknown field `high_ns`"),
+        "{}",
+        wrong.stderr
+    );
+    assert!(wrong.stderr.contains("state set --help"), "{}", wrong.stderr);
+    assert_eq!(p.run(&["state", "get", "drop", "watermark"]).code, Some(1), "nothing was stored");
+    let wrong = p.run(&["state", "set", "orders", "watermark", r#"{"high_ms": 0}"#]);
+    assert_eq!(wrong.code, Some(2), "{wrong:?}");
+    assert!(wrong.stderr.contains("missing field `high_ns`"), "{}", wrong.stderr);
+    // The shapes the help shows are taken.
+    for (watcher, head) in [("drop", r#"{"high_ms": 1700000000000}"#), ("orders", r#"{"high_ns": 0}"#)] {
+        let set = p.run(&["state", "set", watcher, "watermark", head]);
+        assert_eq!(set.code, Some(0), "{watcher}: {set:?}");
+    }
+    let help = p.run(&["state", "set", "--help"]);
+    for shape in [r#"{"high_ns": "#, r#"{"high_ms": "#, r#"{"mode": "cursor", "after": ["42"]}"#] {
+        assert!(help.stdout.contains(shape), "{shape} not in {}", help.stdout);
+    }
+    // The watcher reads the watermark set by hand at its next cycle.
+    let once = p.run(&["once", "--dry-run", "orders"]);
+    assert_eq!(once.code, Some(0), "{once:?}");
 }

@@ -4,6 +4,7 @@
 //! `main.rs` parses arguments into [`Cli`], sets up logging and calls [`execute`].
 
 mod check;
+mod manual;
 mod once;
 mod state;
 mod status;
@@ -113,6 +114,18 @@ pub enum Command {
         /// Seconds between refreshes with `--watch`.
         #[arg(long, default_value_t = 2.0, value_parser = parse_interval)]
         interval: f64,
+    },
+    /// Print a shell completion script (the Debian package installs those of bash, zsh
+    /// and fish): e.g. `highwater completions bash > ~/.local/share/bash-completion/completions/highwater`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (highwater.1 and one per subcommand) into a directory.
+    #[command(hide = true)]
+    Man {
+        /// Where to write them; created when missing.
+        dir: PathBuf,
     },
 }
 
@@ -227,6 +240,12 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             let path = config::find(named)?;
             status::run(&path, json, watch, std::time::Duration::from_secs_f64(interval)).await
         }
+        Command::Completions { shell } => {
+            // A reader that went away ends the output, not the process.
+            let _ = std::io::stdout().lock().write_all(&manual::completions(shell));
+            Ok(())
+        }
+        Command::Man { dir } => manual::pages(&dir),
     }
 }
 

@@ -11,6 +11,7 @@ mod docs;
 mod local_dir;
 mod monitoring;
 mod moto_support;
+mod package;
 mod postgres;
 mod postgres_history;
 mod postgres_session;

@@ -4,7 +4,8 @@
 //! an image without procps, no restart loop on a config error (exit 78), the watchdog
 //! restarting a stopped daemon, and errors in `journalctl -p err`.
 //!
-//! Needs root and the root file system; fails (never skips) without them.
+//! Needs root and the root file system; fails (never skips) without them. The
+//! container helpers here also serve the Debian package's test (`package.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -13,10 +14,10 @@ use std::time::{Duration, Instant};
 use crate::util::bin;
 
 /// Booting, starting and stopping take a few seconds each; this bounds every wait.
-const BOOT_WAIT: Duration = Duration::from_secs(90);
+pub(crate) const BOOT_WAIT: Duration = Duration::from_secs(90);
 
 /// A booted container; powered off and removed when dropped.
-struct Container {
+pub(crate) struct Container {
     /// The copy of the cached root this container runs on.
     dir: tempfile::TempDir,
     /// `systemd-nspawn`.
@@ -26,12 +27,12 @@ struct Container {
 }
 
 impl Container {
-    fn root(&self) -> PathBuf {
+    pub(crate) fn root(&self) -> PathBuf {
         self.dir.path().join("root")
     }
 
     /// Runs a command inside the container.
-    fn exec(&self, args: &[&str]) -> Output {
+    pub(crate) fn exec(&self, args: &[&str]) -> Output {
         let pid = self.pid.to_string();
         Command::new("nsenter")
             .args(["-t", &pid, "-a", "--"])
@@ -41,20 +42,20 @@ impl Container {
             .expect("run nsenter")
     }
 
-    fn systemctl(&self, args: &[&str]) -> Output {
+    pub(crate) fn systemctl(&self, args: &[&str]) -> Output {
         let mut all = vec!["systemctl"];
         all.extend_from_slice(args);
         self.exec(&all)
     }
 
     /// One property of the highwater unit (`ActiveState`, `NRestarts`, …).
-    fn show(&self, property: &str) -> String {
+    pub(crate) fn show(&self, property: &str) -> String {
         let out = self.systemctl(&["show", "--property", property, "--value", "highwater"]);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// Waits until `check` holds, polling the container's state; panics with `what`.
-    fn wait_for(&self, what: &str, check: impl Fn(&Container) -> bool) {
+    pub(crate) fn wait_for(&self, what: &str, check: impl Fn(&Container) -> bool) {
         let deadline = Instant::now() + BOOT_WAIT;
         while !check(self) {
             assert!(
@@ -67,14 +68,14 @@ impl Container {
     }
 
     /// The unit's journal as JSON records (`journalctl -o json`), with extra arguments.
-    fn journal_records(&self, extra: &[&str]) -> Vec<serde_json::Value> {
+    pub(crate) fn journal_records(&self, extra: &[&str]) -> Vec<serde_json::Value> {
         let mut args = vec!["journalctl", "--no-pager", "-o", "json", "-u", "highwater"];
         args.extend_from_slice(extra);
         let out = self.exec(&args);
         String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
-    fn journal(&self, extra: &[&str]) -> String {
+    pub(crate) fn journal(&self, extra: &[&str]) -> String {
         let mut args = vec!["journalctl", "--no-pager", "-u", "highwater"];
         args.extend_from_slice(extra);
         String::from_utf8_lossy(&self.exec(&args).stdout).into_owned()
@@ -96,7 +97,7 @@ impl Drop for Container {
     }
 }
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -125,8 +126,8 @@ fn container_init(ancestor: u32) -> Option<u32> {
     None
 }
 
-/// Copies the cached root, installs highwater into it and boots it.
-fn boot(prepare: impl FnOnce(&Path)) -> Container {
+/// Copies the cached root, lets `prepare` install into it and boots it.
+pub(crate) fn boot(prepare: impl FnOnce(&Path)) -> Container {
     let cached = std::env::var_os("HIGHWATER_TEST_NSPAWN_ROOT").map(PathBuf::from).unwrap_or_else(|| {
         panic!(
             "HIGHWATER_TEST_NSPAWN_ROOT is not set: run the tests with scripts/test.sh \
@@ -151,14 +152,6 @@ fn boot(prepare: impl FnOnce(&Path)) -> Container {
         Command::new("cp").args(["-a", "--reflink=auto"]).arg(&cached).arg(&root).status().expect("cp");
     assert!(copied.success(), "cannot copy {}", cached.display());
 
-    let installed = Command::new(repo().join("scripts/install.sh"))
-        .env("DESTDIR", &root)
-        .env("PREFIX", "/usr")
-        .env("HIGHWATER_BIN", bin())
-        .stdout(Stdio::null())
-        .status()
-        .expect("install.sh");
-    assert!(installed.success(), "scripts/install.sh failed");
     prepare(&root);
 
     let log = std::fs::File::create(dir.path().join("console.log")).expect("console log");
@@ -202,7 +195,20 @@ fn boot(prepare: impl FnOnce(&Path)) -> Container {
     container
 }
 
-fn write(root: &Path, path: &str, text: &str) {
+/// Stages an install by scripts/install.sh into `root`.
+fn install_with_script(root: &Path) {
+    let installed = Command::new(repo().join("scripts/install.sh"))
+        .env("DESTDIR", root)
+        .env("PREFIX", "/usr")
+        .env("HIGHWATER_BIN", bin())
+        .stdout(Stdio::null())
+        .status()
+        .expect("install.sh");
+    assert!(installed.success(), "scripts/install.sh failed");
+}
+
+/// Writes a file into the container's file system (`path` is absolute inside it).
+pub(crate) fn write(root: &Path, path: &str, text: &str) {
     let path = root.join(path.trim_start_matches('/'));
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     std::fs::write(path, text).expect("write");
@@ -212,6 +218,7 @@ fn write(root: &Path, path: &str, text: &str) {
 fn the_unit_under_systemd_starts_delivers_reloads_stops_restarting_on_config_errors_and_logs_errors() {
     let started = Instant::now();
     let c = boot(|root| {
+        install_with_script(root);
         // Port 0: the container shares the host's network.
         let config = std::fs::read_to_string(root.join("etc/highwater/highwater.yaml")).expect("config");
         write(root, "/etc/highwater/highwater.yaml", &config.replace("127.0.0.1:9850", "127.0.0.1:0"));

@@ -1,0 +1,201 @@
+//! The Debian package as an operator meets it, in the Debian 12 container of
+//! `systemd.rs`: built by scripts/deb.sh (cargo-deb, from the debug binary the suite
+//! already built), checked by lintian, then installed with dpkg (enabled, not started,
+//! the user, the directories, the man page and completions), started with a watcher
+//! dropped into /etc/highwater/watchers (an event delivered, a reload applied),
+//! upgraded over an earlier version (the edited conffile kept, the service restarted,
+//! its state kept), and purged (unit, state and watchers gone).
+//!
+//! Needs root, cargo-deb and lintian (tests/setup/deb.sh) and the container root
+//! (tests/setup/nspawn.sh); fails (never skips) without them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Instant;
+
+use crate::systemd::{Container, boot, repo, write};
+use crate::util::bin;
+
+/// A version below any the project will carry: the "previous" package of the upgrade.
+const PREVIOUS: &str = "0~previous-1";
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// cargo-deb's directory, for `cargo deb` to find it.
+fn cargo_deb_dir() -> PathBuf {
+    let path = std::env::var_os("HIGHWATER_TEST_CARGO_DEB").map(PathBuf::from).unwrap_or_else(|| {
+        panic!(
+            "HIGHWATER_TEST_CARGO_DEB is not set: run the tests with scripts/test.sh \
+             (tests/setup/deb.sh installs cargo-deb and lintian)"
+        )
+    });
+    assert!(path.is_file(), "{} is missing: rerun scripts/test.sh", path.display());
+    path.parent().expect("a directory").to_path_buf()
+}
+
+/// Packages the test binary with scripts/deb.sh into `out`; returns the .deb's path.
+fn package(out: &Path, version: Option<&str>) -> PathBuf {
+    // target/debug/highwater: the profile's directory and the target directory above it.
+    let target = bin().parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    let path = format!("{}:{}", cargo_deb_dir().display(), std::env::var("PATH").unwrap_or_default());
+    let mut cmd = Command::new(repo().join("scripts/deb.sh"));
+    cmd.args(["--profile", "dev", "--no-build", "--fast", "--output"]).arg(out);
+    if let Some(version) = version {
+        cmd.args(["--deb-version", version]);
+    }
+    let built = cmd.env("PATH", path).env("CARGO_TARGET_DIR", &target).output().expect("scripts/deb.sh");
+    assert!(built.status.success(), "scripts/deb.sh failed:\n{}", text(&built));
+    // cargo-deb prints the path of the package it wrote last.
+    let stdout = String::from_utf8_lossy(&built.stdout);
+    let deb = PathBuf::from(stdout.lines().last().expect("the package's path").trim());
+    assert!(deb.is_file(), "no package at {}:\n{}", deb.display(), text(&built));
+    deb
+}
+
+/// Runs in the container, and fails the test with its output unless it succeeded.
+fn run(c: &Container, args: &[&str]) -> String {
+    let out = c.exec(args);
+    assert!(out.status.success(), "{args:?} failed:\n{}\n{}", text(&out), c.journal(&[]));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn dpkg(c: &Container, args: &[&str]) -> String {
+    let mut all = vec!["env", "DEBIAN_FRONTEND=noninteractive", "dpkg"];
+    all.extend_from_slice(args);
+    run(c, &all)
+}
+
+/// The lines of the events file that name `file`.
+fn events_naming(root: &Path, file: &str) -> usize {
+    std::fs::read_to_string(root.join("var/lib/highwater/events.jsonl"))
+        .map(|t| t.lines().filter(|l| l.contains(file)).count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_package_installs_enabled_runs_reloads_upgrades_keeping_the_config_and_purges() {
+    let started = Instant::now();
+    let debs = tempfile::tempdir().expect("tempdir");
+    let previous = package(debs.path(), Some(PREVIOUS));
+    let current = package(debs.path(), None);
+    let built = started.elapsed();
+
+    // lintian reads the package while the container works (it takes half a minute).
+    let lintian: Child = Command::new("lintian")
+        .args(["--fail-on", "error,warning"])
+        .arg(&current)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lintian (tests/setup/deb.sh installs it)");
+
+    let c = boot(|root| {
+        for deb in [&previous, &current] {
+            let name = deb.file_name().expect("name");
+            std::fs::copy(deb, root.join("root").join(name)).expect("copy package");
+        }
+        // What the watchers read and where the operator drops files.
+        std::fs::create_dir_all(root.join("srv/inbox")).expect("mkdir");
+        std::fs::create_dir_all(root.join("srv/later")).expect("mkdir");
+    });
+    let root = c.root();
+    let in_container = |deb: &Path| format!("/root/{}", deb.file_name().expect("name").to_string_lossy());
+
+    // A first install: enabled, not started; the user, the directories, the docs.
+    dpkg(&c, &["-i", &in_container(&previous)]);
+    assert_eq!(c.show("UnitFileState"), "enabled");
+    assert_eq!(c.show("ActiveState"), "inactive", "not started before a watcher is in place");
+    let user = run(&c, &["getent", "passwd", "highwater"]);
+    assert!(user.contains(":/var/lib/highwater:"), "{user}");
+    run(&c, &["getent", "group", "highwater"]);
+    assert_eq!(run(&c, &["stat", "-c", "%U:%G %a", "/var/lib/highwater"]).trim(), "highwater:highwater 700");
+    assert!(root.join("etc/highwater/watchers").is_dir());
+    let files = dpkg(&c, &["-L", "highwater"]);
+    for path in [
+        "/usr/bin/highwater",
+        "/usr/lib/systemd/system/highwater.service",
+        "/usr/lib/sysusers.d/highwater.conf",
+        "/usr/share/man/man1/highwater.1.gz",
+        "/usr/share/man/man1/highwater-state-list.1.gz",
+        "/usr/share/bash-completion/completions/highwater",
+        "/usr/share/zsh/vendor-completions/_highwater",
+        "/usr/share/fish/vendor_completions.d/highwater.fish",
+        "/usr/share/doc/highwater/examples/local-to-file.yaml",
+        "/usr/share/doc/highwater/changelog.gz",
+    ] {
+        assert!(files.lines().any(|l| l == path), "{path} is in the package:\n{files}");
+    }
+    let conffiles = run(&c, &["dpkg-query", "-W", "-f", "${Conffiles}", "highwater"]);
+    assert!(conffiles.contains("/etc/highwater/highwater.yaml"), "{conffiles}");
+
+    // The operator edits the config (the container shares the host's network: port 0)
+    // and drops a watcher in; then starts the service.
+    let config_path = root.join("etc/highwater/highwater.yaml");
+    let config = std::fs::read_to_string(&config_path).expect("config");
+    let edited = format!("# Edited by the operator.\n{}", config.replace("127.0.0.1:9850", "127.0.0.1:0"));
+    std::fs::write(&config_path, &edited).expect("edit config");
+    write(
+        &root,
+        "/etc/highwater/watchers/inbox.yaml",
+        "source: {type: local_dir, path: /srv/inbox, min_age: 0s}\n\
+         sink: {type: file, path: /var/lib/highwater/events.jsonl}\npoll_interval: 200ms\n",
+    );
+    run(&c, &["systemctl", "start", "highwater"]);
+    assert_eq!(c.show("ActiveState"), "active");
+    write(&root, "/srv/inbox/a.csv", "x");
+    c.wait_for("the event of /srv/inbox/a.csv", |_| events_naming(&root, "a.csv") == 1);
+
+    // Reload: a watcher added while running starts delivering.
+    write(
+        &root,
+        "/etc/highwater/watchers/later.yaml",
+        "source: {type: local_dir, path: /srv/later, min_age: 0s}\n\
+         sink: {type: file, path: /var/lib/highwater/events.jsonl}\npoll_interval: 200ms\n",
+    );
+    let pid = c.show("MainPID");
+    run(&c, &["systemctl", "reload", "highwater"]);
+    write(&root, "/srv/later/b.csv", "x");
+    c.wait_for("the event of the reloaded watcher", |_| events_naming(&root, "b.csv") == 1);
+    assert_eq!(c.show("MainPID"), pid, "a reload, not a restart");
+
+    // The upgrade: the edited conffile stays, the service restarts on the new binary,
+    // the state stays (nothing delivered again).
+    dpkg(&c, &["-i", &in_container(&current)]);
+    let version = run(&c, &["dpkg-query", "-W", "-f", "${Version}", "highwater"]);
+    assert_ne!(version, PREVIOUS, "upgraded");
+    assert_eq!(std::fs::read_to_string(&config_path).expect("config"), edited, "the edited config is kept");
+    c.wait_for("the service to run again", |c| c.show("ActiveState") == "active");
+    assert_ne!(c.show("MainPID"), pid, "restarted by the upgrade");
+    write(&root, "/srv/inbox/c.csv", "x");
+    c.wait_for("the event after the upgrade", |_| events_naming(&root, "c.csv") == 1);
+    assert_eq!(events_naming(&root, "a.csv"), 1, "the state survived the upgrade");
+
+    // Purge: stopped, and the unit, the state and the watcher files are gone.
+    dpkg(&c, &["--purge", "highwater"]);
+    assert_eq!(c.show("LoadState"), "not-found", "the unit is gone");
+    for gone in [
+        "usr/bin/highwater",
+        "usr/lib/systemd/system/highwater.service",
+        "etc/systemd/system/multi-user.target.wants/highwater.service",
+        "var/lib/highwater",
+        "etc/highwater",
+    ] {
+        assert!(!root.join(gone).exists(), "/{gone} is left after purge");
+    }
+    // (Processes may end while the glob is read.)
+    let processes = run(&c, &["sh", "-c", "cat /proc/[0-9]*/comm 2>/dev/null; true"]);
+    assert!(!processes.lines().any(|l| l == "highwater"), "the daemon is stopped");
+    // The user stays (files it owns may remain elsewhere), as Debian leaves system users.
+    run(&c, &["getent", "passwd", "highwater"]);
+    let installed = started.elapsed();
+
+    let lint = lintian.wait_with_output().expect("lintian");
+    assert!(lint.status.success(), "lintian:\n{}", text(&lint));
+    eprintln!(
+        "package test: two packages built in {built:?}, container part done at {installed:?}, \
+         whole test {:?}",
+        started.elapsed()
+    );
+}

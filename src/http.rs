@@ -104,7 +104,7 @@ impl HttpConfig {
     pub fn exposure_warning(&self) -> Option<String> {
         (!self.listen.ip().is_loopback()).then(|| {
             format!(
-                "http.listen {} is not a loopback address: /metrics, /healthz and /readyz answer anyone \
+                "http.listen {} is not a loopback address: /metrics, /healthz, /readyz and /status answer anyone \
                  who can reach it, without authentication",
                 self.listen
             )

@@ -231,8 +231,6 @@ pub struct Summary {
     pub remembered: u64,
     /// Events in the pending batch (0 when none).
     pub pending_events: usize,
-    /// When the pending batch was written (None when none, or it cannot be read).
-    pub pending_since: Option<DateTime<Utc>>,
     /// Batch ids of the dead letters, in key order.
     pub dead_letters: Vec<String>,
 }
@@ -294,7 +292,7 @@ pub async fn survey(store: &dyn Store) -> Result<BTreeMap<(String, String), Summ
         let summary = out.entry((record.namespace.clone(), record.name.clone())).or_default();
         if record.key == PENDING {
             // Counted leniently: a listing must show a damaged batch, not fail on it.
-            (summary.pending_events, summary.pending_since) = glance(&record.value);
+            summary.pending_events = glance(&record.value).0;
         } else if let Some(batch_id) = record.key.strip_prefix(DEAD_LETTER_PREFIX) {
             summary.dead_letters.push(batch_id.to_string());
         } else if record.key == WATERMARK {
@@ -303,6 +301,41 @@ pub async fn survey(store: &dyn Store) -> Result<BTreeMap<(String, String), Summ
     }
     for (watcher, n) in store.count(None, None, Keys::Under(MEMBER_PREFIX)).await? {
         out.entry(watcher).or_default().remembered = n;
+    }
+    Ok(out)
+}
+
+/// One watcher's state as `highwater status` shows it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Glance {
+    /// When the head was last written (the last commit), if there is one.
+    pub moved_at: Option<DateTime<Utc>>,
+    /// Events in the pending batch (0 when none).
+    pub pending_events: usize,
+    /// When the pending batch was written (None when none, or it cannot be read).
+    pub pending_since: Option<DateTime<Utc>>,
+    /// Batches held under dead-letter keys.
+    pub dead_letters: u64,
+}
+
+/// Every watcher in `store` at a glance, by `(namespace, name)`, in memory that does
+/// not grow with what they remember or hold: members and dead letters are counted, not
+/// read; the pending batches (one a watcher at most) and the heads are read.
+pub async fn glance_all(store: &dyn Store) -> Result<BTreeMap<(String, String), Glance>, StoreError> {
+    let mut out: BTreeMap<(String, String), Glance> =
+        store.count(None, None, Keys::Under("")).await?.into_keys().map(|w| (w, Glance::default())).collect();
+    for (watcher, n) in store.count(None, None, Keys::Under(DEAD_LETTER_PREFIX)).await? {
+        out.entry(watcher).or_default().dead_letters = n;
+    }
+    for record in store.list(None, None, Keys::Under(PENDING)).await? {
+        if record.key == PENDING {
+            let glanced = out.entry((record.namespace.clone(), record.name.clone())).or_default();
+            // Leniently: a status must show a damaged batch, not fail on it.
+            (glanced.pending_events, glanced.pending_since) = glance(&record.value);
+        }
+    }
+    for ((namespace, name), glanced) in &mut out {
+        glanced.moved_at = store.get(namespace, name, WATERMARK).await?.map(|head| head.updated_at);
     }
     Ok(out)
 }
@@ -983,6 +1016,10 @@ mod tests {
 
         let summary = survey(&*store).await.unwrap().remove(&("ns".into(), "w".into())).unwrap();
         assert_eq!((summary.pending_events, summary.dead_letters.clone()), (0, vec![batch_id.clone()]));
+        let glanced =
+            glance_all(&*store).await.unwrap().remove(&("ns".to_string(), "w".to_string())).unwrap();
+        assert_eq!((glanced.pending_events, glanced.pending_since, glanced.dead_letters), (0, None, 1));
+        assert!(glanced.moved_at.is_some());
         let letter = outbox.get(&dead_letter_key(&batch_id)).await.unwrap().unwrap();
         let letter: DeadLetter = letter.value.decode_owned().unwrap();
         assert_eq!(letter.reason, "HTTP 400");

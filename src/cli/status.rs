@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::{Failure, print_table};
 use crate::config::{self, Config, DaemonFile};
-use crate::outbox::{self, Summary};
+use crate::outbox::{self, Glance};
 
 /// How long `status` waits for the daemon's answer: a daemon too busy to answer must
 /// not keep an operator from seeing the store.
@@ -78,7 +78,7 @@ pub(super) async fn run(
 async fn once(daemon: &DaemonFile, config: Option<&Config>, json: bool) -> Result<String, Failure> {
     // Looking must not create a store (as `state list`).
     let stored = if daemon.state.get().exists() {
-        outbox::survey(&*outbox::open(&daemon.state)?).await?
+        outbox::glance_all(&*outbox::open(&daemon.state)?).await?
     } else {
         BTreeMap::new()
     };
@@ -171,14 +171,14 @@ struct Row {
     pending_events: usize,
     pending_since: Option<DateTime<Utc>>,
     watermark_moved_at: Option<DateTime<Utc>>,
-    dead_letters: usize,
+    dead_letters: u64,
     /// The instance holding the watcher's lease when several share the store (none
     /// until leases exist).
     owner: Option<String>,
 }
 
 /// Every watcher configured, stored or running, sorted by `namespace/name`.
-fn gather(stored: &BTreeMap<(String, String), Summary>, config: Option<&Config>, live: &Daemon) -> Vec<Row> {
+fn gather(stored: &BTreeMap<(String, String), Glance>, config: Option<&Config>, live: &Daemon) -> Vec<Row> {
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
     let blank = |watcher: &str| Row {
         watcher: watcher.to_string(),
@@ -190,13 +190,13 @@ fn gather(stored: &BTreeMap<(String, String), Summary>, config: Option<&Config>,
         dead_letters: 0,
         owner: None,
     };
-    for ((ns, name), summary) in stored {
+    for ((ns, name), glanced) in stored {
         let id = format!("{ns}/{name}");
         let row = rows.entry(id.clone()).or_insert_with(|| blank(&id));
-        row.pending_events = summary.pending_events;
-        row.pending_since = summary.pending_since.filter(|_| summary.pending_events > 0);
-        row.watermark_moved_at = summary.watermark.as_ref().map(|w| w.updated_at);
-        row.dead_letters = summary.dead_letters.len();
+        row.pending_events = glanced.pending_events;
+        row.pending_since = glanced.pending_since.filter(|_| glanced.pending_events > 0);
+        row.watermark_moved_at = glanced.moved_at;
+        row.dead_letters = glanced.dead_letters;
     }
     for w in config.iter().flat_map(|c| c.watchers.iter()) {
         let id = w.id();
@@ -269,7 +269,7 @@ impl Row {
         let dead = match &self.live {
             // The daemon's count is the one alerts see; the store's is the same once
             // the watcher's next cycle recounted.
-            Some(l) => l.dead_letters.max(self.dead_letters as u64).to_string(),
+            Some(l) => l.dead_letters.max(self.dead_letters).to_string(),
             None => self.dead_letters.to_string(),
         };
         let mut owner = self.owner.clone().unwrap_or_else(dash);

@@ -4,7 +4,8 @@
 //! the user, the directories, the man page and completions), started with a watcher
 //! dropped into /etc/highwater/watchers (an event delivered, a reload applied),
 //! upgraded over an earlier version (the edited conffile kept, the service restarted,
-//! its state kept), and purged (unit, state and watchers gone).
+//! its state kept), and purged (unit, state and watchers gone). And
+//! scripts/install.sh, for systems without the package, run for real as under sudo.
 //!
 //! Needs root, cargo-deb and lintian (tests/setup/deb.sh) and the container root
 //! (tests/setup/nspawn.sh); fails (never skips) without them.
@@ -124,6 +125,8 @@ fn the_package_installs_enabled_runs_reloads_upgrades_keeping_the_config_and_pur
         "/usr/share/fish/vendor_completions.d/highwater.fish",
         "/usr/share/doc/highwater/examples/local-to-file.yaml",
         "/usr/share/doc/highwater/changelog.gz",
+        "/usr/share/doc/highwater/contrib/prometheus/highwater.rules.yml",
+        "/usr/share/doc/highwater/contrib/grafana/highwater.json",
     ] {
         assert!(files.lines().any(|l| l == path), "{path} is in the package:\n{files}");
     }
@@ -198,4 +201,83 @@ fn the_package_installs_enabled_runs_reloads_upgrades_keeping_the_config_and_pur
          whole test {:?}",
         started.elapsed()
     );
+}
+
+/// Copies what scripts/install.sh reads from the tree into `dest`.
+fn copy_tree_for_install(dest: &Path) {
+    for part in ["scripts", "config", "systemd", "docs", "watchers", "README.md"] {
+        let copied = Command::new("cp").arg("-a").arg(repo().join(part)).arg(dest).status().expect("cp");
+        assert!(copied.success(), "cannot copy {part}");
+    }
+}
+
+/// scripts/install.sh for real (no DESTDIR) the way `sudo scripts/install.sh` runs it:
+/// as root with sudo's PATH, which does not hold the user's ~/.cargo/bin. It builds with
+/// that user's cargo (a stand-in here that "builds" by copying the test binary: a
+/// release build takes minutes), puts the sysusers entry where systemd-sysusers reads
+/// it, and a second run restarts the running service on the new binary.
+#[test]
+fn install_script_under_sudo_builds_as_the_user_creates_the_user_and_restarts_on_upgrade() {
+    let c = boot(|root| {
+        let src = root.join("home/dev/src");
+        std::fs::create_dir_all(&src).expect("mkdir");
+        copy_tree_for_install(&src);
+        std::fs::copy(bin(), root.join("opt/highwater.build")).expect("copy binary");
+        write(
+            root,
+            "/home/dev/.cargo/bin/cargo",
+            "#!/bin/sh\n# Stands in for `cargo build --release`: the test binary as its product.\n\
+             [ \"$1\" = build ] || exit 64\nmkdir -p target/release && cp /opt/highwater.build target/release/highwater\n",
+        );
+        let made = Command::new("chmod").arg("755").arg(root.join("home/dev/.cargo/bin/cargo")).status();
+        assert!(made.expect("chmod").success());
+        std::fs::create_dir_all(root.join("srv/inbox")).expect("mkdir");
+    });
+    let root = c.root();
+    run(&c, &["useradd", "--home-dir", "/home/dev", "dev"]);
+    run(&c, &["chown", "-R", "dev:dev", "/home/dev"]);
+    // What `sudo scripts/install.sh` leaves the script: sudo's secure_path, SUDO_USER.
+    let as_sudo = [
+        "env",
+        "-i",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "SUDO_USER=dev",
+        "HOME=/root",
+        "bash",
+        "/home/dev/src/scripts/install.sh",
+    ];
+    run(&c, &as_sudo);
+    assert_eq!(
+        run(&c, &["stat", "-c", "%U", "/home/dev/src/target/release/highwater"]).trim(),
+        "dev",
+        "built as the user who ran sudo"
+    );
+    assert!(root.join("usr/local/bin/highwater").is_file());
+    assert!(root.join("etc/sysusers.d/highwater.conf").is_file());
+    assert!(!root.join("usr/local/lib/sysusers.d").exists(), "not where systemd-sysusers never looks");
+    run(&c, &["getent", "passwd", "highwater"]);
+    // systemd-sysusers itself, run as at boot, reads the entry where it was put.
+    run(&c, &["userdel", "highwater"]);
+    run(&c, &["systemd-sysusers"]);
+    run(&c, &["getent", "passwd", "highwater"]);
+
+    let config_path = root.join("etc/highwater/highwater.yaml");
+    let config = std::fs::read_to_string(&config_path).expect("config");
+    std::fs::write(&config_path, config.replace("127.0.0.1:9850", "127.0.0.1:0")).expect("edit config");
+    write(
+        &root,
+        "/etc/highwater/watchers/inbox.yaml",
+        "source: {type: local_dir, path: /srv/inbox, min_age: 0s}\n\
+         sink: {type: file, path: /var/lib/highwater/events.jsonl}\npoll_interval: 200ms\n",
+    );
+    run(&c, &["systemctl", "enable", "--now", "highwater"]);
+    assert_eq!(c.show("ActiveState"), "active");
+    let pid = c.show("MainPID");
+
+    // The upgrade: a second run restarts the running daemon on the new binary.
+    run(&c, &as_sudo);
+    c.wait_for("the service to run again", |c| c.show("ActiveState") == "active");
+    assert_ne!(c.show("MainPID"), pid, "the old daemon does not go on running");
+    write(&root, "/srv/inbox/a.csv", "x");
+    c.wait_for("an event after the upgrade", |_| events_naming(&root, "a.csv") == 1);
 }

@@ -186,8 +186,9 @@ struct Supervisor {
 pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) -> Result<(), DaemonError> {
     let Control { shutdown, mut reloads } = control;
     let store = outbox::open(&config.daemon.state)?;
-    state::claim_for_writing(&*store).await?;
-    warn_about_orphans(&*store, &config).await;
+    // Before anything else that could fail: a second daemon on a SQLite store is told
+    // who holds it.
+    store.claim().await?;
     let built = build_watchers(&config.watchers, &store)?;
     let telemetry = Arc::new(Telemetry::default());
     let token = CancellationToken::new();
@@ -216,6 +217,17 @@ pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) ->
         None => None,
     };
 
+    tokio::pin!(shutdown);
+    let mut watchdog = Watchdog::new();
+    if !wait_for_store(&*store, &config.daemon.state.describe(), &mut shutdown, &mut watchdog).await? {
+        watchdog.stop();
+        http_token.cancel();
+        tracing::info!("Stopped before the state store answered.");
+        return Ok(());
+    }
+    state::writable(&*store).await?;
+    warn_about_orphans(&*store, &config).await;
+
     let mut supervisor = Supervisor {
         config,
         store,
@@ -240,11 +252,9 @@ pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) ->
     supervisor.status = telemetry.summary();
     notify::ready(&supervisor.status);
 
-    let mut watchdog = Watchdog::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -296,6 +306,51 @@ pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) ->
     drop(supervisor.store);
     tracing::info!("Stopped.");
     Ok(())
+}
+
+/// Waits until the store answers (a shared store that is down at start, Postgres
+/// restarting, is waited for, not a failed start), saying so in the log, in systemd's
+/// status and on `/readyz` (which probes the store itself). False when the daemon was
+/// told to stop first. A store that answers with a lasting error (a schema this
+/// release cannot run on, a refused password) fails the start.
+async fn wait_for_store<S: Future<Output = ()>>(
+    store: &dyn Store,
+    describe: &str,
+    shutdown: &mut std::pin::Pin<&mut S>,
+    watchdog: &mut Watchdog,
+) -> Result<bool, DaemonError> {
+    let mut delay = Duration::from_millis(200);
+    let mut said = false;
+    loop {
+        match store.connect().await {
+            Ok(()) => {
+                if said {
+                    tracing::info!(store = %describe, "The state store answers.");
+                }
+                return Ok(true);
+            }
+            Err(e @ StoreError::Unavailable { .. }) => {
+                if !said {
+                    tracing::warn!(store = %describe, error = %e, waiting = true, "Waiting for the state store.");
+                    said = true;
+                } else {
+                    tracing::debug!(error = %e, "The state store still cannot be reached.");
+                }
+                notify::status(&format!("Waiting for the state store: {e}"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut *shutdown => return Ok(false),
+                () = &mut sleep => break,
+                () = watchdog.due() => watchdog.ping(),
+            }
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
 }
 
 impl Supervisor {

@@ -247,9 +247,6 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
-    if !state.telemetry.ready.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or stopping\n".to_string());
-    }
     // A read of a key nobody writes: it proves the store answers without touching data.
     match tokio::time::timeout(STORE_PROBE_TIMEOUT, state.store.get("highwater", "readyz", "probe")).await {
         Ok(Ok(_)) => {}
@@ -276,6 +273,10 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
     }
     if !body.is_empty() {
         return (StatusCode::SERVICE_UNAVAILABLE, body);
+    }
+    // After the store probe: a daemon waiting for its store at start says why.
+    if !state.telemetry.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or stopping\n".to_string());
     }
     let blocked = state.telemetry.blocked_longer_than(state.ready_max_blocked, now_ms());
     if blocked.is_empty() {

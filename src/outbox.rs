@@ -689,6 +689,61 @@ impl Outbox {
         self.set_state(disassemble(whole)).await
     }
 
+    /// Writes a watcher's whole state as `state export` printed it (`state import`): the
+    /// watermark in its one-document form ([`assemble`]) and every other key, in one
+    /// transaction. A watcher that has state already is refused unless `replace`, which
+    /// drops what it had first. Versions start afresh: they are the store's own.
+    pub async fn import(
+        &self,
+        watermark: Option<Json>,
+        keys: BTreeMap<String, Json>,
+        replace: bool,
+    ) -> Result<(), OutboxError> {
+        if let Some(key) = keys.keys().find(|k| k.as_str() == WATERMARK || k.starts_with(MEMBER_PREFIX)) {
+            return Err(OutboxError::Refused(format!(
+                "{}/{}: key {key:?} belongs under \"watermark\", not \"keys\"",
+                self.namespace, self.name
+            )));
+        }
+        let mut ops = Vec::new();
+        if replace {
+            ops.push(Op::delete_under(""));
+        } else if !self
+            .store
+            .list(Some(&self.namespace), Some(&self.name), Keys::NotUnder(MEMBER_PREFIX))
+            .await?
+            .is_empty()
+            || self
+                .store
+                .count(Some(&self.namespace), Some(&self.name), Keys::Under(MEMBER_PREFIX))
+                .await?
+                .values()
+                .any(|n| *n > 0)
+        {
+            return Err(OutboxError::Refused(format!(
+                "{}/{} has state already; import with --replace to drop it first",
+                self.namespace, self.name
+            )));
+        }
+        if let Some(whole) = watermark {
+            let state = disassemble(whole);
+            if let Some(head) = state.head {
+                ops.push(Op::put(WATERMARK, head, if replace { Expect::Any } else { Expect::Absent }));
+            }
+            for (member, value) in state.members {
+                ops.push(Op::put(format!("{MEMBER_PREFIX}{member}"), value, Expect::Any));
+            }
+        }
+        for (key, value) in keys {
+            let expect = if replace { Expect::Any } else { Expect::Absent };
+            ops.push(Op::put(key, value, expect));
+        }
+        if !ops.is_empty() {
+            self.transact(ops).await?;
+        }
+        Ok(())
+    }
+
     /// Forgets the state (head and members) and the pending batch, so that the next
     /// poll starts from the beginning (or where `start:` says); dead letters stay.
     /// Returns the number of events of the batch dropped, if there was one.

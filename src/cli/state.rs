@@ -105,6 +105,17 @@ pub enum StateCommand {
         /// `namespace/name`, or `name` when it is unique. Default: every watcher stored.
         watchers: Vec<String>,
     },
+    /// Write the state of watchers from JSON lines as `state export` prints them (from a
+    /// file, or `-` for standard input): moves a deployment from one store to another
+    /// (SQLite to Postgres and back). Every line is checked before anything is written;
+    /// each watcher is then written in one transaction. Run it with the daemon stopped.
+    Import {
+        /// The file (`-`: standard input).
+        file: PathBuf,
+        /// Replace the state of watchers that have some already (default: refuse them).
+        #[arg(long)]
+        replace: bool,
+    },
     /// Copy the whole store to a new file while it is in use (SQLite's online backup):
     /// a consistent copy, whatever the daemon is writing. The copy is a store of its
     /// own, in the format it had (it is not upgraded first).
@@ -268,6 +279,16 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
             }
         }
         StateCommand::Backup { .. } => Ok(()),
+        StateCommand::Import { file, replace } => {
+            let lines = read_export(&file)?;
+            let count = lines.len();
+            for line in lines {
+                let outbox = Outbox::new(Arc::clone(&store), line.namespace.as_str(), line.name.as_str());
+                outbox.import(line.watermark, line.keys, replace).await?;
+            }
+            super::err(format_args!("{count} watchers imported into {}.", daemon.state.describe()));
+            Ok(())
+        }
         StateCommand::Rename { from, to } => {
             let (from_ns, from_name) = resolve(&from, stored.keys().cloned())?;
             let (to_ns, to_name) = match to.split_once('/') {
@@ -317,6 +338,51 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
             Ok(())
         }
     }
+}
+
+/// One line of `state export`.
+struct Exported {
+    namespace: String,
+    name: String,
+    watermark: Option<Json>,
+    keys: BTreeMap<String, Json>,
+}
+
+/// Reads and checks every line of an export (`-`: standard input) before anything is
+/// written; an error names the line.
+fn read_export(path: &std::path::Path) -> Result<Vec<Exported>, Failure> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        namespace: String,
+        name: String,
+        watermark: Option<Box<serde_json::value::RawValue>>,
+        #[serde(default)]
+        keys: BTreeMap<String, Box<serde_json::value::RawValue>>,
+    }
+    let text = read_value(path)?;
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (index, raw) in text.lines().enumerate() {
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let at =
+            |message: String| Failure::Usage(format!("{} line {}: {message}", path.display(), index + 1));
+        let line: Line =
+            serde_json::from_str(raw).map_err(|e| at(format!("not a line of `state export`: {e}")))?;
+        for part in [&line.namespace, &line.name] {
+            crate::value::Name::new(part).map_err(|m| at(format!("{part:?}: {m}")))?;
+        }
+        if !seen.insert((line.namespace.clone(), line.name.clone())) {
+            return Err(at(format!("{}/{} appears twice", line.namespace, line.name)));
+        }
+        // `null` is what export writes for a watcher without a head.
+        let watermark = line.watermark.map(Json::from).filter(|w| w.as_str() != "null");
+        let keys = line.keys.into_iter().map(|(k, v)| (k, Json::from(v))).collect();
+        out.push(Exported { namespace: line.namespace, name: line.name, watermark, keys });
+    }
+    Ok(out)
 }
 
 /// Reads a value for `state set --file` (`-`: standard input).

@@ -320,6 +320,9 @@ fn load_recorded(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Co
             errors.push(located(path, &daemon_text, &format!("http.{key}"), message));
         }
     }
+    for (key, message) in daemon.state.get().validate() {
+        errors.push(located(path, &daemon_text, &format!("state.{key}"), message));
+    }
 
     let files = match watcher_files(&daemon.watchers_dir) {
         Ok(files) => files,

@@ -5,7 +5,10 @@
 //! an `updated_at`. A watcher is `(namespace, name)`. The store is the only code that
 //! touches the database.
 
+pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+pub(crate) mod suite;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -142,6 +145,12 @@ pub trait StoreKind {
     fn held_by(&self) -> Option<String> {
         None
     }
+
+    /// Problems with the settings, as `(key, message)`, found without touching the
+    /// network or the environment.
+    fn validate(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 crate::value::kinds! {
@@ -149,6 +158,8 @@ crate::value::kinds! {
     pub enum StateConfig("state") as dyn StoreKind {
         /// The embedded SQLite file (default).
         Sqlite(SqliteConfig),
+        /// A Postgres database several instances share.
+        Postgres(postgres::PostgresConfig),
     }
 }
 
@@ -215,6 +226,12 @@ pub fn open(config: &StateConfig, upgrades: &[Upgrade]) -> Result<std::sync::Arc
 /// `once` do first.
 pub async fn claim_for_writing(store: &dyn Store) -> Result<(), StoreError> {
     store.claim().await?;
+    writable(store).await
+}
+
+/// The write probe of [`claim_for_writing`] alone (the daemon claims the store before it
+/// waits for a shared one to answer, and probes once it does).
+pub async fn writable(store: &dyn Store) -> Result<(), StoreError> {
     store.probe_write().await.map_err(|e| match e {
         StoreError::Backend { location, message } => StoreError::Backend {
             location,
@@ -255,6 +272,15 @@ pub enum StoreError {
     #[error("state store {location}: {message}")]
     Backend {
         /// Where the store lives (a file path, or a connection without its password).
+        location: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The store cannot be reached for now (a server restarting, a lost connection):
+    /// it passes by itself, and the daemon waits for it at start.
+    #[error("state store {location} cannot be reached: {message}")]
+    Unavailable {
+        /// Where the store lives (never with a password).
         location: String,
         /// What went wrong.
         message: String,
@@ -354,4 +380,42 @@ pub trait Store: Send + Sync {
     async fn check(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Makes sure the store answers and its schema is this release's (a shared store
+    /// connects, and creates or migrates its schema, on first use). What the daemon
+    /// waits for at start while it fails with [`StoreError::Unavailable`].
+    async fn connect(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Checks one op's precondition against the version found; shared by every backend.
+pub(crate) fn check_expectation(
+    namespace: &str,
+    name: &str,
+    op: &Op,
+    current: Option<i64>,
+) -> Result<(), StoreError> {
+    let ok = match (op.expect, current) {
+        (Expect::Any, _) => true,
+        (Expect::Absent, None) => true,
+        (Expect::Version(want), Some(have)) => want == have,
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let describe = |v: Option<i64>| v.map_or_else(|| "no row".to_string(), |v| format!("version {v}"));
+    let expected = match op.expect {
+        Expect::Any => "anything".to_string(),
+        Expect::Absent => "no row".to_string(),
+        Expect::Version(v) => format!("version {v}"),
+    };
+    Err(StoreError::Conflict {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        key: op.key.clone(),
+        expected,
+        found: describe(current),
+    })
 }

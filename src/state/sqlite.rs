@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Action, Expect, Keys, Op, Record, Store, StoreError, Upgrade, prefix_end};
+use super::{Action, Expect, Keys, Op, Record, Store, StoreError, Upgrade, check_expectation, prefix_end};
 use crate::json::Json;
 
 /// Schema and format versions, applied in order; `PRAGMA user_version` records how many
@@ -703,37 +703,6 @@ fn key_range(keys: Keys<'_>) -> (usize, Option<String>, Option<String>) {
     }
 }
 
-/// Checks one op's precondition against the version found; shared by every backend.
-pub(crate) fn check_expectation(
-    namespace: &str,
-    name: &str,
-    op: &Op,
-    current: Option<i64>,
-) -> Result<(), StoreError> {
-    let ok = match (op.expect, current) {
-        (Expect::Any, _) => true,
-        (Expect::Absent, None) => true,
-        (Expect::Version(want), Some(have)) => want == have,
-        _ => false,
-    };
-    if ok {
-        return Ok(());
-    }
-    let describe = |v: Option<i64>| v.map_or_else(|| "no row".to_string(), |v| format!("version {v}"));
-    let expected = match op.expect {
-        Expect::Any => "anything".to_string(),
-        Expect::Absent => "no row".to_string(),
-        Expect::Version(v) => format!("version {v}"),
-    };
-    Err(StoreError::Conflict {
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-        key: op.key.clone(),
-        expected,
-        found: describe(current),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -744,126 +713,17 @@ mod tests {
         Json::encode(&value).expect("encode")
     }
 
+    /// The behaviour every store shows (`suite.rs`), on a SQLite file.
+    #[tokio::test]
+    async fn the_shared_suite() {
+        let (_dir, s) = store();
+        crate::state::suite::run(&s).await;
+    }
+
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("sub/state.db")).expect("open");
         (dir, store)
-    }
-
-    /// Writes one key under `expect`; returns the version written.
-    async fn put(
-        s: &SqliteStore,
-        key: &str,
-        value: serde_json::Value,
-        expect: Expect,
-    ) -> Result<i64, StoreError> {
-        let written = s.write("ns", "w", vec![Op::put(key, j(value), expect)]).await?;
-        Ok(written[0].expect("a put returns its version"))
-    }
-
-    #[tokio::test]
-    async fn rename_moves_every_row_at_once_and_never_onto_rows() {
-        let (_dir, s) = store();
-        s.write(
-            "a",
-            "old",
-            vec![Op::put("k1", j(json!(1)), Expect::Any), Op::put("k2", j(json!(2)), Expect::Any)],
-        )
-        .await
-        .unwrap();
-        s.write("a", "taken", vec![Op::put("k1", j(json!(3)), Expect::Any)]).await.unwrap();
-        let err = s.rename(("a", "old"), ("a", "taken")).await.unwrap_err();
-        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
-        assert_eq!(s.rename(("a", "old"), ("b", "new")).await.unwrap(), 2);
-        let all = Keys::Under("");
-        assert!(s.list(Some("a"), Some("old"), all).await.unwrap().is_empty());
-        let moved = s.list(Some("b"), Some("new"), all).await.unwrap();
-        assert_eq!(moved.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["k1", "k2"]);
-        assert_eq!(moved[1].version, 1, "versions move with the rows");
-    }
-
-    #[tokio::test]
-    async fn put_get_versions_grow() {
-        let (_dir, s) = store();
-        assert_eq!(s.get("ns", "w", "k").await.unwrap(), None);
-        assert_eq!(put(&s, "k", json!({"a": 1}), Expect::Any).await.unwrap(), 1);
-        assert_eq!(put(&s, "k", json!({"a": 2}), Expect::Any).await.unwrap(), 2);
-        let r = s.get("ns", "w", "k").await.unwrap().unwrap();
-        assert_eq!((r.value, r.version), (j(json!({"a": 2})), 2));
-    }
-
-    #[tokio::test]
-    async fn write_returns_the_versions_it_wrote() {
-        let (_dir, s) = store();
-        put(&s, "b", json!(1), Expect::Any).await.unwrap();
-        put(&s, "b", json!(2), Expect::Any).await.unwrap();
-        let written = s
-            .write(
-                "ns",
-                "w",
-                vec![
-                    Op::put("a", j(json!("new")), Expect::Absent),
-                    Op::put("b", j(json!(3)), Expect::Version(2)),
-                    Op::check("b", Expect::Version(3)),
-                    Op::put("b", j(json!(4)), Expect::Version(3)),
-                    Op::delete("c", Expect::Any),
-                ],
-            )
-            .await
-            .unwrap();
-        assert_eq!(written, vec![Some(1), Some(3), None, Some(4), None]);
-        assert_eq!(s.get("ns", "w", "b").await.unwrap().unwrap().version, 4);
-    }
-
-    #[tokio::test]
-    async fn a_stale_version_is_refused() {
-        let (_dir, s) = store();
-        put(&s, "k", json!(1), Expect::Absent).await.unwrap();
-        let err = put(&s, "k", json!(2), Expect::Absent).await.unwrap_err();
-        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
-        put(&s, "k", json!(3), Expect::Version(1)).await.unwrap();
-        let err = put(&s, "k", json!(4), Expect::Version(1)).await.unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "state of ns/w key \"k\" changed underneath us (expected version 1, found version 2)"
-        );
-        assert_eq!(s.get("ns", "w", "k").await.unwrap().unwrap().value, j(json!(3)));
-    }
-
-    #[tokio::test]
-    async fn a_failed_transaction_writes_nothing() {
-        let (_dir, s) = store();
-        put(&s, "b", json!("old"), Expect::Any).await.unwrap();
-        let err = s
-            .write(
-                "ns",
-                "w",
-                vec![
-                    Op::put("a", j(json!("new")), Expect::Any),
-                    Op::put("b", j(json!("new")), Expect::Version(7)),
-                ],
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Conflict { .. }));
-        assert_eq!(s.get("ns", "w", "a").await.unwrap(), None);
-        assert_eq!(s.get("ns", "w", "b").await.unwrap().unwrap().value, j(json!("old")));
-    }
-
-    #[tokio::test]
-    async fn list_and_delete() {
-        let (_dir, s) = store();
-        for (ns, name, value) in [("a", "x", 1), ("a", "y", 2), ("b", "x", 3)] {
-            s.write(ns, name, vec![Op::put("k1", j(json!(value)), Expect::Any)]).await.unwrap();
-        }
-        let all = Keys::Under("");
-        assert_eq!(s.list(None, None, all).await.unwrap().len(), 3);
-        assert_eq!(s.list(Some("a"), None, all).await.unwrap().len(), 2);
-        assert_eq!(s.list(Some("a"), Some("y"), all).await.unwrap()[0].value, j(json!(2)));
-        assert_eq!(s.write("a", "x", vec![Op::delete("k1", Expect::Version(1))]).await.unwrap(), vec![None]);
-        let err = s.write("a", "x", vec![Op::delete("k1", Expect::Version(1))]).await.unwrap_err();
-        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
-        assert_eq!(s.list(Some("a"), None, all).await.unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -875,32 +735,6 @@ mod tests {
         drop(first);
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.get("n", "w", "k").await.unwrap().unwrap().value, j(json!("v")));
-    }
-
-    #[tokio::test]
-    async fn ranges_of_keys_are_listed_counted_and_deleted() {
-        let (_dir, s) = store();
-        let keys = ["watermark", "watermark/a", "watermark/b/c", "watermark0", "pending", "dead_letter/x"];
-        let ops = keys.iter().map(|k| Op::put(*k, j(json!(k)), Expect::Any)).collect();
-        s.write("ns", "w", ops).await.unwrap();
-        s.write("ns", "v", vec![Op::put("watermark/a", j(json!(1)), Expect::Any)]).await.unwrap();
-        let names = |records: Vec<Record>| records.into_iter().map(|r| r.key).collect::<Vec<_>>();
-        let under = s.list(Some("ns"), Some("w"), Keys::Under("watermark/")).await.unwrap();
-        assert_eq!(names(under), ["watermark/a", "watermark/b/c"]);
-        let rest = s.list(Some("ns"), Some("w"), Keys::NotUnder("watermark/")).await.unwrap();
-        assert_eq!(names(rest), ["dead_letter/x", "pending", "watermark", "watermark0"]);
-        let counted = s.count(None, None, Keys::Under("watermark/")).await.unwrap();
-        assert_eq!(
-            counted.into_iter().collect::<Vec<_>>(),
-            [(("ns".into(), "v".into()), 1), (("ns".into(), "w".into()), 2)]
-        );
-        s.write("ns", "w", vec![Op::delete_under("watermark/")]).await.unwrap();
-        let left = s.list(Some("ns"), None, Keys::Under("")).await.unwrap();
-        assert_eq!(left.len(), 5, "the other watcher's member stays: {left:?}");
-        let refused = s.write("ns", "w", vec![Op { expect: Expect::Absent, ..Op::delete_under("x") }]).await;
-        assert!(refused.is_err());
-        assert_eq!(prefix_end("watermark/").as_deref(), Some("watermark0"));
-        assert_eq!(prefix_end(""), None);
     }
 
     /// A rewrite for the tests: the row `a` becomes 10.

@@ -1,0 +1,904 @@
+//! The shared Postgres `process_state` store: the same rows and compare-and-set
+//! transactions as SQLite, in a schema of its own (`state: {type: postgres}`), created
+//! and migrated on first use under an advisory lock, so that instances starting
+//! together do not race.
+//!
+//! A schema's version and the oldest release that can run against it are kept in
+//! `<schema>.schema_version`. Schema changes are additive: a release one version older
+//! keeps running against a schema marked compatible with it; one the schema is not
+//! compatible with is refused with an error that says which release wrote it.
+//!
+//! Every write of a watcher takes a transaction-scoped advisory lock on the watcher
+//! first: its version checks and its writes then see one state, whatever another
+//! instance or a `highwater state` command is doing (a check for an absent key cannot
+//! lock a row that does not exist). The statements of one transaction are pipelined:
+//! a commit of a hundred members is a few round trips, not a hundred.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
+
+use super::{
+    Action, Expect, Keys, Op, Record, Store, StoreError, StoreKind, Upgrade, check_expectation, prefix_end,
+};
+use crate::json::Json;
+use crate::source::ErrorClass;
+use crate::source::postgres::connect::{self, ConnectSettings, TlsMode};
+use crate::source::postgres::values::quote_ident;
+use crate::value::{EnvVar, Kind, SecretFile};
+
+/// Connections one process keeps to the store: the watchers' transactions are short,
+/// and a handful of connections serve a thousand watchers.
+const CONNECTIONS: usize = 4;
+
+/// How long one store operation may take before its connection is given up: a server
+/// that stopped answering (a cut network) must not hold a watcher forever.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The record format this store's rows start at (the state version SQLite calls 2: a
+/// pending batch keeps its `change`). Later formats come from the [`Upgrade`]s given.
+const BASE_FORMAT: u32 = 2;
+
+/// One version of the schema: its SQL (`{s}` stands for the quoted schema name) and
+/// the oldest schema version a release must know to run against it. Append only; a
+/// new version adds (tables, columns with defaults, indexes) and keeps
+/// `compatible_from` at the version before it, so the release before runs on.
+struct Migration {
+    sql: &'static str,
+    compatible_from: u32,
+}
+
+const MIGRATIONS: &[Migration] = &[
+    // 1: the process_state table. Text columns in the "C" collation, so that keys
+    // order by bytes as in SQLite and a key range (`prefix_end`) is a range of the
+    // primary key. Values are kept as the text they were written as.
+    Migration {
+        sql: "CREATE TABLE {s}.process_state (
+            namespace  text COLLATE \"C\" NOT NULL,
+            name       text COLLATE \"C\" NOT NULL,
+            key        text COLLATE \"C\" NOT NULL,
+            value      text NOT NULL,
+            version    bigint NOT NULL,
+            updated_at timestamptz NOT NULL,
+            PRIMARY KEY (namespace, name, key)
+        )",
+        compatible_from: 1,
+    },
+];
+
+/// `state: {type: postgres}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// A libpq connection string or URL, as the `postgres` source takes it; what it
+    /// leaves out comes from the standard `PG*` variables. Better without a password:
+    /// use `password_env` or `password_file`.
+    #[serde(default)]
+    pub connection: Option<String>,
+    /// Name of an environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<EnvVar>,
+    /// A file holding the password (read at every connect), or `credential:NAME` for a
+    /// systemd credential.
+    #[serde(default)]
+    pub password_file: Option<SecretFile>,
+    /// `disable`, `prefer` (default), `require` or `verify-full`.
+    #[serde(default)]
+    pub sslmode: Option<TlsMode>,
+    /// PEM file of the certificate authorities `verify-full` trusts (default: the
+    /// system's).
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+    /// The schema the tables live in (created if missing; taken as written, quoted).
+    #[serde(default = "default_schema")]
+    pub schema: String,
+}
+
+fn default_schema() -> String {
+    "highwater".to_string()
+}
+
+impl PostgresConfig {
+    fn settings(&self) -> ConnectSettings {
+        ConnectSettings {
+            connection: self.connection.clone(),
+            password_env: self.password_env.clone(),
+            password_file: self.password_file.clone(),
+            sslmode: self.sslmode,
+            sslrootcert: self.sslrootcert.clone(),
+        }
+    }
+}
+
+impl Kind for PostgresConfig {
+    const TAG: &'static str = "postgres";
+}
+
+impl StoreKind for PostgresConfig {
+    fn describe(&self) -> String {
+        let place = connect::resolve(&self.settings()).map_or_else(|_| "?".to_string(), |t| t.describe());
+        format!("{} {place} schema {}", Self::TAG, quote_ident(&self.schema))
+    }
+
+    fn open(&self, upgrades: &[Upgrade]) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(Arc::new(PostgresStore::new(self, upgrades)))
+    }
+
+    fn exists(&self) -> bool {
+        // Only the server can tell; a read-only command asks it (and creates the schema,
+        // which holds no rows, if it was missing).
+        true
+    }
+
+    fn validate(&self) -> Vec<(String, String)> {
+        let mut errors = connect::validate(&self.settings());
+        if self.schema.is_empty() || self.schema.len() > 63 || self.schema.contains('\0') {
+            errors
+                .push(("schema".into(), "must be 1 to 63 bytes, without NUL (a Postgres identifier)".into()));
+        }
+        errors
+    }
+}
+
+/// The SQL of the store's statements, with the schema spliced in (quoted), indexed by
+/// [`Sql`].
+struct Statements([String; SQL_COUNT]);
+
+/// The statements the store prepares on each connection.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Sql {
+    Get,
+    Version,
+    Lock,
+    Put,
+    Delete,
+    DeleteUnder,
+}
+const SQL_COUNT: usize = 6;
+
+impl Statements {
+    fn new(schema: &str) -> Self {
+        let t = format!("{}.process_state", quote_ident(schema));
+        Statements([
+            format!(
+                "SELECT namespace, name, key, value, version, updated_at FROM {t}
+                 WHERE namespace = $1 AND name = $2 AND key = $3"
+            ),
+            format!("SELECT version FROM {t} WHERE namespace = $1 AND name = $2 AND key = $3"),
+            // Two keys: the store's schema, and the watcher. Collisions only serialize.
+            "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))".to_string(),
+            format!(
+                "INSERT INTO {t} AS p (namespace, name, key, value, version, updated_at)
+                 VALUES ($1, $2, $3, $4, 1, now())
+                 ON CONFLICT (namespace, name, key) DO UPDATE
+                 SET value = excluded.value, version = p.version + 1, updated_at = excluded.updated_at
+                 RETURNING version"
+            ),
+            format!("DELETE FROM {t} WHERE namespace = $1 AND name = $2 AND key = $3"),
+            format!(
+                "DELETE FROM {t} WHERE namespace = $1 AND name = $2
+                 AND key >= $3 AND ($4::text IS NULL OR key < $4)"
+            ),
+        ])
+    }
+
+    fn sql(&self, which: Sql) -> &str {
+        &self.0[which as usize]
+    }
+}
+
+/// Runs `$body` (an expression that may use `?`, of type `Result<_, StoreError>`) with
+/// `$conn` bound to a ready connection of `$store`, within [`OPERATION_TIMEOUT`].
+macro_rules! with_conn {
+    ($store:expr, |$conn:ident| $body:expr) => {{
+        let store = $store;
+        let mut guard = store.acquire().await;
+        let result = tokio::time::timeout(OPERATION_TIMEOUT, async {
+            let $conn = store.ready(&mut guard).await?;
+            $body
+        })
+        .await;
+        store.settle(&mut guard, result)
+    }};
+}
+
+/// One connection and the statements prepared on it.
+struct Conn {
+    client: Client,
+    prepared: HashMap<Sql, Statement>,
+}
+
+impl Conn {
+    async fn statement(&mut self, sql: &Statements, which: Sql) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.prepared.get(&which) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql.sql(which)).await?;
+        self.prepared.insert(which, statement.clone());
+        Ok(statement)
+    }
+}
+
+/// The Postgres store. Connects on first use (a server that is down at start is waited
+/// for by the daemon, see [`Store::connect`]), and again after a connection is lost.
+pub struct PostgresStore {
+    settings: ConnectSettings,
+    /// The schema, as written (quoted wherever it is spliced).
+    schema: String,
+    /// `user@host:port/db schema "name"`, for messages (never a password).
+    location: String,
+    statements: Statements,
+    /// The record format rows are brought to, and the steps that get them there.
+    upgrades: Vec<Upgrade>,
+    format: u32,
+    /// The connections; a slot is None until used, and again once its connection broke.
+    slots: Vec<tokio::sync::Mutex<Option<Conn>>>,
+    /// Where the next caller that finds every slot busy waits.
+    next: AtomicUsize,
+    /// The schema was found (or made) this release's: checked once per process.
+    migrated: AtomicBool,
+    /// Held while the schema is checked, so that one task does it.
+    migrating: tokio::sync::Mutex<()>,
+}
+
+impl PostgresStore {
+    /// A store for `config`; nothing is connected yet.
+    pub fn new(config: &PostgresConfig, upgrades: &[Upgrade]) -> Self {
+        let settings = config.settings();
+        let place = connect::resolve(&settings).map_or_else(|_| "postgres".to_string(), |t| t.describe());
+        let format = upgrades.iter().map(|u| u.to).max().unwrap_or(0).max(BASE_FORMAT);
+        PostgresStore {
+            location: format!("{place} schema {}", quote_ident(&config.schema)),
+            statements: Statements::new(&config.schema),
+            schema: config.schema.clone(),
+            settings,
+            upgrades: upgrades.to_vec(),
+            format,
+            slots: (0..CONNECTIONS).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+            migrated: AtomicBool::new(false),
+            migrating: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// A failure of the server or the connection, as a store error: one that passes by
+    /// itself (the server restarting, a lost connection) is `Unavailable`.
+    fn error(&self, e: &tokio_postgres::Error) -> StoreError {
+        let message = connect::message(e);
+        match connect::classify(e) {
+            ErrorClass::Transient | ErrorClass::Waiting => {
+                StoreError::Unavailable { location: self.location.clone(), message }
+            }
+            _ => StoreError::Backend { location: self.location.clone(), message },
+        }
+    }
+
+    /// A connection slot: a free one if there is one, else the next in turn.
+    async fn acquire(&self) -> tokio::sync::MutexGuard<'_, Option<Conn>> {
+        match self.slots.iter().find_map(|slot| slot.try_lock().ok()) {
+            Some(guard) => guard,
+            None => {
+                let at = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+                self.slots[at].lock().await
+            }
+        }
+    }
+
+    /// The slot's connection, made (and the schema checked) if need be.
+    async fn ready<'g>(&self, slot: &'g mut Option<Conn>) -> Result<&'g mut Conn, StoreError> {
+        if slot.as_ref().is_some_and(|c| c.client.is_closed()) {
+            *slot = None;
+        }
+        if slot.is_none() {
+            *slot = Some(self.connect_one().await?);
+        }
+        slot.as_mut().ok_or_else(|| self.unavailable("no connection"))
+    }
+
+    /// The outcome of an operation: a connection that failed or took longer than
+    /// [`OPERATION_TIMEOUT`] is dropped, so the next call connects afresh.
+    fn settle<T>(
+        &self,
+        slot: &mut Option<Conn>,
+        result: Result<Result<T, StoreError>, tokio::time::error::Elapsed>,
+    ) -> Result<T, StoreError> {
+        let result = match result {
+            Ok(result) => result,
+            Err(_) => Err(self.unavailable(&format!("no answer within {}s", OPERATION_TIMEOUT.as_secs()))),
+        };
+        if matches!(result, Err(StoreError::Unavailable { .. })) {
+            *slot = None;
+        }
+        result
+    }
+
+    fn unavailable(&self, message: &str) -> StoreError {
+        StoreError::Unavailable { location: self.location.clone(), message: message.to_string() }
+    }
+
+    /// Opens one connection, checking (once per process) that the schema is this
+    /// release's, creating or migrating it if need be.
+    async fn connect_one(&self) -> Result<Conn, StoreError> {
+        let target = connect::resolve(&self.settings)
+            .map_err(|e| StoreError::Backend { location: self.location.clone(), message: e.message })?;
+        let client = connect::connect(&target).await.map_err(|e| match e.class {
+            ErrorClass::Transient | ErrorClass::Waiting => {
+                StoreError::Unavailable { location: self.location.clone(), message: e.message }
+            }
+            _ => StoreError::Backend { location: self.location.clone(), message: e.message },
+        })?;
+        let mut conn = Conn { client, prepared: HashMap::new() };
+        if !self.migrated.load(Ordering::Acquire) {
+            let _one = self.migrating.lock().await;
+            if !self.migrated.load(Ordering::Acquire) {
+                self.migrate(&mut conn.client).await?;
+                self.migrated.store(true, Ordering::Release);
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Brings the schema to this release's version, or refuses one this release
+    /// cannot run against. A schema that is up to date costs one query and no lock.
+    async fn migrate(&self, client: &mut Client) -> Result<(), StoreError> {
+        let known = MIGRATIONS.len() as u32;
+        let s = quote_ident(&self.schema);
+        let meta = format!("{s}.schema_version");
+        let err = |e: tokio_postgres::Error| self.error(&e);
+        let exists: Option<String> =
+            client.query_one("SELECT to_regclass($1)::text", &[&meta]).await.map_err(err)?.get(0);
+        if exists.is_some() {
+            let row = client
+                .query_opt(&format!("SELECT version, compatible_from, state_format FROM {meta}"), &[])
+                .await
+                .map_err(err)?;
+            if let Some(row) = row {
+                let found = Found { version: row.get(0), compatible_from: row.get(1), format: row.get(2) };
+                if found.version as u32 == known && found.format as u32 == self.format {
+                    return Ok(());
+                }
+            }
+        }
+        let tx = client.transaction().await.map_err(err)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('highwater schema'), hashtext($1))",
+            &[&self.schema],
+        )
+        .await
+        .map_err(err)?;
+        let has_schema: Option<String> =
+            tx.query_one("SELECT to_regnamespace($1)::text", &[&s]).await.map_err(err)?.get(0);
+        if has_schema.is_none() {
+            tx.batch_execute(&format!("CREATE SCHEMA {s}")).await.map_err(err)?;
+        }
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {meta} (
+                one             boolean PRIMARY KEY DEFAULT true CHECK (one),
+                version         integer NOT NULL,
+                compatible_from integer NOT NULL,
+                state_format    integer NOT NULL,
+                written_by      text NOT NULL,
+                updated_at      timestamptz NOT NULL DEFAULT now()
+            )"
+        ))
+        .await
+        .map_err(err)?;
+        let row = tx
+            .query_opt(&format!("SELECT version, compatible_from, state_format, written_by FROM {meta}"), &[])
+            .await
+            .map_err(err)?;
+        let (found, written_by) = match &row {
+            Some(row) => {
+                (Found { version: row.get(0), compatible_from: row.get(1), format: row.get(2) }, row.get(3))
+            }
+            None => (Found { version: 0, compatible_from: 0, format: self.format as i32 }, String::new()),
+        };
+        let backend = |message: String| StoreError::Backend { location: self.location.clone(), message };
+        if found.format as u32 > self.format {
+            return Err(backend(format!(
+                "the state's records are in format {} ({written_by}); this highwater writes format {}: upgrade highwater",
+                found.format, self.format
+            )));
+        }
+        if found.version as u32 > known {
+            if found.compatible_from as u32 > known {
+                return Err(backend(format!(
+                    "schema version {} ({written_by}) needs a highwater that knows version {} or later; this one knows {known}: upgrade highwater",
+                    found.version, found.compatible_from
+                )));
+            }
+            tracing::warn!(
+                schema = %self.schema,
+                version = found.version,
+                known,
+                written_by = %written_by,
+                "The state's schema is newer than this release and marked compatible with it; running on it."
+            );
+            return tx.commit().await.map_err(err);
+        }
+        let mut compatible_from = found.compatible_from.max(0) as u32;
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(found.version.max(0) as usize) {
+            let version = index as u32 + 1;
+            tx.batch_execute(&migration.sql.replace("{s}", &s))
+                .await
+                .map_err(|e| backend(format!("migration {version} failed: {}", connect::message(&e))))?;
+            compatible_from = compatible_from.max(migration.compatible_from);
+        }
+        let mut rewritten = 0u64;
+        for upgrade in self.upgrades.iter().filter(|u| u.to > found.format as u32 && u.to <= self.format) {
+            rewritten += self.rewrite(&tx, upgrade).await?;
+        }
+        tx.execute(&format!("DELETE FROM {meta}"), &[]).await.map_err(err)?;
+        let by = format!("highwater {}", env!("CARGO_PKG_VERSION"));
+        tx.execute(
+            &format!("INSERT INTO {meta} (version, compatible_from, state_format, written_by) VALUES ($1, $2, $3, $4)"),
+            &[&(known as i32), &(compatible_from as i32), &(self.format as i32), &by],
+        )
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        if found.version > 0 {
+            tracing::warn!(
+                schema = %self.schema,
+                from = found.version,
+                to = known,
+                rows = rewritten,
+                "Upgraded the state's schema to this release's version."
+            );
+        } else {
+            tracing::info!(schema = %self.schema, version = known, "Created the state's schema.");
+        }
+        Ok(())
+    }
+
+    /// Rewrites, in `tx`, every row `upgrade` has a new value for. Returns how many.
+    async fn rewrite(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        upgrade: &Upgrade,
+    ) -> Result<u64, StoreError> {
+        let err = |e: tokio_postgres::Error| self.error(&e);
+        let t = format!("{}.process_state", quote_ident(&self.schema));
+        let rows = tx
+            .query(&format!("SELECT namespace, name, key, value, version, updated_at FROM {t}"), &[])
+            .await
+            .map_err(err)?;
+        let mut count = 0;
+        for row in &rows {
+            let record = to_record(row);
+            if let Some(value) = (upgrade.rewrite)(&record) {
+                tx.execute(
+                    &format!(
+                        "UPDATE {t} SET value = $4, version = version + 1, updated_at = now()
+                         WHERE namespace = $1 AND name = $2 AND key = $3"
+                    ),
+                    &[&record.namespace, &record.name, &record.key, &value.as_str()],
+                )
+                .await
+                .map_err(err)?;
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    fn listing_sql(&self, mode: usize, count: bool) -> String {
+        let t = format!("{}.process_state", quote_ident(&self.schema));
+        let condition = KEY_CONDITION[mode];
+        if count {
+            format!(
+                "SELECT namespace, name, count(*) FROM {t}
+                 WHERE ($1::text IS NULL OR namespace = $1) AND ($2::text IS NULL OR name = $2) AND {condition}
+                 GROUP BY namespace, name"
+            )
+        } else {
+            format!(
+                "SELECT namespace, name, key, value, version, updated_at FROM {t}
+                 WHERE ($1::text IS NULL OR namespace = $1) AND ($2::text IS NULL OR name = $2) AND {condition}
+                 ORDER BY namespace, name, key"
+            )
+        }
+    }
+}
+
+/// The schema's row of `schema_version`.
+struct Found {
+    version: i32,
+    compatible_from: i32,
+    format: i32,
+}
+
+/// A listing's key conditions: keys in `[$3, $4)`; keys outside it (`$4` NULL: no
+/// upper end).
+const KEY_CONDITION: [&str; 2] =
+    ["key >= $3 AND ($4::text IS NULL OR key < $4)", "(key < $3 OR ($4::text IS NOT NULL AND key >= $4))"];
+
+fn key_range(keys: Keys<'_>) -> (usize, String, Option<String>) {
+    match keys {
+        Keys::Under(prefix) => (0, prefix.to_string(), prefix_end(prefix)),
+        Keys::NotUnder(prefix) => (1, prefix.to_string(), prefix_end(prefix)),
+    }
+}
+
+fn to_record(row: &tokio_postgres::Row) -> Record {
+    Record {
+        namespace: row.get(0),
+        name: row.get(1),
+        key: row.get(2),
+        value: Json::from_trusted(row.get(3)),
+        version: row.get(4),
+        updated_at: row.get::<_, DateTime<Utc>>(5),
+    }
+}
+
+/// What to make of the answer to one statement of a write.
+enum Answer {
+    /// The lock, a delete: nothing.
+    Nothing,
+    /// The version found for op `index`, to check against its expectation.
+    Found(usize),
+    /// The version op `index` wrote.
+    Wrote(usize),
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn get(&self, namespace: &str, name: &str, key: &str) -> Result<Option<Record>, StoreError> {
+        let params = [namespace.to_string(), name.to_string(), key.to_string()];
+        with_conn!(self, |conn| {
+            let statement = conn.statement(&self.statements, Sql::Get).await.map_err(|e| self.error(&e))?;
+            let row = conn
+                .client
+                .query_opt(&statement, &[&params[0], &params[1], &params[2]])
+                .await
+                .map_err(|e| self.error(&e))?;
+            Ok(row.as_ref().map(to_record))
+        })
+    }
+
+    async fn version(&self, namespace: &str, name: &str, key: &str) -> Result<Option<i64>, StoreError> {
+        let params = [namespace.to_string(), name.to_string(), key.to_string()];
+        with_conn!(self, |conn| {
+            let statement =
+                conn.statement(&self.statements, Sql::Version).await.map_err(|e| self.error(&e))?;
+            let row = conn
+                .client
+                .query_opt(&statement, &[&params[0], &params[1], &params[2]])
+                .await
+                .map_err(|e| self.error(&e))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    async fn list(
+        &self,
+        namespace: Option<&str>,
+        name: Option<&str>,
+        keys: Keys<'_>,
+    ) -> Result<Vec<Record>, StoreError> {
+        let (namespace, name) = (namespace.map(str::to_string), name.map(str::to_string));
+        let (mode, from, to) = key_range(keys);
+        let query = self.listing_sql(mode, false);
+        with_conn!(self, |conn| {
+            let rows = conn
+                .client
+                .query(&query, &[&namespace, &name, &from, &to])
+                .await
+                .map_err(|e| self.error(&e))?;
+            Ok(rows.iter().map(to_record).collect())
+        })
+    }
+
+    async fn count(
+        &self,
+        namespace: Option<&str>,
+        name: Option<&str>,
+        keys: Keys<'_>,
+    ) -> Result<BTreeMap<(String, String), u64>, StoreError> {
+        let (namespace, name) = (namespace.map(str::to_string), name.map(str::to_string));
+        let (mode, from, to) = key_range(keys);
+        let query = self.listing_sql(mode, true);
+        with_conn!(self, |conn| {
+            let rows = conn
+                .client
+                .query(&query, &[&namespace, &name, &from, &to])
+                .await
+                .map_err(|e| self.error(&e))?;
+            Ok(rows
+                .iter()
+                .map(|r| ((r.get(0), r.get(1)), u64::try_from(r.get::<_, i64>(2)).unwrap_or(0)))
+                .collect())
+        })
+    }
+
+    async fn backup(&self, _to: &Path) -> Result<(), StoreError> {
+        Err(StoreError::Backend {
+            location: self.location.clone(),
+            message:
+                "`state backup` copies a SQLite store; for Postgres use pg_dump, or `highwater state export`"
+                    .into(),
+        })
+    }
+
+    async fn write(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<Vec<Option<i64>>, StoreError> {
+        let (namespace, name) = (namespace.to_string(), name.to_string());
+        let watcher = format!("{namespace}/{name}");
+        let schema = self.schema.clone();
+        with_conn!(self, |conn| {
+            let err = |e: tokio_postgres::Error| self.error(&e);
+            for which in [Sql::Lock, Sql::Version, Sql::Put, Sql::Delete, Sql::DeleteUnder] {
+                conn.statement(&self.statements, which).await.map_err(err)?;
+            }
+            let st = |which| conn.prepared.get(&which).cloned();
+            let (Some(lock), Some(version), Some(put), Some(delete), Some(delete_under)) =
+                (st(Sql::Lock), st(Sql::Version), st(Sql::Put), st(Sql::Delete), st(Sql::DeleteUnder))
+            else {
+                return Err(self.unavailable("statements not prepared"));
+            };
+            // Owned parameters first; the pipelined statements borrow them.
+            let ends: Vec<Option<String>> = ops
+                .iter()
+                .map(|op| if op.action == Action::DeleteUnder { prefix_end(&op.key) } else { None })
+                .collect();
+            let texts: Vec<Option<&str>> = ops
+                .iter()
+                .map(|op| match &op.action {
+                    Action::Put(value) => Some(value.as_str()),
+                    _ => None,
+                })
+                .collect();
+            for op in &ops {
+                if op.action == Action::DeleteUnder && op.expect != Expect::Any {
+                    return Err(StoreError::Backend {
+                        location: self.location.clone(),
+                        message: format!("a range delete of {:?} must expect anything", op.key),
+                    });
+                }
+            }
+            type Params<'p> = Vec<&'p (dyn ToSql + Sync)>;
+            let mut plan: Vec<(&Statement, Params<'_>, Answer)> = Vec::with_capacity(ops.len() * 2 + 1);
+            plan.push((&lock, vec![&schema, &watcher], Answer::Nothing));
+            for (index, op) in ops.iter().enumerate() {
+                let base: Params<'_> = vec![&namespace, &name, &op.key];
+                if op.expect != Expect::Any || op.action == Action::Check {
+                    plan.push((&version, base.clone(), Answer::Found(index)));
+                }
+                match &op.action {
+                    Action::Check => {}
+                    Action::Put(_) => {
+                        let mut params = base;
+                        params.push(&texts[index]);
+                        plan.push((&put, params, Answer::Wrote(index)));
+                    }
+                    Action::Delete => plan.push((&delete, base, Answer::Nothing)),
+                    Action::DeleteUnder => {
+                        let mut params = base;
+                        params.push(&ends[index]);
+                        plan.push((&delete_under, params, Answer::Nothing));
+                    }
+                }
+            }
+            let tx = conn.client.transaction().await.map_err(err)?;
+            let queries: Vec<_> =
+                plan.iter().map(|(statement, params, _)| tx.query(*statement, params)).collect();
+            // Sent together, answered in order; a failed expectation rolls the
+            // whole transaction back (the transaction is dropped uncommitted).
+            let results = futures_util::future::join_all(queries).await;
+            let mut written: Vec<Option<i64>> = vec![None; ops.len()];
+            for ((_, _, answer), result) in plan.iter().zip(results) {
+                let rows = result.map_err(err)?;
+                match answer {
+                    Answer::Nothing => {}
+                    Answer::Found(index) => {
+                        let current = rows.first().map(|r| r.get::<_, i64>(0));
+                        check_expectation(&namespace, &name, &ops[*index], current)?;
+                    }
+                    Answer::Wrote(index) => {
+                        written[*index] = rows.first().map(|r| r.get::<_, i64>(0));
+                    }
+                }
+            }
+            tx.commit().await.map_err(err)?;
+            Ok(written)
+        })
+    }
+
+    async fn rename(&self, from: (&str, &str), to: (&str, &str)) -> Result<u64, StoreError> {
+        let (from_ns, from_name) = (from.0.to_string(), from.1.to_string());
+        let (to_ns, to_name) = (to.0.to_string(), to.1.to_string());
+        let t = format!("{}.process_state", quote_ident(&self.schema));
+        let schema = self.schema.clone();
+        with_conn!(self, |conn| {
+            let err = |e: tokio_postgres::Error| self.error(&e);
+            let lock = conn.statement(&self.statements, Sql::Lock).await.map_err(err)?;
+            let tx = conn.client.transaction().await.map_err(err)?;
+            // Both watchers, in one order, so that two renames cannot deadlock.
+            let mut watchers = [format!("{from_ns}/{from_name}"), format!("{to_ns}/{to_name}")];
+            watchers.sort();
+            for watcher in &watchers {
+                tx.query(&lock, &[&schema, watcher]).await.map_err(err)?;
+            }
+            let taken: i64 = tx
+                .query_one(
+                    &format!("SELECT count(*) FROM {t} WHERE namespace = $1 AND name = $2"),
+                    &[&to_ns, &to_name],
+                )
+                .await
+                .map_err(err)?
+                .get(0);
+            if taken > 0 {
+                return Err(StoreError::Conflict {
+                    namespace: to_ns,
+                    name: to_name,
+                    key: String::new(),
+                    expected: "no rows".into(),
+                    found: format!("{taken} rows"),
+                });
+            }
+            let moved = tx
+                .execute(
+                    &format!("UPDATE {t} SET namespace = $3, name = $4 WHERE namespace = $1 AND name = $2"),
+                    &[&from_ns, &from_name, &to_ns, &to_name],
+                )
+                .await
+                .map_err(err)?;
+            tx.commit().await.map_err(err)?;
+            Ok(moved)
+        })
+    }
+
+    async fn connect(&self) -> Result<(), StoreError> {
+        with_conn!(self, |conn| {
+            conn.client.simple_query("SELECT 1").await.map_err(|e| self.error(&e))?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test server (`HIGHWATER_TEST_PG_URL`, which scripts/test.sh sets).
+    fn url() -> String {
+        std::env::var("HIGHWATER_TEST_PG_URL").unwrap_or_else(|_| {
+            panic!("HIGHWATER_TEST_PG_URL is not set: run the tests with scripts/test.sh")
+        })
+    }
+
+    fn config(url: &str, schema: &str) -> PostgresConfig {
+        PostgresConfig {
+            connection: Some(url.to_string()),
+            password_env: None,
+            password_file: None,
+            sslmode: Some(TlsMode::Disable),
+            sslrootcert: None,
+            schema: schema.to_string(),
+        }
+    }
+
+    /// A schema of its own for one test, dropped when it ends.
+    struct Schema {
+        name: String,
+    }
+
+    impl Schema {
+        async fn new() -> Self {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let name = format!("hw store {}.{nanos}.{n}", std::process::id());
+            Schema { name }
+        }
+
+        fn store(&self) -> PostgresStore {
+            PostgresStore::new(&config(&url(), &self.name), &[])
+        }
+
+        /// Drops the schema (at the end of a test that passed; a failed one leaves it
+        /// to look at).
+        async fn drop(self) {
+            self.sql("SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {s} CASCADE").await;
+        }
+
+        async fn sql(&self, text: &str) {
+            let target = connect::resolve(&config(&url(), &self.name).settings()).unwrap();
+            let client = connect::connect(&target).await.unwrap();
+            client.batch_execute(&text.replace("{s}", &quote_ident(&self.name))).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn the_shared_suite() {
+        let schema = Schema::new().await;
+        let store = schema.store();
+        store.connect().await.unwrap();
+        crate::state::suite::run(&store).await;
+        schema.drop().await;
+    }
+
+    #[tokio::test]
+    async fn instances_racing_to_create_the_schema_all_start() {
+        let schema = Schema::new().await;
+        let stores: Vec<PostgresStore> = (0..4).map(|_| schema.store()).collect();
+        let started = futures_util::future::join_all(stores.iter().map(|s| s.connect())).await;
+        for result in started {
+            result.unwrap();
+        }
+        schema.drop().await;
+    }
+
+    #[tokio::test]
+    async fn two_writers_expecting_no_row_cannot_both_win() {
+        let schema = Schema::new().await;
+        let (a, b) = (schema.store(), schema.store());
+        a.connect().await.unwrap();
+        for round in 0..20 {
+            let key = format!("k{round}");
+            let op = || vec![Op::put(key.clone(), Json::parse("1").unwrap(), Expect::Absent)];
+            let (x, y) = tokio::join!(a.write("ns", "w", op()), b.write("ns", "w", op()));
+            let wins = [x.is_ok(), y.is_ok()].iter().filter(|w| **w).count();
+            assert_eq!(wins, 1, "round {round}: {x:?} {y:?}");
+        }
+        schema.drop().await;
+    }
+
+    #[tokio::test]
+    async fn a_schema_this_release_cannot_run_on_is_refused_and_a_compatible_one_is_used() {
+        let schema = Schema::new().await;
+        schema.store().connect().await.unwrap();
+        schema.sql("UPDATE {s}.schema_version SET version = 7, compatible_from = 1, written_by = 'highwater 9.0'").await;
+        let compatible = schema.store();
+        compatible.connect().await.unwrap();
+        compatible
+            .write("ns", "w", vec![Op::put("k", Json::parse("1").unwrap(), Expect::Any)])
+            .await
+            .unwrap();
+        schema.sql("UPDATE {s}.schema_version SET compatible_from = 5").await;
+        let err = schema.store().connect().await.unwrap_err().to_string();
+        assert!(
+            err.contains("schema version 7 (highwater 9.0) needs a highwater that knows version 5 or later")
+                && err.contains("upgrade highwater"),
+            "{err}"
+        );
+        assert!(!err.contains("password"), "{err}");
+        schema.drop().await;
+    }
+
+    #[tokio::test]
+    async fn a_server_that_does_not_answer_is_unavailable_not_broken() {
+        let store = PostgresStore::new(&config("postgres://postgres@127.0.0.1:9/none", "hw"), &[]);
+        let err = store.connect().await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+    }
+
+    /// A rewrite for the tests: the row `a` becomes 10.
+    fn ten(record: &Record) -> Option<Json> {
+        (record.key == "a").then(|| Json::parse("10").unwrap())
+    }
+
+    #[tokio::test]
+    async fn records_of_an_earlier_format_are_rewritten_once() {
+        let schema = Schema::new().await;
+        let store = schema.store();
+        store.write("ns", "w", vec![Op::put("a", Json::parse("1").unwrap(), Expect::Any)]).await.unwrap();
+        drop(store);
+        let upgraded = PostgresStore::new(&config(&url(), &schema.name), &[Upgrade { to: 3, rewrite: ten }]);
+        let a = upgraded.get("ns", "w", "a").await.unwrap().unwrap();
+        assert_eq!((a.value.as_str(), a.version), ("10", 2));
+        // An older release (format 2) now refuses the store.
+        let err = schema.store().connect().await.unwrap_err().to_string();
+        assert!(err.contains("format 3"), "{err}");
+        schema.drop().await;
+    }
+}

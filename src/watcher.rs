@@ -733,7 +733,10 @@ impl Watcher {
 /// Whether a cycle failed because the store could not be used (a conflict is not
 /// that: someone else wrote first, and the next cycle reads again).
 fn store_failure(error: &WatcherError) -> bool {
-    matches!(error, WatcherError::Outbox(OutboxError::Store(StoreError::Backend { .. })))
+    matches!(
+        error,
+        WatcherError::Outbox(OutboxError::Store(StoreError::Backend { .. } | StoreError::Unavailable { .. }))
+    )
 }
 
 /// Keeps the count of acknowledged events with the pending batch; false when that failed

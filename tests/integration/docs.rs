@@ -36,6 +36,7 @@ const PAGES: &[(&str, &str, &[Covered])] = &[
         &[
             ("src/config/mod.rs", "DaemonFile", ""),
             ("src/state/mod.rs", "SqliteConfig", "state."),
+            ("src/state/postgres.rs", "PostgresConfig", "state."),
             ("src/config/mod.rs", "WatcherDefaults", "defaults."),
             ("src/config/mod.rs", "RetryConfig", "defaults.retry."),
             ("src/http.rs", "HttpConfig", "http."),
@@ -140,6 +141,10 @@ fn default_value(file: &str, name: &str) -> String {
     if let Some(addr) = body.strip_prefix("SocketAddr::from(([").and_then(|b| b.strip_suffix("))")) {
         let (ip, port) = addr.split_once("], ").expect("([a, b, c, d], port)");
         return format!("{}:{port}", ip.split(", ").collect::<Vec<_>>().join("."));
+    }
+    // A string: `"highwater".to_string()`.
+    if let Some((text, _)) = body.strip_prefix('"').and_then(|b| b.split_once('"')) {
+        return text.to_string();
     }
     if let Some((_, variant)) = body.split_once("::").filter(|(ty, _)| ty.chars().all(char::is_alphanumeric))
     {

@@ -15,6 +15,7 @@ mod package;
 mod postgres;
 mod postgres_history;
 mod postgres_session;
+mod postgres_state;
 mod postgres_values;
 mod postgres_watchers;
 mod s3;

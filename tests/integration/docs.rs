@@ -463,7 +463,7 @@ fn the_sftp_guide_announces_an_upload_once() {
     project.watcher("sftp-drop", &serde_yaml::to_string(&watcher).expect("yaml"));
     std::fs::create_dir_all(project.path().join("drop")).expect("mkdir drop");
     let mut daemon = project.start();
-    daemon.wait_polls("landing/sftp-drop", 1);
+    daemon.wait_counter("landing/sftp-drop", crate::util::POLLS, 1);
 
     // An SFTP client writes under a hidden name, then renames the finished file.
     project.write("drop/.partner-1.csv.part", "id,amount\n1,10\n");

@@ -925,7 +925,7 @@ fn the_postgres_to_webhook_guide_delivers_a_new_row() {
     assert_eq!(check.status.code(), Some(0), "{}", String::from_utf8_lossy(&check.stderr));
     let mut daemon = project.start_with(&env, &[]);
     // `start: now`: the row already there is not announced; rows committed later are.
-    daemon.wait_polls("sales/orders-table", 1);
+    daemon.wait_counter("sales/orders-table", crate::util::POLLS, 1);
     db.pg.exec("INSERT INTO sales.orders (customer_id, amount, status) VALUES (7, 19.90, 'paid')");
     let ids = receiver.wait_accepted(1, Duration::from_secs(60));
     assert_eq!(ids.len(), 1, "only the new row");

@@ -917,9 +917,7 @@ mod tests {
         store.list(Some("ns"), Some("w"), Keys::Under("")).await.unwrap().into_iter().map(|r| r.key).collect()
     }
 
-    #[tokio::test]
-    async fn stage_then_commit_moves_the_watermark_and_clears_the_outbox() {
-        let (_dir, store) = open();
+    async fn stage_then_commit_moves_the_watermark_and_clears_the_outbox(store: Arc<dyn Store>) {
         let mut outbox = Outbox::new(Arc::clone(&store), "ns", "w");
         let loaded = outbox.load().await.unwrap();
         let first = loaded.watermark.expect("the first load reports the state, also an empty one");
@@ -948,9 +946,7 @@ mod tests {
         assert_eq!((reported.state.head, reported.replaced), (Some(j(json!(2))), false));
     }
 
-    #[tokio::test]
-    async fn a_commit_writes_the_head_and_the_members_its_change_names() {
-        let (_dir, store) = open();
+    async fn a_commit_writes_the_head_and_the_members_its_change_names(store: Arc<dyn Store>) {
         let mut outbox = Outbox::new(Arc::clone(&store), "ns", "w");
         outbox.load().await.unwrap();
         let mut change = ChangeSet::head(j(json!({"high": 1})));
@@ -984,9 +980,7 @@ mod tests {
         assert!(is_conflict(stranger.apply(&change).await), "a handle that never loaded expects no head");
     }
 
-    #[tokio::test]
-    async fn the_whole_watermark_is_read_set_and_reset_with_its_members() {
-        let (_dir, store) = open();
+    async fn the_whole_watermark_is_read_set_and_reset_with_its_members(store: Arc<dyn Store>) {
         let outbox = Outbox::new(Arc::clone(&store), "ns", "w");
         let whole = Json::parse(r#"{"head": {"high": 1.50}, "members": {"x": [1], "y/z": [2]}}"#).unwrap();
         assert_eq!(outbox.set_key(WATERMARK, whole).await.unwrap(), None);
@@ -1015,9 +1009,7 @@ mod tests {
         assert!(keys(&store).await.is_empty(), "the watermark goes with its members");
     }
 
-    #[tokio::test]
-    async fn stage_refuses_a_second_batch_and_a_moved_watermark() {
-        let (_dir, store) = open();
+    async fn stage_refuses_a_second_batch_and_a_moved_watermark(store: Arc<dyn Store>) {
         let mut outbox = Outbox::new(Arc::clone(&store), "ns", "w");
         outbox.load().await.unwrap();
         outbox.stage(batch(&["a"], json!(1))).await.unwrap();
@@ -1033,9 +1025,7 @@ mod tests {
         outbox.stage(batch(&["b"], json!(6))).await.unwrap();
     }
 
-    #[tokio::test]
-    async fn a_commit_after_an_operator_moved_the_watermark_is_refused() {
-        let (_dir, store) = open();
+    async fn a_commit_after_an_operator_moved_the_watermark_is_refused(store: Arc<dyn Store>) {
         let mut outbox = Outbox::new(Arc::clone(&store), "ns", "w");
         let mut first = outbox.stage(batch(&["a"], json!(1))).await.unwrap();
         outbox.commit(&mut first).await.unwrap();
@@ -1059,9 +1049,7 @@ mod tests {
         assert!(loaded.pending.is_none());
     }
 
-    #[tokio::test]
-    async fn set_aside_keeps_a_dead_letter_and_replay_queues_it_without_a_change() {
-        let (_dir, store) = open();
+    async fn set_aside_keeps_a_dead_letter_and_replay_queues_it_without_a_change(store: Arc<dyn Store>) {
         let mut outbox = Outbox::new(Arc::clone(&store), "ns", "w");
         let mut staged = outbox.stage(batch(&["a", "b"], json!(2))).await.unwrap();
         let batch_id = staged.batch().batch_id.clone();
@@ -1098,9 +1086,7 @@ mod tests {
         assert_eq!(watermark(&outbox).await, Some(j(json!(2))), "a replay leaves the watermark");
     }
 
-    #[tokio::test]
-    async fn operator_keys_and_rows() {
-        let (_dir, store) = open();
+    async fn operator_keys_and_rows(store: Arc<dyn Store>) {
         let outbox = Outbox::new(Arc::clone(&store), "ns", "w");
         assert_eq!(outbox.set_key("note", j(json!("hi"))).await.unwrap(), None);
         assert_eq!(outbox.set_key(WATERMARK, j(json!(1))).await.unwrap(), None, "nothing pending to drop");
@@ -1148,9 +1134,7 @@ mod tests {
         assert_eq!(again, decoded);
     }
 
-    #[tokio::test]
-    async fn progress_is_kept_with_its_batch_and_goes_with_it() {
-        let (_dir, store) = open();
+    async fn progress_is_kept_with_its_batch_and_goes_with_it(store: Arc<dyn Store>) {
         let mut outbox = Outbox::new(Arc::clone(&store), "ns", "w");
         outbox.load().await.unwrap();
         let mut staged = outbox.stage(batch(&["a", "b", "c"], json!(1))).await.unwrap();
@@ -1185,4 +1169,39 @@ mod tests {
         let bare = disassemble(j(json!({"high_ms": 5, "seen": {"k": 1}})));
         assert_eq!((bare.head, bare.members.len()), (Some(j(json!({"high_ms": 5, "seen": {"k": 1}}))), 0));
     }
+    /// Each case above, on a SQLite file and on a Postgres schema of its own.
+    macro_rules! on_every_store {
+        ($($name:ident),* $(,)?) => {
+            mod on_sqlite {
+                $(
+                    #[tokio::test]
+                    async fn $name() {
+                        let (_dir, store) = super::open();
+                        super::$name(store).await;
+                    }
+                )*
+            }
+            mod on_postgres {
+                $(
+                    #[tokio::test]
+                    async fn $name() {
+                        let schema = crate::state::postgres::testing::Schema::new();
+                        super::$name(schema.shared()).await;
+                        schema.drop().await;
+                    }
+                )*
+            }
+        };
+    }
+
+    on_every_store!(
+        stage_then_commit_moves_the_watermark_and_clears_the_outbox,
+        a_commit_writes_the_head_and_the_members_its_change_names,
+        the_whole_watermark_is_read_set_and_reset_with_its_members,
+        stage_refuses_a_second_batch_and_a_moved_watermark,
+        a_commit_after_an_operator_moved_the_watermark_is_refused,
+        set_aside_keeps_a_dead_letter_and_replay_queues_it_without_a_change,
+        operator_keys_and_rows,
+        progress_is_kept_with_its_batch_and_goes_with_it
+    );
 }

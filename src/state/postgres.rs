@@ -763,18 +763,19 @@ impl Store for PostgresStore {
     }
 }
 
+/// A Postgres schema of a test's own, for the tests of this store and of the outbox.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
 
     /// The test server (`HIGHWATER_TEST_PG_URL`, which scripts/test.sh sets).
-    fn url() -> String {
+    pub fn url() -> String {
         std::env::var("HIGHWATER_TEST_PG_URL").unwrap_or_else(|_| {
             panic!("HIGHWATER_TEST_PG_URL is not set: run the tests with scripts/test.sh")
         })
     }
 
-    fn config(url: &str, schema: &str) -> PostgresConfig {
+    pub fn config(url: &str, schema: &str) -> PostgresConfig {
         PostgresConfig {
             connection: Some(url.to_string()),
             password_env: None,
@@ -786,12 +787,12 @@ mod tests {
     }
 
     /// A schema of its own for one test, dropped when it ends.
-    struct Schema {
-        name: String,
+    pub struct Schema {
+        pub name: String,
     }
 
     impl Schema {
-        async fn new() -> Self {
+        pub fn new() -> Self {
             static NEXT: AtomicUsize = AtomicUsize::new(0);
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -801,26 +802,38 @@ mod tests {
             Schema { name }
         }
 
-        fn store(&self) -> PostgresStore {
+        /// A store on the schema, as the trait object the outbox takes.
+        pub fn shared(&self) -> Arc<dyn Store> {
+            Arc::new(self.store())
+        }
+
+        pub fn store(&self) -> PostgresStore {
             PostgresStore::new(&config(&url(), &self.name), &[])
         }
 
         /// Drops the schema (at the end of a test that passed; a failed one leaves it
         /// to look at).
-        async fn drop(self) {
+        pub async fn drop(self) {
             self.sql("SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {s} CASCADE").await;
         }
 
-        async fn sql(&self, text: &str) {
+        pub async fn sql(&self, text: &str) {
             let target = connect::resolve(&config(&url(), &self.name).settings()).unwrap();
             let client = connect::connect(&target).await.unwrap();
             client.batch_execute(&text.replace("{s}", &quote_ident(&self.name))).await.unwrap();
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::testing::{Schema, config, url};
 
     #[tokio::test]
     async fn the_shared_suite() {
-        let schema = Schema::new().await;
+        let schema = Schema::new();
         let store = schema.store();
         store.connect().await.unwrap();
         crate::state::suite::run(&store).await;
@@ -829,7 +842,7 @@ mod tests {
 
     #[tokio::test]
     async fn instances_racing_to_create_the_schema_all_start() {
-        let schema = Schema::new().await;
+        let schema = Schema::new();
         let stores: Vec<PostgresStore> = (0..4).map(|_| schema.store()).collect();
         let started = futures_util::future::join_all(stores.iter().map(|s| s.connect())).await;
         for result in started {
@@ -840,7 +853,7 @@ mod tests {
 
     #[tokio::test]
     async fn two_writers_expecting_no_row_cannot_both_win() {
-        let schema = Schema::new().await;
+        let schema = Schema::new();
         let (a, b) = (schema.store(), schema.store());
         a.connect().await.unwrap();
         for round in 0..20 {
@@ -855,7 +868,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_schema_this_release_cannot_run_on_is_refused_and_a_compatible_one_is_used() {
-        let schema = Schema::new().await;
+        let schema = Schema::new();
         schema.store().connect().await.unwrap();
         schema.sql("UPDATE {s}.schema_version SET version = 7, compatible_from = 1, written_by = 'highwater 9.0'").await;
         let compatible = schema.store();
@@ -889,7 +902,7 @@ mod tests {
 
     #[tokio::test]
     async fn records_of_an_earlier_format_are_rewritten_once() {
-        let schema = Schema::new().await;
+        let schema = Schema::new();
         let store = schema.store();
         store.write("ns", "w", vec![Op::put("a", Json::parse("1").unwrap(), Expect::Any)]).await.unwrap();
         drop(store);

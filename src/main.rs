@@ -18,7 +18,25 @@ fn main() {
             std::process::exit(if e.use_stderr() { exit::USAGE } else { exit::OK });
         }
     };
-    let journal = init_logging(cli.log_format.as_deref());
+    if let Some(path) = cli.env_file() {
+        match highwater::cli::env_file::read(path) {
+            Ok(file) => {
+                for warning in &file.warnings {
+                    let _ = writeln!(std::io::stderr(), "warning: {warning}");
+                }
+                for (name, value) in file.vars {
+                    // SAFETY: no other thread runs yet (neither logging nor the runtime
+                    // has started), so nothing reads the environment meanwhile.
+                    unsafe { std::env::set_var(name, value) };
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "error: {e}");
+                std::process::exit(exit::CONFIG);
+            }
+        }
+    }
+    let journal = init_logging(cli.log_format.as_deref(), cli.quiet_sdk());
     highwater::init_tls();
     // Blocking work is short (store calls on one shared SQLite connection, directory
     // scans, file appends). Tokio's default of 512 threads let a start with a thousand
@@ -58,8 +76,9 @@ fn main() {
 /// journal's own socket instead, with their priority (`journalctl -p err` finds the
 /// errors) and their fields; JSON lines would all land at priority info. Each record
 /// of a watcher carries its name (the `watcher` span). `RUST_LOG` filters them
-/// (default `info`). True when records go to the journal.
-fn init_logging(format: Option<&str>) -> bool {
+/// (default `info`; with `quiet_sdk`, without the AWS SDK's records, whose substance
+/// the command reports itself). True when records go to the journal.
+fn init_logging(format: Option<&str>, quiet_sdk: bool) -> bool {
     let filter = match EnvFilter::try_from_default_env() {
         Ok(filter) => filter,
         Err(e) => {
@@ -70,7 +89,9 @@ fn init_logging(format: Option<&str>) -> bool {
                     "warning: RUST_LOG is not a valid filter ({e}); logging at info"
                 );
             }
-            EnvFilter::new("info")
+            // Directives match targets by prefix: `aws` covers aws_config, aws_sdk_s3,
+            // aws_smithy_runtime and the rest.
+            EnvFilter::new(if quiet_sdk { "info,aws=off" } else { "info" })
         }
     };
     let journal = match format {

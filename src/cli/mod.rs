@@ -4,6 +4,7 @@
 //! `main.rs` parses arguments into [`Cli`], sets up logging and calls [`execute`].
 
 mod check;
+pub mod env_file;
 mod manual;
 mod once;
 mod state;
@@ -83,6 +84,10 @@ pub enum Command {
         /// at start: for a file checked outside the service's environment.
         #[arg(long)]
         skip_secrets: bool,
+        /// Add the variables of this file (systemd `EnvironmentFile=` syntax) to the
+        /// environment first, so that the check sees what the service sees.
+        #[arg(long, value_name = "FILE")]
+        env_file: Option<PathBuf>,
     },
     /// Run one poll-deliver-commit cycle of each watcher (or the ones named), then exit.
     Once {
@@ -134,6 +139,22 @@ fn parse_interval(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(secs) if (0.1..=86_400.0).contains(&secs) => Ok(secs),
         _ => Err(format!("{text:?} is not a number of seconds from 0.1 to 86400")),
+    }
+}
+
+impl Cli {
+    /// `check --env-file FILE`: the file whose variables the process takes first.
+    pub fn env_file(&self) -> Option<&std::path::Path> {
+        match &self.command {
+            Command::Check { env_file, .. } => env_file.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether the AWS SDK's own log records are kept out of the output: `check`
+    /// reports their substance in its own words (unless `RUST_LOG` asks for them).
+    pub fn quiet_sdk(&self) -> bool {
+        matches!(self.command, Command::Check { .. })
     }
 }
 
@@ -216,7 +237,8 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             daemon::run(config, control).await?;
             Ok(())
         }
-        Command::Check { paths, connect, skip_secrets } => {
+        // `--env-file` was applied by `main`, before any thread started.
+        Command::Check { paths, connect, skip_secrets, env_file: _ } => {
             if paths.is_empty() {
                 check::run(&config::load(&config::find(named)?)?, connect, skip_secrets).await
             } else {

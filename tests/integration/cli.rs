@@ -277,3 +277,53 @@ fn state_set_refuses_a_watermark_the_watchers_source_cannot_read() {
     let once = p.run(&["once", "--dry-run", "orders"]);
     assert_eq!(once.code, Some(0), "{once:?}");
 }
+
+#[test]
+fn check_reads_an_environment_file_and_names_every_credential_provider_it_lacked() {
+    let p = Project::default_config();
+    let closed = crate::util::ClosedPort::new();
+    p.watcher(
+        "drop",
+        &format!(
+            "source: {{type: s3, bucket: \"${{DROP_BUCKET}}\", region: us-east-1, endpoint_url: \"http://127.0.0.1:{}\"}}\n\
+             sink: {{type: stdout}}\n",
+            closed.port
+        ),
+    );
+    std::fs::create_dir(p.path().join("home")).expect("mkdir");
+    // The service's environment, as systemd would read it.
+    p.write("env", "# for highwater.service\nDROP_BUCKET='partner-drop'\n");
+    // Nothing of this process's environment: no credentials anywhere, and an instance
+    // metadata address that refuses at once.
+    let check = |args: &[&str]| {
+        let out = p
+            .command(args)
+            .env_clear()
+            .env("HOME", p.path().join("home"))
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("http://127.0.0.1:{}", closed.port))
+            .output()
+            .expect("check");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = check(&["check"]);
+    assert_eq!(code, Some(78), "DROP_BUCKET is not set: {stderr}");
+    let (code, stderr) = check(&["check", "--env-file", "env"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = check(&["check", "--connect", "--env-file", "env"]);
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(
+        stderr.contains("checking s3://partner-drop/: no usable AWS credentials; looked in the environment"),
+        "{stderr}"
+    );
+    for provider in
+        ["~/.aws/credentials", "AWS_WEB_IDENTITY_TOKEN_FILE", "ECS container", "EC2 instance metadata"]
+    {
+        assert!(stderr.contains(provider), "{provider} not named: {stderr}");
+    }
+    // The SDK's own records stay out: one error, in the command's words.
+    assert!(!stderr.contains("provider failed to provide credentials"), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.starts_with('{')).count(), 0, "log records: {stderr}");
+    let (code, stderr) = check(&["check", "--env-file", "missing-env"]);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("missing-env: cannot read the environment file"), "{stderr}");
+}

@@ -32,6 +32,15 @@ use crate::source::{ErrorClass, SourceError};
 /// for a bucket elsewhere which region to use.
 const FALLBACK_REGION: &str = "us-east-1";
 
+/// Where the AWS SDK's default credential chain looks, in its order: said when none
+/// of them gave credentials, since the SDK's error names only the last one.
+const CREDENTIAL_CHAIN: &str = "the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), \
+    the profile files (AWS_PROFILE or `default` in ~/.aws/credentials and ~/.aws/config, \
+    or AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE: keys, SSO, credential_process, a role), \
+    web identity (AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN), \
+    the ECS container endpoint (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or _FULL_URI), \
+    EC2 instance metadata (IMDS)";
+
 /// The variable naming a PEM file of extra CA certificates, as the AWS CLI reads it.
 const CA_BUNDLE_VAR: &str = "AWS_CA_BUNDLE";
 
@@ -253,12 +262,28 @@ where
             // No credentials anywhere in the chain is an operator's problem, not a
             // network one, although it shows up as a failed dispatch.
             if text.contains("credential") {
-                SourceError::needs_attention(format!("{what}: no usable AWS credentials: {text}"))
+                no_credentials(what, &text)
             } else {
                 SourceError::transient(format!("{what}: {text}"))
             }
         }
     }
+}
+
+/// No credentials from the chain: where it looked, and what its last provider said.
+pub(super) fn no_credentials(what: &str, text: &str) -> SourceError {
+    let last = text.strip_prefix("dispatch failure: other: ").unwrap_or(text);
+    // When no provider was set up the SDK lists each one's answer, a line each.
+    let said = match last.split_once("Attempted:") {
+        Some((_, attempts)) => {
+            let each: Vec<&str> = attempts.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            format!("each said: {}", each.join("; "))
+        }
+        None => format!("the last said: {last}"),
+    };
+    SourceError::needs_attention(format!(
+        "{what}: no usable AWS credentials; looked in {CREDENTIAL_CHAIN}; {said}"
+    ))
 }
 
 /// The messages of an error and its sources, joined with `: `, skipping a message

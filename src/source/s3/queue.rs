@@ -234,7 +234,7 @@ where
         _ => {
             let text = chain(error);
             if text.contains("credential") {
-                SourceError::needs_attention(format!("{what}: no usable AWS credentials: {text}"))
+                super::client::no_credentials(what, &text)
             } else {
                 SourceError::transient(format!("{what}: {text}"))
             }

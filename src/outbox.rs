@@ -235,6 +235,15 @@ pub struct Summary {
     pub dead_letters: Vec<String>,
 }
 
+/// What [`Outbox::purge_dead_letters`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Purged {
+    /// Batch ids of the dead letters deleted, in key order.
+    pub removed: Vec<String>,
+    /// Dead letters left (set aside at or after the time given).
+    pub kept: usize,
+}
+
 /// Why an outbox operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -644,6 +653,37 @@ impl Outbox {
             Err(StoreError::Conflict { key, .. }) if key == PENDING => Ok(Replay::PendingExists),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Deletes the dead letters set aside before `before` (`highwater state
+    /// purge-dead-letters`), in one transaction, each only if it is still the row read
+    /// (a replay meanwhile makes it a conflict, and nothing is deleted). Returns the
+    /// batch ids deleted and how many dead letters stay.
+    pub async fn purge_dead_letters(&self, before: DateTime<Utc>) -> Result<Purged, OutboxError> {
+        /// Only the time of a dead letter: the batch inside is skipped, not decoded.
+        #[derive(Deserialize)]
+        struct FailedAt {
+            failed_at: DateTime<Utc>,
+        }
+        let rows =
+            self.store.list(Some(&self.namespace), Some(&self.name), Keys::Under(DEAD_LETTER_PREFIX)).await?;
+        let mut purged = Purged::default();
+        let mut ops = Vec::new();
+        for record in rows {
+            // A letter whose time cannot be read is aged by its row's last write.
+            let failed_at =
+                record.value.decode::<FailedAt>().map_or(record.updated_at, |letter| letter.failed_at);
+            if failed_at < before {
+                purged.removed.push(record.key[DEAD_LETTER_PREFIX.len()..].to_string());
+                ops.push(Op::delete(record.key, Expect::Version(record.version)));
+            } else {
+                purged.kept += 1;
+            }
+        }
+        if !ops.is_empty() {
+            self.transact(ops).await?;
+        }
+        Ok(purged)
     }
 
     /// The whole stored state: the head and every member (for `state get W watermark`
@@ -1086,6 +1126,33 @@ mod tests {
         assert_eq!(watermark(&outbox).await, Some(j(json!(2))), "a replay leaves the watermark");
     }
 
+    async fn dead_letters_older_than_a_time_are_purged_and_the_rest_kept(store: Arc<dyn Store>) {
+        let mut outbox = Outbox::new(Arc::clone(&store), "ns", "w");
+        let mut staged = outbox.stage(batch(&["a"], json!(1))).await.unwrap();
+        let fresh = staged.batch().batch_id.clone();
+        outbox.set_aside(&mut staged, "HTTP 400").await.unwrap();
+        let letter: DeadLetter =
+            outbox.get(&dead_letter_key(&fresh)).await.unwrap().unwrap().value.decode_owned().unwrap();
+        let old = DeadLetter { failed_at: letter.failed_at - chrono::Duration::days(40), ..letter.clone() };
+        outbox.set_key(&dead_letter_key("old"), Json::encode(&old).unwrap()).await.unwrap();
+        outbox.set_key("other", j(json!(1))).await.unwrap();
+        let other_watcher = Outbox::new(Arc::clone(&store), "ns", "v");
+        other_watcher.set_key(&dead_letter_key("old"), Json::encode(&old).unwrap()).await.unwrap();
+
+        let cutoff = letter.failed_at - chrono::Duration::days(30);
+        let purged = outbox.purge_dead_letters(cutoff).await.unwrap();
+        assert_eq!(purged, Purged { removed: vec!["old".into()], kept: 1 });
+        assert!(outbox.get(&dead_letter_key("old")).await.unwrap().is_none());
+        assert!(outbox.get(&dead_letter_key(&fresh)).await.unwrap().is_some(), "younger: kept");
+        assert!(outbox.get("other").await.unwrap().is_some(), "not a dead letter: kept");
+        assert!(other_watcher.get(&dead_letter_key("old")).await.unwrap().is_some(), "another watcher's");
+        // Again: nothing left that old.
+        assert_eq!(outbox.purge_dead_letters(cutoff).await.unwrap(), Purged { removed: vec![], kept: 1 });
+        // Everything up to now.
+        let all = outbox.purge_dead_letters(Utc::now()).await.unwrap();
+        assert_eq!(all, Purged { removed: vec![fresh], kept: 0 });
+    }
+
     async fn operator_keys_and_rows(store: Arc<dyn Store>) {
         let outbox = Outbox::new(Arc::clone(&store), "ns", "w");
         assert_eq!(outbox.set_key("note", j(json!("hi"))).await.unwrap(), None);
@@ -1202,6 +1269,7 @@ mod tests {
         a_commit_after_an_operator_moved_the_watermark_is_refused,
         set_aside_keeps_a_dead_letter_and_replay_queues_it_without_a_change,
         operator_keys_and_rows,
-        progress_is_kept_with_its_batch_and_goes_with_it
+        progress_is_kept_with_its_batch_and_goes_with_it,
+        dead_letters_older_than_a_time_are_purged_and_the_rest_kept
     );
 }

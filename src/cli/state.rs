@@ -14,6 +14,7 @@ use crate::config::{self, Config, DaemonFile};
 use crate::json::Json;
 use crate::outbox::{self, Outbox, Replay, Summary};
 use crate::state::Record;
+use crate::value::HumanDuration;
 
 /// `highwater state`.
 #[derive(Debug, Args)]
@@ -115,6 +116,17 @@ pub enum StateCommand {
         /// Replace the state of watchers that have some already (default: refuse them).
         #[arg(long)]
         replace: bool,
+    },
+    /// Delete dead letters set aside longer ago than `--older-than`, of one watcher or
+    /// of every watcher in the store. Replay what you still want first
+    /// (`state replay`).
+    PurgeDeadLetters {
+        /// `namespace/name`, or `name` when it is unique. Default: every watcher stored.
+        watcher: Option<String>,
+        /// Age beyond which a dead letter goes: `30d`, `12h`, `90m` (as durations are
+        /// written in the config; `0s` purges them all).
+        #[arg(long, value_parser = parse_age)]
+        older_than: HumanDuration,
     },
     /// Copy the whole store to a new file while it is in use (SQLite's online backup):
     /// a consistent copy, whatever the daemon is writing. The copy is a store of its
@@ -289,6 +301,35 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
             super::err(format_args!("{count} watchers imported into {}.", daemon.state.describe()));
             Ok(())
         }
+        StateCommand::PurgeDeadLetters { watcher, older_than } => {
+            let chosen = match watcher {
+                Some(watcher) => vec![resolve(&watcher, known())?],
+                None => stored
+                    .iter()
+                    .filter(|(_, s)| !s.dead_letters.is_empty())
+                    .map(|(id, _)| id.clone())
+                    .collect(),
+            };
+            let before = chrono::Utc::now()
+                - chrono::Duration::from_std(older_than.0)
+                    .map_err(|e| Failure::Usage(format!("--older-than {older_than}: {e}")))?;
+            let mut total = 0;
+            for (ns, name) in chosen {
+                let outbox = Outbox::new(Arc::clone(&store), ns.as_str(), name.as_str());
+                let purged = outbox.purge_dead_letters(before).await?;
+                total += purged.removed.len();
+                super::err(format_args!(
+                    "{ns}/{name}: {} dead letter{} older than {older_than} purged, {} kept.",
+                    purged.removed.len(),
+                    if purged.removed.len() == 1 { "" } else { "s" },
+                    purged.kept
+                ));
+            }
+            if total == 0 {
+                super::err(format_args!("No dead letter older than {older_than}."));
+            }
+            Ok(())
+        }
         StateCommand::Rename { from, to } => {
             let (from_ns, from_name) = resolve(&from, stored.keys().cloned())?;
             let (to_ns, to_name) = match to.split_once('/') {
@@ -383,6 +424,11 @@ fn read_export(path: &std::path::Path) -> Result<Vec<Exported>, Failure> {
         out.push(Exported { namespace: line.namespace, name: line.name, watermark, keys });
     }
     Ok(out)
+}
+
+/// Reads `--older-than` as the config reads durations.
+fn parse_age(text: &str) -> Result<HumanDuration, String> {
+    HumanDuration::parse(text).map(HumanDuration)
 }
 
 /// Reads a value for `state set --file` (`-`: standard input).

@@ -205,3 +205,50 @@ fn a_store_failing_while_running_puts_its_watchers_in_error_until_it_works_again
     let (code, _) = daemon.stop();
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn dead_letters_older_than_an_age_are_purged() {
+    let p = project();
+    p.watcher(
+        "other",
+        "namespace: t\nname: other\nsource: {type: local_dir, path: inbox, min_age: 0s}\nsink: {type: stdout}\n",
+    );
+    let letter = |failed_at: &str| {
+        format!(
+            r#"{{"reason": "HTTP 400", "failed_at": "{failed_at}", "batch": {{"batch_id": "b", "created_at": "{failed_at}", "events": []}}}}"#
+        )
+    };
+    let long_ago = "2020-01-01T00:00:00Z";
+    let now = chrono::Utc::now().to_rfc3339();
+    for (watcher, key, at) in [
+        ("t/inbox", "dead_letter/old", long_ago),
+        ("t/inbox", "dead_letter/new", now.as_str()),
+        ("t/other", "dead_letter/old", long_ago),
+    ] {
+        let out = p.run(&["state", "set", watcher, key, &letter(at)]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+    }
+    let bad = p.run(&["state", "purge-dead-letters", "t/inbox", "--older-than", "30 days"]);
+    assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+    assert!(bad.stderr.contains("is not a duration unit"), "{}", bad.stderr);
+
+    let one = p.run(&["state", "purge-dead-letters", "t/inbox", "--older-than", "30d"]);
+    assert_eq!(one.code, Some(0), "{}", one.stderr);
+    assert!(one.stderr.contains("t/inbox: 1 dead letter older than 30d purged, 1 kept."), "{}", one.stderr);
+    let listed = p.run(&["state", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).expect("state list --json");
+    let letters = |name: &str| {
+        let watcher = listed.as_array().expect("array").iter().find(|w| w["name"] == name).expect(name);
+        watcher["dead_letters"].clone()
+    };
+    assert_eq!(letters("inbox"), serde_json::json!(["new"]));
+    assert_eq!(letters("other"), serde_json::json!(["old"]), "another watcher's are left");
+
+    // Every watcher in the store.
+    let all = p.run(&["state", "purge-dead-letters", "--older-than", "30d"]);
+    assert_eq!(all.code, Some(0), "{}", all.stderr);
+    assert!(all.stderr.contains("t/inbox: 0 dead letters older than 30d purged, 1 kept."), "{}", all.stderr);
+    assert!(all.stderr.contains("t/other: 1 dead letter older than 30d purged, 0 kept."), "{}", all.stderr);
+    let again = p.run(&["state", "purge-dead-letters", "--older-than", "30d"]);
+    assert!(again.stderr.contains("No dead letter older than 30d."), "{}", again.stderr);
+}

@@ -13,6 +13,18 @@ use super::{Cli, Failure, exit};
 /// The binary's name, as completions and pages call it.
 const NAME: &str = "highwater";
 
+/// DESCRIPTION of highwater.1.
+const DESCRIPTION: &str = "highwater watches places where data lands without announcing it (local \
+directories, S3 prefixes, Postgres tables) and sends one event per new item, once, soon after it \
+lands, to a sink: standard output, a file, a webhook, or Apache Airflow's asset events API. Each \
+watcher (one source, one sink) is a YAML file in the watchers directory the daemon config names. \
+Progress is kept in a state store through an outbox: a batch is stored before it is delivered, and \
+the watermark moves only after the sink acknowledged it, so a restart neither loses nor repeats \
+anything; a repeat after a crash carries the same event id.\n\n\
+As a service: systemctl start highwater (the unit runs highwater --config \
+/etc/highwater/highwater.yaml run); systemctl reload highwater applies changed watcher files. \
+The documentation is in /usr/share/doc/highwater/ (README.md and docs/).";
+
 /// The completion script for `shell`. Rendered into memory: clap_complete panics on a
 /// write error, and standard output may be a closed pipe.
 pub fn completions(shell: Shell) -> Vec<u8> {
@@ -26,7 +38,12 @@ pub fn completions(shell: Shell) -> Vec<u8> {
 pub fn pages(dir: &Path) -> Result<(), Failure> {
     let failed = |path: &Path, e: std::io::Error| Failure::Runtime(format!("{}: {e}", path.display()));
     std::fs::create_dir_all(dir).map_err(|e| failed(dir, e))?;
-    let mut cmd = Cli::command().disable_help_subcommand(true);
+    // highwater.1's NAME line is "highwater - <about>": the about without the name
+    // `--help` starts it with, and a description of what the daemon does.
+    let mut cmd = Cli::command()
+        .disable_help_subcommand(true)
+        .about("one event per new file, object or row, once, soon after it lands")
+        .long_about(DESCRIPTION);
     cmd.build();
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         // Subcommand pages, recursively (`highwater-state.1`, `highwater-state-get.1`).

@@ -625,6 +625,26 @@ mod tests {
         assert!(body.starts_with("not ready: watcher ns/stuck blocked for 2m"), "{body}");
     }
 
+    #[tokio::test]
+    async fn readyz_fails_at_once_naming_the_watchers_whose_store_failed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let telemetry = Arc::new(Telemetry::default());
+        let (failing, fine) = (Arc::new(WatcherStats::default()), Arc::new(WatcherStats::default()));
+        telemetry.set_watchers(
+            [("ns/a".to_string(), Arc::clone(&failing)), ("ns/b".to_string(), fine)].into_iter().collect(),
+        );
+        telemetry.ready.store(true, Ordering::Relaxed);
+        let state = app_state(dir.path(), Arc::clone(&telemetry));
+        failing.set_state(WatcherState::Error);
+        failing.store_failed.store(true, Ordering::Relaxed);
+        let (status, body) = readyz(State(state.clone())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "without waiting for ready_max_blocked");
+        assert_eq!(body, "not ready: the state store failed for watchers ns/a (state error; see the log)\n");
+        failing.store_failed.store(false, Ordering::Relaxed);
+        failing.set_state(WatcherState::Ok);
+        assert_eq!(readyz(State(state)).await, (StatusCode::OK, "ready\n".to_string()));
+    }
+
     #[test]
     fn only_a_loopback_listener_goes_unremarked() {
         let config = |listen: &str| HttpConfig {

@@ -248,6 +248,20 @@ impl StateConfig {
     }
 }
 
+impl StoreError {
+    /// A rename refused because watcher `namespace/name`, its target, already holds
+    /// `taken` rows (both backends say it the same way).
+    pub(crate) fn rename_target_taken(namespace: String, name: String, taken: i64) -> Self {
+        StoreError::Conflict {
+            namespace,
+            name,
+            key: String::new(),
+            expected: "no rows".into(),
+            found: format!("{taken} rows"),
+        }
+    }
+}
+
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

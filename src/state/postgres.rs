@@ -490,6 +490,23 @@ impl PostgresStore {
         Ok(count)
     }
 
+    /// The rows of a listing (`count`: its number of rows per watcher instead) of the
+    /// keys `keys` of the watchers the filter names.
+    async fn listing(
+        &self,
+        namespace: Option<&str>,
+        name: Option<&str>,
+        keys: Keys<'_>,
+        count: bool,
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let (namespace, name) = (namespace.map(str::to_string), name.map(str::to_string));
+        let (mode, from, to) = key_range(keys);
+        let query = self.listing_sql(mode, count);
+        with_conn!(self, |conn| {
+            conn.client.query(&query, &[&namespace, &name, &from, &to]).await.map_err(|e| self.error(&e))
+        })
+    }
+
     fn listing_sql(&self, mode: usize, count: bool) -> String {
         let t = format!("{}.process_state", quote_ident(&self.schema));
         let condition = KEY_CONDITION[mode];
@@ -584,17 +601,8 @@ impl Store for PostgresStore {
         name: Option<&str>,
         keys: Keys<'_>,
     ) -> Result<Vec<Record>, StoreError> {
-        let (namespace, name) = (namespace.map(str::to_string), name.map(str::to_string));
-        let (mode, from, to) = key_range(keys);
-        let query = self.listing_sql(mode, false);
-        with_conn!(self, |conn| {
-            let rows = conn
-                .client
-                .query(&query, &[&namespace, &name, &from, &to])
-                .await
-                .map_err(|e| self.error(&e))?;
-            Ok(rows.iter().map(to_record).collect())
-        })
+        let rows = self.listing(namespace, name, keys, false).await?;
+        Ok(rows.iter().map(to_record).collect())
     }
 
     async fn count(
@@ -603,20 +611,11 @@ impl Store for PostgresStore {
         name: Option<&str>,
         keys: Keys<'_>,
     ) -> Result<BTreeMap<(String, String), u64>, StoreError> {
-        let (namespace, name) = (namespace.map(str::to_string), name.map(str::to_string));
-        let (mode, from, to) = key_range(keys);
-        let query = self.listing_sql(mode, true);
-        with_conn!(self, |conn| {
-            let rows = conn
-                .client
-                .query(&query, &[&namespace, &name, &from, &to])
-                .await
-                .map_err(|e| self.error(&e))?;
-            Ok(rows
-                .iter()
-                .map(|r| ((r.get(0), r.get(1)), u64::try_from(r.get::<_, i64>(2)).unwrap_or(0)))
-                .collect())
-        })
+        let rows = self.listing(namespace, name, keys, true).await?;
+        Ok(rows
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), u64::try_from(r.get::<_, i64>(2)).unwrap_or(0)))
+            .collect())
     }
 
     async fn backup(&self, _to: &Path) -> Result<(), StoreError> {
@@ -735,13 +734,7 @@ impl Store for PostgresStore {
                 .map_err(err)?
                 .get(0);
             if taken > 0 {
-                return Err(StoreError::Conflict {
-                    namespace: to_ns,
-                    name: to_name,
-                    key: String::new(),
-                    expected: "no rows".into(),
-                    found: format!("{taken} rows"),
-                });
+                return Err(StoreError::rename_target_taken(to_ns, to_name, taken));
             }
             let moved = tx
                 .execute(

@@ -589,13 +589,7 @@ impl Store for SqliteStore {
                 )
                 .map_err(&err)?;
             if taken > 0 {
-                return Err(StoreError::Conflict {
-                    namespace: to_ns,
-                    name: to_name,
-                    key: String::new(),
-                    expected: "no rows".into(),
-                    found: format!("{taken} rows"),
-                });
+                return Err(StoreError::rename_target_taken(to_ns, to_name, taken));
             }
             let moved = tx
                 .execute(

@@ -126,3 +126,56 @@ fn a_store_that_is_not_there_at_start_is_waited_for_then_used() {
     let (code, _) = daemon.stop();
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn the_writing_state_commands_work_on_a_postgres_store() {
+    let schema = format!("hw commands {}", std::process::id());
+    let pg = Pg::connect();
+    pg.exec(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"));
+    let project = Project::new(&postgres_config(&url(), &schema));
+    project.watcher("inbox", WATCHER);
+    project.write("inbox/a.csv", "a");
+    project.write("inbox/b.csv", "b");
+    let run = |args: &[&str]| {
+        let out = project.run(args);
+        assert_eq!(out.code, Some(0), "{args:?}: {out:?}");
+        out
+    };
+    run(&["once"]);
+    let first = ids(&events(&project));
+    assert_eq!(first.len(), 2);
+
+    // get, then set the same value back: the watcher's source reads it, nothing moves.
+    let watermark = run(&["state", "get", "t/inbox", "watermark"]).stdout;
+    project.write("watermark.json", &watermark);
+    run(&["state", "set", "t/inbox", "watermark", "--file", "watermark.json"]);
+    assert_eq!(run(&["state", "get", "t/inbox", "watermark"]).stdout, watermark);
+    run(&["once"]);
+    assert_eq!(events(&project).len(), 2, "the same watermark announces nothing again");
+
+    // A key of the operator's, written and deleted.
+    run(&["state", "set", "t/inbox", "note", "\"moved by hand\""]);
+    assert!(run(&["state", "get", "t/inbox", "note"]).stdout.contains("moved by hand"));
+    run(&["state", "delete", "t/inbox", "note"]);
+
+    // rename away and back: the state goes with the name, in one transaction.
+    run(&["state", "rename", "t/inbox", "t/elsewhere"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&run(&["state", "list", "--json"]).stdout).expect("state list JSON");
+    let rows = list.as_array().expect("a list");
+    let moved = rows.iter().find(|w| w["name"] == "elsewhere").expect("t/elsewhere listed");
+    assert_eq!(moved["remembered"], 2, "{list}");
+    let left = rows.iter().find(|w| w["name"] == "inbox");
+    assert!(left.is_none_or(|w| w["watermark"].is_null()), "nothing stays under the old name: {list}");
+    run(&["state", "rename", "t/elsewhere", "t/inbox"]);
+
+    // reset: the watcher starts again where `start:` says, with the same ids.
+    run(&["state", "reset", "t/inbox"]);
+    run(&["once"]);
+    let all = ids(&events(&project));
+    assert_eq!(all.len(), 4, "{all:?}");
+    let again: BTreeSet<&String> = all[2..].iter().collect();
+    assert_eq!(again, first.iter().collect(), "announced again under the same ids");
+
+    pg.exec(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"));
+}

@@ -815,14 +815,7 @@ impl S3Source {
             if !rules.events.contains(&change) {
                 continue;
             }
-            candidates.push(Candidate {
-                time_ms: object.last_modified_ms,
-                key: object.key,
-                etag: object.etag,
-                size: object.size,
-                storage_class: object.storage_class,
-                change,
-            });
+            candidates.push(Candidate::listed(object, change));
         }
         candidates.sort();
         let now = Utc::now().timestamp_millis();

@@ -276,6 +276,20 @@ pub struct Candidate {
     pub change: Change,
 }
 
+impl Candidate {
+    /// The listed (or looked-up) `object`, judged as `change`.
+    pub fn listed(object: Listed, change: Change) -> Self {
+        Candidate {
+            time_ms: object.last_modified_ms,
+            key: object.key,
+            etag: object.etag,
+            size: object.size,
+            storage_class: object.storage_class,
+            change,
+        }
+    }
+}
+
 /// A candidate past the ordered cursor, ordered by key: those are taken in key order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ByKey(Candidate);
@@ -551,14 +565,7 @@ impl<'a> Scan<'a> {
         if !self.rules.events.contains(&change) {
             return Flow::Continue;
         }
-        let candidate = Candidate {
-            time_ms: object.last_modified_ms,
-            key: object.key,
-            etag: object.etag,
-            size: object.size,
-            storage_class: object.storage_class,
-            change,
-        };
+        let candidate = Candidate::listed(object, change);
         if !past_cursor {
             self.window.push(candidate);
             return Flow::Continue;

@@ -4,6 +4,10 @@
 //! The supervisor loop ([`run`]) owns the running watchers. Each has its own
 //! cancellation token, so a reload can stop one (it finishes the delivery in flight:
 //! committed, or left pending for its successor) without touching the others.
+//!
+//! On a store several instances share, a watcher runs only while this instance holds
+//! its lease: the lease task (`lease.rs`) orders watchers started, under their lease,
+//! and stopped; the supervisor keeps every configured watcher ready to start.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -11,17 +15,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{self, Config, WatcherConfig};
+use crate::lease::{self, Coordinator, Order};
 use crate::sink::Sink;
 use crate::source::Source;
-use crate::state::{self, Store, StoreError};
+use crate::state::{self, Fence, Store, StoreError};
 use crate::telemetry::{Telemetry, WatcherState, WatcherStats, now_ms};
-use crate::watcher::Watcher;
+use crate::watcher::{Ended, Watcher};
 use crate::{http, notify, outbox};
 
 /// How often the supervisor loop turns: checks for watcher tasks that died, updates
@@ -157,10 +162,22 @@ pub fn signals() -> Result<Control<impl Future<Output = ()>>, DaemonError> {
 
 /// A watcher task the supervisor owns.
 struct Running {
-    config: WatcherConfig,
     token: CancellationToken,
     stats: Arc<WatcherStats>,
     handle: JoinHandle<()>,
+    /// The lease it runs under (a shared store).
+    fence: Option<Fence>,
+}
+
+/// The link to the lease task, on a store several instances share.
+struct Leasing {
+    /// The watchers configured here, as the lease task sees them.
+    defined: watch::Sender<std::collections::BTreeSet<String>>,
+    /// Fires when shutdown begins: no new leases.
+    draining: CancellationToken,
+    /// Fires once the watchers have stopped: every lease is given up.
+    stop: CancellationToken,
+    task: JoinHandle<()>,
 }
 
 /// The running daemon: its store, its watchers, what it reports.
@@ -170,6 +187,12 @@ struct Supervisor {
     telemetry: Arc<Telemetry>,
     /// Parent of every watcher's token: cancelling it stops them all.
     token: CancellationToken,
+    /// Every configured watcher, by `namespace/name` (on a shared store, those this
+    /// instance does not hold a lease for are not running).
+    defined: BTreeMap<String, WatcherConfig>,
+    /// The counters of every watcher that ran, kept across its restarts.
+    stats: BTreeMap<String, Arc<WatcherStats>>,
+    leasing: Option<Leasing>,
     running: BTreeMap<String, Running>,
     /// Watchers removed by a reload (by `namespace/name`), still finishing their
     /// delivery in flight.
@@ -229,6 +252,9 @@ pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) ->
     warn_about_orphans(&*store, &config).await;
 
     let mut supervisor = Supervisor {
+        defined: config.watchers.iter().map(|w| (w.id(), w.clone())).collect(),
+        stats: BTreeMap::new(),
+        leasing: None,
         config,
         store,
         telemetry: Arc::clone(&telemetry),
@@ -237,12 +263,30 @@ pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) ->
         stopping: Vec::new(),
         status: String::new(),
     };
-    for built in built {
-        supervisor.start(built, None);
+    let mut orders = None;
+    if supervisor.store.leases().is_some() {
+        // The watchers start as their leases are taken; those built above proved that
+        // they can be.
+        drop(built);
+        let (tx, rx) = mpsc::unbounded_channel();
+        orders = Some(rx);
+        let ids: std::collections::BTreeSet<String> = supervisor.defined.keys().cloned().collect();
+        let me = lease::this_instance(ids.iter().cloned().collect());
+        let (defined, defined_rx) = watch::channel(ids);
+        let coordinator =
+            Coordinator::new(Arc::clone(&supervisor.store), me, defined_rx, tx, Arc::clone(&telemetry));
+        tracing::info!(instance = %coordinator.id(), "The state store is shared: each watcher runs on the instance holding its lease.");
+        let (draining, stop) = (CancellationToken::new(), CancellationToken::new());
+        let task = tokio::spawn(coordinator.run(draining.clone(), stop.clone()));
+        supervisor.leasing = Some(Leasing { defined, draining, stop, task });
+    } else {
+        for built in built {
+            supervisor.start(built, None, None);
+        }
     }
     supervisor.publish();
     tracing::info!(
-        watchers = supervisor.running.len(),
+        watchers = supervisor.defined.len(),
         store = %supervisor.config.daemon.state.describe(),
         config = %supervisor.config.file.display(),
         "Started."
@@ -256,9 +300,16 @@ pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) ->
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
+        let order = async {
+            match &mut orders {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = &mut shutdown => break,
             Some(()) = reloads.recv() => supervisor.reload(),
+            Some(order) = order => supervisor.order(order),
             _ = tick.tick() => supervisor.tick(),
             () = watchdog.due() => watchdog.ping(),
         }
@@ -268,6 +319,9 @@ pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) ->
     let deadline = supervisor.config.daemon.shutdown_timeout;
     notify::stopping(deadline.0);
     tracing::info!("Shutting down: finishing deliveries in flight.");
+    if let Some(leasing) = &supervisor.leasing {
+        leasing.draining.cancel();
+    }
     supervisor.token.cancel();
     let mut handles: Vec<JoinHandle<()>> = supervisor.running.into_values().map(|r| r.handle).collect();
     handles.extend(supervisor.stopping.drain(..).map(|(_, handle)| handle));
@@ -285,7 +339,6 @@ pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) ->
             () = watchdog.due() => watchdog.ping(),
         }
     };
-    watchdog.stop();
     if drained.is_err() {
         let left = handles.iter().filter(|h| !h.is_finished()).count();
         tracing::warn!(
@@ -297,6 +350,19 @@ pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) ->
             handle.abort();
         }
     }
+    if let Some(leasing) = supervisor.leasing.take() {
+        // Every watcher has stopped: the leases go to the other instances now, not
+        // when they expire.
+        leasing.stop.cancel();
+        let mut task = leasing.task;
+        loop {
+            tokio::select! {
+                _ = &mut task => break,
+                () = watchdog.due() => watchdog.ping(),
+            }
+        }
+    }
+    watchdog.stop();
     http_token.cancel();
     if let Some(task) = http_task {
         // A scraper holding a connection open must not hold up the exit.
@@ -354,26 +420,88 @@ async fn wait_for_store<S: Future<Output = ()>>(
 }
 
 impl Supervisor {
-    /// Spawns a watcher's task. With `after`, the task first waits for that one (the
-    /// same watcher's previous incarnation) to end, so that two never run at once.
-    fn start(&mut self, built: BuiltWatcher, after: Option<JoinHandle<()>>) {
+    /// Spawns a watcher's task, under `fence` on a shared store. With `after`, the task
+    /// first waits for that one (the same watcher's previous incarnation) to end, so
+    /// that two never run at once.
+    fn start(&mut self, built: BuiltWatcher, after: Option<JoinHandle<()>>, fence: Option<Fence>) {
         let id = built.config.id();
         let token = self.token.child_token();
         let span = tracing::info_span!("watcher", watcher = %id);
         let run_token = token.clone();
-        let watcher = built.watcher;
+        let watcher = match &fence {
+            Some(fence) => built.watcher.fenced(fence.clone()),
+            None => built.watcher,
+        };
+        self.stats.insert(id.clone(), Arc::clone(&built.stats));
         let handle = tokio::spawn(
             async move {
                 if let Some(previous) = after {
                     let _ = previous.await;
                 }
-                watcher.run(run_token).await;
+                if watcher.run(run_token.clone()).await == Ended::Fenced {
+                    // Not a task that died: the lease task hears of the lease's loss
+                    // from the store and orders the watcher stopped.
+                    run_token.cancel();
+                }
                 // `lifecycle`: a field log queries (and tests) can match, unlike the text.
                 tracing::debug!(lifecycle = "stopped", "Watcher stopped.");
             }
             .instrument(span),
         );
-        self.running.insert(id, Running { config: built.config, token, stats: built.stats, handle });
+        self.running.insert(id, Running { token, stats: built.stats, handle, fence });
+    }
+
+    /// Carries out an order of the lease task.
+    fn order(&mut self, order: Order) {
+        match order {
+            Order::Start { id, fence } => {
+                let Some(config) = self.defined.get(&id).cloned() else {
+                    // Removed by a reload meanwhile: the lease task gives it back.
+                    return;
+                };
+                let built = match build_keeping_stats(std::slice::from_ref(&config), &self.store, &self.stats)
+                {
+                    Ok(mut built) if built.len() == 1 => built.remove(0),
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::error!(watcher = %id, error = %e, "Cannot build the watcher whose lease this instance took.");
+                        if let Some(stats) = self.stats.get(&id) {
+                            stats.set_state(WatcherState::Error);
+                        }
+                        return;
+                    }
+                };
+                let previous = self.take_previous(&id);
+                tracing::info!(watcher = %id, epoch = fence.epoch, lifecycle = "started", "Watcher started under its lease.");
+                self.start(built, previous, Some(fence));
+            }
+            Order::Stop { id, done } => {
+                let previous = self.take_previous(&id);
+                let waiter = tokio::spawn(async move {
+                    if let Some(previous) = previous {
+                        let _ = previous.await;
+                    }
+                    if let Some(done) = done {
+                        let _: Result<(), ()> = done.send(());
+                    }
+                });
+                self.stopping.push((id, waiter));
+            }
+        }
+        self.publish();
+    }
+
+    /// The task of watcher `id`, running (told to stop) or still stopping, to wait for
+    /// before the watcher starts again.
+    fn take_previous(&mut self, id: &str) -> Option<JoinHandle<()>> {
+        if let Some(r) = self.running.remove(id) {
+            r.token.cancel();
+            return Some(r.handle);
+        }
+        self.stopping
+            .iter()
+            .position(|(stopping, _)| stopping == id)
+            .map(|index| self.stopping.swap_remove(index).1)
     }
 
     /// Shows the running watchers to the metrics endpoint.
@@ -396,7 +524,12 @@ impl Supervisor {
         for id in died {
             if let Some(r) = self.running.remove(&id) {
                 r.stats.set_state(WatcherState::Error);
-                tracing::error!(watcher = %id, "A watcher task ended unexpectedly; the other watchers go on. A reload (SIGHUP) starts it again.");
+                let again = if self.leasing.is_some() {
+                    "It starts again when its lease next changes hands (a restart of this instance)."
+                } else {
+                    "A reload (SIGHUP) starts it again."
+                };
+                tracing::error!(watcher = %id, "A watcher task ended unexpectedly; the other watchers go on. {again}");
             }
         }
         self.stopping.retain(|(_, h)| !h.is_finished());
@@ -431,15 +564,13 @@ impl Supervisor {
             }
         }
 
-        let diff = diff_watchers(self.running.iter().map(|(id, r)| (id.as_str(), &r.config)), &new.watchers);
+        let diff = diff_watchers(self.defined.iter().map(|(id, c)| (id.as_str(), c)), &new.watchers);
 
         // Build everything new before stopping anything: a watcher that cannot be built
         // rejects the whole reload, like a failed start.
         let mut to_build = diff.added.clone();
         to_build.extend(diff.changed.iter().cloned());
-        let stats: BTreeMap<String, Arc<WatcherStats>> =
-            self.running.iter().map(|(id, r)| (id.clone(), Arc::clone(&r.stats))).collect();
-        let built = match build_keeping_stats(&to_build, &self.store, &stats) {
+        let built = match build_keeping_stats(&to_build, &self.store, &self.stats) {
             Ok(built) => built,
             Err(DaemonError::Build(errors)) => {
                 for error in &errors {
@@ -456,6 +587,7 @@ impl Supervisor {
         };
 
         for id in &diff.removed {
+            self.defined.remove(id);
             if let Some(r) = self.running.remove(id) {
                 tracing::info!(watcher = %id, lifecycle = "removed", "Watcher removed; stopping it after its delivery in flight.");
                 r.token.cancel();
@@ -464,13 +596,16 @@ impl Supervisor {
         }
         for built in built {
             let id = built.config.id();
-            let previous = self.running.remove(&id).map(|r| {
+            self.defined.insert(id.clone(), built.config.clone());
+            if let Some(r) = self.running.remove(&id) {
                 r.token.cancel();
-                r.handle
-            });
-            if previous.is_some() {
                 tracing::info!(watcher = %id, lifecycle = "restarted", "Watcher changed; restarting it from its stored watermark.");
-                self.start(built, previous);
+                self.start(built, Some(r.handle), r.fence);
+                continue;
+            }
+            if self.leasing.is_some() {
+                // Started, here or on another instance, once its lease is taken.
+                tracing::info!(watcher = %id, lifecycle = "added", "Watcher added; it starts where its lease is taken.");
                 continue;
             }
             tracing::info!(watcher = %id, lifecycle = "added", "Watcher added; starting it.");
@@ -481,7 +616,10 @@ impl Supervisor {
                 .iter()
                 .position(|(stopping, _)| *stopping == id)
                 .map(|index| self.stopping.swap_remove(index).1);
-            self.start(built, previous);
+            self.start(built, previous, None);
+        }
+        if let Some(leasing) = &self.leasing {
+            leasing.defined.send_replace(self.defined.keys().cloned().collect());
         }
         self.config = Config {
             // The store and listener in use stay until a restart (warned above).

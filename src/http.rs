@@ -261,6 +261,9 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
     // Without waiting for ready_max_blocked: a store that cannot be written holds back
     // every watcher that finds something, and an operator must act.
     let mut body = String::new();
+    if state.telemetry.store_lost.load(Ordering::Relaxed) {
+        body.push_str("not ready: the leases could not be renewed within lease_ttl; every watcher is stopped until the state store answers\n");
+    }
     if let Err(e) = state.store.check().await {
         body.push_str(&format!("not ready: {e}\n"));
     }
@@ -365,6 +368,35 @@ impl Collector for WatcherCollector {
             MetricType::Counter,
         )?;
         ConstCounter::new(self.telemetry.http_connections_refused.load(Ordering::Relaxed)).encode(family)?;
+        if self.telemetry.leasing.load(Ordering::Relaxed) {
+            let family = encoder.encode_descriptor(
+                "highwater_leases_held",
+                "Watcher leases this instance holds (a store several instances share).",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(self.telemetry.leases_held.load(Ordering::Relaxed) as i64).encode(family)?;
+            for (name, help, value) in [
+                (
+                    "highwater_lease_acquisitions",
+                    "Watcher leases this instance took (at start, from an instance that died or handed over).",
+                    &self.telemetry.lease_acquisitions,
+                ),
+                (
+                    "highwater_lease_handovers",
+                    "Watcher leases this instance gave up (rebalancing, a removed watcher, a stop) or lost.",
+                    &self.telemetry.lease_handovers,
+                ),
+                (
+                    "highwater_lease_renew_failures",
+                    "Lease renewals that failed: the store could not be reached.",
+                    &self.telemetry.lease_renew_failures,
+                ),
+            ] {
+                let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                ConstCounter::new(value.load(Ordering::Relaxed)).encode(family)?;
+            }
+        }
 
         counter(&mut encoder, &rows, "highwater_watcher_polls", "Polls that returned.", |s| &s.polls)?;
         counter(&mut encoder, &rows, "highwater_watcher_poll_errors", "Polls that failed.", |s| {

@@ -13,6 +13,7 @@
 //!   and their transactions.
 //! - [`watcher`]: the one loop: outbox, deliver, commit.
 //! - [`daemon`]: one task per watcher, signals, reload, clean shutdown.
+//! - [`lease`]: which watchers this instance runs when several share a Postgres store.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`notify`]: systemd readiness, status and watchdog notifications.
 //! - [`backoff`]: exponential backoff with jitter.
@@ -28,6 +29,7 @@ pub(crate) mod daemon;
 pub mod event;
 pub(crate) mod http;
 pub(crate) mod json;
+pub(crate) mod lease;
 pub(crate) mod notify;
 pub(crate) mod outbox;
 pub mod sink;

@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 use crate::event::Encoded;
 use crate::json::Json;
 use crate::source::{ChangeSet, SourceState};
-use crate::state::{Expect, Keys, Op, Record, StateConfig, Store, StoreError, Upgrade};
+use crate::state::{Expect, Fence, Keys, Op, Record, StateConfig, Store, StoreError, Upgrade};
 
 /// The head of the source's state: where the next poll starts.
 const WATERMARK: &str = "watermark";
@@ -420,12 +420,22 @@ pub struct Outbox {
     /// The next load reports the stored state even if its head did not change (the
     /// loop's copy of it is in doubt).
     stale: bool,
+    /// The lease the watcher runs under when several instances share the store: every
+    /// write carries it, and the store refuses it once the lease is gone.
+    fence: Option<Fence>,
 }
 
 impl Outbox {
     /// The handle of watcher `namespace/name` in `store`.
     pub fn new(store: Arc<dyn Store>, namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Outbox { store, namespace: namespace.into(), name: name.into(), seen: None, stale: true }
+        Outbox { store, namespace: namespace.into(), name: name.into(), seen: None, stale: true, fence: None }
+    }
+
+    /// Makes every write of this handle conditional on `fence`, the lease the watcher
+    /// runs under ([`Store::write_fenced`]).
+    pub fn fenced(mut self, fence: Fence) -> Self {
+        self.fence = Some(fence);
+        self
     }
 
     /// Has the next [`Self::load`] report the stored state whether or not it changed:
@@ -848,7 +858,7 @@ impl Outbox {
     /// The one place a transaction of this outbox is written: a precondition every
     /// write must carry goes here.
     async fn transact(&self, ops: Vec<Op>) -> Result<Vec<Option<i64>>, StoreError> {
-        self.store.write(&self.namespace, &self.name, ops).await
+        self.store.write_fenced(&self.namespace, &self.name, self.fence.as_ref(), ops).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {

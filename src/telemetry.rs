@@ -224,6 +224,21 @@ pub struct Telemetry {
     /// Poll durations of watchers a reload removed: kept in the daemon-wide histogram
     /// so that its counts never go down.
     retired_polls: DurationHistogram,
+    /// Leases: the instance shares a store with others (the lease metrics are exported
+    /// only then).
+    pub leasing: AtomicBool,
+    /// Watcher leases this instance holds.
+    pub leases_held: AtomicU64,
+    /// Leases given up to another instance (rebalancing, a removed watcher, a graceful
+    /// stop) or lost (expired, taken over).
+    pub lease_handovers: AtomicU64,
+    /// Leases this instance took.
+    pub lease_acquisitions: AtomicU64,
+    /// Renewals that failed (the store could not be reached or refused).
+    pub lease_renew_failures: AtomicU64,
+    /// The leases could not be renewed within the ttl: every watcher was stopped, and
+    /// `/readyz` fails until the store answers again.
+    pub store_lost: AtomicBool,
 }
 
 impl Telemetry {

@@ -29,7 +29,7 @@ use crate::event::{Encoded, EventRef, event_id};
 use crate::outbox::{Outbox, OutboxError, PendingBatch, Staged, dead_letter_key};
 use crate::sink::{Acked, Delivery, Sink};
 use crate::source::{Batch, ChangeSet, ErrorClass, Source, SourceError};
-use crate::state::{Store, StoreError};
+use crate::state::{Fence, Store, StoreError};
 use crate::telemetry::{WatcherState, WatcherStats, now_ms};
 use crate::value::Start;
 
@@ -121,6 +121,15 @@ pub struct Watcher {
     dead_letters_counted: bool,
 }
 
+/// Why [`Watcher::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// It was told to stop.
+    Shutdown,
+    /// The store refused a write: the watcher's lease is no longer this instance's.
+    Fenced,
+}
+
 /// What [`Watcher::dry_run`] found.
 #[derive(Debug, Default)]
 pub struct DryRun {
@@ -174,14 +183,22 @@ impl Watcher {
         self
     }
 
-    /// Polls and delivers until `shutdown` fires. A failing source or sink holds back
-    /// this watcher only; nothing here returns early on an error.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// Makes every store write of this watcher conditional on `fence`, the lease it runs
+    /// under when several instances share the store.
+    pub fn fenced(mut self, fence: Fence) -> Self {
+        self.outbox = self.outbox.fenced(fence);
+        self
+    }
+
+    /// Polls and delivers until `shutdown` fires, or until the store refuses a write
+    /// because the watcher's lease is gone ([`Ended::Fenced`]). A failing source or sink
+    /// holds back this watcher only; nothing else returns early on an error.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Ended {
         let mut backoff = Backoff::new(self.retry.initial.0, self.retry.max.0);
         let mut wait = Duration::ZERO;
         loop {
             if sleep(wait, &shutdown).await.is_err() {
-                return;
+                return Ended::Shutdown;
             }
             wait = match self.cycle(&shutdown).await {
                 Ok(report) => {
@@ -195,7 +212,13 @@ impl Watcher {
                         jittered(self.poll_interval, 0.1)
                     }
                 }
-                Err(WatcherError::Shutdown) => return,
+                Err(WatcherError::Shutdown) => return Ended::Shutdown,
+                Err(WatcherError::Outbox(OutboxError::Store(e @ StoreError::Fenced { .. }))) => {
+                    // Another instance runs it now (or will): whatever was delivered and
+                    // not committed stays pending, for the new owner to send again.
+                    tracing::warn!(error = %e, lifecycle = "fenced", "Lease lost; the watcher stops here.");
+                    return Ended::Fenced;
+                }
                 Err(e) => {
                     let delay = backoff.next_delay();
                     self.report_error(&e, delay, backoff.attempts());
@@ -709,8 +732,12 @@ impl Watcher {
                     tracing::warn!(error = %e, "Commit refused; re-reading state.");
                     return self.guard(Err(OutboxError::Store(e)));
                 }
-                // Encoding fails the same way every time.
-                Err(e @ (OutboxError::Encode { .. } | OutboxError::Refused(_))) => return Err(e.into()),
+                // Encoding fails the same way every time; a lease lost stays lost.
+                Err(
+                    e @ (OutboxError::Encode { .. }
+                    | OutboxError::Refused(_)
+                    | OutboxError::Store(StoreError::Fenced { .. })),
+                ) => return Err(e.into()),
                 Err(e) => {
                     let delay = backoff.next_delay();
                     self.store_failed(&e, delay);

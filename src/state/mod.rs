@@ -299,6 +299,19 @@ pub enum StoreError {
         /// What went wrong.
         message: String,
     },
+    /// A write of a watcher whose lease this instance no longer holds (it expired, or
+    /// another instance took it): nothing was written, and the watcher must stop here.
+    #[error("lease of {namespace}/{name} is no longer held by this instance (epoch {epoch}): {message}")]
+    Fenced {
+        /// The watcher's namespace.
+        namespace: String,
+        /// The watcher's name.
+        name: String,
+        /// The epoch the write carried.
+        epoch: i64,
+        /// What the store found instead.
+        message: String,
+    },
     /// A stored value is not what the reader expected.
     #[error("state of {namespace}/{name} key {key:?} is not valid: {message}")]
     Corrupt {
@@ -361,7 +374,26 @@ pub trait Store: Send + Sync {
     /// with [`StoreError::Conflict`] when a precondition does not hold. Returns, for each
     /// op in order, the version it wrote: `Some` for a put, `None` for a delete or a
     /// check. Callers take versions from here, never by predicting them.
-    async fn write(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<Vec<Option<i64>>, StoreError>;
+    async fn write(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<Vec<Option<i64>>, StoreError> {
+        self.write_fenced(namespace, name, None, ops).await
+    }
+
+    /// [`Store::write`], and with a `fence`, only while the fence's lease is still the
+    /// watcher's, checked in the same transaction: fails with [`StoreError::Fenced`] (and
+    /// writes nothing) when the lease expired or passed to another instance or epoch. A
+    /// store without leases takes no fence.
+    async fn write_fenced(
+        &self,
+        namespace: &str,
+        name: &str,
+        fence: Option<&Fence>,
+        ops: Vec<Op>,
+    ) -> Result<Vec<Option<i64>>, StoreError>;
+
+    /// The leases of a store several instances share (None: a store one daemon holds).
+    fn leases(&self) -> Option<&dyn Leases> {
+        None
+    }
 
     /// Moves every row of one watcher to another name, in one transaction (for
     /// `highwater state rename`: a watcher's name is part of its identity). Returns the
@@ -401,6 +433,84 @@ pub trait Store: Send + Sync {
     async fn connect(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// The lease a watcher runs under, carried by each of its writes ([`Store::write_fenced`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The instance holding the lease.
+    pub owner: String,
+    /// The lease's epoch: it grows every time the lease changes hands (or is taken again
+    /// after it expired), so that a write of an earlier holding is refused.
+    pub epoch: i64,
+}
+
+/// An instance as it registers itself in a shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// Unique for one run of one process: `host:pid:started`.
+    pub id: String,
+    /// The host name.
+    pub host: String,
+    /// The process id.
+    pub pid: u32,
+    /// The watchers (`namespace/name`) this instance has configured: only those can be
+    /// given to it.
+    pub watchers: Vec<String>,
+}
+
+/// A live instance, as another one sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its id.
+    pub id: String,
+    /// The watchers it has configured.
+    pub watchers: Vec<String>,
+}
+
+/// One watcher's lease, as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The watcher, `namespace/name`.
+    pub watcher: String,
+    /// The instance that holds (or last held) it.
+    pub owner: String,
+    /// Its epoch.
+    pub epoch: i64,
+    /// Still in force, by the store's clock.
+    pub live: bool,
+}
+
+/// Leases in a store several instances share: who runs which watcher. Every time is
+/// the store's clock, never an instance's: two hosts need not agree on the time.
+#[async_trait]
+pub trait Leases: Send + Sync {
+    /// How long a lease lasts unrenewed (`lease_ttl`); an instance whose heartbeat is
+    /// older is no longer live.
+    fn ttl(&self) -> std::time::Duration;
+
+    /// Registers `me` (or records that it is alive) and returns every live instance,
+    /// itself included.
+    async fn heartbeat(&self, me: &Instance) -> Result<Vec<Peer>, StoreError>;
+
+    /// Every lease, in force or not.
+    async fn list_leases(&self) -> Result<Vec<Lease>, StoreError>;
+
+    /// Takes the lease of `watcher` (`namespace`, `name`) for `owner` when nobody holds
+    /// it in force; its epoch grows. None: another instance holds it.
+    async fn acquire(&self, owner: &str, watcher: (&str, &str)) -> Result<Option<i64>, StoreError>;
+
+    /// Extends every lease `owner` holds in force by the ttl; returns them, as
+    /// `(namespace/name, epoch)`. A lease that expired first is not among them: it is
+    /// lost, even when nobody took it yet.
+    async fn renew(&self, owner: &str) -> Result<Vec<(String, i64)>, StoreError>;
+
+    /// Gives up the lease of `watcher` at `epoch` at once (its watcher has stopped), so
+    /// that another instance takes it without waiting for it to expire.
+    async fn release(&self, owner: &str, watcher: (&str, &str), epoch: i64) -> Result<(), StoreError>;
+
+    /// Gives up every lease of `owner` and removes its registration: a graceful stop.
+    async fn leave(&self, owner: &str) -> Result<(), StoreError>;
 }
 
 /// Checks one op's precondition against the version found; shared by every backend.

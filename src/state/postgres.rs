@@ -27,13 +27,14 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use super::{
-    Action, Expect, Keys, Op, Record, Store, StoreError, StoreKind, Upgrade, check_expectation, prefix_end,
+    Action, Expect, Fence, Instance, Keys, Lease, Leases, Op, Peer, Record, Store, StoreError, StoreKind,
+    Upgrade, check_expectation, prefix_end,
 };
 use crate::json::Json;
 use crate::source::ErrorClass;
 use crate::source::postgres::connect::{self, ConnectSettings, TlsMode};
 use crate::source::postgres::values::quote_ident;
-use crate::value::{EnvVar, Kind, SecretFile};
+use crate::value::{EnvVar, HumanDuration, Kind, SecretFile};
 
 /// Connections one process keeps to the store: the watchers' transactions are short,
 /// and a handful of connections serve a thousand watchers.
@@ -72,6 +73,30 @@ const MIGRATIONS: &[Migration] = &[
         )",
         compatible_from: 1,
     },
+    // 2: instances and leases (several instances share the watchers). A release that
+    // knows only 1 would run every watcher unfenced beside them: it is refused.
+    Migration {
+        sql: "CREATE TABLE {s}.instances (
+            id           text COLLATE \"C\" PRIMARY KEY,
+            host         text NOT NULL,
+            pid          bigint NOT NULL,
+            version      text NOT NULL,
+            watchers     text[] NOT NULL,
+            started_at   timestamptz NOT NULL,
+            heartbeat_at timestamptz NOT NULL
+        );
+        CREATE TABLE {s}.leases (
+            namespace   text COLLATE \"C\" NOT NULL,
+            name        text COLLATE \"C\" NOT NULL,
+            owner       text COLLATE \"C\" NOT NULL,
+            epoch       bigint NOT NULL,
+            acquired_at timestamptz NOT NULL,
+            expires_at  timestamptz NOT NULL,
+            PRIMARY KEY (namespace, name)
+        );
+        CREATE INDEX ON {s}.leases (owner)",
+        compatible_from: 2,
+    },
 ];
 
 /// `state: {type: postgres}`.
@@ -100,7 +125,19 @@ pub struct PostgresConfig {
     /// The schema the tables live in (created if missing; taken as written, quoted).
     #[serde(default = "default_schema")]
     pub schema: String,
+    /// How long a watcher's lease lasts without being renewed (renewed every third of
+    /// it): an instance that dies or loses the store gives its watchers up within it.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: HumanDuration,
 }
+
+fn default_lease_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15))
+}
+
+/// The shortest and longest `lease_ttl`: below 3 s a renewal every second has no
+/// slack; above an hour a dead instance's watchers stand still too long.
+const LEASE_TTL_RANGE: (Duration, Duration) = (Duration::from_secs(3), Duration::from_secs(3600));
 
 fn default_schema() -> String {
     "highwater".to_string()
@@ -144,6 +181,13 @@ impl StoreKind for PostgresConfig {
             errors
                 .push(("schema".into(), "must be 1 to 63 bytes, without NUL (a Postgres identifier)".into()));
         }
+        let (low, high) = LEASE_TTL_RANGE;
+        if self.lease_ttl.0 < low || self.lease_ttl.0 > high {
+            errors.push((
+                "lease_ttl".into(),
+                format!("must be between {} and {}", HumanDuration(low), HumanDuration(high)),
+            ));
+        }
         errors
     }
 }
@@ -161,8 +205,9 @@ enum Sql {
     Put,
     Delete,
     DeleteUnder,
+    Fence,
 }
-const SQL_COUNT: usize = 6;
+const SQL_COUNT: usize = 7;
 
 impl Statements {
     fn new(schema: &str) -> Self {
@@ -186,6 +231,15 @@ impl Statements {
             format!(
                 "DELETE FROM {t} WHERE namespace = $1 AND name = $2
                  AND key >= $3 AND ($4::text IS NULL OR key < $4)"
+            ),
+            // The lease a fenced write carries, locked until the write commits: an
+            // instance taking the lease over waits for the write, and then sees it. By
+            // the clock at the statement, not at the transaction's start (which may
+            // have waited for the watcher's lock).
+            format!(
+                "SELECT owner, epoch, expires_at > clock_timestamp() FROM {}.leases
+                 WHERE namespace = $1 AND name = $2 FOR SHARE",
+                quote_ident(schema)
             ),
         ])
     }
@@ -247,6 +301,8 @@ pub struct PostgresStore {
     migrated: AtomicBool,
     /// Held while the schema is checked, so that one task does it.
     migrating: tokio::sync::Mutex<()>,
+    /// `lease_ttl`.
+    lease_ttl: Duration,
 }
 
 impl PostgresStore {
@@ -266,7 +322,18 @@ impl PostgresStore {
             next: AtomicUsize::new(0),
             migrated: AtomicBool::new(false),
             migrating: tokio::sync::Mutex::new(()),
+            lease_ttl: config.lease_ttl.0,
         }
+    }
+
+    /// A table of the schema, quoted.
+    fn table(&self, name: &str) -> String {
+        format!("{}.{name}", quote_ident(&self.schema))
+    }
+
+    /// The ttl as the milliseconds SQL adds to a time.
+    fn ttl_ms(&self) -> f64 {
+        self.lease_ttl.as_millis() as f64
     }
 
     /// A failure of the server or the connection, as a store error: one that passes by
@@ -526,6 +593,26 @@ impl PostgresStore {
     }
 }
 
+/// A fenced write's lease check: the lease must be the fence's owner and epoch, and in
+/// force by the server's clock.
+fn check_fence(
+    namespace: &str,
+    name: &str,
+    fence: &Fence,
+    lease: Option<&tokio_postgres::Row>,
+) -> Result<(), StoreError> {
+    let found = lease.map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1), r.get::<_, bool>(2)));
+    let message = match found {
+        Some((owner, epoch, true)) if owner == fence.owner && epoch == fence.epoch => return Ok(()),
+        Some((owner, epoch, live)) if owner == fence.owner && epoch == fence.epoch && !live => {
+            "the lease expired".to_string()
+        }
+        Some((owner, epoch, _)) => format!("held by {owner} at epoch {epoch}"),
+        None => "no lease".to_string(),
+    };
+    Err(StoreError::Fenced { namespace: namespace.into(), name: name.into(), epoch: fence.epoch, message })
+}
+
 /// The schema's row of `schema_version`.
 struct Found {
     version: i32,
@@ -564,6 +651,8 @@ enum Answer {
     Found(usize),
     /// The version op `index` wrote.
     Wrote(usize),
+    /// The watcher's lease, to check against the write's fence.
+    Lease,
 }
 
 #[async_trait]
@@ -627,19 +716,30 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn write(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<Vec<Option<i64>>, StoreError> {
+    async fn write_fenced(
+        &self,
+        namespace: &str,
+        name: &str,
+        fence: Option<&Fence>,
+        ops: Vec<Op>,
+    ) -> Result<Vec<Option<i64>>, StoreError> {
         let (namespace, name) = (namespace.to_string(), name.to_string());
         let watcher = format!("{namespace}/{name}");
         let schema = self.schema.clone();
         with_conn!(self, |conn| {
             let err = |e: tokio_postgres::Error| self.error(&e);
-            for which in [Sql::Lock, Sql::Version, Sql::Put, Sql::Delete, Sql::DeleteUnder] {
+            for which in [Sql::Lock, Sql::Version, Sql::Put, Sql::Delete, Sql::DeleteUnder, Sql::Fence] {
                 conn.statement(&self.statements, which).await.map_err(err)?;
             }
             let st = |which| conn.prepared.get(&which).cloned();
-            let (Some(lock), Some(version), Some(put), Some(delete), Some(delete_under)) =
-                (st(Sql::Lock), st(Sql::Version), st(Sql::Put), st(Sql::Delete), st(Sql::DeleteUnder))
-            else {
+            let (Some(lock), Some(version), Some(put), Some(delete), Some(delete_under), Some(lease)) = (
+                st(Sql::Lock),
+                st(Sql::Version),
+                st(Sql::Put),
+                st(Sql::Delete),
+                st(Sql::DeleteUnder),
+                st(Sql::Fence),
+            ) else {
                 return Err(self.unavailable("statements not prepared"));
             };
             // Owned parameters first; the pipelined statements borrow them.
@@ -665,6 +765,9 @@ impl Store for PostgresStore {
             type Params<'p> = Vec<&'p (dyn ToSql + Sync)>;
             let mut plan: Vec<(&Statement, Params<'_>, Answer)> = Vec::with_capacity(ops.len() * 2 + 1);
             plan.push((&lock, vec![&schema, &watcher], Answer::Nothing));
+            if fence.is_some() {
+                plan.push((&lease, vec![&namespace, &name], Answer::Lease));
+            }
             for (index, op) in ops.iter().enumerate() {
                 let base: Params<'_> = vec![&namespace, &name, &op.key];
                 if op.expect != Expect::Any || op.action == Action::Check {
@@ -702,6 +805,11 @@ impl Store for PostgresStore {
                     }
                     Answer::Wrote(index) => {
                         written[*index] = rows.first().map(|r| r.get::<_, i64>(0));
+                    }
+                    Answer::Lease => {
+                        if let Some(fence) = fence {
+                            check_fence(&namespace, &name, fence, rows.first())?;
+                        }
                     }
                 }
             }
@@ -754,6 +862,139 @@ impl Store for PostgresStore {
             Ok(())
         })
     }
+
+    fn leases(&self) -> Option<&dyn Leases> {
+        Some(self)
+    }
+}
+
+/// The leases: a row per watcher in `leases` (owner, epoch, expiry by the server's
+/// clock), a row per instance in `instances`. Each call is one statement (or one
+/// short transaction), so a thousand watchers cost a few round trips per renewal.
+#[async_trait]
+impl Leases for PostgresStore {
+    fn ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    async fn heartbeat(&self, me: &Instance) -> Result<Vec<Peer>, StoreError> {
+        let instances = self.table("instances");
+        let upsert = format!(
+            "INSERT INTO {instances} (id, host, pid, version, watchers, started_at, heartbeat_at)
+             VALUES ($1, $2, $3, $4, $5, clock_timestamp(), clock_timestamp())
+             ON CONFLICT (id) DO UPDATE SET watchers = excluded.watchers, heartbeat_at = excluded.heartbeat_at"
+        );
+        // Instances gone for an hour are forgotten; the live ones are those heard from
+        // within the ttl.
+        let forget =
+            format!("DELETE FROM {instances} WHERE heartbeat_at < clock_timestamp() - interval '1 hour'");
+        let live = format!(
+            "SELECT id, watchers FROM {instances}
+             WHERE heartbeat_at > clock_timestamp() - $1 * interval '1 millisecond' ORDER BY id"
+        );
+        let (pid, version, ttl) = (i64::from(me.pid), env!("CARGO_PKG_VERSION").to_string(), self.ttl_ms());
+        with_conn!(self, |conn| {
+            let err = |e: tokio_postgres::Error| self.error(&e);
+            conn.client
+                .execute(&upsert, &[&me.id, &me.host, &pid, &version, &me.watchers])
+                .await
+                .map_err(err)?;
+            conn.client.execute(&forget, &[]).await.map_err(err)?;
+            let rows = conn.client.query(&live, &[&ttl]).await.map_err(err)?;
+            Ok(rows.iter().map(|r| Peer { id: r.get(0), watchers: r.get(1) }).collect())
+        })
+    }
+
+    async fn list_leases(&self) -> Result<Vec<Lease>, StoreError> {
+        let query = format!(
+            "SELECT namespace, name, owner, epoch, expires_at > clock_timestamp() FROM {}
+             ORDER BY namespace, name",
+            self.table("leases")
+        );
+        with_conn!(self, |conn| {
+            let rows = conn.client.query(&query, &[]).await.map_err(|e| self.error(&e))?;
+            Ok(rows
+                .iter()
+                .map(|r| Lease {
+                    watcher: format!("{}/{}", r.get::<_, String>(0), r.get::<_, String>(1)),
+                    owner: r.get(2),
+                    epoch: r.get(3),
+                    live: r.get(4),
+                })
+                .collect())
+        })
+    }
+
+    async fn acquire(&self, owner: &str, watcher: (&str, &str)) -> Result<Option<i64>, StoreError> {
+        // Taken only when not in force; a write fenced by the previous holding that is
+        // in flight holds the row (FOR SHARE) and is waited for.
+        let query = format!(
+            "INSERT INTO {} AS l (namespace, name, owner, epoch, acquired_at, expires_at)
+             VALUES ($1, $2, $3, 1, clock_timestamp(), clock_timestamp() + $4 * interval '1 millisecond')
+             ON CONFLICT (namespace, name) DO UPDATE
+             SET owner = excluded.owner, epoch = l.epoch + 1, acquired_at = excluded.acquired_at,
+                 expires_at = clock_timestamp() + $4 * interval '1 millisecond'
+             WHERE l.expires_at <= clock_timestamp()
+             RETURNING epoch",
+            self.table("leases")
+        );
+        let (namespace, name, ttl) = (watcher.0.to_string(), watcher.1.to_string(), self.ttl_ms());
+        with_conn!(self, |conn| {
+            let row = conn
+                .client
+                .query_opt(&query, &[&namespace, &name, &owner, &ttl])
+                .await
+                .map_err(|e| self.error(&e))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    async fn renew(&self, owner: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let query = format!(
+            "UPDATE {} SET expires_at = clock_timestamp() + $2 * interval '1 millisecond'
+             WHERE owner = $1 AND expires_at > clock_timestamp()
+             RETURNING namespace, name, epoch",
+            self.table("leases")
+        );
+        let ttl = self.ttl_ms();
+        with_conn!(self, |conn| {
+            let rows = conn.client.query(&query, &[&owner, &ttl]).await.map_err(|e| self.error(&e))?;
+            Ok(rows
+                .iter()
+                .map(|r| (format!("{}/{}", r.get::<_, String>(0), r.get::<_, String>(1)), r.get(2)))
+                .collect())
+        })
+    }
+
+    async fn release(&self, owner: &str, watcher: (&str, &str), epoch: i64) -> Result<(), StoreError> {
+        let query = format!(
+            "UPDATE {} SET expires_at = clock_timestamp()
+             WHERE namespace = $1 AND name = $2 AND owner = $3 AND epoch = $4",
+            self.table("leases")
+        );
+        let (namespace, name) = (watcher.0.to_string(), watcher.1.to_string());
+        with_conn!(self, |conn| {
+            conn.client
+                .execute(&query, &[&namespace, &name, &owner, &epoch])
+                .await
+                .map_err(|e| self.error(&e))?;
+            Ok(())
+        })
+    }
+
+    async fn leave(&self, owner: &str) -> Result<(), StoreError> {
+        let release = format!(
+            "UPDATE {} SET expires_at = clock_timestamp() WHERE owner = $1 AND expires_at > clock_timestamp()",
+            self.table("leases")
+        );
+        let forget = format!("DELETE FROM {} WHERE id = $1", self.table("instances"));
+        with_conn!(self, |conn| {
+            let err = |e: tokio_postgres::Error| self.error(&e);
+            conn.client.execute(&release, &[&owner]).await.map_err(err)?;
+            conn.client.execute(&forget, &[&owner]).await.map_err(err)?;
+            Ok(())
+        })
+    }
 }
 
 /// A Postgres schema of a test's own, for the tests of this store and of the outbox.
@@ -776,6 +1017,7 @@ pub(crate) mod testing {
             sslmode: Some(TlsMode::Disable),
             sslrootcert: None,
             schema: schema.to_string(),
+            lease_ttl: default_lease_ttl(),
         }
     }
 

@@ -13,7 +13,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Action, Expect, Keys, Op, Record, Store, StoreError, Upgrade, check_expectation, prefix_end};
+use super::{
+    Action, Expect, Fence, Keys, Op, Record, Store, StoreError, Upgrade, check_expectation, prefix_end,
+};
 use crate::json::Json;
 
 /// Schema and format versions, applied in order; `PRAGMA user_version` records how many
@@ -603,9 +605,19 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn write(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<Vec<Option<i64>>, StoreError> {
-        let (namespace, name) = (namespace.to_string(), name.to_string());
+    async fn write_fenced(
+        &self,
+        namespace: &str,
+        name: &str,
+        fence: Option<&Fence>,
+        ops: Vec<Op>,
+    ) -> Result<Vec<Option<i64>>, StoreError> {
         let location = self.path.display().to_string();
+        if fence.is_some() {
+            // One daemon holds a SQLite store (its lock file): there are no leases.
+            return Err(StoreError::Backend { location, message: "a SQLite store has no leases".into() });
+        }
+        let (namespace, name) = (namespace.to_string(), name.to_string());
         let (path, identity) = (self.path.clone(), self.identity);
         self.with_conn(move |conn| {
             // Looked at before every write: one that went to a deleted file would be

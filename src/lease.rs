@@ -66,6 +66,19 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
+/// The owner of every watcher whose lease is in force, by `namespace/name` (empty for a
+/// store one daemon holds): what `highwater watchers` and `status` show.
+pub async fn owners(store: &dyn Store) -> Result<BTreeMap<String, String>, crate::state::StoreError> {
+    let Some(leases) = store.leases() else { return Ok(BTreeMap::new()) };
+    Ok(leases.list_leases().await?.into_iter().filter(|l| l.live).map(|l| (l.watcher, l.owner)).collect())
+}
+
+/// An instance id as a table shows it: `host:pid` (the start time only tells runs of
+/// one pid apart).
+pub fn short_owner(id: &str) -> &str {
+    id.rsplit_once(':').map_or(id, |(rest, _)| rest)
+}
+
 /// The live instance that watcher `id` belongs to: among the peers that define it, the
 /// one with the highest hash of (instance, watcher). When an instance leaves, only its
 /// watchers move; when one joins, it takes about its share from each.

@@ -253,10 +253,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 once::run(&config, &watchers).await
             }
         }
-        Command::Watchers { json } => {
-            watchers::list(&config::load(&config::find(named)?)?, json);
-            Ok(())
-        }
+        Command::Watchers { json } => watchers::list(&config::load(&config::find(named)?)?, json).await,
         Command::State(args) => state::run(&config::find(named)?, args.command).await,
         Command::Status { json, watch, interval } => {
             let path = config::find(named)?;

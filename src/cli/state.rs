@@ -185,6 +185,24 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
              next cycle; a batch it is delivering meanwhile may go again, with the same event ids."
         ));
     }
+    if !read_only && store.leases().is_some() {
+        // Not through the lease: the write is compare-and-set under the watcher's lock
+        // in the store, as the owner's own writes are, so neither overwrites the other.
+        let owners = crate::lease::owners(&*store).await?;
+        if !owners.is_empty() {
+            let instances: std::collections::BTreeSet<&str> =
+                owners.values().map(|o| crate::lease::short_owner(o)).collect();
+            super::err(format_args!(
+                "Note: {} instance{} run{} watchers on this store ({}). A watcher's owner takes the \
+                 change at its next cycle; a batch it is delivering meanwhile may go again, with the \
+                 same event ids.",
+                instances.len(),
+                if instances.len() == 1 { "" } else { "s" },
+                if instances.len() == 1 { "s" } else { "" },
+                instances.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
     let stored = outbox::survey(&*store).await?;
     let known = || {
         let mut ids: Vec<(String, String)> = stored.keys().cloned().collect();

@@ -77,14 +77,18 @@ pub(super) async fn run(
 /// One rendering of the status (a table, or one JSON document on one line).
 async fn once(daemon: &DaemonFile, config: Option<&Config>, json: bool) -> Result<String, Failure> {
     // Looking must not create a store (as `state list`).
-    let stored = if daemon.state.get().exists() {
-        outbox::glance_all(&*outbox::open(&daemon.state)?).await?
+    let (stored, owners) = if daemon.state.get().exists() {
+        let store = outbox::open(&daemon.state)?;
+        (outbox::glance_all(&*store).await?, crate::lease::owners(&*store).await?)
     } else {
-        BTreeMap::new()
+        (BTreeMap::new(), BTreeMap::new())
     };
     let live = ask_daemon(daemon).await;
     let now = Utc::now();
-    let rows = gather(&stored, config, &live);
+    let mut rows = gather(&stored, config, &live);
+    for row in &mut rows {
+        row.owner = owners.get(&row.watcher).cloned();
+    }
     if json {
         let (url, reachable, error) = match &live {
             Daemon::NotConfigured => (None, false, None),
@@ -172,8 +176,7 @@ struct Row {
     pending_since: Option<DateTime<Utc>>,
     watermark_moved_at: Option<DateTime<Utc>>,
     dead_letters: u64,
-    /// The instance holding the watcher's lease when several share the store (none
-    /// until leases exist).
+    /// The instance holding the watcher's lease when several share the store.
     owner: Option<String>,
 }
 
@@ -272,9 +275,9 @@ impl Row {
             Some(l) => l.dead_letters.max(self.dead_letters).to_string(),
             None => self.dead_letters.to_string(),
         };
-        let mut owner = self.owner.clone().unwrap_or_else(dash);
-        if owner.chars().count() > 12 {
-            owner = owner.chars().take(11).collect::<String>() + "~";
+        let mut owner = self.owner.as_deref().map_or_else(dash, |o| crate::lease::short_owner(o).to_string());
+        if owner.chars().count() > 16 {
+            owner = owner.chars().take(15).collect::<String>() + "~";
         }
         vec![
             watcher,

@@ -254,7 +254,7 @@ impl Statements {
 macro_rules! with_conn {
     ($store:expr, |$conn:ident| $body:expr) => {{
         let store = $store;
-        let mut guard = store.acquire().await;
+        let mut guard = store.take_slot().await;
         let result = tokio::time::timeout(OPERATION_TIMEOUT, async {
             let $conn = store.ready(&mut guard).await?;
             $body
@@ -349,7 +349,7 @@ impl PostgresStore {
     }
 
     /// A connection slot: a free one if there is one, else the next in turn.
-    async fn acquire(&self) -> tokio::sync::MutexGuard<'_, Option<Conn>> {
+    async fn take_slot(&self) -> tokio::sync::MutexGuard<'_, Option<Conn>> {
         match self.slots.iter().find_map(|slot| slot.try_lock().ok()) {
             Some(guard) => guard,
             None => {
@@ -1128,6 +1128,89 @@ mod tests {
         let store = PostgresStore::new(&config("postgres://postgres@127.0.0.1:9/none", "hw"), &[]);
         let err = store.connect().await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+    }
+
+    fn me(id: &str) -> Instance {
+        Instance { id: id.into(), host: "h".into(), pid: 1, watchers: vec!["ns/w".into()] }
+    }
+
+    fn put(key: &str) -> Vec<Op> {
+        vec![Op::put(key, Json::parse("1").unwrap(), Expect::Any)]
+    }
+
+    #[tokio::test]
+    async fn a_fenced_write_goes_through_only_under_the_lease_in_force() {
+        let schema = Schema::new();
+        let store = schema.store();
+        let fence = |owner: &str, epoch| Fence { owner: owner.into(), epoch };
+        let err = store.write_fenced("ns", "w", Some(&fence("a", 1)), put("k")).await.unwrap_err();
+        assert!(matches!(&err, StoreError::Fenced { .. }) && err.to_string().contains("no lease"), "{err}");
+        assert_eq!(store.acquire("a", ("ns", "w")).await.unwrap(), Some(1));
+        store.write_fenced("ns", "w", Some(&fence("a", 1)), put("k")).await.unwrap();
+        // Held in force: nobody else takes it.
+        assert_eq!(store.acquire("b", ("ns", "w")).await.unwrap(), None);
+        store.release("a", ("ns", "w"), 1).await.unwrap();
+        assert_eq!(store.acquire("b", ("ns", "w")).await.unwrap(), Some(2));
+        let err = store.write_fenced("ns", "w", Some(&fence("a", 1)), put("k2")).await.unwrap_err();
+        assert!(err.to_string().contains("held by b at epoch 2"), "{err}");
+        // Refused whole: nothing of it was written.
+        assert!(store.get("ns", "w", "k2").await.unwrap().is_none());
+        store.write_fenced("ns", "w", Some(&fence("b", 2)), put("k2")).await.unwrap();
+        schema.drop().await;
+    }
+
+    #[tokio::test]
+    async fn a_lease_that_expired_is_neither_renewed_nor_written_under() {
+        let schema = Schema::new();
+        let store = schema.store();
+        assert_eq!(store.acquire("a", ("ns", "w")).await.unwrap(), Some(1));
+        assert_eq!(store.renew("a").await.unwrap(), vec![("ns/w".to_string(), 1)]);
+        schema.sql("UPDATE {s}.leases SET expires_at = clock_timestamp() - interval '1 second'").await;
+        assert_eq!(store.renew("a").await.unwrap(), vec![]);
+        let fence = Fence { owner: "a".into(), epoch: 1 };
+        let err = store.write_fenced("ns", "w", Some(&fence), put("k")).await.unwrap_err();
+        assert!(err.to_string().contains("the lease expired"), "{err}");
+        // Taken again, by anyone, under a new epoch.
+        assert_eq!(store.acquire("a", ("ns", "w")).await.unwrap(), Some(2));
+        schema.drop().await;
+    }
+
+    #[tokio::test]
+    async fn a_takeover_waits_for_a_fenced_write_in_flight() {
+        let schema = Schema::new();
+        let store = Arc::new(schema.store());
+        assert_eq!(store.acquire("a", ("ns", "w")).await.unwrap(), Some(1));
+        schema.sql("UPDATE {s}.leases SET expires_at = clock_timestamp() - interval '1 second'").await;
+        // A write's lease check, held open: as a fenced write holds it until it commits.
+        let target = connect::resolve(&config(&url(), &schema.name).settings()).unwrap();
+        let writer = connect::connect(&target).await.unwrap();
+        let t = quote_ident(&schema.name);
+        writer.batch_execute(&format!("BEGIN; SELECT epoch FROM {t}.leases FOR SHARE")).await.unwrap();
+        let taker = Arc::clone(&store);
+        let takeover = tokio::spawn(async move { taker.acquire("b", ("ns", "w")).await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!takeover.is_finished(), "the lease changed hands under a write in flight");
+        writer.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(takeover.await.unwrap().unwrap(), Some(2));
+        schema.drop().await;
+    }
+
+    #[tokio::test]
+    async fn instances_see_each_other_until_one_leaves() {
+        let schema = Schema::new();
+        let store = schema.store();
+        store.heartbeat(&me("a")).await.unwrap();
+        let peers = store.heartbeat(&me("b")).await.unwrap();
+        assert_eq!(peers.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(peers[0].watchers, ["ns/w"]);
+        assert_eq!(store.acquire("a", ("ns", "w")).await.unwrap(), Some(1));
+        store.leave("a").await.unwrap();
+        let peers = store.heartbeat(&me("b")).await.unwrap();
+        assert_eq!(peers.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["b"]);
+        let leases = store.list_leases().await.unwrap();
+        assert_eq!((leases.len(), leases[0].live), (1, false));
+        assert_eq!(store.acquire("b", ("ns", "w")).await.unwrap(), Some(2));
+        schema.drop().await;
     }
 
     /// A rewrite for the tests: the row `a` becomes 10.

@@ -247,6 +247,10 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
+    if state.telemetry.store_lost.load(Ordering::Relaxed) {
+        let body = "not ready: the leases could not be renewed within lease_ttl; every watcher is stopped until the state store answers\n";
+        return (StatusCode::SERVICE_UNAVAILABLE, body.to_string());
+    }
     // A read of a key nobody writes: it proves the store answers without touching data.
     match tokio::time::timeout(STORE_PROBE_TIMEOUT, state.store.get("highwater", "readyz", "probe")).await {
         Ok(Ok(_)) => {}
@@ -261,9 +265,6 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
     // Without waiting for ready_max_blocked: a store that cannot be written holds back
     // every watcher that finds something, and an operator must act.
     let mut body = String::new();
-    if state.telemetry.store_lost.load(Ordering::Relaxed) {
-        body.push_str("not ready: the leases could not be renewed within lease_ttl; every watcher is stopped until the state store answers\n");
-    }
     if let Err(e) = state.store.check().await {
         body.push_str(&format!("not ready: {e}\n"));
     }

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::state::{Fence, Instance, Lease, Peer, Store};
+use crate::state::{Fence, Instance, Lease, Peer, Store, StoreError};
 use crate::telemetry::Telemetry;
 
 /// The longest pause between two looks at the instances and leases: how long a lease
@@ -230,10 +230,13 @@ impl Coordinator {
         let store = Arc::clone(&self.store);
         let Some(leases) = store.leases() else { return };
         let ttl = leases.ttl();
+        // The store gives each call a round at most; this is a backstop. A store that
+        // stopped answering (a cut network) must not hold up the check below.
+        let limit = 2 * self.round();
         let now = Instant::now();
         if self.renew_tried.is_none_or(|t| now.duration_since(t) >= ttl / 3) {
             self.renew_tried = Some(now);
-            match leases.renew(&self.me.id).await {
+            match bounded(limit, leases.renew(&self.me.id)).await {
                 Ok(renewed) => {
                     self.renewed = Some(now);
                     if self.telemetry.store_lost.swap(false, Ordering::Relaxed) {
@@ -250,8 +253,21 @@ impl Coordinator {
                         tracing::warn!(watcher = %id, lifecycle = "lease lost", "Lease lost (it expired or another instance took it); stopping the watcher.");
                         self.lose(&id);
                     }
+                    // Held in the store but not known here: a take whose answer was
+                    // cut off by the time limit. Given back; taken properly next round.
+                    for (id, epoch) in renewed {
+                        if !self.held.contains_key(&id)
+                            && !self.handing.contains_key(&id)
+                            && let Some((namespace, name)) = id.split_once('/')
+                        {
+                            let _ =
+                                bounded(limit, leases.release(&self.me.id, (namespace, name), epoch)).await;
+                        }
+                    }
                 }
                 Err(e) => {
+                    // Tried again next round.
+                    self.renew_tried = None;
                     self.telemetry.lease_renew_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, held = self.held.len(), "Cannot renew the leases.");
                 }
@@ -259,9 +275,9 @@ impl Coordinator {
         }
         // Past the ttl after the last renewal that went through, the leases may be
         // another instance's: stop every watcher (their writes are refused anyway).
-        // A round early, so that they stop within the ttl.
-        let deadline = ttl.saturating_sub(self.round());
-        if !self.held.is_empty() && self.renewed.is_some_and(|t| now.duration_since(t) >= deadline) {
+        // Two rounds early (the renewal may take one), so that they stop within the ttl.
+        let deadline = ttl.saturating_sub(2 * self.round());
+        if !self.held.is_empty() && self.renewed.is_some_and(|t| t.elapsed() >= deadline) {
             tracing::error!(
                 store_lost = true,
                 held = self.held.len(),
@@ -275,7 +291,7 @@ impl Coordinator {
         self.release_stopped(leases).await;
         let defined = self.defined.borrow().clone();
         self.me.watchers = defined.iter().cloned().collect();
-        let peers = match leases.heartbeat(&self.me).await {
+        let peers = match bounded(limit, leases.heartbeat(&self.me)).await {
             Ok(peers) => peers,
             Err(e) => {
                 tracing::debug!(error = %e, "Cannot register with the state store.");
@@ -288,7 +304,7 @@ impl Coordinator {
             self.publish();
             return;
         }
-        let all = match leases.list_leases().await {
+        let all = match bounded(limit, leases.list_leases()).await {
             Ok(all) => all,
             Err(e) => {
                 tracing::debug!(error = %e, "Cannot read the leases.");
@@ -310,7 +326,7 @@ impl Coordinator {
         if !draining {
             for id in plan.take {
                 let Some((namespace, name)) = id.split_once('/') else { continue };
-                match leases.acquire(&self.me.id, (namespace, name)).await {
+                match bounded(limit, leases.acquire(&self.me.id, (namespace, name))).await {
                     Ok(Some(epoch)) => {
                         tracing::info!(watcher = %id, epoch, lifecycle = "lease taken", "Took the watcher's lease.");
                         self.telemetry.lease_acquisitions.fetch_add(1, Ordering::Relaxed);
@@ -350,7 +366,7 @@ impl Coordinator {
         for id in stopped {
             let Some((epoch, _)) = self.handing.get(&id) else { continue };
             let Some((namespace, name)) = id.split_once('/') else { continue };
-            match leases.release(&self.me.id, (namespace, name), *epoch).await {
+            match bounded(2 * self.round(), leases.release(&self.me.id, (namespace, name), *epoch)).await {
                 Ok(()) => {
                     self.handing.remove(&id);
                     self.telemetry.lease_handovers.fetch_add(1, Ordering::Relaxed);
@@ -368,6 +384,19 @@ impl Coordinator {
     fn publish(&self) {
         self.telemetry.leases_held.store(self.held.len() as u64, Ordering::Relaxed);
     }
+}
+
+/// A call to the store, given `limit` to answer.
+async fn bounded<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(StoreError::Unavailable {
+            location: "the shared store".into(),
+            message: format!("no answer within {}ms", limit.as_millis()),
+        })
+    })
 }
 
 #[cfg(test)]

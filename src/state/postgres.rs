@@ -41,8 +41,10 @@ use crate::value::{EnvVar, HumanDuration, Kind, SecretFile};
 const CONNECTIONS: usize = 4;
 
 /// How long one store operation may take before its connection is given up: a server
-/// that stopped answering (a cut network) must not hold a watcher forever.
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// that stopped answering (a cut network) must not hold a watcher forever. The
+/// `lease_ttl`, within these bounds: a write that takes longer than a lease lasts
+/// is no use to its watcher.
+const OPERATION_TIMEOUT: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(30));
 
 /// The record format this store's rows start at (the state version SQLite calls 2: a
 /// pending batch keeps its `change`). Later formats come from the [`Upgrade`]s given.
@@ -250,12 +252,15 @@ impl Statements {
 }
 
 /// Runs `$body` (an expression that may use `?`, of type `Result<_, StoreError>`) with
-/// `$conn` bound to a ready connection of `$store`, within [`OPERATION_TIMEOUT`].
+/// `$conn` bound to a ready connection of `$store`, within its operation timeout.
 macro_rules! with_conn {
-    ($store:expr, |$conn:ident| $body:expr) => {{
+    ($store:expr, |$conn:ident| $body:expr) => {
+        with_conn!($store, $store.operation_timeout, |$conn| $body)
+    };
+    ($store:expr, $limit:expr, |$conn:ident| $body:expr) => {{
         let store = $store;
         let mut guard = store.take_slot().await;
-        let result = tokio::time::timeout(OPERATION_TIMEOUT, async {
+        let result = tokio::time::timeout($limit, async {
             let $conn = store.ready(&mut guard).await?;
             $body
         })
@@ -303,6 +308,8 @@ pub struct PostgresStore {
     migrating: tokio::sync::Mutex<()>,
     /// `lease_ttl`.
     lease_ttl: Duration,
+    /// How long one operation may take ([`OPERATION_TIMEOUT`]).
+    operation_timeout: Duration,
 }
 
 impl PostgresStore {
@@ -323,12 +330,19 @@ impl PostgresStore {
             migrated: AtomicBool::new(false),
             migrating: tokio::sync::Mutex::new(()),
             lease_ttl: config.lease_ttl.0,
+            operation_timeout: config.lease_ttl.0.clamp(OPERATION_TIMEOUT.0, OPERATION_TIMEOUT.1),
         }
     }
 
     /// A table of the schema, quoted.
     fn table(&self, name: &str) -> String {
         format!("{}.{name}", quote_ident(&self.schema))
+    }
+
+    /// How long a lease call may take: a third of the ttl, at most a second (the lease
+    /// task's round), so that a store that stopped answering is noticed within the ttl.
+    fn lease_call(&self) -> Duration {
+        (self.lease_ttl / 3).min(Duration::from_secs(1))
     }
 
     /// The ttl as the milliseconds SQL adds to a time.
@@ -371,7 +385,7 @@ impl PostgresStore {
     }
 
     /// The outcome of an operation: a connection that failed or took longer than
-    /// [`OPERATION_TIMEOUT`] is dropped, so the next call connects afresh.
+    /// the operation timeout is dropped, so the next call connects afresh.
     fn settle<T>(
         &self,
         slot: &mut Option<Conn>,
@@ -379,7 +393,7 @@ impl PostgresStore {
     ) -> Result<T, StoreError> {
         let result = match result {
             Ok(result) => result,
-            Err(_) => Err(self.unavailable(&format!("no answer within {}s", OPERATION_TIMEOUT.as_secs()))),
+            Err(_) => Err(self.unavailable("no answer in time")),
         };
         if matches!(result, Err(StoreError::Unavailable { .. })) {
             *slot = None;
@@ -402,6 +416,11 @@ impl PostgresStore {
             }
             _ => StoreError::Backend { location: self.location.clone(), message: e.message },
         })?;
+        // A transaction left open by a connection the network cut (the client gone, the
+        // server none the wiser) would hold its watcher's lock and lease row until TCP
+        // gives up, which can take hours: the server ends it after the ttl.
+        let idle = format!("SET idle_in_transaction_session_timeout = {}", self.lease_ttl.as_millis());
+        client.batch_execute(&idle).await.map_err(|e| self.error(&e))?;
         let mut conn = Conn { client, prepared: HashMap::new() };
         if !self.migrated.load(Ordering::Acquire) {
             let _one = self.migrating.lock().await;
@@ -489,6 +508,10 @@ impl PostgresStore {
                 written_by = %written_by,
                 "The state's schema is newer than this release and marked compatible with it; running on it."
             );
+            return tx.commit().await.map_err(err);
+        }
+        if found.version as u32 == known && found.format as u32 == self.format {
+            // Another instance got here first, while this one waited for the lock.
             return tx.commit().await.map_err(err);
         }
         let mut compatible_from = found.compatible_from.max(0) as u32;
@@ -893,7 +916,7 @@ impl Leases for PostgresStore {
              WHERE heartbeat_at > clock_timestamp() - $1 * interval '1 millisecond' ORDER BY id"
         );
         let (pid, version, ttl) = (i64::from(me.pid), env!("CARGO_PKG_VERSION").to_string(), self.ttl_ms());
-        with_conn!(self, |conn| {
+        with_conn!(self, self.lease_call(), |conn| {
             let err = |e: tokio_postgres::Error| self.error(&e);
             conn.client
                 .execute(&upsert, &[&me.id, &me.host, &pid, &version, &me.watchers])
@@ -911,7 +934,7 @@ impl Leases for PostgresStore {
              ORDER BY namespace, name",
             self.table("leases")
         );
-        with_conn!(self, |conn| {
+        with_conn!(self, self.lease_call(), |conn| {
             let rows = conn.client.query(&query, &[]).await.map_err(|e| self.error(&e))?;
             Ok(rows
                 .iter()
@@ -939,7 +962,7 @@ impl Leases for PostgresStore {
             self.table("leases")
         );
         let (namespace, name, ttl) = (watcher.0.to_string(), watcher.1.to_string(), self.ttl_ms());
-        with_conn!(self, |conn| {
+        with_conn!(self, self.lease_call(), |conn| {
             let row = conn
                 .client
                 .query_opt(&query, &[&namespace, &name, &owner, &ttl])
@@ -957,7 +980,7 @@ impl Leases for PostgresStore {
             self.table("leases")
         );
         let ttl = self.ttl_ms();
-        with_conn!(self, |conn| {
+        with_conn!(self, self.lease_call(), |conn| {
             let rows = conn.client.query(&query, &[&owner, &ttl]).await.map_err(|e| self.error(&e))?;
             Ok(rows
                 .iter()
@@ -973,7 +996,7 @@ impl Leases for PostgresStore {
             self.table("leases")
         );
         let (namespace, name) = (watcher.0.to_string(), watcher.1.to_string());
-        with_conn!(self, |conn| {
+        with_conn!(self, self.lease_call(), |conn| {
             conn.client
                 .execute(&query, &[&namespace, &name, &owner, &epoch])
                 .await
@@ -988,7 +1011,7 @@ impl Leases for PostgresStore {
             self.table("leases")
         );
         let forget = format!("DELETE FROM {} WHERE id = $1", self.table("instances"));
-        with_conn!(self, |conn| {
+        with_conn!(self, self.lease_call(), |conn| {
             let err = |e: tokio_postgres::Error| self.error(&e);
             conn.client.execute(&release, &[&owner]).await.map_err(err)?;
             conn.client.execute(&forget, &[&owner]).await.map_err(err)?;

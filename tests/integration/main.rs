@@ -8,6 +8,7 @@ mod cli;
 mod conformance;
 mod core;
 mod docs;
+mod leases;
 mod local_dir;
 mod monitoring;
 mod moto_support;

@@ -1,0 +1,293 @@
+//! Several instances on one Postgres store, as real processes: three daemons share thirty
+//! watchers while files land continuously; one is killed with SIGKILL, one is paused past
+//! its lease (SIGSTOP, SIGCONT), one loses its store connection behind a proxy that stops
+//! passing bytes, and all three are restarted one at a time. Afterwards every file was
+//! announced, and under one event id only. Repeats with that id (deliveries inside the
+//! fencing window) are counted and reported, not failed. Hand-over times are measured by
+//! `scripts/bench-leases.sh`, not asserted here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::postgres::{Schema, url};
+use crate::util::{Daemon, Project, eventually, field_str, http_get};
+
+const WATCHERS: usize = 30;
+/// Short, so that the test moves quickly; the default is 15 s.
+const TTL: Duration = Duration::from_secs(5);
+const WAIT: Duration = Duration::from_secs(90);
+
+/// A TCP proxy in front of the store that can be cut: it then stops passing bytes either
+/// way and accepts new connections without passing anything, as a network that drops
+/// every packet does (neither side hears a reset).
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&cut);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) =
+                        (from.try_clone().expect("clone"), to.try_clone().expect("clone"));
+                    let flag = Arc::clone(&flag);
+                    std::thread::spawn(move || {
+                        let mut buffer = [0u8; 16384];
+                        loop {
+                            match from.read(&mut buffer) {
+                                Ok(0) | Err(_) => break,
+                                // Dropped on the floor while cut.
+                                Ok(_) if flag.load(Ordering::SeqCst) => {}
+                                Ok(n) => {
+                                    if to.write_all(&buffer[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Proxy { port, cut }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
+    }
+}
+
+/// Lands one file after another, round robin over the watchers' directories, until told
+/// to stop; returns the paths it wrote.
+struct Lander {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Lander {
+    fn start(root: std::path::PathBuf) -> Lander {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut paths = Vec::new();
+            let mut n = 0usize;
+            while !flag.load(Ordering::SeqCst) {
+                let path = format!("in/w{:02}/f{n:05}", n % WATCHERS);
+                std::fs::write(root.join(&path), format!("{n}")).expect("land a file");
+                paths.push(path);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            paths
+        });
+        Lander { stop, thread }
+    }
+
+    fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("lander")
+    }
+}
+
+/// The daemon file: the store is reached at `${HW_PG}` (each instance its own: one goes
+/// through the proxy).
+fn daemon_yaml(schema: &str) -> String {
+    format!(
+        "watchers_dir: watchers\nstate:\n  type: postgres\n  connection: \"${{HW_PG}}\"\n  sslmode: disable\n  \
+         schema: {schema}\n  lease_ttl: {}s\nshutdown_timeout: 10s\nhttp:\n  listen: 127.0.0.1:0\n",
+        TTL.as_secs()
+    )
+}
+
+/// The store's live leases: watcher → owner pid.
+fn owners(schema: &Schema) -> BTreeMap<String, u32> {
+    let made = schema.pg.query(&format!("SELECT to_regclass('{}.leases') IS NOT NULL", schema.name));
+    if !made[0].get::<_, bool>(0) {
+        return BTreeMap::new();
+    }
+    schema
+        .pg
+        .query(&format!(
+            "SELECT l.namespace || '/' || l.name, i.pid FROM {s}.leases l JOIN {s}.instances i ON i.id = l.owner \
+             WHERE l.expires_at > clock_timestamp()",
+            s = schema.name
+        ))
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u32))
+        .collect()
+}
+
+/// Waits until every watcher is leased, each to one of `pids`, each of which holds some.
+fn spread_over(schema: &Schema, pids: &[u32], what: &str) {
+    eventually(what, WAIT, || {
+        let owners = owners(schema);
+        let holders: BTreeSet<u32> = owners.values().copied().collect();
+        (owners.len() == WATCHERS && holders == pids.iter().copied().collect()).then_some(())
+    });
+}
+
+struct Instance {
+    name: &'static str,
+    daemon: Daemon,
+}
+
+impl Instance {
+    fn start(project: &Project, name: &'static str, pg: &str) -> Instance {
+        let out = format!("out/{name}.jsonl");
+        let daemon = project.start_with(&[("HW_PG", pg), ("HW_OUT", &out)], &[]);
+        Instance { name, daemon }
+    }
+
+    fn pid(&self) -> u32 {
+        self.daemon.child.id()
+    }
+}
+
+/// Every event every instance wrote: path (as the watchers see it, under the project)
+/// → the ids it was announced under, and how
+/// often each.
+fn announced(project: &Project) -> BTreeMap<String, BTreeMap<String, usize>> {
+    let mut seen: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for name in ["a", "b", "c"] {
+        let text =
+            std::fs::read_to_string(project.path().join(format!("out/{name}.jsonl"))).unwrap_or_default();
+        for line in text.lines() {
+            let event: serde_json::Value = serde_json::from_str(line).expect("an event per line");
+            let path = event["item"]["path"].as_str().expect("item.path").to_string();
+            let id = event["id"].as_str().expect("id").to_string();
+            *seen.entry(path).or_default().entry(id).or_default() += 1;
+        }
+    }
+    seen
+}
+
+#[test]
+fn three_instances_share_thirty_watchers_through_kills_pauses_cuts_and_restarts_losing_nothing() {
+    let schema = Schema::new("leases");
+    let project = Project::new(&daemon_yaml(&schema.name));
+    for i in 0..WATCHERS {
+        std::fs::create_dir_all(project.path().join(format!("in/w{i:02}"))).expect("mkdir");
+        project.watcher(
+            &format!("w{i:02}"),
+            &format!(
+                "namespace: ha\nname: w{i:02}\nsource:\n  type: local_dir\n  path: in/w{i:02}\n  min_age: 0s\n\
+                 sink:\n  type: file\n  path: ${{HW_OUT}}\npoll_interval: 200ms\n"
+            ),
+        );
+    }
+    std::fs::create_dir_all(project.path().join("out")).expect("mkdir out");
+    let direct = url();
+    let config: tokio_postgres::Config = direct.parse().expect("HIGHWATER_TEST_PG_URL");
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let proxy = Proxy::start(format!("127.0.0.1:{port}"));
+    let proxied = format!(
+        "postgres://{}@127.0.0.1:{}/{}",
+        config.get_user().unwrap_or("postgres"),
+        proxy.port,
+        config.get_dbname().unwrap_or("postgres")
+    );
+
+    let lander = Lander::start(project.path().to_path_buf());
+    let a = Instance::start(&project, "a", &direct);
+    let mut b = Instance::start(&project, "b", &direct);
+    let mut c = Instance::start(&project, "c", &proxied);
+    spread_over(&schema, &[a.pid(), b.pid(), c.pid()], "the watchers spread over three instances");
+    let held = owners(&schema);
+    for instance in [&a, &b, &c] {
+        let n = held.values().filter(|p| **p == instance.pid()).count();
+        assert!((3..=20).contains(&n), "{} holds {n} of {WATCHERS}: {held:?}", instance.name);
+    }
+
+    // kill -9: its watchers move to the other two once its leases expire.
+    a.daemon.kill9();
+    spread_over(&schema, &[b.pid(), c.pid()], "a's watchers moved to b and c");
+
+    // Paused past its lease: c takes b's watchers; b, woken, commits nothing under its
+    // old leases (every write of it is fenced) and stops them.
+    b.daemon.signal(libc::SIGSTOP);
+    spread_over(&schema, &[c.pid()], "b's watchers moved to c while b was stopped");
+    std::thread::sleep(Duration::from_secs(2));
+    b.daemon.signal(libc::SIGCONT);
+    b.daemon.wait_log_where("b, woken, finds its leases lost", |line| {
+        field_str(line, "lifecycle") == Some("lease lost")
+    });
+    spread_over(&schema, &[b.pid(), c.pid()], "b back in the spread");
+
+    // c's store connection cut: c stops its watchers within the ttl and says so on
+    // /readyz; b takes them. Restored, c takes its share again.
+    let addr = c.daemon.http_addr();
+    proxy.set_cut(true);
+    c.daemon.wait_log_where("c stops its watchers, its leases unrenewed", |line| {
+        line.get("store_lost").and_then(serde_json::Value::as_bool) == Some(true)
+    });
+    let (status, _, body) = http_get(&addr, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("lease_ttl"), "{body}");
+    spread_over(&schema, &[b.pid()], "c's watchers moved to b while c was cut off");
+    proxy.set_cut(false);
+    spread_over(&schema, &[b.pid(), c.pid()], "c back in the spread");
+
+    // A rolling restart: each instance stopped (handing its leases over at once) and
+    // started again, one at a time.
+    let (code, logs) = b.daemon.stop();
+    assert_eq!(code, Some(0), "{logs:?}");
+    assert!(logs.iter().any(|l| l.contains("Handed every lease over")), "{logs:?}");
+    spread_over(&schema, &[c.pid()], "b's watchers handed to c");
+    b = Instance::start(&project, "b", &direct);
+    spread_over(&schema, &[b.pid(), c.pid()], "b restarted and back in the spread");
+    let (code, logs) = c.daemon.stop();
+    assert_eq!(code, Some(0), "{logs:?}");
+    let a = Instance::start(&project, "a", &direct);
+    spread_over(&schema, &[a.pid(), b.pid()], "c's watchers handed to a and b");
+    c = Instance::start(&project, "c", &direct);
+    spread_over(&schema, &[a.pid(), b.pid(), c.pid()], "three instances again");
+
+    // Nothing missed, nothing under two ids.
+    let written = lander.finish();
+    assert!(written.len() > 200, "only {} files landed", written.len());
+    let deadline = std::time::Instant::now() + WAIT;
+    let seen = loop {
+        let seen = announced(&project);
+        let missing: Vec<&String> = written.iter().filter(|p| !seen.contains_key(*p)).collect();
+        if missing.is_empty() {
+            break seen;
+        }
+        if std::time::Instant::now() > deadline {
+            let owners = owners(&schema);
+            panic!(
+                "{} of {} files never announced, e.g. {:?}; leases now: {owners:?}",
+                missing.len(),
+                written.len(),
+                &missing[..missing.len().min(10)]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let twice: Vec<_> = seen.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(twice.is_empty(), "announced under more than one id: {twice:?}");
+    let repeats: usize = seen.values().flat_map(|ids| ids.values()).map(|n| n - 1).sum();
+    eprintln!(
+        "{} files announced, each under one id; {repeats} repeated deliveries with the same id",
+        written.len()
+    );
+    for instance in [a, b, c] {
+        let (code, logs) = instance.daemon.stop();
+        assert_eq!(code, Some(0), "{}: {logs:?}", instance.name);
+    }
+}

@@ -164,9 +164,9 @@ impl Api {
     fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         rt().block_on(async {
             let mut last = String::new();
-            // Under load (a scheduler busy with runs, several scenarios at once) SQLite
-            // can stay locked for seconds.
-            for _ in 0..20 {
+            // Under load (a scheduler busy with runs, several scenarios at once, other
+            // tests' daemons beside them) SQLite can stay locked for tens of seconds.
+            for _ in 0..60 {
                 let Some(token) = self.token("admin", "admin").await else {
                     last = "no token".into();
                     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -1,10 +1,12 @@
 //! Several instances on one Postgres store, as real processes: three daemons share thirty
 //! watchers while files land continuously; one is killed with SIGKILL, one is paused past
 //! its lease (SIGSTOP, SIGCONT), one loses its store connection behind a proxy that stops
-//! passing bytes, and all three are restarted one at a time. Afterwards every file was
-//! announced, and under one event id only. Repeats with that id (deliveries inside the
-//! fencing window) are counted and reported, not failed. Hand-over times are measured by
-//! `scripts/bench-leases.sh`, not asserted here.
+//! passing bytes, and all three are restarted one at a time. Every write of a watcher's
+//! state is recorded by a trigger with the connection that made it and the lease it was
+//! made under: each came from the instance holding the lease in force. Afterwards every
+//! file was announced, and under one event id only. Repeats with that id (deliveries
+//! inside the fencing window) are counted and reported, not failed. Hand-over times are
+//! measured by `scripts/bench-leases.sh`, not asserted here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -148,15 +150,38 @@ struct Instance {
 }
 
 impl Instance {
-    fn start(project: &Project, name: &'static str, pg: &str) -> Instance {
+    /// Starts instance `name` (its output file) as incarnation `run` (the connection's
+    /// `application_name`, which the audit records) with the store at `pg`.
+    fn start(project: &Project, name: &'static str, run: &str, pg: &str) -> Instance {
         let out = format!("out/{name}.jsonl");
-        let daemon = project.start_with(&[("HW_PG", pg), ("HW_OUT", &out)], &[]);
+        let pg = format!("{pg}?application_name={run}");
+        let daemon = project.start_with(&[("HW_PG", &pg), ("HW_OUT", &out)], &[]);
         Instance { name, daemon }
     }
 
     fn pid(&self) -> u32 {
         self.daemon.child.id()
     }
+}
+
+/// Records every write of a watcher's head (`watermark`) or pending batch with the
+/// connection's `application_name` and the watcher's lease as the writing transaction
+/// sees it (the lease row it holds `FOR SHARE`).
+fn audit_writes(schema: &Schema) {
+    let s = &schema.name;
+    schema.pg.exec(&format!(
+        "CREATE TABLE {s}.audit (watcher text, key text, writer text, owner text, live boolean, at timestamptz);
+         CREATE FUNCTION {s}.audit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           INSERT INTO {s}.audit
+           SELECT NEW.namespace || '/' || NEW.name, NEW.key, current_setting('application_name'),
+                  l.owner, l.expires_at > clock_timestamp(), clock_timestamp()
+           FROM (SELECT 1) one LEFT JOIN {s}.leases l ON l.namespace = NEW.namespace AND l.name = NEW.name;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER audit AFTER INSERT OR UPDATE ON {s}.process_state FOR EACH ROW
+         WHEN (NEW.key IN ('watermark', 'pending') AND NEW.namespace = 'ha') EXECUTE FUNCTION {s}.audit();"
+    ));
 }
 
 /// Every event every instance wrote: path (as the watchers see it, under the project)
@@ -203,10 +228,20 @@ fn three_instances_share_thirty_watchers_through_kills_pauses_cuts_and_restarts_
         config.get_dbname().unwrap_or("postgres")
     );
 
+    let a = Instance::start(&project, "a", "a1", &direct);
+    let mut b = Instance::start(&project, "b", "b1", &direct);
+    let mut c = Instance::start(&project, "c", "c1", &proxied);
+    // The process ids of each incarnation, to match a lease's owner (`host:pid:start`).
+    let mut runs: BTreeMap<String, u32> = [("a1", a.pid()), ("b1", b.pid()), ("c1", c.pid())]
+        .into_iter()
+        .map(|(r, p)| (r.to_string(), p))
+        .collect();
+    eventually("the schema made", WAIT, || {
+        let made = schema.pg.query(&format!("SELECT to_regclass('{}.leases') IS NOT NULL", schema.name));
+        made[0].get::<_, bool>(0).then_some(())
+    });
+    audit_writes(&schema);
     let lander = Lander::start(project.path().to_path_buf());
-    let a = Instance::start(&project, "a", &direct);
-    let mut b = Instance::start(&project, "b", &direct);
-    let mut c = Instance::start(&project, "c", &proxied);
     spread_over(&schema, &[a.pid(), b.pid(), c.pid()], "the watchers spread over three instances");
     let held = owners(&schema);
     for instance in [&a, &b, &c] {
@@ -249,13 +284,16 @@ fn three_instances_share_thirty_watchers_through_kills_pauses_cuts_and_restarts_
     assert_eq!(code, Some(0), "{logs:?}");
     assert!(logs.iter().any(|l| l.contains("Handed every lease over")), "{logs:?}");
     spread_over(&schema, &[c.pid()], "b's watchers handed to c");
-    b = Instance::start(&project, "b", &direct);
+    b = Instance::start(&project, "b", "b2", &direct);
+    runs.insert("b2".into(), b.pid());
     spread_over(&schema, &[b.pid(), c.pid()], "b restarted and back in the spread");
     let (code, logs) = c.daemon.stop();
     assert_eq!(code, Some(0), "{logs:?}");
-    let a = Instance::start(&project, "a", &direct);
+    let a = Instance::start(&project, "a", "a2", &direct);
+    runs.insert("a2".into(), a.pid());
     spread_over(&schema, &[a.pid(), b.pid()], "c's watchers handed to a and b");
-    c = Instance::start(&project, "c", &direct);
+    c = Instance::start(&project, "c", "c2", &direct);
+    runs.insert("c2".into(), c.pid());
     spread_over(&schema, &[a.pid(), b.pid(), c.pid()], "three instances again");
 
     // Nothing missed, nothing under two ids.
@@ -282,12 +320,75 @@ fn three_instances_share_thirty_watchers_through_kills_pauses_cuts_and_restarts_
     let twice: Vec<_> = seen.iter().filter(|(_, ids)| ids.len() > 1).collect();
     assert!(twice.is_empty(), "announced under more than one id: {twice:?}");
     let repeats: usize = seen.values().flat_map(|ids| ids.values()).map(|n| n - 1).sum();
+
+    // Every write of a watcher's state came from the instance holding its lease in force.
+    let writes =
+        schema.pg.query(&format!("SELECT watcher, key, writer, owner, live FROM {}.audit", schema.name));
+    assert!(writes.len() > 100, "only {} writes audited", writes.len());
+    for row in &writes {
+        let (watcher, key, writer): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        let (owner, live): (Option<String>, Option<bool>) = (row.get(3), row.get(4));
+        let pid = runs.get(&writer).unwrap_or_else(|| panic!("a write by an unknown connection {writer:?}"));
+        let owner = owner.unwrap_or_default();
+        assert!(
+            owner.contains(&format!(":{pid}:")) && live == Some(true),
+            "{watcher} {key} written by {writer} (pid {pid}) under the lease of {owner:?} (in force: {live:?})"
+        );
+    }
     eprintln!(
-        "{} files announced, each under one id; {repeats} repeated deliveries with the same id",
-        written.len()
+        "{} files announced, each under one id; {repeats} repeated deliveries with the same id; \
+         {} writes of watchers' state, each by the lease's holder",
+        written.len(),
+        writes.len()
     );
     for instance in [a, b, c] {
         let (code, logs) = instance.daemon.stop();
         assert_eq!(code, Some(0), "{}: {logs:?}", instance.name);
     }
+}
+
+#[test]
+fn a_watcher_defined_on_only_some_instances_runs_only_there() {
+    let schema = Schema::new("leases_some");
+    let yaml = daemon_yaml(&schema.name).replace("watchers_dir: watchers", "watchers_dir: ${HW_WATCHERS}");
+    let project = Project::new(&yaml);
+    let watcher = |name: &str| {
+        format!(
+            "namespace: ha\nname: {name}\nsource:\n  type: local_dir\n  path: in/{name}\n  min_age: 0s\n\
+             sink:\n  type: file\n  path: ${{HW_OUT}}\npoll_interval: 200ms\n"
+        )
+    };
+    for name in ["shared1", "shared2", "shared3", "only"] {
+        std::fs::create_dir_all(project.path().join(format!("in/{name}"))).expect("mkdir");
+    }
+    for (dir, names) in
+        [("wx", &["shared1", "shared2", "shared3"][..]), ("wy", &["shared1", "shared2", "shared3", "only"])]
+    {
+        for name in names {
+            project.write(&format!("{dir}/{name}.yaml"), &watcher(name));
+        }
+    }
+    let start = |dir: &str, out: &str| {
+        project.start_with(&[("HW_PG", url().as_str()), ("HW_WATCHERS", dir), ("HW_OUT", out)], &[])
+    };
+    let x = start("wx", "out/x.jsonl");
+    let y = start("wy", "out/y.jsonl");
+    eventually("every watcher leased, `only` to y", WAIT, || {
+        let owners = owners(&schema);
+        (owners.len() == 4 && owners.get("ha/only") == Some(&y.child.id())).then_some(())
+    });
+    project.write("in/only/a", "a");
+    eventually("y announces the file of `only`", WAIT, || {
+        std::fs::read_to_string(project.path().join("out/y.jsonl")).ok().filter(|t| t.contains("in/only/a"))
+    });
+    // With y gone, x takes the shared watchers and never `only`, which it does not have.
+    y.kill9();
+    eventually("x holds the shared watchers", WAIT, || {
+        let owners = owners(&schema);
+        (owners.len() == 3 && owners.values().all(|p| *p == x.child.id())).then_some(())
+    });
+    std::thread::sleep(TTL);
+    assert!(!owners(&schema).contains_key("ha/only"), "x took a watcher it does not have");
+    let (code, logs) = x.stop();
+    assert_eq!(code, Some(0), "{logs:?}");
 }

@@ -192,6 +192,9 @@ struct Supervisor {
     defined: BTreeMap<String, WatcherConfig>,
     /// The counters of every watcher that ran, kept across its restarts.
     stats: BTreeMap<String, Arc<WatcherStats>>,
+    /// Watchers whose task ended unexpectedly (or that could not be built when their
+    /// lease was taken), with the lease they held: the next reload starts them again.
+    dead: BTreeMap<String, Option<Fence>>,
     leasing: Option<Leasing>,
     running: BTreeMap<String, Running>,
     /// Watchers removed by a reload (by `namespace/name`), still finishing their
@@ -254,6 +257,7 @@ pub async fn run<S: Future<Output = ()>>(config: Config, control: Control<S>) ->
     let mut supervisor = Supervisor {
         defined: config.watchers.iter().map(|w| (w.id(), w.clone())).collect(),
         stats: BTreeMap::new(),
+        dead: BTreeMap::new(),
         leasing: None,
         config,
         store,
@@ -464,10 +468,11 @@ impl Supervisor {
                     Ok(mut built) if built.len() == 1 => built.remove(0),
                     Ok(_) => return,
                     Err(e) => {
-                        tracing::error!(watcher = %id, error = %e, "Cannot build the watcher whose lease this instance took.");
+                        tracing::error!(watcher = %id, error = %e, "Cannot build the watcher whose lease this instance took; a reload (SIGHUP) tries again.");
                         if let Some(stats) = self.stats.get(&id) {
                             stats.set_state(WatcherState::Error);
                         }
+                        self.dead.insert(id, Some(fence));
                         return;
                     }
                 };
@@ -476,6 +481,7 @@ impl Supervisor {
                 self.start(built, previous, Some(fence));
             }
             Order::Stop { id, done } => {
+                self.dead.remove(&id);
                 let previous = self.take_previous(&id);
                 let waiter = tokio::spawn(async move {
                     if let Some(previous) = previous {
@@ -524,12 +530,8 @@ impl Supervisor {
         for id in died {
             if let Some(r) = self.running.remove(&id) {
                 r.stats.set_state(WatcherState::Error);
-                let again = if self.leasing.is_some() {
-                    "It starts again when its lease next changes hands (a restart of this instance)."
-                } else {
-                    "A reload (SIGHUP) starts it again."
-                };
-                tracing::error!(watcher = %id, "A watcher task ended unexpectedly; the other watchers go on. {again}");
+                tracing::error!(watcher = %id, "A watcher task ended unexpectedly; the other watchers go on. A reload (SIGHUP) starts it again.");
+                self.dead.insert(id, r.fence);
             }
         }
         self.stopping.retain(|(_, h)| !h.is_finished());
@@ -564,7 +566,15 @@ impl Supervisor {
             }
         }
 
-        let diff = diff_watchers(self.defined.iter().map(|(id, c)| (id.as_str(), c)), &new.watchers);
+        let mut diff = diff_watchers(self.defined.iter().map(|(id, c)| (id.as_str(), c)), &new.watchers);
+        // A watcher whose task died is started again, as a changed one is.
+        for watcher in &new.watchers {
+            let id = watcher.id();
+            if self.dead.contains_key(&id) && !diff.changed.iter().any(|c| c.id() == id) {
+                diff.changed.push(watcher.clone());
+                diff.unchanged = diff.unchanged.saturating_sub(1);
+            }
+        }
 
         // Build everything new before stopping anything: a watcher that cannot be built
         // rejects the whole reload, like a failed start.
@@ -588,6 +598,7 @@ impl Supervisor {
 
         for id in &diff.removed {
             self.defined.remove(id);
+            self.dead.remove(id);
             if let Some(r) = self.running.remove(id) {
                 tracing::info!(watcher = %id, lifecycle = "removed", "Watcher removed; stopping it after its delivery in flight.");
                 r.token.cancel();
@@ -601,6 +612,11 @@ impl Supervisor {
                 r.token.cancel();
                 tracing::info!(watcher = %id, lifecycle = "restarted", "Watcher changed; restarting it from its stored watermark.");
                 self.start(built, Some(r.handle), r.fence);
+                continue;
+            }
+            if let Some(fence) = self.dead.remove(&id) {
+                tracing::info!(watcher = %id, lifecycle = "restarted", "Watcher starting again after its task ended.");
+                self.start(built, None, fence);
                 continue;
             }
             if self.leasing.is_some() {

@@ -137,9 +137,10 @@ fn default_lease_ttl() -> HumanDuration {
     HumanDuration(Duration::from_secs(15))
 }
 
-/// The shortest and longest `lease_ttl`: below 3 s a renewal every second has no
-/// slack; above an hour a dead instance's watchers stand still too long.
-const LEASE_TTL_RANGE: (Duration, Duration) = (Duration::from_secs(3), Duration::from_secs(3600));
+/// The shortest and longest `lease_ttl`: below 5 s one renewal that fails (a busy
+/// store) stops every watcher; above an hour a dead instance's watchers stand still too
+/// long.
+const LEASE_TTL_RANGE: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(3600));
 
 fn default_schema() -> String {
     "highwater".to_string()
@@ -1151,6 +1152,19 @@ mod tests {
         let store = PostgresStore::new(&config("postgres://postgres@127.0.0.1:9/none", "hw"), &[]);
         let err = store.connect().await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_lease_ttl_out_of_range_is_a_config_error() {
+        let mut c = config("postgres://h/db", "hw");
+        assert!(c.validate().is_empty());
+        for secs in [1, 4000] {
+            c.lease_ttl = HumanDuration(Duration::from_secs(secs));
+            let errors = c.validate();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].0, "lease_ttl");
+            assert!(errors[0].1.contains("between 5s and 1h"), "{errors:?}");
+        }
     }
 
     fn me(id: &str) -> Instance {

@@ -8,7 +8,7 @@ use super::{Failure, resolve};
 use crate::config::Config;
 use crate::daemon;
 use crate::watcher::WatcherError;
-use crate::{outbox, state};
+use crate::{lease, outbox, state};
 
 /// Runs one cycle of each watcher named (all when none is), with a few delivery
 /// attempts each; a watcher that does not finish leaves its batch pending and fails
@@ -19,21 +19,59 @@ pub(super) async fn run(config: &Config, names: &[String]) -> Result<(), Failure
     // `once` delivers and commits like a daemon: not beside one.
     state::claim_for_writing(&*store).await?;
     let built = daemon::build_watchers(&chosen, &store)?;
+    // On a store several instances share, a watcher's cycle runs under its lease like a
+    // daemon's, taken for the command and given back after it: one that an instance
+    // runs is left to it.
+    let leasing = store.leases().map(|_| lease::this_instance(chosen.iter().map(|w| w.id()).collect()));
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut skipped = Vec::new();
     for b in built {
         let id = b.config.id();
         let token = shutdown.clone();
         let span = tracing::info_span!("watcher", watcher = %id);
         let mut watcher = b.watcher.with_attempt_limit(3);
+        if let (Some(me), Some(leases)) = (&leasing, store.leases()) {
+            match leases.acquire(&me.id, (&b.config.namespace, &b.config.name)).await? {
+                Some(epoch) => watcher = watcher.fenced(state::Fence { owner: me.id.clone(), epoch }),
+                None => {
+                    skipped.push(id);
+                    continue;
+                }
+            }
+        }
         tasks.spawn(async move { (id, watcher.once(&token).await) }.instrument(span));
     }
+    // Renewed while the cycles run, as a daemon renews them.
+    let renewing = leasing.as_ref().map(|me| {
+        let (store, owner) = (std::sync::Arc::clone(&store), me.id.clone());
+        tokio::spawn(async move {
+            let Some(leases) = store.leases() else { return };
+            loop {
+                tokio::time::sleep(leases.ttl() / 3).await;
+                if let Err(e) = leases.renew(&owner).await {
+                    tracing::warn!(error = %e, "Cannot renew the leases.");
+                }
+            }
+        })
+    });
     let mut results = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok(result) => results.push(result),
             Err(e) => results.push(("?".into(), Err(WatcherError::Delivery(format!("task failed: {e}"))))),
         }
+    }
+    if let (Some(me), Some(leases)) = (&leasing, store.leases()) {
+        if let Some(task) = renewing {
+            task.abort();
+        }
+        if let Err(e) = leases.leave(&me.id).await {
+            tracing::warn!(error = %e, "Cannot give the leases back; they pass on when they expire.");
+        }
+    }
+    for id in skipped {
+        super::err(format_args!("{id}: skipped: another instance holds its lease and runs it"));
     }
     results.sort_by(|a, b| a.0.cmp(&b.0));
     let mut failed = Vec::new();

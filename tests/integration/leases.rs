@@ -389,6 +389,23 @@ fn a_watcher_defined_on_only_some_instances_runs_only_there() {
     });
     std::thread::sleep(TTL);
     assert!(!owners(&schema).contains_key("ha/only"), "x took a watcher it does not have");
+
+    // `once` runs a watcher nobody holds under a lease of its own, and leaves to x the
+    // ones x runs.
+    project.write("in/only/b", "b");
+    let mut once = project.command(&["once"]);
+    once.envs([("HW_PG", url().as_str()), ("HW_WATCHERS", "wy"), ("HW_OUT", "out/once.jsonl")]);
+    let out = once.output().expect("run once");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("ha/only: 1 delivered"), "{stderr}");
+    for name in ["shared1", "shared2", "shared3"] {
+        assert!(
+            stderr.contains(&format!("ha/{name}: skipped: another instance holds its lease")),
+            "{stderr}"
+        );
+    }
+    assert!(!owners(&schema).contains_key("ha/only"), "once kept the lease");
     let (code, logs) = x.stop();
     assert_eq!(code, Some(0), "{logs:?}");
 }

@@ -13,11 +13,23 @@ use crate::{lease, outbox};
 /// Prints the watchers as a table, or as JSON.
 pub(super) async fn list(config: &Config, json: bool) -> Result<(), Failure> {
     // Only a shared store has owners; a SQLite store is not even opened.
-    let owners: Option<BTreeMap<String, String>> = match &config.daemon.state {
+    // A store that does not answer leaves the owners unknown ("?"), not the listing.
+    let owners: Option<Result<BTreeMap<String, String>, String>> = match &config.daemon.state {
         crate::state::StateConfig::Sqlite(_) => None,
-        state => Some(lease::owners(&*outbox::open(state)?).await?),
+        state => {
+            let found = async { lease::owners(&*outbox::open(state)?).await };
+            Some(found.await.map_err(|e: crate::state::StoreError| e.to_string()))
+        }
     };
-    let owner_of = |id: &str| owners.as_ref().map(|o| o.get(id).cloned());
+    if let Some(Err(e)) = &owners {
+        super::err(format_args!("Note: owners unknown: {e}"));
+    }
+    let owner_of = |id: &str| {
+        owners.as_ref().map(|o| match o {
+            Ok(o) => o.get(id).map_or("-", |owner| lease::short_owner(owner)).to_string(),
+            Err(_) => "?".to_string(),
+        })
+    };
     if json {
         let list: Vec<_> = config
             .watchers
@@ -32,7 +44,7 @@ pub(super) async fn list(config: &Config, json: bool) -> Result<(), Failure> {
                     "poll_interval": HumanDuration(w.poll_interval).to_string(),
                     "batch_size": w.batch_size,
                     "on_permanent_failure": w.on_permanent_failure,
-                    "owner": owner_of(&w.id()).flatten(),
+                    "owner": owners.as_ref().and_then(|o| o.as_ref().ok()).and_then(|o| o.get(&w.id())),
                 })
             })
             .collect();
@@ -51,7 +63,7 @@ pub(super) async fn list(config: &Config, json: bool) -> Result<(), Failure> {
                 w.file.display().to_string(),
             ];
             if let Some(owner) = owner_of(&w.id()) {
-                row.push(owner.as_deref().map_or("-", lease::short_owner).to_string());
+                row.push(owner);
             }
             row
         })

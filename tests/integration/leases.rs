@@ -377,6 +377,17 @@ fn a_watcher_defined_on_only_some_instances_runs_only_there() {
         let owners = owners(&schema);
         (owners.len() == 4 && owners.get("ha/only") == Some(&y.child.id())).then_some(())
     });
+    let mut listing = project.command(&["watchers"]);
+    listing.envs([("HW_PG", url().as_str()), ("HW_WATCHERS", "wy"), ("HW_OUT", "out/listing.jsonl")]);
+    let listing = listing.output().expect("watchers");
+    let listed = String::from_utf8_lossy(&listing.stdout).into_owned();
+    assert_eq!(listing.status.code(), Some(0), "{}", String::from_utf8_lossy(&listing.stderr));
+    let only = listed.lines().find(|l| l.starts_with("ha/only")).unwrap_or_default();
+    assert!(
+        listed.starts_with("WATCHER") && listed.lines().next().unwrap_or_default().ends_with("OWNER"),
+        "{listed}"
+    );
+    assert!(only.ends_with(&format!(":{}", y.child.id())), "{listed}");
     project.write("in/only/a", "a");
     eventually("y announces the file of `only`", WAIT, || {
         std::fs::read_to_string(project.path().join("out/y.jsonl")).ok().filter(|t| t.contains("in/only/a"))

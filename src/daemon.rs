@@ -113,7 +113,15 @@ async fn warn_about_orphans(store: &dyn Store, config: &Config) {
         .filter(|(ns, name)| !config.watchers.iter().any(|w| w.namespace == *ns && w.name == *name))
         .map(|(ns, name)| format!("{ns}/{name}"))
         .collect();
-    if !orphans.is_empty() {
+    if !orphans.is_empty() && store.leases().is_some() {
+        // A shared store: other instances may run watchers this one does not have.
+        tracing::info!(
+            others = orphans.len(),
+            watchers = %orphans.join(", "),
+            "Stored state belongs to watchers this instance does not have: another instance's, or a renamed \
+             or removed watcher's (`highwater state rename OLD NEW`, `highwater state reset`)."
+        );
+    } else if !orphans.is_empty() {
         tracing::warn!(
             orphaned = orphans.len(),
             watchers = %orphans.join(", "),

@@ -325,6 +325,11 @@ impl Coordinator {
         }
         if !draining {
             for id in plan.take {
+                // The rest next round: a long run of takes must not hold up the next
+                // renewal.
+                if now.elapsed() > self.round() {
+                    break;
+                }
                 let Some((namespace, name)) = id.split_once('/') else { continue };
                 match bounded(limit, leases.acquire(&self.me.id, (namespace, name))).await {
                     Ok(Some(epoch)) => {

@@ -324,10 +324,10 @@ impl Coordinator {
             }
         }
         if !draining {
-            for id in plan.take {
+            for (n, id) in plan.take.into_iter().enumerate() {
                 // The rest next round: a long run of takes must not hold up the next
-                // renewal.
-                if now.elapsed() > self.round() {
+                // renewal (a few always go, however slow the round was).
+                if n >= 10 && now.elapsed() > self.round() {
                     break;
                 }
                 let Some((namespace, name)) = id.split_once('/') else { continue };

@@ -243,11 +243,6 @@ fn three_instances_share_thirty_watchers_through_kills_pauses_cuts_and_restarts_
     audit_writes(&schema);
     let lander = Lander::start(project.path().to_path_buf());
     spread_over(&schema, &[a.pid(), b.pid(), c.pid()], "the watchers spread over three instances");
-    let held = owners(&schema);
-    for instance in [&a, &b, &c] {
-        let n = held.values().filter(|p| **p == instance.pid()).count();
-        assert!((3..=20).contains(&n), "{} holds {n} of {WATCHERS}: {held:?}", instance.name);
-    }
 
     // kill -9: its watchers move to the other two once its leases expire.
     a.daemon.kill9();

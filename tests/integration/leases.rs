@@ -90,8 +90,13 @@ impl Lander {
             let mut paths = Vec::new();
             let mut n = 0usize;
             while !flag.load(Ordering::SeqCst) {
+                // Written aside and renamed into place: a file seen while it is still
+                // being written is a generation of its own (a new id), as `local_dir`
+                // promises with `min_age: 0s`.
                 let path = format!("in/w{:02}/f{n:05}", n % WATCHERS);
-                std::fs::write(root.join(&path), format!("{n}")).expect("land a file");
+                let aside = root.join(format!("aside/f{n:05}"));
+                std::fs::write(&aside, format!("{n}")).expect("write a file aside");
+                std::fs::rename(&aside, root.join(&path)).expect("land a file");
                 paths.push(path);
                 n += 1;
                 std::thread::sleep(Duration::from_millis(25));
@@ -217,6 +222,7 @@ fn three_instances_share_thirty_watchers_through_kills_pauses_cuts_and_restarts_
         );
     }
     std::fs::create_dir_all(project.path().join("out")).expect("mkdir out");
+    std::fs::create_dir_all(project.path().join("aside")).expect("mkdir aside");
     let direct = url();
     let config: tokio_postgres::Config = direct.parse().expect("HIGHWATER_TEST_PG_URL");
     let port = config.get_ports().first().copied().unwrap_or(5432);

@@ -25,6 +25,9 @@ use crate::telemetry::Telemetry;
 /// that was handed over, or that expired, waits at most before its new owner takes it.
 const ROUND: Duration = Duration::from_secs(1);
 
+/// Leases taken by one statement.
+const TAKES_PER_STATEMENT: usize = 100;
+
 /// Leases one instance hands over per round when the spread changes (an instance
 /// joined): a thousand watchers move in seconds, not in one burst of restarts.
 pub const HANDOVERS_PER_ROUND: usize = 50;
@@ -324,26 +327,28 @@ impl Coordinator {
             }
         }
         if !draining {
-            for (n, id) in plan.take.into_iter().enumerate() {
-                // The rest next round: a long run of takes must not hold up the next
-                // renewal (a few always go, however slow the round was).
-                if n >= 10 && now.elapsed() > self.round() {
-                    break;
-                }
-                let Some((namespace, name)) = id.split_once('/') else { continue };
-                match bounded(limit, leases.acquire(&self.me.id, (namespace, name))).await {
-                    Ok(Some(epoch)) => {
-                        tracing::info!(watcher = %id, epoch, lifecycle = "lease taken", "Took the watcher's lease.");
-                        self.telemetry.lease_acquisitions.fetch_add(1, Ordering::Relaxed);
-                        self.held.insert(id.clone(), epoch);
-                        let fence = Fence { owner: self.me.id.clone(), epoch };
-                        let _ = self.orders.send(Order::Start { id, fence });
-                    }
-                    Ok(None) => {}
+            // In chunks, each one statement: a few hundred leases of an instance that
+            // died are taken in milliseconds. A chunk that waits on a write in flight
+            // (or fails) leaves the rest to the next round.
+            for chunk in plan.take.chunks(TAKES_PER_STATEMENT) {
+                let wanted: Vec<(String, String)> = chunk
+                    .iter()
+                    .filter_map(|id| id.split_once('/'))
+                    .map(|(namespace, name)| (namespace.to_string(), name.to_string()))
+                    .collect();
+                let taken = match bounded(limit, leases.acquire_many(&self.me.id, &wanted)).await {
+                    Ok(taken) => taken,
                     Err(e) => {
-                        tracing::debug!(watcher = %id, error = %e, "Cannot take the lease.");
+                        tracing::debug!(error = %e, "Cannot take leases.");
                         break;
                     }
+                };
+                for (id, epoch) in taken {
+                    tracing::info!(watcher = %id, epoch, lifecycle = "lease taken", "Took the watcher's lease.");
+                    self.telemetry.lease_acquisitions.fetch_add(1, Ordering::Relaxed);
+                    self.held.insert(id.clone(), epoch);
+                    let fence = Fence { owner: self.me.id.clone(), epoch };
+                    let _ = self.orders.send(Order::Start { id, fence });
                 }
             }
         }

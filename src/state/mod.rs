@@ -496,9 +496,21 @@ pub trait Leases: Send + Sync {
     /// Every lease, in force or not.
     async fn list_leases(&self) -> Result<Vec<Lease>, StoreError>;
 
-    /// Takes the lease of `watcher` (`namespace`, `name`) for `owner` when nobody holds
-    /// it in force; its epoch grows. None: another instance holds it.
-    async fn acquire(&self, owner: &str, watcher: (&str, &str)) -> Result<Option<i64>, StoreError>;
+    /// Takes the leases of `watchers` (`namespace`, `name`) for `owner` where nobody
+    /// holds them in force; their epochs grow. Returns those taken, as
+    /// `(namespace/name, epoch)`.
+    async fn acquire_many(
+        &self,
+        owner: &str,
+        watchers: &[(String, String)],
+    ) -> Result<Vec<(String, i64)>, StoreError>;
+
+    /// [`Leases::acquire_many`] of one watcher: its epoch, or None when another
+    /// instance holds it.
+    async fn acquire(&self, owner: &str, watcher: (&str, &str)) -> Result<Option<i64>, StoreError> {
+        let taken = self.acquire_many(owner, &[(watcher.0.to_string(), watcher.1.to_string())]).await?;
+        Ok(taken.first().map(|(_, epoch)| *epoch))
+    }
 
     /// Extends every lease `owner` holds in force by the ttl; returns them, as
     /// `(namespace/name, epoch)`. A lease that expired first is not among them: it is

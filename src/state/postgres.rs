@@ -949,27 +949,38 @@ impl Leases for PostgresStore {
         })
     }
 
-    async fn acquire(&self, owner: &str, watcher: (&str, &str)) -> Result<Option<i64>, StoreError> {
+    async fn acquire_many(
+        &self,
+        owner: &str,
+        watchers: &[(String, String)],
+    ) -> Result<Vec<(String, i64)>, StoreError> {
         // Taken only when not in force; a write fenced by the previous holding that is
-        // in flight holds the row (FOR SHARE) and is waited for.
+        // in flight holds the row (FOR SHARE) and is waited for. One statement for all.
         let query = format!(
             "INSERT INTO {} AS l (namespace, name, owner, epoch, acquired_at, expires_at)
-             VALUES ($1, $2, $3, 1, clock_timestamp(), clock_timestamp() + $4 * interval '1 millisecond')
+             SELECT w.namespace, w.name, $3, 1, clock_timestamp(),
+                    clock_timestamp() + $4 * interval '1 millisecond'
+             FROM unnest($1::text[], $2::text[]) AS w(namespace, name)
              ON CONFLICT (namespace, name) DO UPDATE
              SET owner = excluded.owner, epoch = l.epoch + 1, acquired_at = excluded.acquired_at,
                  expires_at = clock_timestamp() + $4 * interval '1 millisecond'
              WHERE l.expires_at <= clock_timestamp()
-             RETURNING epoch",
+             RETURNING namespace, name, epoch",
             self.table("leases")
         );
-        let (namespace, name, ttl) = (watcher.0.to_string(), watcher.1.to_string(), self.ttl_ms());
+        let namespaces: Vec<&str> = watchers.iter().map(|w| w.0.as_str()).collect();
+        let names: Vec<&str> = watchers.iter().map(|w| w.1.as_str()).collect();
+        let ttl = self.ttl_ms();
         with_conn!(self, self.lease_call(), |conn| {
-            let row = conn
+            let rows = conn
                 .client
-                .query_opt(&query, &[&namespace, &name, &owner, &ttl])
+                .query(&query, &[&namespaces, &names, &owner, &ttl])
                 .await
                 .map_err(|e| self.error(&e))?;
-            Ok(row.map(|r| r.get(0)))
+            Ok(rows
+                .iter()
+                .map(|r| (format!("{}/{}", r.get::<_, String>(0), r.get::<_, String>(1)), r.get(2)))
+                .collect())
         })
     }
 
@@ -1193,6 +1204,12 @@ mod tests {
         // Refused whole: nothing of it was written.
         assert!(store.get("ns", "w", "k2").await.unwrap().is_none());
         store.write_fenced("ns", "w", Some(&fence("b", 2)), put("k2")).await.unwrap();
+        // Many at once: those held in force are left out.
+        let wanted: Vec<(String, String)> =
+            ["w", "x", "y"].iter().map(|n| ("ns".to_string(), n.to_string())).collect();
+        let mut taken = store.acquire_many("a", &wanted).await.unwrap();
+        taken.sort();
+        assert_eq!(taken, vec![("ns/x".to_string(), 1), ("ns/y".to_string(), 1)]);
         schema.drop().await;
     }
 

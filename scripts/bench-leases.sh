@@ -9,7 +9,7 @@
 #      3 holding at least one lease;
 #   3. failover: one instance killed with SIGKILL, until every lease is live and none is
 #      the dead instance's, next to lease_ttl (expected: about the ttl, plus up to a
-#      round, 1 s, plus the time to take its leases, one statement each);
+#      round, 1 s, plus the time to take its leases, a hundred to a statement);
 #   4. graceful: one of the 2 left stopped with SIGTERM (it releases its leases at
 #      once), until every lease is live and the survivor's.
 # Spread and join are compared with the hand-over bound: an instance hands over at most

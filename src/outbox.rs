@@ -502,14 +502,16 @@ impl Outbox {
     /// the one this handle last loaded or committed.
     pub async fn stage(&mut self, batch: PendingBatch) -> Result<Staged, OutboxError> {
         let value = self.encode(PENDING, &batch)?;
+        // The batch is written last: a SQLite store reads a large row whole when a key
+        // lookup next to it compares against it, so the small rows go first.
         let written = self
             .transact(vec![
-                Op::put(PENDING, value, Expect::Absent),
                 Op::check(WATERMARK, self.expect_watermark()),
                 Op::delete(PROGRESS, Expect::Any),
+                Op::put(PENDING, value, Expect::Absent),
             ])
             .await?;
-        let version = self.version_written(&written, 0)?;
+        let version = self.version_written(&written, 2)?;
         Ok(Staged { batch, version, acked: 0 })
     }
 
@@ -617,17 +619,18 @@ impl Outbox {
         staged: &mut Staged,
         extra: Option<Op>,
     ) -> Result<Option<ChangeSet>, OutboxError> {
-        let mut ops = match &staged.batch.change {
-            Some(change) => self.change_ops(change),
-            None => Vec::new(),
-        };
+        // The batch is deleted first: a SQLite store reads a large row whole when a key
+        // lookup next to it compares against it, so the other rows come after it is gone.
+        let mut ops = vec![Op::delete(PENDING, Expect::Version(staged.version))];
+        if let Some(change) = &staged.batch.change {
+            ops.extend(self.change_ops(change));
+        }
         let moves_head = staged.batch.change.as_ref().is_some_and(|c| c.head.is_some());
-        ops.push(Op::delete(PENDING, Expect::Version(staged.version)));
         ops.push(Op::delete(PROGRESS, Expect::Any));
         ops.extend(extra);
         let written = self.transact(ops).await?;
         if moves_head {
-            self.seen = Some(self.version_written(&written, 0)?);
+            self.seen = Some(self.version_written(&written, 1)?);
         }
         Ok(staged.batch.change.take())
     }

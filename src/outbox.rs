@@ -501,7 +501,7 @@ impl Outbox {
     /// Writes `batch` to the outbox: only if no batch is pending and the head is still
     /// the one this handle last loaded or committed.
     pub async fn stage(&mut self, batch: PendingBatch) -> Result<Staged, OutboxError> {
-        let value = self.encode(PENDING, &batch)?;
+        let value = self.encode_batch(&batch)?;
         // The batch is written last: a SQLite store reads a large row whole when a key
         // lookup next to it compares against it, so the small rows go first.
         let written = self
@@ -886,6 +886,29 @@ impl Outbox {
                 self.namespace, self.name
             ),
         })
+    }
+
+    /// Encodes a pending batch into a buffer sized for it up front: its events are
+    /// copied in as they are, and a buffer grown by doubling moved megabytes several
+    /// times over (and touched fresh pages each time) for a batch of ten thousand.
+    fn encode_batch(&self, batch: &PendingBatch) -> Result<Json, OutboxError> {
+        let error = |message: String| OutboxError::Encode {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            key: PENDING.to_string(),
+            message,
+        };
+        // The events, a comma each, and room for the rest of the record (ids, the time
+        // and the change: a new head, or members put and removed).
+        let change = batch.change.as_ref().map_or(0, |c| {
+            c.head.as_ref().map_or(0, Json::len)
+                + c.put.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
+                + c.remove.iter().map(|k| k.len() + 4).sum::<usize>()
+        });
+        let size = batch.events.iter().map(|e| e.text().len() + 1).sum::<usize>() + change + 256;
+        let mut buffer = Vec::with_capacity(size);
+        serde_json::to_writer(&mut buffer, batch).map_err(|e| error(e.to_string()))?;
+        String::from_utf8(buffer).map(Json::from_trusted).map_err(|e| error(e.to_string()))
     }
 
     fn encode<T: Serialize>(&self, key: &str, record: &T) -> Result<Json, OutboxError> {

@@ -501,15 +501,17 @@ impl Outbox {
     /// Writes `batch` to the outbox: only if no batch is pending and the head is still
     /// the one this handle last loaded or committed.
     pub async fn stage(&mut self, batch: PendingBatch) -> Result<Staged, OutboxError> {
-        let value = self.encode(PENDING, &batch)?;
+        let value = self.encode_batch(&batch)?;
+        // The batch is written last: a SQLite store reads a large row whole when a key
+        // lookup next to it compares against it, so the small rows go first.
         let written = self
             .transact(vec![
-                Op::put(PENDING, value, Expect::Absent),
                 Op::check(WATERMARK, self.expect_watermark()),
                 Op::delete(PROGRESS, Expect::Any),
+                Op::put(PENDING, value, Expect::Absent),
             ])
             .await?;
-        let version = self.version_written(&written, 0)?;
+        let version = self.version_written(&written, 2)?;
         Ok(Staged { batch, version, acked: 0 })
     }
 
@@ -617,17 +619,18 @@ impl Outbox {
         staged: &mut Staged,
         extra: Option<Op>,
     ) -> Result<Option<ChangeSet>, OutboxError> {
-        let mut ops = match &staged.batch.change {
-            Some(change) => self.change_ops(change),
-            None => Vec::new(),
-        };
+        // The batch is deleted first: a SQLite store reads a large row whole when a key
+        // lookup next to it compares against it, so the other rows come after it is gone.
+        let mut ops = vec![Op::delete(PENDING, Expect::Version(staged.version))];
+        if let Some(change) = &staged.batch.change {
+            ops.extend(self.change_ops(change));
+        }
         let moves_head = staged.batch.change.as_ref().is_some_and(|c| c.head.is_some());
-        ops.push(Op::delete(PENDING, Expect::Version(staged.version)));
         ops.push(Op::delete(PROGRESS, Expect::Any));
         ops.extend(extra);
         let written = self.transact(ops).await?;
         if moves_head {
-            self.seen = Some(self.version_written(&written, 0)?);
+            self.seen = Some(self.version_written(&written, 1)?);
         }
         Ok(staged.batch.change.take())
     }
@@ -883,6 +886,29 @@ impl Outbox {
                 self.namespace, self.name
             ),
         })
+    }
+
+    /// Encodes a pending batch into a buffer sized for it up front: its events are
+    /// copied in as they are, and a buffer grown by doubling moved megabytes several
+    /// times over (and touched fresh pages each time) for a batch of ten thousand.
+    fn encode_batch(&self, batch: &PendingBatch) -> Result<Json, OutboxError> {
+        let error = |message: String| OutboxError::Encode {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            key: PENDING.to_string(),
+            message,
+        };
+        // The events, a comma each, and room for the rest of the record (ids, the time
+        // and the change: a new head, or members put and removed).
+        let change = batch.change.as_ref().map_or(0, |c| {
+            c.head.as_ref().map_or(0, Json::len)
+                + c.put.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
+                + c.remove.iter().map(|k| k.len() + 4).sum::<usize>()
+        });
+        let size = batch.events.iter().map(|e| e.text().len() + 1).sum::<usize>() + change + 256;
+        let mut buffer = Vec::with_capacity(size);
+        serde_json::to_writer(&mut buffer, batch).map_err(|e| error(e.to_string()))?;
+        String::from_utf8(buffer).map(Json::from_trusted).map_err(|e| error(e.to_string()))
     }
 
     fn encode<T: Serialize>(&self, key: &str, record: &T) -> Result<Json, OutboxError> {

@@ -500,9 +500,13 @@ impl Watcher {
         };
         // One summary serves every event of the batch.
         let watermark = serde_json::value::to_raw_value(&self.queued_summary).map_err(encode_error)?;
+        // So does one time, written once.
+        let emitted_at_json = serde_json::value::to_raw_value(&now).map_err(encode_error)?;
         let (namespace, watcher, source) = &self.shared;
         let mut events = Vec::with_capacity(batch.items.len());
-        for found in &batch.items {
+        // Each item is dropped as soon as it is encoded, so that a batch is not held
+        // twice (as items and as events) at the peak of its memory.
+        for found in batch.items {
             let parts: Vec<&str> = found.identity.iter().map(String::as_str).collect();
             let id = event_id(&self.namespace, &self.name, &parts);
             let event = EventRef {
@@ -513,6 +517,7 @@ impl Watcher {
                 change: found.change,
                 item: &found.item,
                 watermark: &watermark,
+                emitted_at_json: &emitted_at_json,
                 emitted_at: now,
             };
             events.push(Encoded::encode(&event, namespace, watcher, source).map_err(encode_error)?);

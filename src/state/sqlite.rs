@@ -153,12 +153,6 @@ impl SqliteStore {
         let mut conn = Connection::open(path).map_err(cannot_open)?;
         let identity = if in_memory { None } else { identity_of(path).ok() };
         conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| backend(e.to_string()))?;
-        // 16 KB pages instead of 4 KB for a new file: a pending batch is megabytes of
-        // overflow pages, written, read and freed page by page, and a quarter of the pages
-        // measured about 7% more rows a second through a batch of ten thousand. It takes
-        // effect only on a file without tables (before the switch to WAL below); one that
-        // exists keeps its page size, and SQLite ignores the setting.
-        conn.pragma_update(None, "page_size", 16384).map_err(|e| backend(e.to_string()))?;
         // WAL lets readers (the `state` command) run beside the daemon. NORMAL sync can
         // lose the last commits on power loss, never on a process crash; either way the
         // outbox is redelivered or the items are found again with the same ids, so the

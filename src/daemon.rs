@@ -171,7 +171,6 @@ pub fn signals() -> Result<Control<impl Future<Output = ()>>, DaemonError> {
 /// A watcher task the supervisor owns.
 struct Running {
     token: CancellationToken,
-    stats: Arc<WatcherStats>,
     handle: JoinHandle<()>,
     /// The lease it runs under (a shared store).
     fence: Option<Fence>,
@@ -460,7 +459,7 @@ impl Supervisor {
             }
             .instrument(span),
         );
-        self.running.insert(id, Running { token, stats: built.stats, handle, fence });
+        self.running.insert(id, Running { token, handle, fence });
     }
 
     /// Carries out an order of the lease task.
@@ -520,8 +519,12 @@ impl Supervisor {
 
     /// Shows the running watchers to the metrics endpoint.
     fn publish(&self) {
-        self.telemetry
-            .set_watchers(self.running.iter().map(|(id, r)| (id.clone(), Arc::clone(&r.stats))).collect());
+        self.telemetry.set_watchers(
+            self.running
+                .keys()
+                .filter_map(|id| Some((id.clone(), Arc::clone(self.stats.get(id)?))))
+                .collect(),
+        );
     }
 
     /// One turn of the supervisor loop.
@@ -537,7 +540,9 @@ impl Supervisor {
             .collect();
         for id in died {
             if let Some(r) = self.running.remove(&id) {
-                r.stats.set_state(WatcherState::Error);
+                if let Some(stats) = self.stats.get(&id) {
+                    stats.set_state(WatcherState::Error);
+                }
                 tracing::error!(watcher = %id, "A watcher task ended unexpectedly; the other watchers go on. A reload (SIGHUP) starts it again.");
                 self.dead.insert(id, r.fence);
             }

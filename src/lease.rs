@@ -162,6 +162,10 @@ pub struct Coordinator {
     renewed: Option<Instant>,
     /// When the last renewal was tried.
     renew_tried: Option<Instant>,
+    /// The store's `lease_ttl`.
+    ttl: Duration,
+    /// The pause between rounds: [`ROUND`], or a third of a shorter ttl.
+    round: Duration,
 }
 
 impl Coordinator {
@@ -174,7 +178,10 @@ impl Coordinator {
         telemetry: Arc<Telemetry>,
     ) -> Self {
         telemetry.leasing.store(true, Ordering::Relaxed);
+        let ttl = store.leases().map_or(Duration::from_secs(15), |l| l.ttl());
         Coordinator {
+            ttl,
+            round: ROUND.min(ttl / 3),
             store,
             me,
             defined,
@@ -196,7 +203,7 @@ impl Coordinator {
     /// every lease at once and deregisters: a graceful stop hands over without waiting
     /// for the ttl. Stops taking new leases as soon as `draining` fires.
     pub async fn run(mut self, draining: CancellationToken, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(self.round());
+        let mut tick = tokio::time::interval(self.round);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -219,23 +226,15 @@ impl Coordinator {
         self.telemetry.leases_held.store(0, Ordering::Relaxed);
     }
 
-    fn ttl(&self) -> Duration {
-        self.store.leases().map_or(Duration::from_secs(15), |l| l.ttl())
-    }
-
-    fn round(&self) -> Duration {
-        ROUND.min(self.ttl() / 3)
-    }
-
     /// One round: renew (every third of the ttl), stop what could not be renewed in
     /// time, hand over what stopped, register, take and give.
     async fn round_once(&mut self, draining: bool) {
         let store = Arc::clone(&self.store);
         let Some(leases) = store.leases() else { return };
-        let ttl = leases.ttl();
+        let ttl = self.ttl;
         // The store gives each call a round at most; this is a backstop. A store that
         // stopped answering (a cut network) must not hold up the check below.
-        let limit = 2 * self.round();
+        let limit = 2 * self.round;
         let now = Instant::now();
         if self.renew_tried.is_none_or(|t| now.duration_since(t) >= ttl / 3) {
             self.renew_tried = Some(now);
@@ -279,7 +278,7 @@ impl Coordinator {
         // Past the ttl after the last renewal that went through, the leases may be
         // another instance's: stop every watcher (their writes are refused anyway).
         // Two rounds early (the renewal may take one), so that they stop within the ttl.
-        let deadline = ttl.saturating_sub(2 * self.round());
+        let deadline = ttl.saturating_sub(2 * self.round);
         if !self.held.is_empty() && self.renewed.is_some_and(|t| t.elapsed() >= deadline) {
             tracing::error!(
                 store_lost = true,
@@ -376,7 +375,7 @@ impl Coordinator {
         for id in stopped {
             let Some((epoch, _)) = self.handing.get(&id) else { continue };
             let Some((namespace, name)) = id.split_once('/') else { continue };
-            match bounded(2 * self.round(), leases.release(&self.me.id, (namespace, name), *epoch)).await {
+            match bounded(2 * self.round, leases.release(&self.me.id, (namespace, name), *epoch)).await {
                 Ok(()) => {
                     self.handing.remove(&id);
                     self.telemetry.lease_handovers.fetch_add(1, Ordering::Relaxed);

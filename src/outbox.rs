@@ -892,12 +892,7 @@ impl Outbox {
     /// copied in as they are, and a buffer grown by doubling moved megabytes several
     /// times over (and touched fresh pages each time) for a batch of ten thousand.
     fn encode_batch(&self, batch: &PendingBatch) -> Result<Json, OutboxError> {
-        let error = |message: String| OutboxError::Encode {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-            key: PENDING.to_string(),
-            message,
-        };
+        let error = |message: String| self.encode_error(PENDING, message);
         // The events, a comma each, and room for the rest of the record (ids, the time
         // and the change: a new head, or members put and removed).
         let change = batch.change.as_ref().map_or(0, |c| {
@@ -912,12 +907,16 @@ impl Outbox {
     }
 
     fn encode<T: Serialize>(&self, key: &str, record: &T) -> Result<Json, OutboxError> {
-        Json::encode(record).map_err(|e| OutboxError::Encode {
+        Json::encode(record).map_err(|e| self.encode_error(key, e.to_string()))
+    }
+
+    fn encode_error(&self, key: &str, message: String) -> OutboxError {
+        OutboxError::Encode {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
             key: key.to_string(),
-            message: e.to_string(),
-        })
+            message,
+        }
     }
 
     fn decode<T: serde::de::DeserializeOwned>(&self, key: &str, value: &Json) -> Result<T, StoreError> {

@@ -903,13 +903,15 @@ impl Leases for PostgresStore {
 
     async fn heartbeat(&self, me: &Instance) -> Result<Vec<Peer>, StoreError> {
         let instances = self.table("instances");
+        // `xmax = 0`: the row was inserted, not updated (an instance's first heartbeat).
         let upsert = format!(
-            "INSERT INTO {instances} (id, host, pid, version, watchers, started_at, heartbeat_at)
+            "INSERT INTO {instances} AS i (id, host, pid, version, watchers, started_at, heartbeat_at)
              VALUES ($1, $2, $3, $4, $5, clock_timestamp(), clock_timestamp())
-             ON CONFLICT (id) DO UPDATE SET watchers = excluded.watchers, heartbeat_at = excluded.heartbeat_at"
+             ON CONFLICT (id) DO UPDATE SET watchers = excluded.watchers, heartbeat_at = excluded.heartbeat_at
+             RETURNING i.xmax = 0"
         );
-        // Instances gone for an hour are forgotten; the live ones are those heard from
-        // within the ttl.
+        // Instances gone for an hour are forgotten, by each instance as it registers; the
+        // live ones are those heard from within the ttl.
         let forget =
             format!("DELETE FROM {instances} WHERE heartbeat_at < clock_timestamp() - interval '1 hour'");
         let live = format!(
@@ -919,11 +921,15 @@ impl Leases for PostgresStore {
         let (pid, version, ttl) = (i64::from(me.pid), env!("CARGO_PKG_VERSION").to_string(), self.ttl_ms());
         with_conn!(self, self.lease_call(), |conn| {
             let err = |e: tokio_postgres::Error| self.error(&e);
-            conn.client
-                .execute(&upsert, &[&me.id, &me.host, &pid, &version, &me.watchers])
+            let registered: bool = conn
+                .client
+                .query_one(&upsert, &[&me.id, &me.host, &pid, &version, &me.watchers])
                 .await
-                .map_err(err)?;
-            conn.client.execute(&forget, &[]).await.map_err(err)?;
+                .map_err(err)?
+                .get(0);
+            if registered {
+                conn.client.execute(&forget, &[]).await.map_err(err)?;
+            }
             let rows = conn.client.query(&live, &[&ttl]).await.map_err(err)?;
             Ok(rows.iter().map(|r| Peer { id: r.get(0), watchers: r.get(1) }).collect())
         })

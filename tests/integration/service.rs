@@ -87,7 +87,7 @@ fn notify_ready_watchdog_and_stopping_arrive_in_order() {
     for _ in 0..3 {
         notify.until("WATCHDOG=1", WAIT);
     }
-    p.write("in/a/one.csv", "x");
+    p.land("in/a/one.csv", "x");
     assert_eq!(d.events(1, WAIT)[0]["watcher"], "a");
 
     d.signal(libc::SIGTERM);
@@ -120,8 +120,8 @@ fn sighup_adds_removes_and_restarts_watchers_and_keeps_the_old_config_when_inval
     let notify = NotifySocket::bind(p.path());
     let mut d = p.start_with(&[("NOTIFY_SOCKET", notify.path()), ("RUST_LOG", "highwater=debug")], &[]);
     notify.until("READY=1", WAIT);
-    p.write("in/changed/before.csv", "x");
-    p.write("in/kept/before.csv", "x");
+    p.land("in/changed/before.csv", "x");
+    p.land("in/kept/before.csv", "x");
     let first = d.events(2, WAIT);
     assert_eq!(events_of(&first, "changed").len(), 1);
     assert_eq!(events_of(&first, "kept").len(), 1);
@@ -155,10 +155,10 @@ fn sighup_adds_removes_and_restarts_watchers_and_keeps_the_old_config_when_inval
         field_str(l, "watcher") == Some("default/removed") && field_str(l, "lifecycle") == Some("stopped")
     });
 
-    p.write("in/added/new.csv", "x");
-    p.write("in/changed/after.csv", "x");
-    p.write("in/removed/ignored.csv", "x");
-    p.write("in/kept/after.csv", "x");
+    p.land("in/added/new.csv", "x");
+    p.land("in/changed/after.csv", "x");
+    p.land("in/removed/ignored.csv", "x");
+    p.land("in/kept/after.csv", "x");
     let second = d.events(3, WAIT);
     assert_eq!(events_of(&second, "added").len(), 1);
     // The restarted watcher continues from its stored watermark: the file it announced
@@ -192,7 +192,7 @@ fn sighup_adds_removes_and_restarts_watchers_and_keeps_the_old_config_when_inval
         !messages.iter().any(|m| m.contains("WATCHDOG=1")),
         "no watchdog pings when systemd set no watchdog: {messages:?}"
     );
-    p.write("in/added/still.csv", "x");
+    p.land("in/added/still.csv", "x");
     let third = d.events(1, WAIT);
     assert_eq!(third[0]["watcher"], "added", "the old config keeps running");
 
@@ -211,8 +211,8 @@ fn sigterm_commits_delivered_batches_and_leaves_a_failing_one_pending() {
         "stuck",
         "source: {type: local_dir, path: in/stuck, min_age: 0s}\nsink: {type: file, path: out/events.jsonl}\npoll_interval: 100ms\nretry: {initial: 10s, max: 10s}\n",
     );
-    p.write("in/ok/a.csv", "x");
-    p.write("in/stuck/b.csv", "x");
+    p.land("in/ok/a.csv", "x");
+    p.land("in/stuck/b.csv", "x");
     let mut d = p.start();
     assert_eq!(d.events(1, WAIT)[0]["watcher"], "ok");
     d.wait_metrics("a failed delivery of default/stuck", |m| {
@@ -257,8 +257,8 @@ fn metrics_healthz_and_readyz() {
         "missing",
         "source: {type: local_dir, path: in/nowhere}\nsink: {type: stdout}\npoll_interval: 100ms\n",
     );
-    p.write("in/a/one.csv", "x");
-    p.write("in/a/two.csv", "x");
+    p.land("in/a/one.csv", "x");
+    p.land("in/a/two.csv", "x");
     let mut d = p.start();
     let addr = d.http_addr();
     d.events(2, WAIT);
@@ -321,7 +321,7 @@ fn secrets_from_the_environment_never_reach_the_logs() {
         "a",
         "source: {type: local_dir, path: in/a, min_age: 0s}\nsink: {type: file, path: \"out/${HW_TEST_SECRET}/events.jsonl\"}\npoll_interval: 100ms\n",
     );
-    p.write("in/a/one.csv", "x");
+    p.land("in/a/one.csv", "x");
     let mut d = p.start_with(&[("HW_TEST_SECRET", SECRET), ("RUST_LOG", "trace")], &[]);
     d.wait_delivered("default/a", 1);
     // A reload with the secret in a value of the wrong type: the error is logged.

@@ -105,6 +105,19 @@ impl Project {
         path
     }
 
+    /// Lands a file at `relative` whole: written outside the watched directories, then
+    /// renamed into place, so that no poll sees it empty (a `local_dir` watcher with
+    /// `min_age: 0s` would announce that as a generation of its own).
+    pub fn land(&self, relative: &str, contents: &str) -> PathBuf {
+        let aside = self.write(&format!(".landing/{}", relative.replace('/', "_")), contents);
+        let path = self.path().join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::rename(&aside, &path).expect("rename into place");
+        path
+    }
+
     /// A `highwater` command run in the project directory with `args`.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin());

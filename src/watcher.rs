@@ -28,7 +28,7 @@ use crate::config::{FailurePolicy, RetryConfig, WatcherConfig};
 use crate::event::{Encoded, EventRef, event_id};
 use crate::outbox::{Outbox, OutboxError, PendingBatch, Staged, dead_letter_key};
 use crate::sink::{Acked, Delivery, Sink};
-use crate::source::{Batch, ChangeSet, ErrorClass, Source, SourceError};
+use crate::source::{Batch, ChangeSet, ErrorClass, Polled, Source, SourceError, SourceState};
 use crate::state::{Fence, Store, StoreError};
 use crate::telemetry::{WatcherState, WatcherStats, now_ms};
 use crate::value::Start;
@@ -50,6 +50,11 @@ const QUICK_RETRIES: u32 = 3;
 
 /// How long after the sink last took events a failure still counts as sporadic.
 const QUICK_WINDOW: Duration = Duration::from_secs(10);
+
+/// Largest batch (its events' bytes) during whose delivery the loop reads the next one
+/// ahead ([`Source::reads_ahead`]): reading ahead holds a second batch in memory, so a
+/// batch larger than this is delivered alone and memory stays that of one batch.
+const READ_AHEAD_MAX_BYTES: usize = 16 << 20;
 
 /// Why a cycle did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -84,8 +89,8 @@ pub struct CycleReport {
 
 /// One watcher: its source, its sink, its place in the store.
 pub struct Watcher {
-    namespace: String,
-    name: String,
+    /// Turns items into events (shared with a poll that reads ahead).
+    encoder: Encoder,
     source: Box<dyn Source>,
     sink: Box<dyn Sink>,
     /// The watcher's keys in the store: every read and write of its state goes there.
@@ -102,12 +107,13 @@ pub struct Watcher {
     queued: VecDeque<Batch>,
     /// The summary the queued batches' events carry.
     queued_summary: serde_json::Value,
+    /// The next batch, read ahead and already turned into events; delivered before the
+    /// queued ones.
+    built: Option<PendingBatch>,
     /// The last poll said more is waiting beyond its batches.
     more: bool,
     /// Delivery attempts before a cycle gives up (None: never, as the daemon runs).
     attempt_limit: Option<u32>,
-    /// Namespace, name and source kind, shared by every event the watcher encodes.
-    shared: (Arc<str>, Arc<str>, Arc<str>),
     /// The `start:` setting was compared with the one the stored state began from.
     start_checked: bool,
     /// Quick retries left ([`QUICK_RETRIES`]), refilled whenever the sink takes events.
@@ -119,6 +125,13 @@ pub struct Watcher {
     queued_found_ms: i64,
     /// The dead letters held were counted since the watcher started.
     dead_letters_counted: bool,
+    /// Whether the next batch may be read while one is delivered (not in `highwater
+    /// once`, whose one poll is the unit of work).
+    read_ahead: bool,
+    /// The source is lent to a poll that reads ahead: a commit meanwhile keeps its
+    /// change in `untold`, handed to the source once it is back.
+    lent: bool,
+    untold: Option<ChangeSet>,
 }
 
 /// Why [`Watcher::run`] returned.
@@ -153,8 +166,15 @@ impl Watcher {
         let kind = source.kind();
         stats.poll_interval_ms.store(config.poll_interval.as_millis() as u64, Ordering::Relaxed);
         Watcher {
-            namespace: config.namespace.clone(),
-            name: config.name.clone(),
+            encoder: Encoder {
+                namespace: config.namespace.clone(),
+                name: config.name.clone(),
+                shared: (
+                    Arc::from(config.namespace.as_str()),
+                    Arc::from(config.name.as_str()),
+                    Arc::from(kind),
+                ),
+            },
             source,
             sink,
             outbox: Outbox::new(store, config.namespace.clone(), config.name.clone()),
@@ -166,14 +186,17 @@ impl Watcher {
             stats,
             queued: VecDeque::new(),
             queued_summary: serde_json::Value::Null,
+            built: None,
             more: false,
             attempt_limit: None,
-            shared: (Arc::from(config.namespace.as_str()), Arc::from(config.name.as_str()), Arc::from(kind)),
             start_checked: false,
             quick_retries: QUICK_RETRIES,
             last_taken: None,
             queued_found_ms: 0,
             dead_letters_counted: false,
+            read_ahead: true,
+            lent: false,
+            untold: None,
         }
     }
 
@@ -273,12 +296,41 @@ impl Watcher {
             let delivered = self.deliver_and_commit(staged, shutdown).await?;
             report.redelivered = delivered;
             report.dead_lettered = n - delivered;
-            report.more = !self.queued.is_empty();
+            report.more = !self.queued.is_empty() || self.built.is_some();
             return Ok(report);
         }
-        if self.queued.is_empty() {
+        if self.queued.is_empty() && self.built.is_none() {
             self.poll().await?;
         }
+        let batch = match self.built.take() {
+            Some(built) => built,
+            None => match self.next_batch(&mut report).await? {
+                Some(batch) => batch,
+                None => return Ok(report),
+            },
+        };
+        report.more = self.more || !self.queued.is_empty();
+        let n = batch.events.len();
+        // The source has more than this batch and reads ahead: the next batch is read
+        // while this one is written, delivered and committed.
+        let ahead = self.read_ahead
+            && self.more
+            && self.queued.is_empty()
+            && self.source.reads_ahead()
+            && batch.events.iter().map(|e| e.text().len()).sum::<usize>() <= READ_AHEAD_MAX_BYTES;
+        let delivered = if ahead {
+            self.send_reading_ahead(batch, shutdown).await?
+        } else {
+            self.send(batch, shutdown).await?
+        };
+        report.delivered = delivered;
+        report.dead_lettered = n - delivered;
+        Ok(report)
+    }
+
+    /// The next queued batch, turned into events. None when nothing is queued, or when
+    /// the batch had no items (committed here, without a delivery).
+    async fn next_batch(&mut self, report: &mut CycleReport) -> Result<Option<PendingBatch>, WatcherError> {
         let Some(batch) = self.queued.pop_front() else {
             if self.stats.state() != WatcherState::Blocked {
                 self.stats.set_state(WatcherState::Ok);
@@ -286,7 +338,7 @@ impl Watcher {
             // A source that waits in its own poll (a long-polled queue) asks to be
             // polled again at once although it found nothing.
             report.more = self.more;
-            return Ok(report);
+            return Ok(None);
         };
         report.more = self.more || !self.queued.is_empty();
         if batch.items.is_empty() {
@@ -301,56 +353,149 @@ impl Watcher {
                     self.stats.watermark_moved_ms.store(now_ms(), Ordering::Relaxed);
                 }
                 Err(OutboxError::Store(StoreError::Conflict { .. })) => {
-                    self.queued.clear();
+                    self.drop_queued();
                     self.outbox.reload_next();
                 }
                 Err(e) => return Err(e.into()),
             }
-            return Ok(report);
+            return Ok(None);
         }
-        let batch = self.build_batch(batch)?;
-        let n = batch.events.len();
-        let staged = self.outbox.stage(batch).await;
-        let staged = self.guard(staged)?;
-        tracing::debug!(batch = %staged.batch().batch_id, events = n, "Wrote pending batch.");
-        let delivered = self.deliver_and_commit(staged, shutdown).await?;
-        report.delivered = delivered;
-        report.dead_lettered = n - delivered;
-        Ok(report)
+        Ok(Some(self.build_batch(batch)?))
     }
 
     /// Polls the source and queues the batches it hands over.
     async fn poll(&mut self) -> Result<(), WatcherError> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let summary = self.source.summary();
         let polled = self.source.poll(self.batch_size).await?;
+        self.take_polled(polled, summary, started.elapsed(), None);
+        Ok(())
+    }
+
+    /// Writes `batch` to the outbox, delivers it and commits it.
+    async fn send(
+        &mut self,
+        batch: PendingBatch,
+        shutdown: &CancellationToken,
+    ) -> Result<usize, WatcherError> {
+        let n = batch.events.len();
+        let staged = self.outbox.stage(batch).await;
+        let staged = self.guard(staged)?;
+        tracing::debug!(batch = %staged.batch().batch_id, events = n, "Wrote pending batch.");
+        self.deliver_and_commit(staged, shutdown).await
+    }
+
+    /// Sends `batch` ([`Self::send`]) while the source reads the next batch and its
+    /// events are encoded. The source is lent to that poll meanwhile: the commit's
+    /// change reaches it afterwards, and it polls on from the batch it handed out. What
+    /// it read is kept only when the batch before it was committed; otherwise (a failed
+    /// delivery or commit, a failed read) it is dropped and the next cycle restores the
+    /// source from the store, so that nothing read ahead is skipped.
+    async fn send_reading_ahead(
+        &mut self,
+        batch: PendingBatch,
+        shutdown: &CancellationToken,
+    ) -> Result<usize, WatcherError> {
+        let mut source = std::mem::replace(&mut self.source, Box::new(Lent));
+        self.lent = true;
+        let summary = source.summary();
+        let limit = self.batch_size;
+        let encoder = self.encoder.clone();
+        let read = async {
+            let started = Instant::now();
+            let mut polled = source.poll(limit).await;
+            let took = started.elapsed();
+            // The first batch's events are encoded here too, while the sink works, on a
+            // thread of their own: the delivery's steps go on meanwhile.
+            let built = match &mut polled {
+                Ok(p) if p.batches.first().is_some_and(|b| !b.items.is_empty()) => {
+                    let (batch, summary) = (p.batches.remove(0), summary.clone());
+                    let (namespace, name) = (encoder.namespace.clone(), encoder.name.clone());
+                    match tokio::task::spawn_blocking(move || encoder.build(&summary, batch)).await {
+                        Ok(built) => Some(built),
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        // The runtime is shutting down: what was read is dropped below.
+                        Err(e) => Some(Err(OutboxError::Encode {
+                            namespace,
+                            name,
+                            key: "pending".into(),
+                            message: e.to_string(),
+                        })),
+                    }
+                }
+                _ => None,
+            };
+            (polled, took, built)
+        };
+        let (delivered, (polled, took, built)) = tokio::join!(self.send(batch, shutdown), read);
+        self.source = source;
+        self.lent = false;
+        let untold = self.untold.take();
+        let kept = match (delivered, polled, built.transpose()) {
+            (Ok(delivered), Ok(polled), Ok(built)) => Ok((delivered, polled, built)),
+            (Ok(delivered), Err(e), _) => {
+                tracing::debug!(error = %e, "Reading the next batch ahead failed; polling again.");
+                Err(Ok(delivered))
+            }
+            (Ok(delivered), _, Err(e)) => {
+                tracing::debug!(error = %e, "Encoding the batch read ahead failed; polling again.");
+                Err(Ok(delivered))
+            }
+            (Err(e), _, _) => Err(Err(e)),
+        };
+        if kept.is_err() {
+            self.outbox.reload_next();
+        }
+        if let Some(change) = untold {
+            self.tell_source(&change)?;
+        }
+        match kept {
+            Ok((delivered, polled, built)) => {
+                self.take_polled(polled, summary, took, built);
+                Ok(delivered)
+            }
+            Err(result) => result,
+        }
+    }
+
+    /// Counts a poll that went through and queues its batches (the first already
+    /// turned into events, when it was read ahead).
+    fn take_polled(
+        &mut self,
+        polled: Polled,
+        summary: serde_json::Value,
+        took: Duration,
+        built: Option<PendingBatch>,
+    ) {
         WatcherStats::add(&self.stats.polls, 1);
         WatcherStats::add(&self.stats.items_skipped, self.source.take_skipped());
         WatcherStats::add(&self.stats.items_unnotified, self.source.take_unnotified());
-        self.stats.poll_duration.observe(started.elapsed());
+        self.stats.poll_duration.observe(took);
         self.stats.last_poll_ms.store(now_ms(), Ordering::Relaxed);
-        let items: usize = polled.batches.iter().map(|b| b.items.len()).sum();
+        let ahead = built.as_ref().map_or(0, |b| b.events.len());
+        let items: usize = polled.batches.iter().map(|b| b.items.len()).sum::<usize>() + ahead;
         tracing::debug!(
             items,
-            batches = polled.batches.len(),
+            batches = polled.batches.len() + usize::from(built.is_some()),
             more = polled.more,
-            took_ms = started.elapsed().as_millis() as u64,
+            took_ms = took.as_millis() as u64,
             "Polled."
         );
         WatcherStats::add(&self.stats.items_found, items as u64);
         self.queued = polled.batches.into();
+        self.built = built;
         self.queued_summary = summary;
         self.more = polled.more;
         if items > 0 {
             self.queued_found_ms = now_ms();
         }
         self.set_pending(0, 0);
-        Ok(())
     }
 
     /// Runs one `highwater once` cycle: the pending batch first if there is one, then
     /// one poll, every batch of it delivered and committed.
     pub async fn once(&mut self, shutdown: &CancellationToken) -> Result<CycleReport, WatcherError> {
+        self.read_ahead = false;
         let mut total = CycleReport::default();
         let mut polled = false;
         loop {
@@ -391,7 +536,7 @@ impl Watcher {
             }
             // Batches planned from the old state are dropped: the next poll finds
             // their items again.
-            self.queued.clear();
+            self.drop_queued();
             let fresh = committed.state.head.is_none();
             if let Err(e) = self.source.restore(committed.state) {
                 self.outbox.reload_next();
@@ -471,7 +616,7 @@ impl Watcher {
     /// restores it from the store.
     fn tell_source(&mut self, change: &ChangeSet) -> Result<(), WatcherError> {
         if let Err(e) = self.source.committed(change) {
-            self.queued.clear();
+            self.drop_queued();
             self.outbox.reload_next();
             return Err(e.into());
         }
@@ -482,7 +627,7 @@ impl Watcher {
     /// queued batches and has the next cycle restore the source from the store.
     fn guard<T>(&mut self, result: Result<T, OutboxError>) -> Result<T, WatcherError> {
         if let Err(OutboxError::Store(StoreError::Conflict { .. })) = &result {
-            self.queued.clear();
+            self.drop_queued();
             self.outbox.reload_next();
         }
         result.map_err(WatcherError::from)
@@ -491,38 +636,14 @@ impl Watcher {
     /// Turns a batch's items into events with their ids, each encoded once, and the
     /// pending batch that carries them.
     fn build_batch(&self, batch: Batch) -> Result<PendingBatch, WatcherError> {
-        let now = Utc::now();
-        let encode_error = |e: serde_json::Error| OutboxError::Encode {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-            key: "pending".into(),
-            message: e.to_string(),
-        };
-        // One summary serves every event of the batch.
-        let watermark = serde_json::value::to_raw_value(&self.queued_summary).map_err(encode_error)?;
-        // So does one time, written once.
-        let emitted_at_json = serde_json::value::to_raw_value(&now).map_err(encode_error)?;
-        let (namespace, watcher, source) = &self.shared;
-        let mut events = Vec::with_capacity(batch.items.len());
-        // Each item is dropped as soon as it is encoded, so that a batch is not held
-        // twice (as items and as events) at the peak of its memory.
-        for found in batch.items {
-            let parts: Vec<&str> = found.identity.iter().map(String::as_str).collect();
-            let id = event_id(&self.namespace, &self.name, &parts);
-            let event = EventRef {
-                id: &id,
-                namespace: &self.namespace,
-                watcher: &self.name,
-                source,
-                change: found.change,
-                item: &found.item,
-                watermark: &watermark,
-                emitted_at_json: &emitted_at_json,
-                emitted_at: now,
-            };
-            events.push(Encoded::encode(&event, namespace, watcher, source).map_err(encode_error)?);
-        }
-        Ok(PendingBatch::new(events, batch.change, now))
+        Ok(self.encoder.build(&self.queued_summary, batch)?)
+    }
+
+    /// Drops the batches of the last poll (the next cycle polls again, or restores the
+    /// source first).
+    fn drop_queued(&mut self) {
+        self.queued.clear();
+        self.built = None;
     }
 
     /// Delivers `batch` until the sink acknowledges it (then commits) or the policy sets
@@ -684,7 +805,8 @@ impl Watcher {
     /// queued, aged from the oldest.
     fn set_pending(&self, left: usize, since_ms: i64) {
         self.stats.set_pending(left, since_ms);
-        let queued: usize = self.queued.iter().map(|b| b.items.len()).sum();
+        let built = self.built.as_ref().map_or(0, |b| b.events.len());
+        let queued: usize = self.queued.iter().map(|b| b.items.len()).sum::<usize>() + built;
         let oldest = [(left > 0).then_some(since_ms), (queued > 0).then_some(self.queued_found_ms)]
             .into_iter()
             .flatten()
@@ -756,9 +878,100 @@ impl Watcher {
             if change.head.is_some() {
                 self.stats.watermark_moved_ms.store(now_ms(), Ordering::Relaxed);
             }
-            self.tell_source(&change)?;
+            if self.lent {
+                self.untold = Some(change);
+            } else {
+                self.tell_source(&change)?;
+            }
         }
         Ok(())
+    }
+}
+
+/// What turning a batch's items into events needs: the watcher's names and its source
+/// kind (cloned into a poll that reads ahead, which encodes the batch it read).
+#[derive(Clone)]
+struct Encoder {
+    namespace: String,
+    name: String,
+    /// Namespace, name and source kind, shared by every event the watcher encodes.
+    shared: (Arc<str>, Arc<str>, Arc<str>),
+}
+
+impl Encoder {
+    /// Turns a batch's items into events with their ids, each encoded once, and the
+    /// pending batch that carries them; `summary` is their `watermark` field.
+    fn build(&self, summary: &serde_json::Value, batch: Batch) -> Result<PendingBatch, OutboxError> {
+        let now = Utc::now();
+        let encode_error = |e: serde_json::Error| OutboxError::Encode {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            key: "pending".into(),
+            message: e.to_string(),
+        };
+        // One summary serves every event of the batch.
+        let watermark = serde_json::value::to_raw_value(summary).map_err(encode_error)?;
+        // So does one time, written once.
+        let emitted_at_json = serde_json::value::to_raw_value(&now).map_err(encode_error)?;
+        let (namespace, watcher, source) = &self.shared;
+        let mut events = Vec::with_capacity(batch.items.len());
+        // Each item is dropped as soon as it is encoded, so that a batch is not held
+        // twice (as items and as events) at the peak of its memory.
+        for found in batch.items {
+            let parts: Vec<&str> = found.identity.iter().map(String::as_str).collect();
+            let id = event_id(&self.namespace, &self.name, &parts);
+            let event = EventRef {
+                id: &id,
+                namespace: &self.namespace,
+                watcher: &self.name,
+                source,
+                change: found.change,
+                item: &found.item,
+                watermark: &watermark,
+                emitted_at_json: &emitted_at_json,
+                emitted_at: now,
+            };
+            events.push(Encoded::encode(&event, namespace, watcher, source).map_err(encode_error)?);
+        }
+        Ok(PendingBatch::new(events, batch.change, now))
+    }
+}
+
+/// What stands in for a watcher's source while a poll that reads ahead has it. Nothing
+/// calls it (the commit meanwhile keeps its change for the source's return); were
+/// anything to, it answers with an error, never with a state.
+struct Lent;
+
+#[async_trait::async_trait]
+impl Source for Lent {
+    fn kind(&self) -> &'static str {
+        "lent"
+    }
+
+    fn restore(&mut self, _state: SourceState) -> Result<(), SourceError> {
+        Err(Lent::busy())
+    }
+
+    async fn poll(&mut self, _limit: usize) -> Result<Polled, SourceError> {
+        Err(Lent::busy())
+    }
+
+    fn committed(&mut self, _change: &ChangeSet) -> Result<(), SourceError> {
+        Err(Lent::busy())
+    }
+
+    fn summary(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    fn summarize(&self, _head: &crate::json::Json, _remembered: u64) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
+impl Lent {
+    fn busy() -> SourceError {
+        SourceError::transient("the source is busy reading ahead")
     }
 }
 
@@ -819,7 +1032,8 @@ mod tests {
     /// A source over a list: the head is the number of items announced, and each
     /// announced item is remembered as a member. A poll hands over up to `per_poll`
     /// batches; with `idle_progress`, a poll that finds nothing hands over an empty
-    /// batch that stores a head of its own.
+    /// batch that stores a head of its own. With `ahead`, it reads ahead: a poll goes on
+    /// from the newest batch handed out.
     struct ListSource {
         items: Arc<Mutex<Vec<String>>>,
         per_poll: usize,
@@ -827,6 +1041,9 @@ mod tests {
         at: usize,
         restores: Arc<Mutex<usize>>,
         idle_progress: bool,
+        ahead: bool,
+        /// Where the newest batch handed out and not committed ends.
+        handed: Option<usize>,
     }
 
     #[async_trait]
@@ -837,6 +1054,7 @@ mod tests {
 
         fn restore(&mut self, state: SourceState) -> Result<(), SourceError> {
             *self.restores.lock().unwrap() += 1;
+            self.handed = None;
             self.at = match state.head {
                 Some(head) => {
                     head.decode::<usize>().map_err(|e| SourceError::needs_attention(e.to_string()))?
@@ -856,7 +1074,7 @@ mod tests {
 
         async fn poll(&mut self, limit: usize) -> Result<Polled, SourceError> {
             let items = self.items.lock().unwrap();
-            let mut from = self.at;
+            let mut from = self.handed.unwrap_or(self.at);
             let mut batches = Vec::new();
             while batches.len() < self.per_poll && from < items.len() {
                 let take: Vec<String> = items.iter().skip(from).take(limit).cloned().collect();
@@ -880,6 +1098,9 @@ mod tests {
                     .collect();
                 batches.push(Batch { items, change });
             }
+            if self.ahead && !batches.is_empty() {
+                self.handed = Some(from);
+            }
             if batches.is_empty() && self.idle_progress {
                 let change = ChangeSet::head(Json::encode(&self.at).unwrap());
                 batches.push(Batch { items: Vec::new(), change });
@@ -890,12 +1111,19 @@ mod tests {
         fn committed(&mut self, change: &ChangeSet) -> Result<(), SourceError> {
             if let Some(head) = &change.head {
                 self.at = head.decode().map_err(|e| SourceError::needs_attention(e.to_string()))?;
+                if self.handed == Some(self.at) {
+                    self.handed = None;
+                }
             }
             Ok(())
         }
 
+        fn reads_ahead(&self) -> bool {
+            self.ahead
+        }
+
         fn summary(&self) -> serde_json::Value {
-            json!(self.at)
+            json!(self.handed.unwrap_or(self.at))
         }
 
         fn summarize(&self, head: &Json, _remembered: u64) -> serde_json::Value {
@@ -943,6 +1171,8 @@ mod tests {
         partial: Arc<Mutex<VecDeque<usize>>>,
         received: Arc<Mutex<Vec<Vec<String>>>>,
         pending_seen: Arc<Mutex<Vec<bool>>>,
+        /// Sources built from now on read ahead.
+        ahead: std::sync::atomic::AtomicBool,
     }
 
     impl Rig {
@@ -958,6 +1188,7 @@ mod tests {
                 partial: Arc::default(),
                 received: Arc::default(),
                 pending_seen: Arc::default(),
+                ahead: Default::default(),
             }
         }
 
@@ -996,6 +1227,8 @@ mod tests {
                 at: 0,
                 restores: Arc::clone(&self.restores),
                 idle_progress,
+                ahead: self.ahead.load(Ordering::Relaxed),
+                handed: None,
             });
             let sink = Box::new(ScriptSink {
                 answers: Arc::clone(&self.answers),
@@ -1246,6 +1479,73 @@ mod tests {
         assert_eq!(received[1], received[2], "the redelivery carries the ids it had");
         assert_eq!(received.concat().len(), 7);
         assert_eq!(*rig.restores.lock().unwrap(), 2, "restored once per process, not per poll");
+    }
+
+    #[tokio::test]
+    async fn reading_ahead_delivers_every_batch_once_in_order() {
+        let rig = Rig::new();
+        rig.ahead.store(true, Ordering::Relaxed);
+        let names: Vec<String> = (0..25).map(|i| format!("f{i:02}")).collect();
+        rig.add(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        let token = CancellationToken::new();
+        let mut w = rig.watcher(FailurePolicy::Block, 10);
+        let first = w.cycle(&token).await.unwrap();
+        assert_eq!((first.delivered, first.more), (10, true));
+        let ahead = w.built.as_ref().map(|b| b.events.len());
+        assert_eq!(ahead, Some(10), "the second batch was read and encoded during the first's delivery");
+        let mut delivered = first.delivered;
+        for _ in 0..10 {
+            let report = w.cycle(&token).await.unwrap();
+            delivered += report.delivered;
+            if !report.more {
+                break;
+            }
+        }
+        assert_eq!(delivered, 25);
+        let received = rig.received.lock().unwrap().clone();
+        let expected: Vec<String> = names.iter().map(|n| event_id("ns", "w", &[n])).collect();
+        assert_eq!(received.concat(), expected, "every item once, in order");
+        assert_eq!(received.iter().map(Vec::len).collect::<Vec<_>>(), [10, 10, 5]);
+        assert!(rig.pending_seen.lock().unwrap().iter().all(|p| *p), "each batch written before delivery");
+        assert_eq!(rig.watermark().await, Some(json!(25)));
+        assert_eq!(rig.summary().await.remembered, 25);
+        assert_eq!(w.stats.items_found.load(Ordering::Relaxed), 25);
+        assert_eq!(*rig.restores.lock().unwrap(), 1);
+        // `once` does not read ahead: its one poll is its unit of work.
+        rig.add(&["g", "h", "i"]);
+        let mut once = rig.watcher(FailurePolicy::Block, 2);
+        assert_eq!(once.once(&token).await.unwrap().delivered, 2);
+        assert!(once.built.is_none() && once.queued.is_empty());
+    }
+
+    #[tokio::test]
+    async fn what_was_read_ahead_of_a_failed_delivery_is_read_again_not_skipped() {
+        let rig = Rig::new();
+        rig.ahead.store(true, Ordering::Relaxed);
+        rig.add(&["a", "b", "c", "d", "e", "f"]);
+        let token = CancellationToken::new();
+        // Batch [a b] goes through (and [c d] is read meanwhile); [c d] fails while
+        // [e f] is read ahead, which is then dropped.
+        rig.answers.lock().unwrap().extend([Delivery::Acknowledged, Delivery::retry("down")]);
+        let mut w = rig.watcher(FailurePolicy::Block, 2).with_attempt_limit(1);
+        assert_eq!(w.cycle(&token).await.unwrap().delivered, 2);
+        assert!(matches!(w.cycle(&token).await, Err(WatcherError::Delivery(_))));
+        assert_eq!(rig.watermark().await, Some(json!(2)));
+        assert!(w.built.is_none() && w.queued.is_empty(), "what was read ahead is dropped");
+        // The same watcher goes on: [c d] again from the outbox, then [e f] found again.
+        let mut delivered = 0;
+        for _ in 0..5 {
+            let report = w.cycle(&token).await.unwrap();
+            delivered += report.delivered + report.redelivered;
+            if !report.more && report.redelivered == 0 {
+                break;
+            }
+        }
+        assert_eq!(delivered, 4);
+        assert_eq!(rig.watermark().await, Some(json!(6)));
+        let received = rig.received.lock().unwrap().clone();
+        let ids = |names: &[&str]| names.iter().map(|n| event_id("ns", "w", &[n])).collect::<Vec<_>>();
+        assert_eq!(received, [ids(&["a", "b"]), ids(&["c", "d"]), ids(&["c", "d"]), ids(&["e", "f"])]);
     }
 
     #[tokio::test]

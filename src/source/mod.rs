@@ -192,6 +192,16 @@ pub trait Source: Send {
     /// to the state it holds. An error makes the loop restore the source from the store.
     fn committed(&mut self, change: &ChangeSet) -> Result<(), SourceError>;
 
+    /// Whether the loop may poll again while the batch this source handed out last is
+    /// still being delivered (reading ahead, so that the next batch is read from the
+    /// server while the sink takes this one). A source that says so polls on from the
+    /// newest state it handed out, and takes [`Source::committed`] for each batch in
+    /// the order it handed them out; [`Source::restore`] drops whatever it read ahead.
+    /// The default is no: every poll starts from the committed state.
+    fn reads_ahead(&self) -> bool {
+        false
+    }
+
     /// Checks that the source's resource exists and is readable (a bucket, a table and
     /// its columns, a directory), for `highwater check --connect` and the log at start.
     /// The default has nothing to check.

@@ -187,6 +187,10 @@ impl SqliteStore {
         // page. A setting of the connection, so it applies to new and existing files
         // alike; pages are only taken as they are used.
         conn.pragma_update(None, "cache_size", -8192).map_err(|e| backend(e.to_string()))?;
+        // Checkpoints every 16 MB of log instead of SQLite's 4 MB: a pending batch is
+        // written to pages its predecessor freed, so a longer log holds the same pages
+        // several times and a checkpoint copies each once.
+        conn.pragma_update(None, "wal_autocheckpoint", 4096).map_err(|e| backend(e.to_string()))?;
         // A new file is brought to the newest version silently; one an earlier release
         // wrote is worth a line.
         if let Some(done) = migrate(&mut conn, path, upgrades).map_err(backend)?.filter(|d| d.from > 0) {

@@ -236,6 +236,16 @@ impl Daemon {
         out
     }
 
+    /// Every event written so far and not yet read (all of them, once the process has
+    /// exited and [`Self::wait`] returned).
+    pub fn events_written(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Ok(line) = self.stdout.try_recv() {
+            out.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}")));
+        }
+        out
+    }
+
     /// Waits for the first JSON log line (of those read so far, then of new ones) for
     /// which `matches` holds, and returns it parsed; `what` says what was awaited when
     /// none comes.

@@ -29,6 +29,7 @@ mod pool;
 mod rows;
 pub mod values;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -137,9 +138,11 @@ pub struct Postgres {
     /// Where the next poll starts: the committed head (None: none is stored), or where a
     /// poll that found nothing moved it in memory.
     mark: Option<Mark>,
-    /// The head of the batch handed out last, with its text: its commit then costs a
-    /// comparison of the text instead of a parse.
-    handed_out: Option<(Json, Mark)>,
+    /// The heads of the batches handed out and not yet committed, oldest first, with
+    /// their texts: a commit then costs a comparison of the text instead of a parse. A
+    /// poll reads ahead from the newest (the loop may poll again while the batch before
+    /// is delivered: [`Source::reads_ahead`]).
+    handed_out: VecDeque<(Json, Mark)>,
     /// Rows skipped because a cursor column was NULL, since start (for the log).
     skipped_null_cursor: u64,
     /// The same, not yet handed to the watcher's counter.
@@ -157,11 +160,16 @@ impl Postgres {
             pool: None,
             plan: None,
             mark: None,
-            handed_out: None,
+            handed_out: VecDeque::new(),
             skipped_null_cursor: 0,
             skipped_untaken: 0,
             as_text_total: 0,
         }
+    }
+
+    /// Where the next poll starts: the newest head handed out, else the committed one.
+    fn next_start(&self) -> Option<&Mark> {
+        self.handed_out.back().map(|(_, mark)| mark).or(self.mark.as_ref())
     }
 
     /// A connection of the pool for one poll, and the table's plan (read from the
@@ -514,7 +522,7 @@ impl Source for Postgres {
     }
 
     fn restore(&mut self, state: SourceState) -> Result<(), SourceError> {
-        self.handed_out = None;
+        self.handed_out.clear();
         self.mark = None;
         // Members are not this source's: a state of another kind left them, and they
         // are ignored (a reset removes them).
@@ -532,29 +540,43 @@ impl Source for Postgres {
     }
 
     async fn poll(&mut self, limit: usize) -> Result<Polled, SourceError> {
-        let mark = self.mark.clone().unwrap_or_else(|| Mark::empty(self.config.mode));
+        let mark = self.next_start().cloned().unwrap_or_else(|| Mark::empty(self.config.mode));
         let Outcome { items, next, more } = self
             .with_lease(async |this, lease, plan| this.poll_inner(lease, plan, mark, limit).await)
             .await?;
         if items.is_empty() {
             // Nothing to announce, nothing to lose: the next poll starts from here, and
-            // nothing is stored.
-            self.mark = Some(next);
+            // nothing is stored. While a batch is out, its commit decides where the next
+            // poll starts (this one found nothing past it; the next looks again).
+            if self.handed_out.is_empty() {
+                self.mark = Some(next);
+            }
             return Ok(Polled { batches: Vec::new(), more });
         }
         let text = next.encode()?;
         let batch = Batch { items, change: ChangeSet::head(text.clone()) };
-        self.handed_out = Some((text, next));
+        self.handed_out.push_back((text, next));
         Ok(Polled { batches: vec![batch], more })
     }
 
     fn committed(&mut self, change: &ChangeSet) -> Result<(), SourceError> {
         let Some(head) = &change.head else { return Ok(()) };
-        self.mark = Some(match self.handed_out.take() {
+        self.mark = Some(match self.handed_out.pop_front() {
             Some((text, mark)) if text == *head => mark,
-            _ => self.read(head)?,
+            _ => {
+                // Not the batch handed out first: whatever was read ahead of it is
+                // read again from this head.
+                self.handed_out.clear();
+                self.read(head)?
+            }
         });
         Ok(())
+    }
+
+    fn reads_ahead(&self) -> bool {
+        // Every batch's change is a whole new head, valid once the batch before it is
+        // committed: a poll can go on from the newest head handed out.
+        true
     }
 
     async fn check(&mut self) -> Result<(), SourceError> {
@@ -569,7 +591,7 @@ impl Source for Postgres {
     }
 
     fn summary(&self) -> Value {
-        self.mark.as_ref().map_or(Value::Null, Mark::summary)
+        self.next_start().map_or(Value::Null, Mark::summary)
     }
 
     fn summarize(&self, head: &Json, _remembered: u64) -> Value {
@@ -605,9 +627,25 @@ mod tests {
         // A batch's head is adopted without a parse; another one is read.
         let next =
             Mark::Xid { from: Some("15:15:".into()), to: None, after: None, not_before: None, server: None };
-        pg.handed_out = Some((next.encode().unwrap(), next.clone()));
+        pg.handed_out.push_back((next.encode().unwrap(), next.clone()));
         pg.committed(&ChangeSet::head(next.encode().unwrap())).expect("commit");
         assert_eq!(pg.mark, Some(next));
+        // A poll reads ahead from the newest head handed out; commits adopt them in order.
+        let (a, b) =
+            (Mark::Cursor { after: Some(vec!["1".into()]) }, Mark::Cursor { after: Some(vec!["2".into()]) });
+        let mut ahead = source("cursor");
+        ahead.restore(SourceState::default()).expect("empty");
+        ahead.handed_out.push_back((a.encode().unwrap(), a.clone()));
+        ahead.handed_out.push_back((b.encode().unwrap(), b.clone()));
+        assert_eq!(ahead.summary(), serde_json::json!({"after": ["2"]}));
+        ahead.committed(&ChangeSet::head(a.encode().unwrap())).expect("commit a");
+        assert_eq!((ahead.mark.as_ref(), ahead.handed_out.len()), (Some(&a), 1));
+        ahead.committed(&ChangeSet::head(b.encode().unwrap())).expect("commit b");
+        assert_eq!((ahead.mark.as_ref(), ahead.handed_out.len()), (Some(&b), 0));
+        // A head out of order (set by an operator) drops what was read ahead.
+        ahead.handed_out.push_back((b.encode().unwrap(), b.clone()));
+        ahead.committed(&ChangeSet::head(a.encode().unwrap())).expect("commit a again");
+        assert_eq!((ahead.mark.as_ref(), ahead.handed_out.len()), (Some(&a), 0));
         pg.committed(&ChangeSet::head(head)).expect("commit");
         assert_eq!(pg.summary()["snapshot"], "10:12");
         pg.committed(&ChangeSet::default()).expect("no head");

@@ -2,7 +2,7 @@
 //! remembered, next to the bytes of the batch's events: the real daemon (`highwater
 //! run`), a `local_dir` watcher, the SQLite store, `stdout` as the sink.
 //!
-//! Run: `cargo bench --bench store` (optionally `-- ROUNDS`, default 100). For each size
+//! Run: `cargo bench --bench store` (optionally `-- ROUNDS`, default 400). For each size
 //! the bench lands that many files and lets the daemon announce them (they stay
 //! remembered: the look-back window is long), checkpoints the WAL from outside, then
 //! lands ROUNDS batches of 100 new files, one at a time, and reads the daemon's
@@ -172,7 +172,7 @@ fn measure(remembered: usize, rounds: usize) -> (f64, f64, f64, f64) {
 }
 
 fn main() {
-    let rounds: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(100);
+    let rounds: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(400);
     println!("highwater store benchmark: bytes written per committed batch of {BATCH} new files");
     println!("reproduce: cargo bench --bench store -- {rounds}");
     println!(

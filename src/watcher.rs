@@ -13,7 +13,9 @@
 //! hand over several batches; each is written to the store before its first delivery
 //! attempt (so a crash redelivers it with the same event ids) and committed on its own
 //! acknowledgement, in the transaction that clears it. A poll that finds nothing writes
-//! nothing.
+//! nothing. A source that reads ahead ([`Source::reads_ahead`]) is polled for the next
+//! batch while one is staged, delivered and committed; what it read is kept only once
+//! that batch is committed.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

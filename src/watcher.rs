@@ -304,11 +304,29 @@ impl Watcher {
         if self.queued.is_empty() && self.built.is_none() {
             self.poll().await?;
         }
+        let sent = self.send_next(&mut report, shutdown).await;
+        if sent.is_err() {
+            // A batch taken from the source and not committed is dropped with whatever
+            // the source handed out past it (a source that reads ahead goes on from
+            // there): the next cycle restores it from the store, so that those items
+            // are found again, never skipped. A batch left pending is sent first.
+            self.drop_queued();
+            self.outbox.reload_next();
+        }
+        sent
+    }
+
+    /// Takes the next batch (read ahead, or queued) and sends it; see [`Self::cycle`].
+    async fn send_next(
+        &mut self,
+        report: &mut CycleReport,
+        shutdown: &CancellationToken,
+    ) -> Result<CycleReport, WatcherError> {
         let batch = match self.built.take() {
             Some(built) => built,
-            None => match self.next_batch(&mut report).await? {
+            None => match self.next_batch(report).await? {
                 Some(batch) => batch,
-                None => return Ok(report),
+                None => return Ok(*report),
             },
         };
         report.more = self.more || !self.queued.is_empty();
@@ -327,7 +345,7 @@ impl Watcher {
         };
         report.delivered = delivered;
         report.dead_lettered = n - delivered;
-        Ok(report)
+        Ok(*report)
     }
 
     /// The next queued batch, turned into events. None when nothing is queued, or when
@@ -1548,6 +1566,102 @@ mod tests {
         let received = rig.received.lock().unwrap().clone();
         let ids = |names: &[&str]| names.iter().map(|n| event_id("ns", "w", &[n])).collect::<Vec<_>>();
         assert_eq!(received, [ids(&["a", "b"]), ids(&["c", "d"]), ids(&["c", "d"]), ids(&["e", "f"])]);
+    }
+
+    /// A store that refuses the next write of a pending batch, once, as a full disk
+    /// would; everything else goes to the SQLite store beneath.
+    struct RefusesStaging {
+        inner: Arc<dyn Store>,
+        armed: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl Store for RefusesStaging {
+        async fn get(
+            &self,
+            namespace: &str,
+            name: &str,
+            key: &str,
+        ) -> Result<Option<crate::state::Record>, StoreError> {
+            self.inner.get(namespace, name, key).await
+        }
+        async fn version(&self, namespace: &str, name: &str, key: &str) -> Result<Option<i64>, StoreError> {
+            self.inner.version(namespace, name, key).await
+        }
+        async fn list(
+            &self,
+            namespace: Option<&str>,
+            name: Option<&str>,
+            keys: Keys<'_>,
+        ) -> Result<Vec<crate::state::Record>, StoreError> {
+            self.inner.list(namespace, name, keys).await
+        }
+        async fn count(
+            &self,
+            namespace: Option<&str>,
+            name: Option<&str>,
+            keys: Keys<'_>,
+        ) -> Result<std::collections::BTreeMap<(String, String), u64>, StoreError> {
+            self.inner.count(namespace, name, keys).await
+        }
+        async fn backup(&self, to: &std::path::Path) -> Result<(), StoreError> {
+            self.inner.backup(to).await
+        }
+        async fn write_fenced(
+            &self,
+            namespace: &str,
+            name: &str,
+            fence: Option<&Fence>,
+            ops: Vec<crate::state::Op>,
+        ) -> Result<Vec<Option<i64>>, StoreError> {
+            let stages =
+                ops.iter().any(|op| op.key == "pending" && matches!(op.action, crate::state::Action::Put(_)));
+            if stages && self.armed.swap(false, Ordering::Relaxed) {
+                return Err(StoreError::Backend { location: "test".into(), message: "disk full".into() });
+            }
+            self.inner.write_fenced(namespace, name, fence, ops).await
+        }
+        async fn rename(&self, from: (&str, &str), to: (&str, &str)) -> Result<u64, StoreError> {
+            self.inner.rename(from, to).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_could_not_be_written_is_found_again_by_a_source_that_reads_ahead() {
+        let mut rig = Rig::new();
+        rig.ahead.store(true, Ordering::Relaxed);
+        let failing = Arc::new(RefusesStaging { inner: Arc::clone(&rig.store), armed: false.into() });
+        rig.store = Arc::clone(&failing) as Arc<dyn Store>;
+        rig.add(&["a", "b", "c", "d", "e", "f"]);
+        let token = CancellationToken::new();
+        let mut w = rig.watcher(FailurePolicy::Block, 2);
+        // [a b] goes through, [c d] is read ahead meanwhile and then cannot be written.
+        assert_eq!(w.cycle(&token).await.unwrap().delivered, 2);
+        failing.armed.store(true, Ordering::Relaxed);
+        assert!(w.cycle(&token).await.is_err());
+        // The source had handed [c d] out and would go on after it: it is restored, and
+        // [c d] comes next.
+        let mut delivered = 0;
+        for _ in 0..5 {
+            let report = w.cycle(&token).await.unwrap();
+            delivered += report.delivered;
+            if !report.more {
+                break;
+            }
+        }
+        assert_eq!(delivered, 4);
+        let ids = |names: &[&str]| names.iter().map(|n| event_id("ns", "w", &[n])).collect::<Vec<_>>();
+        let received = rig.received.lock().unwrap().clone();
+        assert_eq!(received, [ids(&["a", "b"]), ids(&["c", "d"]), ids(&["e", "f"])]);
+        assert_eq!(rig.watermark().await, Some(json!(6)));
+        // Without reading ahead the same holds: a batch that could not be written is
+        // read again.
+        rig.add(&["g", "h", "i", "j"]);
+        w.read_ahead = false;
+        failing.armed.store(true, Ordering::Relaxed);
+        assert!(w.cycle(&token).await.is_err());
+        assert_eq!(w.cycle(&token).await.unwrap().delivered, 2);
+        assert_eq!(rig.received.lock().unwrap().last(), Some(&ids(&["g", "h"])));
     }
 
     #[tokio::test]

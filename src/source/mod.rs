@@ -196,8 +196,9 @@ pub trait Source: Send {
     /// still being delivered (reading ahead, so that the next batch is read from the
     /// server while the sink takes this one). A source that says so polls on from the
     /// newest state it handed out, and takes [`Source::committed`] for each batch in
-    /// the order it handed them out; [`Source::restore`] drops whatever it read ahead.
-    /// The default is no: every poll starts from the committed state.
+    /// the order it handed them out; [`Source::restore`] drops whatever it read ahead
+    /// (the loop restores the source whenever it drops a batch it took without
+    /// committing it). The default is no: every poll starts from the committed state.
     fn reads_ahead(&self) -> bool {
         false
     }

@@ -451,31 +451,23 @@ impl Watcher {
         self.source = source;
         self.lent = false;
         let untold = self.untold.take();
-        let kept = match (delivered, polled, built.transpose()) {
-            (Ok(delivered), Ok(polled), Ok(built)) => Ok((delivered, polled, built)),
-            (Ok(delivered), Err(e), _) => {
-                tracing::debug!(error = %e, "Reading the next batch ahead failed; polling again.");
-                Err(Ok(delivered))
-            }
-            (Ok(delivered), _, Err(e)) => {
-                tracing::debug!(error = %e, "Encoding the batch read ahead failed; polling again.");
-                Err(Ok(delivered))
-            }
-            (Err(e), _, _) => Err(Err(e)),
-        };
-        if kept.is_err() {
-            self.outbox.reload_next();
-        }
+        // A batch not committed: the cycle drops what was read and restores the source.
+        let delivered = delivered?;
         if let Some(change) = untold {
             self.tell_source(&change)?;
         }
-        match kept {
-            Ok((delivered, polled, built)) => {
-                self.take_polled(polled, summary, took, built);
-                Ok(delivered)
+        match (polled, built.transpose()) {
+            (Ok(polled), Ok(built)) => self.take_polled(polled, summary, took, built),
+            (Err(e), _) => {
+                tracing::debug!(error = %e, "Reading the next batch ahead failed; polling again.");
+                self.outbox.reload_next();
             }
-            Err(result) => result,
+            (_, Err(e)) => {
+                tracing::debug!(error = %e, "Encoding the batch read ahead failed; polling again.");
+                self.outbox.reload_next();
+            }
         }
+        Ok(delivered)
     }
 
     /// Counts a poll that went through and queues its batches (the first already
@@ -1501,30 +1493,40 @@ mod tests {
         assert_eq!(*rig.restores.lock().unwrap(), 2, "restored once per process, not per poll");
     }
 
+    /// Cycles until nothing is waiting; returns the events delivered (again or new).
+    async fn drain(w: &mut Watcher, token: &CancellationToken) -> usize {
+        let mut delivered = 0;
+        for _ in 0..20 {
+            let report = w.cycle(token).await.unwrap();
+            delivered += report.delivered + report.redelivered;
+            if !report.more && report.redelivered == 0 {
+                return delivered;
+            }
+        }
+        panic!("still more after 20 cycles ({delivered} delivered)");
+    }
+
+    /// The event ids of the test watcher's items `names`.
+    fn ids(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| event_id("ns", "w", &[n])).collect()
+    }
+
     #[tokio::test]
     async fn reading_ahead_delivers_every_batch_once_in_order() {
         let rig = Rig::new();
         rig.ahead.store(true, Ordering::Relaxed);
         let names: Vec<String> = (0..25).map(|i| format!("f{i:02}")).collect();
-        rig.add(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        rig.add(&names);
         let token = CancellationToken::new();
         let mut w = rig.watcher(FailurePolicy::Block, 10);
         let first = w.cycle(&token).await.unwrap();
         assert_eq!((first.delivered, first.more), (10, true));
         let ahead = w.built.as_ref().map(|b| b.events.len());
         assert_eq!(ahead, Some(10), "the second batch was read and encoded during the first's delivery");
-        let mut delivered = first.delivered;
-        for _ in 0..10 {
-            let report = w.cycle(&token).await.unwrap();
-            delivered += report.delivered;
-            if !report.more {
-                break;
-            }
-        }
-        assert_eq!(delivered, 25);
+        assert_eq!(first.delivered + drain(&mut w, &token).await, 25);
         let received = rig.received.lock().unwrap().clone();
-        let expected: Vec<String> = names.iter().map(|n| event_id("ns", "w", &[n])).collect();
-        assert_eq!(received.concat(), expected, "every item once, in order");
+        assert_eq!(received.concat(), ids(&names), "every item once, in order");
         assert_eq!(received.iter().map(Vec::len).collect::<Vec<_>>(), [10, 10, 5]);
         assert!(rig.pending_seen.lock().unwrap().iter().all(|p| *p), "each batch written before delivery");
         assert_eq!(rig.watermark().await, Some(json!(25)));
@@ -1553,18 +1555,9 @@ mod tests {
         assert_eq!(rig.watermark().await, Some(json!(2)));
         assert!(w.built.is_none() && w.queued.is_empty(), "what was read ahead is dropped");
         // The same watcher goes on: [c d] again from the outbox, then [e f] found again.
-        let mut delivered = 0;
-        for _ in 0..5 {
-            let report = w.cycle(&token).await.unwrap();
-            delivered += report.delivered + report.redelivered;
-            if !report.more && report.redelivered == 0 {
-                break;
-            }
-        }
-        assert_eq!(delivered, 4);
+        assert_eq!(drain(&mut w, &token).await, 4);
         assert_eq!(rig.watermark().await, Some(json!(6)));
         let received = rig.received.lock().unwrap().clone();
-        let ids = |names: &[&str]| names.iter().map(|n| event_id("ns", "w", &[n])).collect::<Vec<_>>();
         assert_eq!(received, [ids(&["a", "b"]), ids(&["c", "d"]), ids(&["c", "d"]), ids(&["e", "f"])]);
     }
 
@@ -1641,16 +1634,7 @@ mod tests {
         assert!(w.cycle(&token).await.is_err());
         // The source had handed [c d] out and would go on after it: it is restored, and
         // [c d] comes next.
-        let mut delivered = 0;
-        for _ in 0..5 {
-            let report = w.cycle(&token).await.unwrap();
-            delivered += report.delivered;
-            if !report.more {
-                break;
-            }
-        }
-        assert_eq!(delivered, 4);
-        let ids = |names: &[&str]| names.iter().map(|n| event_id("ns", "w", &[n])).collect::<Vec<_>>();
+        assert_eq!(drain(&mut w, &token).await, 4);
         let received = rig.received.lock().unwrap().clone();
         assert_eq!(received, [ids(&["a", "b"]), ids(&["c", "d"]), ids(&["e", "f"])]);
         assert_eq!(rig.watermark().await, Some(json!(6)));

@@ -53,10 +53,11 @@ const QUICK_RETRIES: u32 = 3;
 /// How long after the sink last took events a failure still counts as sporadic.
 const QUICK_WINDOW: Duration = Duration::from_secs(10);
 
-/// Largest batch (its events' bytes) during whose delivery the loop reads the next one
-/// ahead ([`Source::reads_ahead`]): reading ahead holds a second batch in memory, so a
-/// batch larger than this is delivered alone and memory stays that of one batch.
-const READ_AHEAD_MAX_BYTES: usize = 16 << 20;
+/// A large batch (its events' bytes): reading ahead ([`Source::reads_ahead`]) holds a
+/// second batch in memory, so a batch larger than this is delivered alone and memory
+/// stays that of one batch; after it, the loop hands the memory it freed back to the
+/// system ([`release_freed_memory`]).
+const LARGE_BATCH_BYTES: usize = 16 << 20;
 
 /// Why a cycle did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +131,8 @@ pub struct Watcher {
     /// Whether the next batch may be read while one is delivered (not in `highwater
     /// once`, whose one poll is the unit of work).
     read_ahead: bool,
+    /// [`LARGE_BATCH_BYTES`] (smaller in tests).
+    large_batch_bytes: usize,
     /// The source is lent to a poll that reads ahead: a commit meanwhile keeps its
     /// change in `untold`, handed to the source once it is back.
     lent: bool,
@@ -197,6 +200,7 @@ impl Watcher {
             queued_found_ms: 0,
             dead_letters_counted: false,
             read_ahead: true,
+            large_batch_bytes: LARGE_BATCH_BYTES,
             lent: false,
             untold: None,
         }
@@ -333,16 +337,21 @@ impl Watcher {
         let n = batch.events.len();
         // The source has more than this batch and reads ahead: the next batch is read
         // while this one is written, delivered and committed.
+        let bytes = batch.events.iter().map(|e| e.text().len()).sum::<usize>();
         let ahead = self.read_ahead
             && self.more
             && self.queued.is_empty()
             && self.source.reads_ahead()
-            && batch.events.iter().map(|e| e.text().len()).sum::<usize>() <= READ_AHEAD_MAX_BYTES;
+            && bytes <= self.large_batch_bytes;
         let delivered = if ahead {
             self.send_reading_ahead(batch, shutdown).await?
         } else {
             self.send(batch, shutdown).await?
         };
+        if bytes > self.large_batch_bytes {
+            // Off the loop's thread: the walk over the heap need not hold up the next poll.
+            tokio::task::spawn_blocking(release_freed_memory);
+        }
         report.delivered = delivered;
         report.dead_lettered = n - delivered;
         Ok(*report)
@@ -949,6 +958,19 @@ impl Encoder {
     }
 }
 
+/// Hands the memory a large batch freed back to the system. glibc keeps freed memory in
+/// its arenas for reuse, and what a batch of tens of megabytes left there was not all
+/// reused by the next: at `batch_size: 100000` the resident size between batches grew
+/// from 110 MB to 170 MB and 190 MB, and each batch's peak came on top of it.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only works on the allocator's own free lists, and may be
+    // called at any time from any thread.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// What stands in for a watcher's source while a poll that reads ahead has it. Nothing
 /// calls it (the commit meanwhile keeps its change for the source's return); were
 /// anything to, it answers with an error, never with a state.
@@ -1538,6 +1560,25 @@ mod tests {
         let mut once = rig.watcher(FailurePolicy::Block, 2);
         assert_eq!(once.once(&token).await.unwrap().delivered, 2);
         assert!(once.built.is_none() && once.queued.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_batch_over_the_read_ahead_limit_is_delivered_alone() {
+        let rig = Rig::new();
+        rig.ahead.store(true, Ordering::Relaxed);
+        let names: Vec<String> = (0..25).map(|i| format!("f{i:02}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        rig.add(&names);
+        let token = CancellationToken::new();
+        let mut w = rig.watcher(FailurePolicy::Block, 10);
+        // Ten events are over this limit (and over the size after which the loop hands
+        // freed memory back).
+        w.large_batch_bytes = 1000;
+        let first = w.cycle(&token).await.unwrap();
+        assert_eq!((first.delivered, first.more), (10, true));
+        assert!(w.built.is_none(), "nothing was read ahead of a batch over the limit");
+        assert_eq!(first.delivered + drain(&mut w, &token).await, 25);
+        assert_eq!(rig.received.lock().unwrap().concat(), ids(&names), "every item once, in order");
     }
 
     #[tokio::test]

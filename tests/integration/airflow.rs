@@ -302,12 +302,13 @@ fn scenario(name: &str, asset: &str, base_url: &str, sink_extra: &str, watcher_e
     project
 }
 
-/// Writes `n` files named `<prefix>-NNN.csv` into `dir` of the project, in order.
+/// Lands `n` files named `<prefix>-NNN.csv` in `dir` of the project, in order, each
+/// whole ([`Project::land`]).
 fn drop_files(project: &Project, dir: &str, prefix: &str, n: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
             let name = format!("{prefix}-{i:03}.csv");
-            project.write(&format!("{dir}/{name}"), &format!("id\n{i}\n"));
+            project.land(&format!("{dir}/{name}"), &format!("id\n{i}\n"));
             name
         })
         .collect()
@@ -366,8 +367,8 @@ fn a_dropped_file_starts_an_asset_triggered_dag_run() {
     );
 
     let mut daemon = start(&project);
-    project.write("landing/orders-1.csv", "id,amount\n1,10\n");
-    project.write("early/too-soon.csv", "x\n");
+    project.land("landing/orders-1.csv", "id,amount\n1,10\n");
+    project.land("early/too-soon.csv", "x\n");
     let posted = daemon.wait_log_where("of a posted asset event", |l| {
         field_str(l, "event").is_some() && l.get("asset_id").is_some()
     });
@@ -399,7 +400,7 @@ fn a_dropped_file_starts_an_asset_triggered_dag_run() {
         Duration::from_secs(TOKEN_SECONDS * 5),
         || (api.status_with(&later_token, "/api/v2/assets?limit=1") == 401).then_some(()),
     );
-    project.write("landing/orders-2.csv", "id,amount\n2,20\n");
+    project.land("landing/orders-2.csv", "id,amount\n2,20\n");
     daemon.wait_log_field("token", "refused");
     eventually("the event after the token expired", Duration::from_secs(30), || {
         posted_by_path(&api.events("s3://highwater-e2e/landing")).contains_key("orders-2.csv").then_some(())
@@ -461,7 +462,7 @@ fn a_rotated_password_file_and_a_refused_password() {
     );
     project.write("rotator-password", "rotator-1\n");
     let mut daemon = start(&project);
-    project.write("rotate/before.csv", "1\n");
+    project.land("rotate/before.csv", "1\n");
     daemon.wait_delivered("e2e/rotate", 1);
 
     // Airflow's password for the user changes; highwater still has the old one.
@@ -478,7 +479,7 @@ fn a_rotated_password_file_and_a_refused_password() {
         Duration::from_secs(TOKEN_SECONDS * 5),
         || (api.status_with(&later_token, "/api/v2/assets?limit=1") == 401).then_some(()),
     );
-    project.write("rotate/during.csv", "2\n");
+    project.land("rotate/during.csv", "2\n");
     daemon.wait_state("e2e/rotate", "error");
     let refused = daemon.wait_log_where("of the refused password at ERROR", |l| {
         field_str(l, "level") == Some("ERROR")
@@ -524,7 +525,7 @@ fn a_removed_dag_holds_its_watcher_until_it_is_back() {
     let project =
         scenario("removable", "removable", &airflow.base, &format!("{ADMIN}  slow_retry: 1s\n"), "");
     let mut daemon = start(&project);
-    project.write("removable/before.csv", "1\n");
+    project.land("removable/before.csv", "1\n");
     daemon.wait_delivered("e2e/removable", 1);
 
     // The DAG's file goes; Airflow drops its references to the asset.
@@ -536,7 +537,7 @@ fn a_removed_dag_holds_its_watcher_until_it_is_back() {
         let asset = api.asset("s3://highwater-e2e/removable");
         asset["scheduled_dags"].as_array().is_none_or(Vec::is_empty).then_some(())
     });
-    project.write("removable/while-removed.csv", "2\n");
+    project.land("removable/while-removed.csv", "2\n");
     daemon.wait_state("e2e/removable", "error");
     let held = daemon.wait_log_where("of the held batch", |l| {
         field_str(l, "watcher") == Some("e2e/removable")

@@ -88,7 +88,7 @@ fn a_closed_standard_error_does_not_stop_the_daemon() {
     // The reader of the logs goes away at once; every log line after it fails to write.
     drop(child.stderr.take());
     let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-    p.write("in/a.csv", "x");
+    p.land("in/a.csv", "x");
     // The event (logged around too) still arrives: the daemon is alive.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

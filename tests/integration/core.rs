@@ -243,7 +243,7 @@ fn a_missing_directory_holds_only_its_own_watcher() {
     });
     assert!(field_str(&line, "error").is_some_and(|e| e.contains("not-there")), "names the path: {line}");
     // The other watcher goes on.
-    project.write("inbox/b.csv", "b");
+    project.land("inbox/b.csv", "b");
     assert_eq!(daemon.events(1, EVENT_WAIT)[0]["item"]["relative_path"], "b.csv");
     let (code, _) = daemon.stop();
     assert_eq!(code, Some(0));

@@ -389,7 +389,7 @@ fn a_watcher_defined_on_only_some_instances_runs_only_there() {
         "{listed}"
     );
     assert!(only.ends_with(&format!(":{}", y.child.id())), "{listed}");
-    project.write("in/only/a", "a");
+    project.land("in/only/a", "a");
     eventually("y announces the file of `only`", WAIT, || {
         std::fs::read_to_string(project.path().join("out/y.jsonl")).ok().filter(|t| t.contains("in/only/a"))
     });

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Instant;
 
 use crate::systemd::{Container, boot, repo, write};
-use crate::util::bin;
+use crate::util::{bin, land_file};
 
 /// A version below any the project will carry: the "previous" package of the upgrade.
 const PREVIOUS: &str = "0~previous-1";
@@ -168,7 +168,7 @@ fn the_package_installs_enabled_runs_reloads_upgrades_keeping_the_config_and_pur
     );
     run(&c, &["systemctl", "start", "highwater"]);
     assert_eq!(c.show("ActiveState"), "active");
-    write(&root, "/srv/inbox/a.csv", "x");
+    land_file(&root.join("srv/inbox"), "a.csv", "x");
     c.wait_for("the event of /srv/inbox/a.csv", |_| events_naming(&root, "a.csv") == 1);
 
     // Reload: a watcher added while running starts delivering.
@@ -180,7 +180,7 @@ fn the_package_installs_enabled_runs_reloads_upgrades_keeping_the_config_and_pur
     );
     let pid = c.show("MainPID");
     run(&c, &["systemctl", "reload", "highwater"]);
-    write(&root, "/srv/later/b.csv", "x");
+    land_file(&root.join("srv/later"), "b.csv", "x");
     c.wait_for("the event of the reloaded watcher", |_| events_naming(&root, "b.csv") == 1);
     assert_eq!(c.show("MainPID"), pid, "a reload, not a restart");
 
@@ -192,7 +192,7 @@ fn the_package_installs_enabled_runs_reloads_upgrades_keeping_the_config_and_pur
     assert_eq!(std::fs::read_to_string(&config_path).expect("config"), edited, "the edited config is kept");
     c.wait_for("the service to run again", |c| c.show("ActiveState") == "active");
     assert_ne!(c.show("MainPID"), pid, "restarted by the upgrade");
-    write(&root, "/srv/inbox/c.csv", "x");
+    land_file(&root.join("srv/inbox"), "c.csv", "x");
     c.wait_for("the event after the upgrade", |_| events_naming(&root, "c.csv") == 1);
     assert_eq!(events_naming(&root, "a.csv"), 1, "the state survived the upgrade");
 
@@ -299,6 +299,6 @@ fn install_script_under_sudo_builds_as_the_user_creates_the_user_and_restarts_on
     run(&c, &as_sudo);
     c.wait_for("the service to run again", |c| c.show("ActiveState") == "active");
     assert_ne!(c.show("MainPID"), pid, "the old daemon does not go on running");
-    write(&root, "/srv/inbox/a.csv", "x");
+    land_file(&root.join("srv/inbox"), "a.csv", "x");
     c.wait_for("an event after the upgrade", |_| events_naming(&root, "a.csv") == 1);
 }

@@ -77,7 +77,7 @@ fn a_deployment_moves_from_sqlite_to_postgres_and_runs_on_with_the_same_ids() {
 
     // The daemon on Postgres announces only what is new.
     let mut daemon = project.start();
-    project.write("inbox/c.csv", "c");
+    project.land("inbox/c.csv", "c");
     daemon.wait_delivered("t/inbox", 1);
     let all = events(&project);
     assert_eq!(all.len(), 3, "{all:?}");

@@ -87,7 +87,7 @@ fn a_second_daemon_is_refused_naming_the_first_and_state_commands_go_on() {
     let mut daemon = p.start();
     let addr = daemon.http_addr();
     let pid = daemon.child.id().to_string();
-    p.write("inbox/a.csv", "a");
+    p.land("inbox/a.csv", "a");
     daemon.events(1, WAIT);
 
     for args in [&["run"][..], &["once"][..]] {
@@ -160,7 +160,7 @@ fn a_store_failing_while_running_puts_its_watchers_in_error_until_it_works_again
     let p = project();
     let mut daemon = p.start();
     let addr = daemon.http_addr();
-    p.write("inbox/a.csv", "a");
+    p.land("inbox/a.csv", "a");
     daemon.events(1, WAIT);
     wait_ready(&addr, 200, "ready");
 
@@ -169,7 +169,7 @@ fn a_store_failing_while_running_puts_its_watchers_in_error_until_it_works_again
     let files = vec![db(&p), p.path().join("state/highwater.db-wal")];
     let guard = Mutable(files.clone());
     immutable(true, &files);
-    p.write("inbox/b.csv", "b");
+    p.land("inbox/b.csv", "b");
     daemon.wait_state("t/inbox", "error");
     let body = wait_ready(&addr, 503, "the state store failed for watchers t/inbox");
     assert!(body.starts_with("not ready:"), "{body}");
@@ -195,7 +195,7 @@ fn a_store_failing_while_running_puts_its_watchers_in_error_until_it_works_again
     daemon.wait_state("t/inbox", "error");
     wait_ready(&addr, 503, "the state store failed for watchers t/inbox");
     // What lands meanwhile waits: the watcher does not poll while its store fails.
-    p.write("inbox/c.csv", "c");
+    p.land("inbox/c.csv", "c");
     // Put back, the same file: the watcher goes on where it was.
     std::fs::rename(&away, db(&p)).expect("put the database back");
     let events = daemon.events(1, WAIT);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::bin;
+use crate::util::{bin, land_file};
 
 /// Booting, starting and stopping take a few seconds each; this bounds every wait.
 pub(crate) const BOOT_WAIT: Duration = Duration::from_secs(90);
@@ -262,7 +262,7 @@ fn the_unit_under_systemd_starts_delivers_reloads_stops_restarting_on_config_err
     assert!(c.show("StatusText").contains("watcher"), "STATUS= reached systemd: {:?}", c.show("StatusText"));
 
     // A delivered event.
-    write(&root, "/srv/inbox/a.csv", "x");
+    land_file(&root.join("srv/inbox"), "a.csv", "x");
     let events = root.join("var/lib/highwater/events.jsonl");
     c.wait_for("the event of /srv/inbox/a.csv", |_| {
         std::fs::read_to_string(&events).is_ok_and(|text| text.contains("a.csv"))

@@ -57,6 +57,21 @@ pub fn land_tied_files(dir: &Path, files: &[(&str, &str)]) {
     }
 }
 
+/// Lands the file `name` in `dir` whole (creating `dir`): written under the hidden name
+/// `.<name>.landing` in `dir` and renamed, so that no poll sees it empty (a `local_dir`
+/// watcher with `min_age: 0s` would announce that as a generation of its own). For a
+/// plain directory where no [`Project`] is at hand; the watcher of `dir` must not set
+/// `include_hidden`, or it could announce the hidden name. `name` is a file name, not a
+/// path.
+pub fn land_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let hidden = dir.join(format!(".{name}.landing"));
+    std::fs::write(&hidden, contents).expect("write");
+    let path = dir.join(name);
+    std::fs::rename(&hidden, &path).expect("rename into place");
+    path
+}
+
 /// A scratch directory laid out like a deployment: `config/highwater.yaml`,
 /// `watchers/`, the state file, and whatever the test adds.
 pub struct Project {

@@ -337,15 +337,15 @@ fn project(sink_yaml: &str, watcher_extra: &str) -> Project {
     project
 }
 
-/// Writes `n` files into `landing/`, one after the other. A `local_dir` source orders
-/// files by change time, then path: a file written later never has an earlier change
-/// time, and one written within the same clock tick has a later name, so they are
-/// announced in this order.
+/// Lands `n` files in `landing/`, one after the other, each whole ([`Project::land`]).
+/// A `local_dir` source orders files by change time, then path: a file landed later
+/// never has an earlier change time, and one landed within the same clock tick has a
+/// later name, so they are announced in this order.
 fn drop_files(project: &Project, n: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
             let name = format!("file-{i:02}.csv");
-            project.write(&format!("landing/{name}"), &format!("row {i}\n"));
+            project.land(&format!("landing/{name}"), &format!("row {i}\n"));
             name
         })
         .collect()
@@ -512,7 +512,7 @@ fn client_errors_follow_the_failure_policy() {
     let mut daemon = project.start_with(&[("HOOK_SECRET", SECRET)], &[]);
     drop_files(&project, 1);
     daemon.wait_counter(LANDING, "highwater_watcher_batches_dead_lettered_total", 1);
-    project.write("landing/later.csv", "y\n");
+    project.land("landing/later.csv", "y\n");
     let ids = receiver.wait_accepted(1, Duration::from_secs(20));
     assert_eq!(ids.len(), 1);
     assert_eq!(accepted_paths(&receiver), ["later.csv"], "the refused event is set aside, the next one goes");
@@ -692,17 +692,17 @@ fn a_rotated_credential_signs_with_every_key_while_keys_change() {
     assert!(stderr.contains("secret_file") && stderr.contains("CREDENTIALS_DIRECTORY"), "{stderr}");
 
     let mut daemon = project.start_with(&[("CREDENTIALS_DIRECTORY", credentials_dir)], &[]);
-    project.write("landing/first.csv", "1\n");
+    project.land("landing/first.csv", "1\n");
     receiver.wait_accepted(1, Duration::from_secs(20));
     // Rotation, first step: both keys, the receiver already verifies with the new one
     // only. No reload: the credential is read for every batch.
     project.write("credentials/hook-secret", &format!("{SECRET}\n{NEW}\n"));
     receiver.shared.lock().expect("lock").keys = vec![NEW.to_string()];
-    project.write("landing/second.csv", "2\n");
+    project.land("landing/second.csv", "2\n");
     receiver.wait_accepted(2, Duration::from_secs(20));
     // Second step: the new key alone.
     project.write("credentials/hook-secret", &format!("{NEW}\n"));
-    project.write("landing/third.csv", "3\n");
+    project.land("landing/third.csv", "3\n");
     receiver.wait_accepted(3, Duration::from_secs(20));
     daemon.wait_delivered(LANDING, 3);
 
@@ -799,7 +799,7 @@ fn plain_http_works_on_a_host_without_ca_certificates() {
     let mut env = no_ca.to_vec();
     env.push(("HOOK_SECRET", SECRET));
     let mut daemon = project.start_with(&env, &[]);
-    project.write("secure/a.csv", "a\n");
+    project.land("secure/a.csv", "a\n");
     let files = drop_files(&project, 2);
     receiver.wait_accepted(2, Duration::from_secs(20));
     assert_eq!(accepted_paths(&receiver), files);

@@ -608,7 +608,7 @@ impl Outbox {
             ops.push(Op::delete(format!("{MEMBER_PREFIX}{member}"), Expect::Any));
         }
         for (member, value) in &change.put {
-            ops.push(Op::put(format!("{MEMBER_PREFIX}{member}"), value.clone(), Expect::Any));
+            ops.push(Op::put_untracked(format!("{MEMBER_PREFIX}{member}"), value.clone()));
         }
         ops
     }
@@ -728,7 +728,7 @@ impl Outbox {
             None => Op::delete(WATERMARK, Expect::Any),
         });
         for (member, value) in state.members {
-            ops.push(Op::put(format!("{MEMBER_PREFIX}{member}"), value, Expect::Any));
+            ops.push(Op::put_untracked(format!("{MEMBER_PREFIX}{member}"), value));
         }
         ops.push(Op::delete(PENDING, Expect::Any));
         ops.push(Op::delete(PROGRESS, Expect::Any));
@@ -784,7 +784,7 @@ impl Outbox {
                 ops.push(Op::put(WATERMARK, head, if replace { Expect::Any } else { Expect::Absent }));
             }
             for (member, value) in state.members {
-                ops.push(Op::put(format!("{MEMBER_PREFIX}{member}"), value, Expect::Any));
+                ops.push(Op::put_untracked(format!("{MEMBER_PREFIX}{member}"), value));
             }
         }
         for (key, value) in keys {

@@ -54,6 +54,10 @@ pub enum Expect {
 pub enum Action {
     /// Write this value.
     Put(Json),
+    /// Write this value and report no version for it (`None`): for rows whose version
+    /// nobody reads, such as a set's members, written by the thousand, where reading
+    /// each version back costs about as much as the write. Its expectation is `Any`.
+    PutUntracked(Json),
     /// Remove the key (a no-op when it is absent and the expectation allows that).
     Delete,
     /// Remove every key that starts with the op's key (a range of the primary key, so
@@ -79,6 +83,12 @@ impl Op {
     /// Writes `value` under `key`.
     pub fn put(key: impl Into<String>, value: Json, expect: Expect) -> Self {
         Op { key: key.into(), action: Action::Put(value), expect }
+    }
+
+    /// Writes `value` under `key`, whatever is there, without reporting the version
+    /// written ([`Action::PutUntracked`]).
+    pub fn put_untracked(key: impl Into<String>, value: Json) -> Self {
+        Op { key: key.into(), action: Action::PutUntracked(value), expect: Expect::Any }
     }
 
     /// Deletes every key that starts with `prefix`.
@@ -372,8 +382,8 @@ pub trait Store: Send + Sync {
 
     /// Applies every op for one watcher in one transaction: all of them or none. Fails
     /// with [`StoreError::Conflict`] when a precondition does not hold. Returns, for each
-    /// op in order, the version it wrote: `Some` for a put, `None` for a delete or a
-    /// check. Callers take versions from here, never by predicting them.
+    /// op in order, the version it wrote: `Some` for a put, `None` for an untracked put,
+    /// a delete or a check. Callers take versions from here, never by predicting them.
     async fn write(&self, namespace: &str, name: &str, ops: Vec<Op>) -> Result<Vec<Option<i64>>, StoreError> {
         self.write_fenced(namespace, name, None, ops).await
     }

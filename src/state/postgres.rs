@@ -774,7 +774,7 @@ impl Store for PostgresStore {
             let texts: Vec<Option<&str>> = ops
                 .iter()
                 .map(|op| match &op.action {
-                    Action::Put(value) => Some(value.as_str()),
+                    Action::Put(value) | Action::PutUntracked(value) => Some(value.as_str()),
                     _ => None,
                 })
                 .collect();
@@ -803,6 +803,12 @@ impl Store for PostgresStore {
                         let mut params = base;
                         params.push(&texts[index]);
                         plan.push((&put, params, Answer::Wrote(index)));
+                    }
+                    // Pipelined with the rest, the version it returns costs no round trip.
+                    Action::PutUntracked(_) => {
+                        let mut params = base;
+                        params.push(&texts[index]);
+                        plan.push((&put, params, Answer::Nothing));
                     }
                     Action::Delete => plan.push((&delete, base, Answer::Nothing)),
                     Action::DeleteUnder => {

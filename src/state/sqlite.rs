@@ -72,6 +72,23 @@ const LOCK_WAIT: Duration = Duration::from_secs(1);
 /// carry customer data.
 const FILE_MODE: u32 = 0o600;
 
+/// A put: the row written, whatever was there, its version one more than before.
+macro_rules! upsert {
+    () => {
+        "INSERT INTO process_state (namespace, name, key, value, version, updated_at)
+         VALUES (?1, ?2, ?3, ?4, 1, ?5)
+         ON CONFLICT (namespace, name, key) DO UPDATE
+         SET value = excluded.value, version = process_state.version + 1,
+             updated_at = excluded.updated_at"
+    };
+}
+
+/// [`Action::Put`]: the upsert, and the version it wrote.
+const PUT: &str = concat!(upsert!(), " RETURNING version");
+
+/// [`Action::PutUntracked`]: the upsert alone.
+const PUT_UNTRACKED: &str = upsert!();
+
 /// The lock file of the database at `path`: `<file>.lock`, beside it.
 pub fn lock_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -664,14 +681,7 @@ impl Store for SqliteStore {
                     Action::Put(value) => {
                         let text = value.into_string();
                         let version: i64 = tx
-                            .prepare_cached(
-                                "INSERT INTO process_state (namespace, name, key, value, version, updated_at)
-                                 VALUES (?1, ?2, ?3, ?4, 1, ?5)
-                                 ON CONFLICT (namespace, name, key) DO UPDATE
-                                 SET value = excluded.value, version = process_state.version + 1,
-                                     updated_at = excluded.updated_at
-                                 RETURNING version",
-                            )
+                            .prepare_cached(PUT)
                             .and_then(|mut stmt| {
                                 // SQLite copies a bound text, then copies it again into the
                                 // row it builds: the value (a pending batch is megabytes) is
@@ -690,6 +700,23 @@ impl Store for SqliteStore {
                             })
                             .map_err(&err)?;
                         written.push(Some(version));
+                    }
+                    Action::PutUntracked(value) => {
+                        // The same write without `RETURNING`: SQLite buffers a returned row
+                        // in a table of its own, which doubled the cost of each of a
+                        // commit's thousands of members.
+                        tx.prepare_cached(PUT_UNTRACKED)
+                            .and_then(|mut stmt| stmt.execute(params![namespace, name, op.key, value.as_str(), now]))
+                        .map_err(&err)?;
+                        written.push(None);
+                    }
+                    // Nothing to check: the plain delete (a commit prunes members by the
+                    // thousand), without `RETURNING` for the same reason as above.
+                    Action::Delete if op.expect == Expect::Any => {
+                        tx.prepare_cached("DELETE FROM process_state WHERE namespace = ?1 AND name = ?2 AND key = ?3")
+                            .and_then(|mut stmt| stmt.execute(params![namespace, name, op.key]))
+                            .map_err(&err)?;
+                        written.push(None);
                     }
                     Action::Delete => {
                         let removed: Option<i64> = tx

@@ -90,6 +90,20 @@ async fn write_returns_the_versions_it_wrote(s: &dyn Store) {
         .unwrap();
     assert_eq!(written, vec![Some(1), Some(3), None, Some(4), None]);
     assert_eq!(s.get("ns", "w", "b").await.unwrap().unwrap().version, 4);
+
+    // An untracked put reports no version, but writes one: a later check sees it.
+    let written = s
+        .write("ns", "w", vec![Op::put_untracked("b", j(json!(5))), Op::put_untracked("d", j(json!(6)))])
+        .await
+        .unwrap();
+    assert_eq!(written, vec![None, None]);
+    let b = s.get("ns", "w", "b").await.unwrap().unwrap();
+    assert_eq!((b.value.decode::<serde_json::Value>().unwrap(), b.version), (json!(5), 5));
+    assert_eq!(s.get("ns", "w", "d").await.unwrap().unwrap().version, 1);
+    let written =
+        s.write("ns", "w", vec![Op::check("b", Expect::Version(5)), Op::delete("d", Expect::Any)]).await;
+    assert_eq!(written.unwrap(), vec![None, None]);
+    assert!(s.get("ns", "w", "d").await.unwrap().is_none());
 }
 
 async fn a_stale_version_is_refused(s: &dyn Store) {

@@ -48,12 +48,7 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> O
 pub fn land_tied_files(dir: &Path, files: &[(&str, &str)]) {
     let at = std::time::SystemTime::now() + Duration::from_millis(300);
     for (name, contents) in files {
-        let hidden = dir.join(format!(".{name}.landing"));
-        std::fs::write(&hidden, contents).expect("write");
-        let file = std::fs::File::options().write(true).open(&hidden).expect("open");
-        file.set_modified(at).expect("set mtime");
-        drop(file);
-        std::fs::rename(&hidden, dir.join(name)).expect("rename");
+        land_at(dir, name, contents, Some(at));
     }
 }
 
@@ -64,9 +59,19 @@ pub fn land_tied_files(dir: &Path, files: &[(&str, &str)]) {
 /// `include_hidden`, or it could announce the hidden name. `name` is a file name, not a
 /// path.
 pub fn land_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    land_at(dir, name, contents, None)
+}
+
+/// Writes `dir/.<name>.landing`, gives it the modification time `modified` (if any) and
+/// renames it to `dir/<name>`.
+fn land_at(dir: &Path, name: &str, contents: &str, modified: Option<std::time::SystemTime>) -> PathBuf {
     std::fs::create_dir_all(dir).expect("mkdir");
     let hidden = dir.join(format!(".{name}.landing"));
     std::fs::write(&hidden, contents).expect("write");
+    if let Some(at) = modified {
+        let file = std::fs::File::options().write(true).open(&hidden).expect("open");
+        file.set_modified(at).expect("set mtime");
+    }
     let path = dir.join(name);
     std::fs::rename(&hidden, &path).expect("rename into place");
     path

@@ -1275,8 +1275,8 @@ mod tests {
             Watcher::new(&config, source, sink, Arc::clone(&self.store), Arc::default())
         }
 
-        fn add(&self, names: &[&str]) {
-            self.items.lock().unwrap().extend(names.iter().map(|n| n.to_string()));
+        fn add(&self, names: &[impl AsRef<str>]) {
+            self.items.lock().unwrap().extend(names.iter().map(|n| n.as_ref().to_string()));
         }
 
         fn outbox(&self) -> Outbox {
@@ -1529,17 +1529,23 @@ mod tests {
     }
 
     /// The event ids of the test watcher's items `names`.
-    fn ids(names: &[&str]) -> Vec<String> {
-        names.iter().map(|n| event_id("ns", "w", &[n])).collect()
+    fn ids(names: &[impl AsRef<str>]) -> Vec<String> {
+        names.iter().map(|n| event_id("ns", "w", &[n.as_ref()])).collect()
+    }
+
+    /// A rig whose source reads ahead, holding the backlog `f00`, `f01`, … of `n` items
+    /// (returned).
+    fn reading_ahead_backlog(n: usize) -> (Rig, Vec<String>) {
+        let rig = Rig::new();
+        rig.ahead.store(true, Ordering::Relaxed);
+        let names: Vec<String> = (0..n).map(|i| format!("f{i:02}")).collect();
+        rig.add(&names);
+        (rig, names)
     }
 
     #[tokio::test]
     async fn reading_ahead_delivers_every_batch_once_in_order() {
-        let rig = Rig::new();
-        rig.ahead.store(true, Ordering::Relaxed);
-        let names: Vec<String> = (0..25).map(|i| format!("f{i:02}")).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        rig.add(&names);
+        let (rig, names) = reading_ahead_backlog(25);
         let token = CancellationToken::new();
         let mut w = rig.watcher(FailurePolicy::Block, 10);
         let first = w.cycle(&token).await.unwrap();
@@ -1564,11 +1570,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_over_the_read_ahead_limit_is_delivered_alone() {
-        let rig = Rig::new();
-        rig.ahead.store(true, Ordering::Relaxed);
-        let names: Vec<String> = (0..25).map(|i| format!("f{i:02}")).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        rig.add(&names);
+        let (rig, names) = reading_ahead_backlog(25);
         let token = CancellationToken::new();
         let mut w = rig.watcher(FailurePolicy::Block, 10);
         // Ten events are over this limit (and over the size after which the loop hands

@@ -25,7 +25,7 @@
 /// mimalloc, for every binary and test that links the crate (so that the daemon and
 /// its tests run on the same allocator): the allocator took a third of the daemon's
 /// CPU at 10000-row Postgres batches under glibc's malloc, most of it in frees and
-/// consolidation of small blocks (docs/internals.md).
+/// consolidation of small blocks (docs/internals.md). Built with `no_thp` (Cargo.toml).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -705,9 +705,8 @@ impl Store for SqliteStore {
                         // The same write without `RETURNING`: SQLite buffers a returned row
                         // in a table of its own, which doubled the cost of each of a
                         // commit's thousands of members.
-                        tx.prepare_cached(PUT_UNTRACKED)
-                            .and_then(|mut stmt| stmt.execute(params![namespace, name, op.key, value.as_str(), now]))
-                        .map_err(&err)?;
+                        let row = params![namespace, name, op.key, value.as_str(), now];
+                        tx.prepare_cached(PUT_UNTRACKED).and_then(|mut stmt| stmt.execute(row)).map_err(&err)?;
                         written.push(None);
                     }
                     // Nothing to check: the plain delete (a commit prunes members by the

@@ -2,12 +2,12 @@
 //! remembered, next to the bytes of the batch's events: the real daemon (`highwater
 //! run`), a `local_dir` watcher, the SQLite store, `stdout` as the sink.
 //!
-//! Run: `cargo bench --bench store` (optionally `-- ROUNDS`, default 400). For each size
+//! Run: `cargo bench --bench store` (optionally `-- ROUNDS`, default 1200). For each size
 //! the bench lands that many files and lets the daemon announce them (they stay
 //! remembered: the look-back window is long), checkpoints the WAL from outside, then
 //! lands ROUNDS batches of 100 new files, one at a time, and reads the daemon's
-//! `/proc/<pid>/io` before and after each (enough rounds that the WAL's own checkpoints
-//! fall inside the measurement):
+//! `/proc/<pid>/io` before and after each (enough rounds that two of the WAL's own
+//! checkpoints, one per 64 MB of log, about 500 batches, fall inside the measurement):
 //! `write_bytes` (what reached the file system's page cache for writing: the WAL and
 //! the database file; the events go to a pipe and are not in it) and `wchar` (every
 //! byte handed to `write`, the events on standard output included). Numbers depend on
@@ -172,7 +172,7 @@ fn measure(remembered: usize, rounds: usize) -> (f64, f64, f64, f64) {
 }
 
 fn main() {
-    let rounds: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(400);
+    let rounds: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1200);
     println!("highwater store benchmark: bytes written per committed batch of {BATCH} new files");
     println!("reproduce: cargo bench --bench store -- {rounds}");
     println!(

@@ -5,9 +5,10 @@
 //! Run: `cargo bench --bench store` (optionally `-- ROUNDS`, default 1200). For each size
 //! the bench lands that many files and lets the daemon announce them (they stay
 //! remembered: the look-back window is long), checkpoints the WAL from outside, then
-//! lands ROUNDS batches of 100 new files, one at a time, and reads the daemon's
-//! `/proc/<pid>/io` before and after each (enough rounds that two of the WAL's own
-//! checkpoints, one per 64 MB of log, about 500 batches, fall inside the measurement):
+//! lands ROUNDS batches of 100 new files, each once the one before was announced, and
+//! reads the daemon's `/proc/<pid>/io` before the first and once the last is
+//! committed (enough rounds that two of the WAL's own checkpoints, one per 64 MB of
+//! log, about 500 batches, fall inside the measurement):
 //! `write_bytes` (what reached the file system's page cache for writing: the WAL and
 //! the database file; the events go to a pipe and are not in it) and `wchar` (every
 //! byte handed to `write`, the events on standard output included). Numbers depend on
@@ -149,23 +150,20 @@ fn measure(remembered: usize, rounds: usize) -> (f64, f64, f64, f64) {
     db.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
     db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).expect("checkpoint");
     drop(db);
-    let mut before = settled(daemon.child.id());
+    let before = settled(daemon.child.id());
     eprintln!(
         "  {remembered} files landed in {:.1}s, announced by {:.1}s, committed by {:.1}s",
         landed.as_secs_f64(),
         announced.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-    let (mut write_bytes, mut wchar, mut event_bytes) = (0u64, 0u64, 0u64);
+    let mut event_bytes = 0u64;
     for round in 0..rounds {
-        land(&project.join("landing"), &format!("round-{round:03}"), BATCH);
-        let bytes = daemon.events(BATCH);
-        let after = settled(daemon.child.id());
-        write_bytes += after.write_bytes - before.write_bytes;
-        wchar += after.wchar - before.wchar;
-        event_bytes += bytes;
-        before = after;
+        land(&project.join("landing"), &format!("round-{round:04}"), BATCH);
+        event_bytes += daemon.events(BATCH);
     }
+    let after = settled(daemon.child.id());
+    let (write_bytes, wchar) = (after.write_bytes - before.write_bytes, after.wchar - before.wchar);
     let db = std::fs::metadata(project.join("state/highwater.db")).map_or(0, |m| m.len());
     let per = |total: u64| total as f64 / rounds as f64;
     (per(write_bytes), per(wchar) - per(event_bytes), per(event_bytes), db as f64)

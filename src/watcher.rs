@@ -1002,6 +1002,7 @@ impl Encoder {
         Ok(())
     }
 
+    /// An event that could not be encoded, as the outbox reports it.
     fn encode_error(&self, e: serde_json::Error) -> OutboxError {
         OutboxError::Encode {
             namespace: self.namespace.clone(),
@@ -1020,9 +1021,10 @@ struct Shared<'a> {
 }
 
 /// The batch sizes [`Encoder::build`] encodes in two halves at once. Below, starting a
-/// thread costs more than it saves; above, the second thread's memory came on top of
-/// the batch's peak (20 MB more at `batch_size: 100000`, 2 KB a row), and such a batch
-/// is past the size that is read ahead anyway.
+/// thread costs more than it saves. Above, the second thread's memory came on top of
+/// the batch's peak (20 MB more at `batch_size: 100000`, 2 KB a row), at sizes where
+/// memory matters more than overlapping a delivery (a batch over 16 MiB of events is
+/// not read ahead).
 const SPLIT_ENCODING: std::ops::RangeInclusive<usize> = 2048..=32768;
 /// Hands the memory a large batch freed back to the system. An allocator keeps freed
 /// memory for reuse, and what a batch of tens of megabytes left was not all reused by

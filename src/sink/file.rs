@@ -122,6 +122,7 @@ fn open(path: &Path, mode: FileMode) -> std::io::Result<(std::fs::File, bool)> {
     match std::fs::OpenOptions::new().create_new(true).append(true).mode(mode.0).open(path) {
         Ok(file) => {
             file.set_permissions(std::fs::Permissions::from_mode(mode.0))?;
+            file.lock()?;
             return Ok((file, true));
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -131,6 +132,13 @@ fn open(path: &Path, mode: FileMode) -> std::io::Result<(std::fs::File, bool)> {
     // must not be (a reader-writer open of a FIFO never blocks and never sees EPIPE).
     let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
     let mut file = std::fs::OpenOptions::new().create(true).append(true).read(regular).open(path)?;
+    if file.metadata()?.is_file() {
+        // Held (an `flock`) until the file is closed, after its sync: another watcher
+        // of this daemon or another process appending to the same file meanwhile would
+        // see a batch half written, its last byte no newline, and end a line that was
+        // not torn (an empty line in the file).
+        file.lock()?;
+    }
     let meta = file.metadata()?;
     if meta.is_file() && meta.len() > 0 && regular {
         let mut last = [0u8; 1];
@@ -160,6 +168,28 @@ mod tests {
         append(&path, default_mode(), b"{\"c\":3}\n").1.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "{\"a\":1}\n{\"b\":2}\n{\"c\":\n{\"c\":3}\n");
+    }
+
+    #[test]
+    fn watchers_appending_to_one_file_at_once_never_end_each_others_lines() {
+        // Several watchers may name the same file; a batch larger than a page is seen
+        // growing while it is written, and its last byte then is not a newline.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.jsonl");
+        let line = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(200));
+        let batch = line.repeat(100);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..25 {
+                        append(&path, default_mode(), batch.as_bytes()).1.unwrap();
+                    }
+                });
+            }
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 4 * 25 * 100);
+        assert!(text.lines().all(|l| l == line.trim_end()), "a line was ended by another writer");
     }
 
     #[test]

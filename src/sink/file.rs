@@ -118,38 +118,41 @@ fn open(path: &Path, mode: FileMode) -> std::io::Result<(std::fs::File, bool)> {
         std::fs::create_dir_all(parent)?;
     }
     // Created here with its mode, set again past the umask; an existing file (or a
-    // named pipe) is left as it is.
-    match std::fs::OpenOptions::new().create_new(true).append(true).mode(mode.0).open(path) {
-        Ok(file) => {
-            file.set_permissions(std::fs::Permissions::from_mode(mode.0))?;
-            file.lock()?;
-            return Ok((file, true));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    // A regular file is opened for reading too, to look at its last byte; a named pipe
-    // must not be (a reader-writer open of a FIFO never blocks and never sees EPIPE).
-    let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).read(regular).open(path)?;
-    if file.metadata()?.is_file() {
+    // named pipe) is left as it is. An existing regular file is opened for reading
+    // too, to look at its last byte; a named pipe must not be (a reader-writer open of
+    // a FIFO never blocks and never sees EPIPE).
+    let (mut file, readable) =
+        match std::fs::OpenOptions::new().create_new(true).append(true).mode(mode.0).open(path) {
+            Ok(file) => {
+                file.set_permissions(std::fs::Permissions::from_mode(mode.0))?;
+                (file, false)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
+                (std::fs::OpenOptions::new().create(true).append(true).read(regular).open(path)?, regular)
+            }
+            Err(e) => return Err(e),
+        };
+    let regular = file.metadata()?.is_file();
+    if regular {
         // Held (an `flock`) until the file is closed, after its sync: another watcher
         // of this daemon or another process appending to the same file meanwhile would
         // see a batch half written, its last byte no newline, and end a line that was
         // not torn (an empty line in the file).
         file.lock()?;
     }
-    let meta = file.metadata()?;
-    if meta.is_file() && meta.len() > 0 && regular {
+    // Read once the lock is held, so that what it sees is whole batches.
+    let len = file.metadata()?.len();
+    if regular && readable && len > 0 {
         let mut last = [0u8; 1];
-        file.read_exact_at(&mut last, meta.len() - 1)?;
+        file.read_exact_at(&mut last, len - 1)?;
         if last[0] != b'\n' {
             // The rest of a line torn by a crash: end it, so that a line-by-line reader
             // meets one bad line and then the redelivered batch, not one glued line.
             file.write_all(b"\n")?;
         }
     }
-    Ok((file, meta.is_file()))
+    Ok((file, regular))
 }
 
 #[cfg(test)]

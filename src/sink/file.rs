@@ -4,9 +4,11 @@
 //! line, and the batch is then delivered again. The next append first ends that line,
 //! so the redelivered events start on a line of their own.
 
+use std::fs::TryLockError;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -59,12 +61,14 @@ impl SinkKind for FileSinkConfig {
 /// Appends events to a file.
 pub struct FileSink {
     config: FileSinkConfig,
+    /// How long a delivery waits for the file's lock ([`LOCK_WAIT`]).
+    lock_wait: Duration,
 }
 
 impl FileSink {
     /// Builds the sink; the file is opened at the first delivery.
     pub fn new(config: FileSinkConfig) -> Self {
-        FileSink { config }
+        FileSink { config, lock_wait: LOCK_WAIT }
     }
 }
 
@@ -72,9 +76,9 @@ impl FileSink {
 impl Sink for FileSink {
     async fn deliver(&mut self, events: &[Encoded], acked: &Acked) -> Delivery {
         let lines = Lines::of(events);
-        let (path, mode) = (self.config.path.clone(), self.config.mode);
+        let (path, mode, wait) = (self.config.path.clone(), self.config.mode, self.lock_wait);
         let written = tokio::task::spawn_blocking(move || {
-            let (written, result) = append(&path, mode, &lines.bytes);
+            let (written, result) = append(&path, mode, &lines.bytes, wait);
             (lines.whole(written), result)
         })
         .await;
@@ -92,11 +96,12 @@ impl Sink for FileSink {
 }
 
 /// Appends `buffer` (whole JSON lines) to the file at `path`, creating it (and its
-/// directory) if missing, and syncs it. Returns how many bytes of `buffer` are in the
-/// file for good: all on success; on a failure part-way (a full disk), those written
-/// before it, once synced (none when the sync fails too).
-fn append(path: &Path, mode: FileMode, buffer: &[u8]) -> (usize, std::io::Result<()>) {
-    let mut file = match open(path, mode) {
+/// directory) if missing, and syncs it; waits at most `lock_wait` for the file's lock.
+/// Returns how many bytes of `buffer` are in the file for good: all on success; on a
+/// failure part-way (a full disk), those written before it, once synced (none when the
+/// sync fails too).
+fn append(path: &Path, mode: FileMode, buffer: &[u8], lock_wait: Duration) -> (usize, std::io::Result<()>) {
+    let mut file = match open(path, mode, lock_wait) {
         Ok(file) => file,
         Err(e) => return (0, Err(e)),
     };
@@ -113,7 +118,7 @@ fn append(path: &Path, mode: FileMode, buffer: &[u8]) -> (usize, std::io::Result
 
 /// Opens the file for appending, ending a line torn by a crash; and whether it is a
 /// regular file (which has something to sync).
-fn open(path: &Path, mode: FileMode) -> std::io::Result<(std::fs::File, bool)> {
+fn open(path: &Path, mode: FileMode, lock_wait: Duration) -> std::io::Result<(std::fs::File, bool)> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
@@ -139,7 +144,7 @@ fn open(path: &Path, mode: FileMode) -> std::io::Result<(std::fs::File, bool)> {
         // of this daemon or another process appending to the same file meanwhile would
         // see a batch half written, its last byte no newline, and end a line that was
         // not torn (an empty line in the file).
-        file.lock()?;
+        lock(&file, lock_wait)?;
     }
     // Read once the lock is held, so that what it sees is whole batches.
     let len = file.metadata()?.len();
@@ -155,6 +160,39 @@ fn open(path: &Path, mode: FileMode) -> std::io::Result<(std::fs::File, bool)> {
     Ok((file, regular))
 }
 
+/// How long a delivery waits for the file's lock before it fails (and is retried with
+/// backoff). Far longer than any batch holds it (a write and a sync), so that only
+/// another program holding the lock makes it run out; the blocking thread the wait
+/// occupies is then given back.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Takes the exclusive `flock` on `file`, waiting at most `wait`: polled, not a
+/// blocking `flock`, which nothing could stop.
+fn lock(file: &std::fs::File, wait: Duration) -> std::io::Result<()> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(TryLockError::WouldBlock) if started.elapsed() < wait => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    format!(
+                        "another process has held a lock (flock) on the file for over {}s; \
+                         events are appended once it lets go",
+                        wait.as_secs()
+                    ),
+                ));
+            }
+            Err(TryLockError::Error(e)) => return Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,12 +201,12 @@ mod tests {
     fn a_torn_last_line_is_ended_before_appending() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out/events.jsonl");
-        append(&path, default_mode(), b"{\"a\":1}\n").1.unwrap();
-        append(&path, default_mode(), b"{\"b\":2}\n").1.unwrap();
+        append(&path, default_mode(), b"{\"a\":1}\n", LOCK_WAIT).1.unwrap();
+        append(&path, default_mode(), b"{\"b\":2}\n", LOCK_WAIT).1.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
         // A crash in the middle of a line.
         std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"c\":").unwrap();
-        append(&path, default_mode(), b"{\"c\":3}\n").1.unwrap();
+        append(&path, default_mode(), b"{\"c\":3}\n", LOCK_WAIT).1.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "{\"a\":1}\n{\"b\":2}\n{\"c\":\n{\"c\":3}\n");
     }
@@ -185,7 +223,7 @@ mod tests {
             for _ in 0..4 {
                 scope.spawn(|| {
                     for _ in 0..25 {
-                        append(&path, default_mode(), batch.as_bytes()).1.unwrap();
+                        append(&path, default_mode(), batch.as_bytes(), LOCK_WAIT).1.unwrap();
                     }
                 });
             }
@@ -195,18 +233,60 @@ mod tests {
         assert!(text.lines().all(|l| l == line.trim_end()), "a line was ended by another writer");
     }
 
+    #[tokio::test]
+    async fn a_file_another_process_keeps_locked_fails_the_delivery_after_a_bounded_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locked.jsonl");
+        std::fs::write(&path, "{\"a\":1}\n").unwrap();
+        // An `flock` on another open of the file conflicts as another process's would.
+        let holder = std::fs::File::open(&path).unwrap();
+        holder.lock().unwrap();
+        let config = FileSinkConfig { path: path.clone(), mode: default_mode() };
+        let mut sink = FileSink { config, lock_wait: Duration::from_millis(50) };
+        let event = Encoded::of(&crate::event::Event {
+            id: "e1".into(),
+            namespace: "ns".into(),
+            watcher: "w".into(),
+            source: "local_dir".into(),
+            change: crate::event::Change::Created,
+            item: crate::event::Item::File(crate::event::FileItem {
+                path: "in/a.csv".into(),
+                relative_path: "a.csv".into(),
+                size: 3,
+                modified: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            }),
+            watermark: serde_json::Value::Null,
+            emitted_at: chrono::DateTime::from_timestamp(1_700_000_001, 0).unwrap(),
+        })
+        .unwrap();
+        let acked = Acked::new();
+        match sink.deliver(std::slice::from_ref(&event), &acked).await {
+            Delivery::RetryLater { reason, .. } => {
+                assert!(reason.contains(&path.display().to_string()), "{reason}");
+                assert!(reason.contains("lock"), "{reason}");
+            }
+            other => panic!("expected a retry, got {other:?}"),
+        }
+        assert_eq!(acked.get(), 0);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n", "nothing appended meanwhile");
+        // Once it lets go, the next attempt appends.
+        holder.unlock().unwrap();
+        assert!(matches!(sink.deliver(std::slice::from_ref(&event), &acked).await, Delivery::Acknowledged));
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
+    }
+
     #[test]
     fn a_new_file_gets_its_mode_past_the_umask_and_an_existing_one_keeps_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let mode_of = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         let fresh = dir.path().join("new.jsonl");
-        append(&fresh, default_mode(), b"{}\n").1.unwrap();
+        append(&fresh, default_mode(), b"{}\n", LOCK_WAIT).1.unwrap();
         assert_eq!(mode_of(&fresh), 0o640);
         // 0666 is more than any usual umask lets through: set after creating.
         let wide = dir.path().join("wide.jsonl");
-        append(&wide, FileMode(0o666), b"{}\n").1.unwrap();
+        append(&wide, FileMode(0o666), b"{}\n", LOCK_WAIT).1.unwrap();
         assert_eq!(mode_of(&wide), 0o666);
-        append(&wide, FileMode(0o600), b"{}\n").1.unwrap();
+        append(&wide, FileMode(0o600), b"{}\n", LOCK_WAIT).1.unwrap();
         assert_eq!(mode_of(&wide), 0o666, "an existing file keeps its mode");
         assert_eq!(std::fs::read_to_string(&wide).unwrap(), "{}\n{}\n");
     }

@@ -68,6 +68,11 @@ impl<V: Timed + Clone> Window<V> {
         self.members.iter().map(|(name, value)| (&**name, value))
     }
 
+    /// Makes room for `n` more members at once (a commit of thousands).
+    pub fn reserve(&mut self, n: usize) {
+        self.members.reserve(n);
+    }
+
     /// Remembers `value` under `name`, replacing what was there.
     pub fn insert(&mut self, name: &str, value: V) {
         self.remove(name);
@@ -94,7 +99,7 @@ impl<V: Timed + Clone> Window<V> {
             base: self,
             high: self.high,
             floor: self.floor,
-            added: BTreeMap::new(),
+            added: HashMap::new(),
             added_by_time: BTreeSet::new(),
             removed: HashSet::new(),
             batch_put: BTreeMap::new(),
@@ -111,8 +116,9 @@ pub struct Draft<'a, V> {
     pub high: i64,
     /// The floor after the batches so far.
     pub floor: Option<i64>,
-    /// Members put by the batches so far (they shadow the base).
-    added: BTreeMap<String, V>,
+    /// Members put by the batches so far (they shadow the base). Hashed: a cold poll
+    /// puts every key it listed, and nothing reads these in order.
+    added: HashMap<String, V>,
     added_by_time: BTreeSet<(i64, String)>,
     /// Base members removed or replaced by the batches so far.
     removed: HashSet<String>,

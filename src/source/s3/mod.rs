@@ -11,7 +11,6 @@ pub mod notified;
 pub mod queue;
 pub mod scan;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -651,10 +650,10 @@ impl S3Source {
 
     /// A planned batch as the loop takes it: events, and the change set of its commit.
     fn batch(&self, planned: Planned) -> Result<Batch, SourceError> {
-        let mut put = BTreeMap::new();
-        for (key, seen) in &planned.put {
-            put.insert(key.clone(), encode(seen)?);
-        }
+        // In key order already: collected, the map is built in one pass, not searched
+        // once per member.
+        let put =
+            planned.put.into_iter().map(|(key, seen)| Ok((key, encode(&seen)?))).collect::<Result<_, _>>()?;
         let change = ChangeSet { head: Some(encode(&planned.head)?), put, remove: planned.remove };
         Ok(Batch { items: self.found(planned.items), change })
     }

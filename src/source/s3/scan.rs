@@ -177,6 +177,8 @@ impl State {
         for key in remove {
             self.window.remove(key);
         }
+        let put = put.into_iter();
+        self.window.reserve(put.size_hint().0);
         for (key, seen) in put {
             self.window.insert(&key, seen);
         }

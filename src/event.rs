@@ -76,7 +76,7 @@ pub struct S3Object {
 /// chrono's goes through `fmt` one character at a time, and an item's time was half the
 /// cost of encoding an S3 event. Years outside 0000–9999 and leap seconds are left to
 /// chrono.
-pub fn rfc3339<S: serde::Serializer>(time: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+fn rfc3339<S: serde::Serializer>(time: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
     use chrono::{Datelike, Timelike};
     let (year, nano) = (time.year(), time.nanosecond());
     if !(0..=9999).contains(&year) || nano >= 1_000_000_000 {

@@ -182,7 +182,7 @@ fn lock(file: &std::fs::File, wait: Duration) -> std::io::Result<()> {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::WouldBlock,
                     format!(
-                        "another process has held a lock (flock) on the file for over {}s; \
+                        "another writer has held the file's lock (an flock) for over {}s; \
                          events are appended once it lets go",
                         wait.as_secs()
                     ),

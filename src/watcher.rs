@@ -409,9 +409,11 @@ impl Watcher {
         shutdown: &CancellationToken,
     ) -> Result<usize, WatcherError> {
         let n = batch.events.len();
+        let started = Instant::now();
         let staged = self.outbox.stage(batch).await;
         let staged = self.guard(staged)?;
-        tracing::debug!(batch = %staged.batch().batch_id, events = n, "Wrote pending batch.");
+        let took_ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(batch = %staged.batch().batch_id, events = n, took_ms, "Wrote pending batch.");
         self.deliver_and_commit(staged, shutdown).await
     }
 
@@ -441,7 +443,13 @@ impl Watcher {
                 Ok(p) if p.batches.first().is_some_and(|b| !b.items.is_empty()) => {
                     let (batch, summary) = (p.batches.remove(0), summary.clone());
                     let (namespace, name) = (encoder.namespace.clone(), encoder.name.clone());
-                    match tokio::task::spawn_blocking(move || encoder.build(&summary, batch)).await {
+                    // The watcher's span, so that the encoding's log line names it.
+                    let span = tracing::Span::current();
+                    match tokio::task::spawn_blocking(move || {
+                        span.in_scope(|| encoder.build(&summary, batch))
+                    })
+                    .await
+                    {
                         Ok(built) => Some(built),
                         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                         // The runtime is shutting down: what was read is dropped below.
@@ -694,6 +702,7 @@ impl Watcher {
         loop {
             attempts += 1;
             let acked = Acked::new();
+            let tried = Instant::now();
             // Not raced against shutdown: an attempt in flight finishes (the daemon's
             // shutdown deadline is the backstop), so it is either committed or pending.
             let outcome = {
@@ -720,13 +729,18 @@ impl Watcher {
             let probe = matches!(outcome, Delivery::RetryLater { .. });
             let (reason, delay) = match outcome {
                 Delivery::Acknowledged => {
+                    // How long the sink took and how long the store: which of the two a
+                    // slow delivery waits for.
+                    let deliver_ms = tried.elapsed().as_millis() as u64;
+                    let committing = Instant::now();
                     self.took_events();
                     self.commit(&mut staged, None, shutdown).await?;
+                    let commit_ms = committing.elapsed().as_millis() as u64;
                     WatcherStats::add(&self.stats.events_delivered, (n - resumed) as u64);
                     self.stats.last_delivery_ms.store(now_ms(), Ordering::Relaxed);
                     self.set_pending(0, 0);
                     self.stats.set_state(WatcherState::Ok);
-                    tracing::info!(batch = %batch_id, events = n, attempts, "Delivered batch.");
+                    tracing::info!(batch = %batch_id, events = n, attempts, deliver_ms, commit_ms, "Delivered batch.");
                     return Ok(n);
                 }
                 Delivery::RetryLater { reason, after } => {
@@ -928,6 +942,7 @@ impl Encoder {
     /// a ten-thousand-row batch's encoding was otherwise what the next delivery waited
     /// for.
     fn build(&self, summary: &serde_json::Value, batch: Batch) -> Result<PendingBatch, OutboxError> {
+        let started = Instant::now();
         let now = Utc::now();
         // One summary serves every event of the batch.
         let watermark = serde_json::value::to_raw_value(summary).map_err(|e| self.encode_error(e))?;
@@ -968,6 +983,8 @@ impl Encoder {
             self.encode(items, &shared, &mut events)?;
             events
         };
+        let took_ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(events = events.len(), took_ms, "Encoded events.");
         Ok(PendingBatch::new(events, change, now))
     }
 

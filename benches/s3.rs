@@ -1,7 +1,8 @@
 //! S3 benchmark: each row next to its baseline, measured in the same run.
 //!
 //! - 20k new keys, cold (a new watcher, `batch_size: 100000`): `highwater once` against
-//!   a bare paginated ListObjectsV2 walk of the same prefix (medians of 5 runs each).
+//!   a bare paginated ListObjectsV2 walk of the same prefix (medians of 5 runs each),
+//!   and the steps after the listing as the daemon logs them.
 //! - A backlog in `key_order: any` at the default `batch_size` (100) against
 //!   `batch_size: 10000`: LIST requests (goal ≤ 2 × ⌈N/1000⌉ + 2) and time (goal ≤ 2×).
 //! - An idle `lexicographic` poll with 100k keys remembered: CPU per poll of a running
@@ -32,6 +33,9 @@ struct Run {
     requests: u64,
     /// Time inside the source's polls (the loop's debug lines, summed).
     poll: Duration,
+    /// Milliseconds of the steps after a poll, summed over its batches (the loop's
+    /// log lines): events encoded, batch staged, delivered, committed.
+    steps: [u64; 4],
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -71,6 +75,7 @@ fn main() {
         (0..runs).map(|_| walk_as(&bucket, &prefix(cold_n), cold_n, true)).collect();
     let mut cold = Vec::new();
     let mut cold_polls = Vec::new();
+    let mut cold_steps: [Vec<u64>; 4] = Default::default();
     let mut cold_rss = 0;
     for i in 0..runs {
         let project = project(dir.path(), &format!("cold-{i}"), &endpoint, &prefix(cold_n), "", 100_000, "");
@@ -78,12 +83,19 @@ fn main() {
         assert_eq!(run.events, cold_n, "cold run {i}");
         cold.push(run.elapsed);
         cold_polls.push(run.poll);
+        for (all, ms) in cold_steps.iter_mut().zip(run.steps) {
+            all.push(ms);
+        }
         cold_rss = cold_rss.max(run.peak_rss_kib);
     }
     let (walk_m, cold_m, poll_m) = (median(walks), median(cold), median(cold_polls));
     let encoded_m = median(encoded_walks);
+    let [encode_ms, stage_ms, deliver_ms, commit_ms] = cold_steps.map(|mut all| {
+        all.sort_unstable();
+        all[all.len() / 2]
+    });
     rows.push(format!(
-        "{cold_n} new keys, cold (batch 100000) | {:.2} s (median of {runs}; the poll {:.2} s) | bare ListObjectsV2 walk {:.2} s (median of {runs}; asking for URL-encoded keys as highwater does: {:.2} s) | {:.2} × (goal ≤ 1.5 ×); the poll alone {:.2} × the encoded walk | {} MiB",
+        "{cold_n} new keys, cold (batch 100000) | {:.2} s (median of {runs}; the poll {:.2} s; then events encoded {encode_ms} ms, staged {stage_ms} ms, printed {deliver_ms} ms, committed {commit_ms} ms) | bare ListObjectsV2 walk {:.2} s (median of {runs}; asking for URL-encoded keys as highwater does: {:.2} s) | {:.2} × (goal ≤ 1.5 ×); the poll alone {:.2} × the encoded walk | {} MiB",
         cold_m.as_secs_f64(),
         poll_m.as_secs_f64(),
         walk_m.as_secs_f64(),
@@ -262,15 +274,23 @@ fn once(project: &Path) -> Run {
     let logs = std::thread::spawn(move || {
         let mut requests = 0;
         let mut poll_ms = 0;
+        let mut steps = [0u64; 4];
         let mut all = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                 requests += v["listed"].is_u64().then(|| v["requests"].as_u64()).flatten().unwrap_or(0);
                 poll_ms += (v["message"] == "Polled.").then(|| v["took_ms"].as_u64()).flatten().unwrap_or(0);
+                let field = |message: &str, name: &str| {
+                    (v["message"] == message).then(|| v[name].as_u64()).flatten().unwrap_or(0)
+                };
+                steps[0] += field("Encoded events.", "took_ms");
+                steps[1] += field("Wrote pending batch.", "took_ms");
+                steps[2] += field("Delivered batch.", "deliver_ms");
+                steps[3] += field("Delivered batch.", "commit_ms");
             }
             all.push(line);
         }
-        (requests, poll_ms, all)
+        (requests, poll_ms, steps, all)
     });
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
@@ -279,13 +299,20 @@ fn once(project: &Path) -> Run {
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     let elapsed = started.elapsed();
     let events = counter.join().expect("stdout reader");
-    let (requests, poll_ms, all) = logs.join().expect("stderr reader");
+    let (requests, poll_ms, steps, all) = logs.join().expect("stderr reader");
     assert!(
         pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "highwater once failed:\n{}",
         all.join("\n")
     );
-    Run { events, elapsed, peak_rss_kib: usage.ru_maxrss, requests, poll: Duration::from_millis(poll_ms) }
+    Run {
+        events,
+        elapsed,
+        peak_rss_kib: usage.ru_maxrss,
+        requests,
+        poll: Duration::from_millis(poll_ms),
+        steps,
+    }
 }
 
 /// CPU time (user + system) of a process, in milliseconds.

@@ -507,6 +507,26 @@ pub fn event_id(namespace: &str, watcher: &str, parts: &[&str]) -> String {
     id
 }
 
+/// A `local_dir` event for the sinks' tests: file `in/a.csv` created, with `id`.
+#[cfg(test)]
+pub(crate) fn sample_file_event(id: &str) -> Event {
+    Event {
+        id: id.into(),
+        namespace: "ns".into(),
+        watcher: "w".into(),
+        source: "local_dir".into(),
+        change: Change::Created,
+        item: Item::File(FileItem {
+            path: "in/a.csv".into(),
+            relative_path: "a.csv".into(),
+            size: 3,
+            modified: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
+        }),
+        watermark: serde_json::Value::Null,
+        emitted_at: DateTime::from_timestamp(1_700_000_001, 5_000_000).unwrap_or_default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

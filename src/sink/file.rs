@@ -243,22 +243,7 @@ mod tests {
         holder.lock().unwrap();
         let config = FileSinkConfig { path: path.clone(), mode: default_mode() };
         let mut sink = FileSink { config, lock_wait: Duration::from_millis(50) };
-        let event = Encoded::of(&crate::event::Event {
-            id: "e1".into(),
-            namespace: "ns".into(),
-            watcher: "w".into(),
-            source: "local_dir".into(),
-            change: crate::event::Change::Created,
-            item: crate::event::Item::File(crate::event::FileItem {
-                path: "in/a.csv".into(),
-                relative_path: "a.csv".into(),
-                size: 3,
-                modified: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-            }),
-            watermark: serde_json::Value::Null,
-            emitted_at: chrono::DateTime::from_timestamp(1_700_000_001, 0).unwrap(),
-        })
-        .unwrap();
+        let event = Encoded::of(&crate::event::sample_file_event("e1")).unwrap();
         let acked = Acked::new();
         match sink.deliver(std::slice::from_ref(&event), &acked).await {
             Delivery::RetryLater { reason, .. } => {

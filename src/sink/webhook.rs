@@ -470,28 +470,14 @@ impl Sink for WebhookSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Change, Event, FileItem, Item};
+    use crate::event::{Change, Event, Item};
 
     fn event(id: &str) -> Encoded {
         Encoded::of(&plain(id)).unwrap()
     }
 
     fn plain(id: &str) -> Event {
-        Event {
-            id: id.into(),
-            namespace: "ns".into(),
-            watcher: "w".into(),
-            source: "local_dir".into(),
-            change: Change::Created,
-            item: Item::File(FileItem {
-                path: "in/a.csv".into(),
-                relative_path: "a.csv".into(),
-                size: 3,
-                modified: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-            }),
-            watermark: serde_json::Value::Null,
-            emitted_at: chrono::DateTime::from_timestamp(1_700_000_001, 5_000_000).unwrap(),
-        }
+        crate::event::sample_file_event(id)
     }
 
     #[test]

@@ -246,8 +246,14 @@ fn walk_as(bucket: &Bucket, prefix: &str, expected: usize, encoded: bool) -> Dur
     })
 }
 
+/// The daemon under test: `HIGHWATER_BENCH_BIN` when set (another build, to compare
+/// two in the same run of the server), else the one this bench was built with.
+fn daemon() -> std::ffi::OsString {
+    std::env::var_os("HIGHWATER_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_highwater").into())
+}
+
 fn command(project: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_highwater"));
+    let mut cmd = Command::new(daemon());
     cmd.current_dir(project)
         .args(["--log-format", "json"])
         .args(args)

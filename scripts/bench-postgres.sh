@@ -9,7 +9,8 @@
 #
 # Usage: scripts/bench-postgres.sh [ROWS] [BATCH_SIZE]     (defaults: 300000 10000)
 # Server: HIGHWATER_BENCH_PG_URL, else whatever tests/setup/postgres.sh finds or starts.
-# Builds the release binary first (cargo build --release --locked).
+# Builds the release binary first (cargo build --release --locked), unless
+# HIGHWATER_BENCH_BIN names a binary to run instead (to compare two builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows="${1:-300000}"
@@ -37,8 +38,12 @@ psql "$admin_url" -qc "CREATE DATABASE highwater_bench" >/dev/null
 bench_url="${url%/*}/highwater_bench"
 cleanup_cmds+=("psql '$admin_url' -qc 'DROP DATABASE IF EXISTS highwater_bench WITH (FORCE)' >/dev/null")
 
-cargo build --release --locked -q
-bin="${CARGO_TARGET_DIR:-$PWD/target}/release/highwater"
+if [ -n "${HIGHWATER_BENCH_BIN:-}" ]; then
+    bin="$(realpath "$HIGHWATER_BENCH_BIN")"
+else
+    cargo build --release --locked -q
+    bin="${CARGO_TARGET_DIR:-$PWD/target}/release/highwater"
+fi
 
 # The psycopg baseline's interpreter: a virtualenv of its own, made once.
 cache="${HIGHWATER_TEST_CACHE:-$PWD/.cache}"

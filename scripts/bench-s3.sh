@@ -16,6 +16,8 @@
 #   HIGHWATER_BENCH_RUNS=N         runs behind each median (default 5)
 #   HIGHWATER_BENCH_PUTS=N         PUTs of the notification row (default 40)
 #   HIGHWATER_BENCH_ONLY=s3|s3_notify   one of the two
+#   HIGHWATER_BENCH_BIN=PATH       the s3 rows run this highwater binary instead of
+#                                  the one built (to compare two builds)
 # About 8 minutes on 2 cores, most of it putting 120,000 objects.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -149,6 +149,16 @@ async fn list_and_delete(s: &dyn Store) {
     let err = s.write("a", "x", vec![Op::delete("k1", Expect::Version(1))]).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
     assert_eq!(s.list(Some("a"), None, all).await.unwrap().len(), 1);
+    // A delete expecting another version, or no row, leaves the row and everything
+    // else the write did; one expecting no row where there is none succeeds.
+    for expect in [Expect::Version(2), Expect::Absent] {
+        let ops = vec![Op::put("k2", j(json!(9)), Expect::Any), Op::delete("k1", expect)];
+        let err = s.write("a", "y", ops).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{expect:?}: {err}");
+        assert_eq!(s.version("a", "y", "k1").await.unwrap(), Some(1), "{expect:?}");
+        assert_eq!(s.version("a", "y", "k2").await.unwrap(), None, "{expect:?}");
+    }
+    assert_eq!(s.write("a", "y", vec![Op::delete("k3", Expect::Absent)]).await.unwrap(), vec![None]);
 }
 
 async fn ranges_of_keys_are_listed_counted_and_deleted(s: &dyn Store) {

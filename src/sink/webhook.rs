@@ -473,17 +473,13 @@ mod tests {
     use crate::event::{Change, Event, Item};
 
     fn event(id: &str) -> Encoded {
-        Encoded::of(&plain(id)).unwrap()
-    }
-
-    fn plain(id: &str) -> Event {
-        crate::event::sample_file_event(id)
+        Encoded::of(&crate::event::sample_file_event(id)).unwrap()
     }
 
     #[test]
     fn cloudevents_types_name_source_kind_and_change() {
         assert_eq!(cloudevents_type(&event("a")), "io.highwater.local_dir.file.created");
-        let mut s3 = plain("b");
+        let mut s3 = crate::event::sample_file_event("b");
         s3.source = "s3".into();
         s3.item = Item::S3Objects(crate::event::S3Objects { bucket: "b".into(), objects: Vec::new() });
         s3.change = Change::Deleted;
@@ -549,12 +545,12 @@ mod tests {
         let (body, content_type) = encode_body(WebhookFormat::Plain, &[event("e1")], false).unwrap();
         assert_eq!(content_type, "application/json");
         let back: Event = serde_json::from_slice(&body).unwrap();
-        assert_eq!(back, plain("e1"));
+        assert_eq!(back, crate::event::sample_file_event("e1"));
         let (body, _) = encode_body(WebhookFormat::Plain, &[event("e1")], true).unwrap();
         assert!(body.starts_with(b"["));
         let (body, _) = encode_body(WebhookFormat::Plain, &[event("e1"), event("e2")], true).unwrap();
         let back: Vec<Event> = serde_json::from_slice(&body).unwrap();
-        assert_eq!(back, vec![plain("e1"), plain("e2")]);
+        assert_eq!(back, vec![crate::event::sample_file_event("e1"), crate::event::sample_file_event("e2")]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::event::{Change, Event, FileItem, Item};
+use crate::event::Item;
 
 /// What the stand-in does with the next `POST /api/v2/assets/events`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,22 +307,13 @@ fn sink(config: &AirflowConfig) -> AirflowSink {
 }
 
 fn event(id: &str, path: &str) -> Encoded {
-    Encoded::of(&Event {
-        id: id.into(),
-        namespace: "ns".into(),
-        watcher: "w".into(),
-        source: "local_dir".into(),
-        change: Change::Created,
-        item: Item::File(FileItem {
-            path: format!("in/{path}"),
-            relative_path: path.into(),
-            size: 3,
-            modified: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-        }),
-        watermark: serde_json::Value::Null,
-        emitted_at: Utc::now(),
-    })
-    .unwrap()
+    let mut event = crate::event::sample_file_event(id);
+    if let Item::File(file) = &mut event.item {
+        file.path = format!("in/{path}");
+        file.relative_path = path.into();
+    }
+    event.emitted_at = Utc::now();
+    Encoded::of(&event).unwrap()
 }
 
 fn events(n: usize) -> Vec<Encoded> {

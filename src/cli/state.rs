@@ -239,7 +239,7 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
                 let Some(record) = rows.iter().find(|r| r.key == *key) else {
                     return Err(Failure::Runtime(format!("{ns}/{name} has no key {key:?}")));
                 };
-                print_json(&record.value);
+                print_json(&outbox::readable(record));
             } else {
                 let map: BTreeMap<String, Record> = rows
                     .into_iter()
@@ -248,6 +248,8 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
                             && let Some(whole) = &whole
                         {
                             record.value = whole.clone();
+                        } else {
+                            record.value = outbox::readable(&record);
                         }
                         (record.key.clone(), record)
                     })

@@ -123,6 +123,19 @@ fn pending_ids(project: &Project) -> Option<Vec<String>> {
 
 #[test]
 fn kill_9_between_outbox_and_acknowledgement_redelivers_the_same_ids() {
+    kill_9_between_outbox_and_acknowledgement(2);
+}
+
+/// The same with a batch large enough to be stored packed (LZ4): read back whole, with
+/// its ids, after the kill.
+#[test]
+fn kill_9_with_a_packed_batch_pending_redelivers_the_same_ids() {
+    kill_9_between_outbox_and_acknowledgement(300);
+}
+
+/// `files` land, the sink never acknowledges their batch, the daemon is killed; after
+/// the restart the batch goes first, with the ids it was first attempted with.
+fn kill_9_between_outbox_and_acknowledgement(files: usize) {
     let project = Project::default_config();
     let fifo = project.path().join("out.fifo");
     let c_path = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
@@ -130,16 +143,21 @@ fn kill_9_between_outbox_and_acknowledgement_redelivers_the_same_ids() {
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
     // The file sink opens the FIFO for each batch; with no reader, the open blocks:
     // the batch is in the outbox and the sink never acknowledges.
-    project.watcher("inbox", &fast_watcher("  type: file\n  path: out.fifo"));
-    project.write("inbox/a.csv", "a");
-    project.write("inbox/b.csv", "b");
+    project.watcher("inbox", &format!("{}batch_size: 500\n", fast_watcher("  type: file\n  path: out.fifo")));
+    let names: Vec<String> = (0..files).map(|i| format!("{}-{i:03}.csv", ["a", "b"][i % 2])).collect();
+    for name in &names {
+        project.write(&format!("inbox/{name}"), "a");
+    }
 
     let mut daemon = project.start();
-    daemon.wait_metrics("a pending batch of 2", |m| {
-        m.watcher("highwater_watcher_pending_events", "t/inbox") == 2
+    daemon.wait_metrics(&format!("a pending batch of {files}"), |m| {
+        m.watcher("highwater_watcher_pending_events", "t/inbox") == files as u64
     });
     let stored = pending_ids(&project).expect("the pending batch is stored");
-    assert_eq!(stored.len(), 2);
+    assert_eq!(stored.len(), files);
+    // `state get` unpacks; the row itself is packed only when it is large.
+    let row = project.store().dump();
+    assert_eq!(row.contains("\"lz4\":"), files > 100, "{}", &row[..row.len().min(2000)]);
     daemon.kill9();
 
     // While it is down another file lands.
@@ -147,14 +165,16 @@ fn kill_9_between_outbox_and_acknowledgement_redelivers_the_same_ids() {
     let lines = fifo_reader(&fifo);
     let daemon = project.start();
     let mut got = Vec::new();
-    while got.len() < 3 {
+    while got.len() < files + 1 {
         let line = lines.recv_timeout(EVENT_WAIT).expect("events after restart");
         got.push(serde_json::from_str::<serde_json::Value>(&line).expect("JSON line"));
     }
     // The pending batch comes first, with the ids it was first attempted with.
-    assert_eq!(ids(&got[..2]), stored);
-    assert_eq!(paths(&got[..2]), vec!["a.csv", "b.csv"]);
-    assert_eq!(got[2]["item"]["relative_path"], "c.csv", "{got:#?}");
+    assert_eq!(ids(&got[..files]), stored);
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(paths(&got[..files]), sorted);
+    assert_eq!(got[files]["item"]["relative_path"], "c.csv", "{got:#?}");
     let (code, _) = daemon.stop();
     assert_eq!(code, Some(0));
     assert_eq!(pending_ids(&project), None, "nothing left pending");

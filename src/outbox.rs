@@ -98,10 +98,11 @@ impl Serialize for Events<'_> {
 }
 
 /// A pending batch whose events come to at least this many bytes is stored packed: its
-/// `change` and `events` compressed with LZ4 (about a fifth of the bytes for JSON
-/// events, whose fields repeat), so that SQLite writes, logs and checkpoints a fraction
-/// of them. Staging a batch of ten thousand Postgres rows as plain JSON took about a
-/// third of the daemon's time. A smaller batch stays plain, for an operator to read.
+/// `change` and `events` compressed with LZ4 (a quarter of the bytes for a batch of
+/// Postgres rows, a third for S3 keys, whose ETags do not compress), so that SQLite
+/// writes, logs and checkpoints a fraction of them: 300,000 rows to a file took 16 %
+/// less time, a cold 20,000-key S3 run 13 % less. A smaller batch stays plain, for an
+/// operator to read.
 const PACK_FROM: usize = 64 * 1024;
 
 /// The packed form of a pending batch: `{"batch_id", "created_at", "count", "lz4"}`,

@@ -195,11 +195,12 @@ impl TryFrom<StoredBatch> for PendingBatch {
             (None, Some(events)) => (stored.change, events),
             (Some(packed), None) => {
                 let body = unpack(&packed).map_err(serde_json::Error::custom)?;
-                if stored.count.is_some_and(|n| n != body.events.len()) {
+                if let Some(count) = stored.count
+                    && count != body.events.len()
+                {
                     return Err(Error::custom(format!(
-                        "the packed batch holds {} events, its `count` says {}",
-                        body.events.len(),
-                        stored.count.unwrap_or_default()
+                        "the packed batch holds {} events, its `count` says {count}",
+                        body.events.len()
                     )));
                 }
                 (body.change, body.events)

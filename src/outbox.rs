@@ -390,17 +390,19 @@ fn upgrade_record(record: &Record) -> Option<Json> {
     again.ok().filter(|text| *text != record.value)
 }
 
-/// A row's value as `state get` prints it: a packed pending batch in the plain form
-/// (its events readable), anything else as stored. A batch that cannot be read is shown
-/// as stored.
-pub fn readable(record: &Record) -> Json {
-    if record.key == PENDING
-        && let Ok(batch) = record.value.decode_owned::<PendingBatch>()
+/// A row as `state get` prints it: a packed pending batch turned into the plain form
+/// (its events readable); anything else, and a batch that cannot be read, as stored.
+pub fn make_readable(record: &mut Record) {
+    if record.key != PENDING {
+        return;
+    }
+    let Ok(stored) = record.value.decode_owned::<StoredBatch>() else { return };
+    if stored.lz4.is_some()
+        && let Ok(batch) = PendingBatch::try_from(stored)
         && let Ok(plain) = Json::encode(&batch)
     {
-        return plain;
+        record.value = plain;
     }
-    record.value.clone()
 }
 
 /// Every watcher in `store` with its state, by `(namespace, name)`. Member rows are
@@ -1448,7 +1450,9 @@ mod tests {
         assert_eq!(outbox.pending_events().await.unwrap(), Some(2000));
         let summary = survey(&*store).await.unwrap().remove(&("ns".into(), "w".into())).unwrap();
         assert_eq!(summary.pending_events, 2000);
-        assert_eq!(readable(&stored), plain);
+        let mut shown = stored.clone();
+        make_readable(&mut shown);
+        assert_eq!(shown.value, plain);
 
         // A dead letter keeps the plain form; replayed, it is pending again as it was.
         outbox.set_aside(&mut staged, "refused").await.unwrap();

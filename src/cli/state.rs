@@ -236,10 +236,11 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
             }
             let rows = outbox.rows().await?;
             if let Some(key) = &key {
-                let Some(record) = rows.iter().find(|r| r.key == *key) else {
+                let Some(mut record) = rows.into_iter().find(|r| r.key == *key) else {
                     return Err(Failure::Runtime(format!("{ns}/{name} has no key {key:?}")));
                 };
-                print_json(&outbox::readable(record));
+                outbox::make_readable(&mut record);
+                print_json(&record.value);
             } else {
                 let map: BTreeMap<String, Record> = rows
                     .into_iter()
@@ -249,7 +250,7 @@ pub(super) async fn run(config_path: &std::path::Path, command: StateCommand) ->
                         {
                             record.value = whole.clone();
                         } else {
-                            record.value = outbox::readable(&record);
+                            outbox::make_readable(&mut record);
                         }
                         (record.key.clone(), record)
                     })

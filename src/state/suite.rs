@@ -23,6 +23,8 @@ pub async fn run(s: &dyn Store) {
     clear(s).await;
     write_returns_the_versions_it_wrote(s).await;
     clear(s).await;
+    runs_of_untracked_puts_write_every_row_in_order(s).await;
+    clear(s).await;
     a_stale_version_is_refused(s).await;
     clear(s).await;
     a_failed_transaction_writes_nothing(s).await;
@@ -104,6 +106,34 @@ async fn write_returns_the_versions_it_wrote(s: &dyn Store) {
         s.write("ns", "w", vec![Op::check("b", Expect::Version(5)), Op::delete("d", Expect::Any)]).await;
     assert_eq!(written.unwrap(), vec![None, None]);
     assert!(s.get("ns", "w", "d").await.unwrap().is_none());
+}
+
+/// A commit's members: hundreds of untracked puts in one transaction (a store may write
+/// them several rows to a statement), a key twice among them, keys already there, and
+/// a tracked write between two runs. Every row is written as one by one would write it.
+async fn runs_of_untracked_puts_write_every_row_in_order(s: &dyn Store) {
+    put(s, "m/0005", json!("old"), Expect::Any).await.unwrap();
+    let mut ops: Vec<Op> = (0..250).map(|i| Op::put_untracked(format!("m/{i:04}"), j(json!(i)))).collect();
+    // The same key again within the first hundred, and once more after them.
+    ops.insert(50, Op::put_untracked("m/0010", j(json!("twice"))));
+    ops.push(Op::put_untracked("m/0010", j(json!("thrice"))));
+    ops.insert(120, Op::put("head", j(json!("h")), Expect::Absent));
+    let n = ops.len();
+    let written = s.write("ns", "w", ops).await.unwrap();
+    assert_eq!(written.len(), n, "one answer per op");
+    assert_eq!(written.iter().filter(|v| v.is_some()).count(), 1, "only the tracked put has a version");
+    let rows = s.list(Some("ns"), Some("w"), Keys::Under("m/")).await.unwrap();
+    assert_eq!(rows.len(), 250);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.key, format!("m/{i:04}"));
+        let (value, version) = (row.value.decode::<serde_json::Value>().unwrap(), row.version);
+        match i {
+            5 => assert_eq!((value, version), (json!(5), 2), "an existing row is updated"),
+            10 => assert_eq!((value, version), (json!("thrice"), 3), "the last of three puts wins"),
+            _ => assert_eq!((value, version), (json!(i), 1)),
+        }
+    }
+    assert!(s.get("ns", "w", "head").await.unwrap().is_some());
 }
 
 async fn a_stale_version_is_refused(s: &dyn Store) {

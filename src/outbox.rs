@@ -137,6 +137,55 @@ struct Body {
 /// beyond it is damage, refused before anything is allocated for it.
 const LZ4_MAX_RATIO: usize = 255;
 
+/// Encodes a pending batch into a buffer sized for it up front (its events are
+/// copied in as they are, and a buffer grown by doubling moved megabytes several
+/// times over, and touched fresh pages each time, for a batch of ten thousand);
+/// packed when its events come to [`PACK_FROM`] bytes or more.
+fn encode_batch(batch: &PendingBatch) -> Result<Json, String> {
+    // The events, a comma each, and room for the rest of the record (ids, the time
+    // and the change: a new head, or members put and removed).
+    let change = batch.change.as_ref().map_or(0, |c| {
+        c.head.as_ref().map_or(0, Json::len)
+            + c.put.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
+            + c.remove.iter().map(|k| k.len() + 4).sum::<usize>()
+    });
+    let events = events_bytes(batch);
+    let mut buffer = Vec::with_capacity(events + change + 256);
+    if events >= PACK_FROM {
+        let body = BodyRef { change: &batch.change, events: Events(&batch.events) };
+        serde_json::to_writer(&mut buffer, &body).map_err(|e| e.to_string())?;
+        if let Some(block) = pack(&buffer) {
+            // Megabytes at a large `batch_size`: gone before the record is built.
+            drop(buffer);
+            let head = PackedHead {
+                batch_id: &batch.batch_id,
+                created_at: batch.created_at,
+                count: batch.events.len(),
+            };
+            let head = serde_json::to_string(&head).map_err(|e| e.to_string())?;
+            let mut text = String::with_capacity(head.len() + block.len() * 4 / 3 + 16);
+            text.push_str(head.strip_suffix('}').unwrap_or(&head));
+            text.push_str(",\"lz4\":\"");
+            base64::engine::general_purpose::STANDARD.encode_string(&block, &mut text);
+            text.push_str("\"}");
+            return Ok(Json::from_trusted(text));
+        }
+        buffer.clear();
+    }
+    serde_json::to_writer(&mut buffer, batch).map_err(|e| e.to_string())?;
+    // SAFETY: serde_json writes only UTF-8 (strings are escaped from `str`, bytes
+    // become arrays of numbers), as its own `to_string` relies on; checking the
+    // megabytes of a pending batch again was 1 % of the daemon's CPU on a stream of
+    // Postgres rows.
+    let text = unsafe { String::from_utf8_unchecked(buffer) };
+    Ok(Json::from_trusted(text))
+}
+
+/// The bytes of a batch's events, a comma each: what decides whether it is packed.
+fn events_bytes(batch: &PendingBatch) -> usize {
+    batch.events.iter().map(|e| e.text().len() + 1).sum()
+}
+
 /// Compresses `body` into the block a packed record's `lz4` holds; None for a body of
 /// 4 GiB or more (its size does not fit the block's four bytes), which stays plain.
 fn pack(body: &[u8]) -> Option<Vec<u8>> {
@@ -616,7 +665,24 @@ impl Outbox {
     /// Writes `batch` to the outbox: only if no batch is pending and the head is still
     /// the one this handle last loaded or committed.
     pub async fn stage(&mut self, batch: PendingBatch) -> Result<Staged, OutboxError> {
-        let value = self.encode_batch(&batch)?;
+        // A batch to pack is encoded on the blocking pool, off the loop's thread: a poll
+        // reading ahead meanwhile (the same task) goes on instead of waiting for it.
+        let (batch, encoded) = if events_bytes(&batch) >= PACK_FROM {
+            match tokio::task::spawn_blocking(move || {
+                let encoded = encode_batch(&batch);
+                (batch, encoded)
+            })
+            .await
+            {
+                Ok(done) => done,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => return Err(self.encode_error(PENDING, e.to_string())),
+            }
+        } else {
+            let encoded = encode_batch(&batch);
+            (batch, encoded)
+        };
+        let value = encoded.map_err(|message| self.encode_error(PENDING, message))?;
         // The batch is written last: a SQLite store reads a large row whole when a key
         // lookup next to it compares against it, so the small rows go first.
         let written = self
@@ -1001,51 +1067,6 @@ impl Outbox {
                 self.namespace, self.name
             ),
         })
-    }
-
-    /// Encodes a pending batch into a buffer sized for it up front (its events are
-    /// copied in as they are, and a buffer grown by doubling moved megabytes several
-    /// times over, and touched fresh pages each time, for a batch of ten thousand);
-    /// packed when its events come to [`PACK_FROM`] bytes or more.
-    fn encode_batch(&self, batch: &PendingBatch) -> Result<Json, OutboxError> {
-        let error = |message: String| self.encode_error(PENDING, message);
-        // The events, a comma each, and room for the rest of the record (ids, the time
-        // and the change: a new head, or members put and removed).
-        let change = batch.change.as_ref().map_or(0, |c| {
-            c.head.as_ref().map_or(0, Json::len)
-                + c.put.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
-                + c.remove.iter().map(|k| k.len() + 4).sum::<usize>()
-        });
-        let events = batch.events.iter().map(|e| e.text().len() + 1).sum::<usize>();
-        let mut buffer = Vec::with_capacity(events + change + 256);
-        if events >= PACK_FROM {
-            let body = BodyRef { change: &batch.change, events: Events(&batch.events) };
-            serde_json::to_writer(&mut buffer, &body).map_err(|e| error(e.to_string()))?;
-            if let Some(block) = pack(&buffer) {
-                // Megabytes at a large `batch_size`: gone before the record is built.
-                drop(buffer);
-                let head = PackedHead {
-                    batch_id: &batch.batch_id,
-                    created_at: batch.created_at,
-                    count: batch.events.len(),
-                };
-                let head = serde_json::to_string(&head).map_err(|e| error(e.to_string()))?;
-                let mut text = String::with_capacity(head.len() + block.len() * 4 / 3 + 16);
-                text.push_str(head.strip_suffix('}').unwrap_or(&head));
-                text.push_str(",\"lz4\":\"");
-                base64::engine::general_purpose::STANDARD.encode_string(&block, &mut text);
-                text.push_str("\"}");
-                return Ok(Json::from_trusted(text));
-            }
-            buffer.clear();
-        }
-        serde_json::to_writer(&mut buffer, batch).map_err(|e| error(e.to_string()))?;
-        // SAFETY: serde_json writes only UTF-8 (strings are escaped from `str`, bytes
-        // become arrays of numbers), as its own `to_string` relies on; checking the
-        // megabytes of a pending batch again was 1 % of the daemon's CPU on a stream of
-        // Postgres rows.
-        let text = unsafe { String::from_utf8_unchecked(buffer) };
-        Ok(Json::from_trusted(text))
     }
 
     fn encode<T: Serialize>(&self, key: &str, record: &T) -> Result<Json, OutboxError> {
@@ -1465,10 +1486,8 @@ mod tests {
 
     #[test]
     fn small_batches_stay_plain() {
-        let (_dir, store) = open();
-        let outbox = Outbox::new(store, "ns", "w");
         let small = batch(&["a", "b"], json!(1));
-        assert_eq!(outbox.encode_batch(&small).unwrap(), Json::encode(&small).unwrap());
+        assert_eq!(encode_batch(&small).unwrap(), Json::encode(&small).unwrap());
     }
 
     /// A packed batch that was damaged is reported as corrupt (naming the watcher and
@@ -1477,7 +1496,7 @@ mod tests {
     async fn a_damaged_packed_batch_is_reported_not_unpacked() {
         let (_dir, store) = open();
         let outbox = Outbox::new(Arc::clone(&store), "ns", "w");
-        let good: serde_json::Value = outbox.encode_batch(&large_batch(2000)).unwrap().decode().unwrap();
+        let good: serde_json::Value = encode_batch(&large_batch(2000)).unwrap().decode().unwrap();
         let lz4 = good["lz4"].as_str().unwrap().to_string();
         let engine = base64::engine::general_purpose::STANDARD;
         let mut block = engine.decode(&lz4).unwrap();

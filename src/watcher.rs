@@ -465,7 +465,9 @@ impl Watcher {
             };
             (polled, took, built)
         };
-        let (delivered, (polled, took, built)) = tokio::join!(self.send(batch, shutdown), read);
+        // The read first: its query is on its way to the server before the batch is
+        // written, not after.
+        let ((polled, took, built), delivered) = tokio::join!(read, self.send(batch, shutdown));
         self.source = source;
         self.lent = false;
         let untold = self.untold.take();

@@ -469,6 +469,7 @@ fn plan(
     let lookback_ns = duration_ns(config.lookback.0);
     let root = &config.path;
     let mut draft = window.draft();
+    draft.reserve(candidates.len());
     let mut batches = Vec::with_capacity(candidates.len().div_ceil(limit));
     let mut capped = 0;
     let mut first = true;

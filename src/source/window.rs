@@ -158,6 +158,13 @@ impl<V: Timed + Clone> Draft<'_, V> {
         base.chain(self.added.iter().map(|(name, value)| (name.as_str(), value)))
     }
 
+    /// Makes room for `n` more members at once: a cold poll puts every key it listed,
+    /// and growing the map by doubling hashed each key again at every step (a fifth of
+    /// planning 20,000 new S3 keys).
+    pub fn reserve(&mut self, n: usize) {
+        self.added.reserve(n);
+    }
+
     /// Remembers `value` under `name` in the batch being planned, and moves the newest
     /// time up to its time.
     pub fn put(&mut self, name: &str, value: V) {

@@ -761,6 +761,7 @@ pub fn cut(
     }
     let mut future = Vec::new();
     let mut draft = state.window.draft();
+    draft.reserve(items.len());
     for key in forgotten {
         draft.remove(key);
     }

@@ -69,18 +69,25 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rows = Vec::new();
 
-    // Cold: a new watcher each run, everything in one batch.
-    let walks: Vec<Duration> = (0..runs).map(|_| walk(&bucket, &prefix(cold_n), cold_n)).collect();
-    let encoded_walks: Vec<Duration> =
-        (0..runs).map(|_| walk_as(&bucket, &prefix(cold_n), cold_n, true)).collect();
+    // Cold: a new watcher each run, everything in one batch. Each run comes right
+    // after its two walks, so that the machine speeding up or slowing down during the
+    // bench (it is shared) moves the baseline with it; the per-run ratios say how much
+    // it moved.
+    let mut walks = Vec::new();
+    let mut encoded_walks = Vec::new();
+    let mut ratios = Vec::new();
     let mut cold = Vec::new();
     let mut cold_polls = Vec::new();
     let mut cold_steps: [Vec<u64>; 4] = Default::default();
     let mut cold_rss = 0;
     for i in 0..runs {
+        let walked = walk(&bucket, &prefix(cold_n), cold_n);
+        walks.push(walked);
+        encoded_walks.push(walk_as(&bucket, &prefix(cold_n), cold_n, true));
         let project = project(dir.path(), &format!("cold-{i}"), &endpoint, &prefix(cold_n), "", 100_000, "");
         let run = once(&project);
         assert_eq!(run.events, cold_n, "cold run {i}");
+        ratios.push(run.elapsed.as_secs_f64() / walked.as_secs_f64());
         cold.push(run.elapsed);
         cold_polls.push(run.poll);
         for (all, ms) in cold_steps.iter_mut().zip(run.steps) {
@@ -90,12 +97,14 @@ fn main() {
     }
     let (walk_m, cold_m, poll_m) = (median(walks), median(cold), median(cold_polls));
     let encoded_m = median(encoded_walks);
+    ratios.sort_by(f64::total_cmp);
+    let (ratio_low, ratio_m, ratio_high) = (ratios[0], ratios[ratios.len() / 2], ratios[ratios.len() - 1]);
     let [encode_ms, stage_ms, deliver_ms, commit_ms] = cold_steps.map(|mut all| {
         all.sort_unstable();
         all[all.len() / 2]
     });
     rows.push(format!(
-        "{cold_n} new keys, cold (batch 100000) | {:.2} s (median of {runs}; the poll {:.2} s; then events encoded {encode_ms} ms, staged {stage_ms} ms, printed {deliver_ms} ms, committed {commit_ms} ms) | bare ListObjectsV2 walk {:.2} s (median of {runs}; asking for URL-encoded keys as highwater does: {:.2} s) | {:.2} × (goal ≤ 1.5 ×); the poll alone {:.2} × the encoded walk | {} MiB",
+        "{cold_n} new keys, cold (batch 100000) | {:.2} s (median of {runs}; the poll {:.2} s; then events encoded {encode_ms} ms, staged {stage_ms} ms, printed {deliver_ms} ms, committed {commit_ms} ms) | bare ListObjectsV2 walk {:.2} s (median of {runs}; asking for URL-encoded keys as highwater does: {:.2} s) | {:.2} × (goal ≤ 1.5 ×; each run against the walk just before it: {ratio_low:.2}–{ratio_high:.2} ×, median {ratio_m:.2} ×); the poll alone {:.2} × the encoded walk | {} MiB",
         cold_m.as_secs_f64(),
         poll_m.as_secs_f64(),
         walk_m.as_secs_f64(),

@@ -2,9 +2,10 @@
 # The S3 benchmark: installs SeaweedFS like the tests do (tests/setup/s3.sh), then runs
 # `cargo bench --bench s3` (a release build), which starts its own server on loopback,
 # puts the objects and prints each row next to its baseline, measured in the same run:
-# 20k new keys cold against a bare ListObjectsV2 walk (medians), a backlog in `any`
-# order at batch_size 100 against 10000 (LIST requests and time), the CPU of an idle
-# `lexicographic` poll with 100k keys remembered, and peak RSS. Then, against moto's
+# 20k new keys cold against a bare ListObjectsV2 walk (medians, and each run against
+# the walk taken just before it), a backlog in `any` order at batch_size 100 against
+# 10000 (LIST requests and time), the CPU of an idle `lexicographic` poll with 100k
+# keys remembered, and peak RSS. Then, against moto's
 # server (tests/setup/moto.sh), `cargo bench --bench s3_notify`: PUT -> event delivered
 # (p50, p95) with S3 notifications through SQS next to listing at the default poll
 # interval, both running at once, and SQS requests per idle minute.

@@ -79,14 +79,26 @@ const LOCK_WAIT: Duration = Duration::from_secs(1);
 /// carry customer data.
 const FILE_MODE: u32 = 0o600;
 
+/// The head of every put: the rows' values follow it.
+macro_rules! insert {
+    () => {
+        "INSERT INTO process_state (namespace, name, key, value, version, updated_at) VALUES "
+    };
+}
+
+/// The tail of every put: a row already there is overwritten, its version one more.
+macro_rules! on_conflict {
+    () => {
+        " ON CONFLICT (namespace, name, key) DO UPDATE
+         SET value = excluded.value, version = process_state.version + 1,
+             updated_at = excluded.updated_at"
+    };
+}
+
 /// A put: the row written, whatever was there, its version one more than before.
 macro_rules! upsert {
     () => {
-        "INSERT INTO process_state (namespace, name, key, value, version, updated_at)
-         VALUES (?1, ?2, ?3, ?4, 1, ?5)
-         ON CONFLICT (namespace, name, key) DO UPDATE
-         SET value = excluded.value, version = process_state.version + 1,
-             updated_at = excluded.updated_at"
+        concat!(insert!(), "(?1, ?2, ?3, ?4, 1, ?5)", on_conflict!())
     };
 }
 
@@ -107,13 +119,7 @@ const PUT_ROWS: usize = 100;
 static PUT_UNTRACKED_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let rows: Vec<String> =
         (0..PUT_ROWS).map(|i| format!("(?1, ?2, ?{}, ?{}, 1, ?3)", 4 + 2 * i, 5 + 2 * i)).collect();
-    format!(
-        "INSERT INTO process_state (namespace, name, key, value, version, updated_at) VALUES {}
-         ON CONFLICT (namespace, name, key) DO UPDATE
-         SET value = excluded.value, version = process_state.version + 1,
-             updated_at = excluded.updated_at",
-        rows.join(", ")
-    )
+    format!("{}{}{}", insert!(), rows.join(", "), on_conflict!())
 });
 
 /// Upserts `rows` (keys and values) without returning their versions: [`PUT_ROWS`] at a
@@ -762,12 +768,12 @@ impl Store for SqliteStore {
                         // members) goes in [`PUT_ROWS`] rows to a statement.
                         let mut run = vec![(op.key, value)];
                         while run.len() < PUT_ROWS
-                            && let Some(Op { action: Action::PutUntracked(_), expect: Expect::Any, .. }) =
-                                ops.peek()
+                            && let Some(Op { key, action: Action::PutUntracked(value), .. }) =
+                                ops.next_if(|op| {
+                                    op.expect == Expect::Any && matches!(op.action, Action::PutUntracked(_))
+                                })
                         {
-                            if let Some(Op { key, action: Action::PutUntracked(value), .. }) = ops.next() {
-                                run.push((key, value));
-                            }
+                            run.push((key, value));
                         }
                         put_untracked(&tx, &namespace, &name, &now, &run).map_err(&err)?;
                         written.extend(run.iter().map(|_| None));

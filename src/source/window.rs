@@ -7,6 +7,7 @@
 //! batches on a [`Draft`] of it: what each batch adds and prunes, without copying the
 //! set. Pruning costs what it removes, not what is remembered.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -102,8 +103,7 @@ impl<V: Timed + Clone> Window<V> {
             added: HashMap::new(),
             added_by_time: BTreeSet::new(),
             removed: HashSet::new(),
-            batch_put: BTreeMap::new(),
-            batch_remove: BTreeSet::new(),
+            batch: Vec::new(),
         }
     }
 }
@@ -122,9 +122,10 @@ pub struct Draft<'a, V> {
     added_by_time: BTreeSet<(i64, String)>,
     /// Base members removed or replaced by the batches so far.
     removed: HashSet<String>,
-    /// What the batch being planned puts and removes.
-    batch_put: BTreeMap<String, V>,
-    batch_remove: BTreeSet<String>,
+    /// What the batch being planned does, in order: a value is put, `None` removed. The
+    /// last word on each name counts; sorted once when the batch ends (a single pass
+    /// for names planned in order), instead of kept in two ordered sets as it goes.
+    batch: Vec<(String, Option<V>)>,
 }
 
 /// What one batch of a [`Draft`] changes.
@@ -168,29 +169,37 @@ impl<V: Timed + Clone> Draft<'_, V> {
     /// Remembers `value` under `name` in the batch being planned, and moves the newest
     /// time up to its time.
     pub fn put(&mut self, name: &str, value: V) {
-        self.forget(name);
-        self.high = self.high.max(value.time());
-        self.added_by_time.insert((value.time(), name.to_string()));
-        self.batch_remove.remove(name);
-        self.batch_put.insert(name.to_string(), value.clone());
-        self.added.insert(name.to_string(), value);
-    }
-
-    /// Drops `name` from the draft (not yet from the batch's changes).
-    fn forget(&mut self, name: &str) {
-        if let Some(old) = self.added.remove(name) {
-            self.added_by_time.remove(&(old.time(), name.to_string()));
-        } else if self.base.get(name).is_some() {
-            self.removed.insert(name.to_string());
+        let time = value.time();
+        self.high = self.high.max(time);
+        self.batch.push((name.to_string(), Some(value.clone())));
+        // One lookup for a name the draft has not put yet (a cold poll's every key).
+        match self.added.entry(name.to_string()) {
+            Entry::Occupied(mut entry) => {
+                let old = entry.insert(value);
+                if old.time() != time {
+                    self.added_by_time.remove(&(old.time(), name.to_string()));
+                    self.added_by_time.insert((time, name.to_string()));
+                }
+            }
+            Entry::Vacant(entry) => {
+                entry.insert(value);
+                if self.base.get(name).is_some() {
+                    self.removed.insert(name.to_string());
+                }
+                self.added_by_time.insert((time, name.to_string()));
+            }
         }
     }
 
     /// Removes `name` in the batch being planned (a member that is gone, or one a
     /// source no longer looks at).
     pub fn remove(&mut self, name: &str) {
-        self.forget(name);
-        self.batch_put.remove(name);
-        self.batch_remove.insert(name.to_string());
+        if let Some(old) = self.added.remove(name) {
+            self.added_by_time.remove(&(old.time(), name.to_string()));
+        } else if self.base.get(name).is_some() {
+            self.removed.insert(name.to_string());
+        }
+        self.batch.push((name.to_string(), None));
     }
 
     /// Members from the oldest, as the batches so far leave them.
@@ -250,9 +259,25 @@ impl<V: Timed + Clone> Draft<'_, V> {
                 self.floor = Some(self.floor.map_or(cut, |f| f.max(cut)));
             }
         }
+        let mut batch = std::mem::take(&mut self.batch);
+        // Stable, so that of a name's changes the last one stays last.
+        batch.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut put = Vec::with_capacity(batch.len());
+        let mut remove = Vec::new();
+        let mut batch = batch.into_iter().peekable();
+        while let Some((name, value)) = batch.next() {
+            if batch.peek().is_some_and(|(next, _)| *next == name) {
+                continue;
+            }
+            match value {
+                Some(value) => put.push((name, value)),
+                None => remove.push(name),
+            }
+        }
         Step {
-            put: std::mem::take(&mut self.batch_put),
-            remove: std::mem::take(&mut self.batch_remove).into_iter().collect(),
+            // In order and without repeats: built in one pass.
+            put: put.into_iter().collect(),
+            remove,
             high: self.high,
             floor: self.floor,
             capped,
@@ -260,10 +285,19 @@ impl<V: Timed + Clone> Draft<'_, V> {
     }
 }
 
-/// The `limit` smallest items offered, without ever holding more than `limit + 1`.
+/// The `limit` smallest items offered, without ever holding more than `limit`.
+///
+/// Until `limit` items came, they are only collected and sorted once at the end: a
+/// listing that fits (the usual case) then costs one sort, which is a single pass when
+/// the items arrive in order, as a listing of objects written one after another does.
+/// A heap took a walk from the bottom to its top for each of them (each new item was
+/// the largest) and a heap sort at the end. From the `limit + 1`st item on, the items
+/// are a max-heap whose top, the largest kept item, is the first to go.
 #[derive(Debug)]
 pub struct Smallest<T: Ord> {
-    /// A max-heap: its top is the largest kept item, the first to go.
+    /// The items while there are no more than `limit`, in the order they came.
+    collected: Vec<T>,
+    /// The items once there were more (`collected` is then empty).
     heap: BinaryHeap<T>,
     limit: usize,
     overflow: bool,
@@ -272,16 +306,26 @@ pub struct Smallest<T: Ord> {
 impl<T: Ord> Smallest<T> {
     /// An empty selection of at most `limit` items.
     pub fn new(limit: usize) -> Self {
-        Smallest { heap: BinaryHeap::new(), limit, overflow: false }
+        Smallest { collected: Vec::new(), heap: BinaryHeap::new(), limit, overflow: false }
     }
 
     /// Offers an item; the largest one goes when there are more than `limit`.
     pub fn push(&mut self, item: T) {
-        self.heap.push(item);
-        if self.heap.len() > self.limit {
-            self.heap.pop();
-            self.overflow = true;
+        if !self.overflow && self.collected.len() < self.limit {
+            self.collected.push(item);
+            return;
         }
+        if !self.overflow {
+            // Heapified in one pass, once.
+            self.heap = BinaryHeap::from(std::mem::take(&mut self.collected));
+        }
+        // The new item takes the largest one's place if it is smaller, else it goes.
+        if let Some(mut largest) = self.heap.peek_mut()
+            && item < *largest
+        {
+            *largest = item;
+        }
+        self.overflow = true;
     }
 
     /// True when some item was left out: more is waiting for the next poll.
@@ -291,12 +335,18 @@ impl<T: Ord> Smallest<T> {
 
     /// How many items are kept.
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.collected.len() + self.heap.len()
     }
 
     /// The kept items, smallest first.
     pub fn into_sorted_vec(self) -> Vec<T> {
-        self.heap.into_sorted_vec()
+        if self.overflow {
+            return self.heap.into_sorted_vec();
+        }
+        let mut items = self.collected;
+        // Stable: it merges the runs the items came in.
+        items.sort();
+        items
     }
 }
 
@@ -375,5 +425,36 @@ mod tests {
         }
         assert!(s.overflowed());
         assert_eq!(s.into_sorted_vec(), vec![1, 2, 3]);
+        let mut s = Smallest::new(3);
+        for x in [3, 1, 2] {
+            s.push(x);
+        }
+        assert_eq!((s.overflowed(), s.len()), (false, 3), "exactly the limit: nothing left out");
+        assert_eq!(s.into_sorted_vec(), vec![1, 2, 3]);
+        let mut s = Smallest::new(0);
+        s.push(1);
+        assert_eq!((s.overflowed(), s.len()), (true, 0));
+    }
+
+    #[test]
+    fn smallest_is_the_sorted_prefix_of_whatever_came() {
+        // Every limit, around the switch from collecting to the heap, over inputs in
+        // order, reversed and shuffled.
+        let shuffled: Vec<u32> = (0..200u32).map(|i| i.wrapping_mul(7919) % 200).collect();
+        let inputs = [(0..200).collect::<Vec<u32>>(), (0..200).rev().collect(), shuffled];
+        for input in &inputs {
+            for limit in [0, 1, 2, 50, 199, 200, 201, 500] {
+                let mut s = Smallest::new(limit);
+                for &x in input {
+                    s.push(x);
+                }
+                let mut all = input.clone();
+                all.sort();
+                all.truncate(limit);
+                assert_eq!(s.overflowed(), input.len() > limit, "limit {limit}");
+                assert_eq!(s.len(), all.len(), "limit {limit}");
+                assert_eq!(s.into_sorted_vec(), all, "limit {limit}");
+            }
+        }
     }
 }

@@ -540,9 +540,9 @@ impl<'a> Scan<'a> {
             self.disorder.get_or_insert(pair);
         }
         if self.max_key.as_ref().is_none_or(|max| object.key > *max) {
-            self.max_key = Some(object.key.clone());
+            hold(&mut self.max_key, &object.key);
         }
-        self.last_key = Some(object.key.clone());
+        hold(&mut self.last_key, &object.key);
         let remembered = self.remembered(&object.key);
         if self.detect_deletes && remembered.is_some() {
             // Listed, so not gone, even when the filters now refuse it.
@@ -807,6 +807,17 @@ pub fn cut(
         });
     }
     Cuts { cuts, future, capped: (capped, draft.floor) }
+}
+
+/// Puts `key` in `slot`, in the buffer already there: it is done for every key listed.
+fn hold(slot: &mut Option<String>, key: &str) {
+    match slot {
+        Some(held) => {
+            held.clear();
+            held.push_str(key);
+        }
+        None => *slot = Some(key.to_string()),
+    }
 }
 
 /// The delete candidate of a remembered key.

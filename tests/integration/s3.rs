@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::conformance::{self, SourceFixture};
 use crate::s3_support::{
-    ACCESS_KEY, Bucket, ConnectProxy, Proxy, SECRET_KEY, Silent, SsoPortal, TlsFront, weed,
+    ACCESS_KEY, Bucket, ConnectProxy, Proxy, SECRET_KEY, Silent, SsoPortal, TlsFront, rt, weed,
 };
 use crate::util::{Daemon, Output, Project, WAIT, eventually, field_str};
 
@@ -218,6 +218,22 @@ fn s3_odd_keys_overwrites_and_deletes_across_restarts() {
         "folder marker, empty and out-of-prefix skipped"
     );
     assert!(created.iter().all(|e| e["type"] == "created"));
+    // The daemon reads listing pages itself: each event says of its object what the
+    // SDK's own reader makes of the same listing.
+    let listed =
+        rt().block_on(bucket.client.list_objects_v2().bucket("odd").prefix("in/").send()).expect("list");
+    let sdk: BTreeMap<&str, &aws_sdk_s3::types::Object> =
+        listed.contents().iter().map(|o| (o.key().expect("key"), o)).collect();
+    for event in &created {
+        let object = sdk[key(event).as_str()];
+        let item = &event["item"];
+        assert_eq!(item["etag"], object.e_tag().expect("etag").trim_matches('"'), "{event}");
+        assert_eq!(item["size"], object.size().expect("size"), "{event}");
+        assert_eq!(item["storage_class"], object.storage_class().expect("class").as_str(), "{event}");
+        let time = chrono::DateTime::parse_from_rfc3339(item["last_modified"].as_str().expect("time"))
+            .expect("time");
+        assert_eq!(Some(time.timestamp_millis()), object.last_modified().and_then(|t| t.to_millis().ok()));
+    }
     assert!(once_ok(&p, &[]).is_empty(), "nothing new after a restart");
 
     bucket.put("in/a+b.csv", "two, longer");

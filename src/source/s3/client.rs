@@ -116,6 +116,8 @@ pub async fn build(config: &S3Config) -> Result<Built, SourceError> {
     let mut builder = aws_sdk_s3::config::Builder::from(&shared)
         .force_path_style(config.force_path_style)
         .interceptor(clock.clone())
+        // Listing pages read in one pass (see `page`).
+        .interceptor(super::page::PageReader)
         // A listing page should never take long; a stalled connection is a retried
         // poll, not a watcher that hangs.
         .timeout_config(

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod notice;
 pub mod notified;
+pub mod page;
 pub mod queue;
 pub mod scan;
 

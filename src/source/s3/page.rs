@@ -37,6 +37,9 @@ use xmlparser::{ElementEnd, Token, Tokenizer};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The most entries a ListObjectsV2 page holds (its `max-keys` cannot ask for more).
+const MAX_KEYS: usize = 1000;
+
 /// Installs [`ListPage`] for each ListObjectsV2 request, and leaves others alone.
 #[derive(Debug, Clone, Copy)]
 pub struct PageReader;
@@ -170,7 +173,13 @@ fn page(body: &[u8]) -> Result<Option<ListObjectsV2Output>, Malformed> {
             "NextContinuationToken" => page.next_continuation_token(xml.text()?),
             "ContinuationToken" => page.continuation_token(xml.text()?),
             "EncodingType" => page.encoding_type(EncodingType::from(&*xml.text()?)),
-            "KeyCount" => page.key_count(number(&xml.text()?)?),
+            "KeyCount" => {
+                let count: i32 = number(&xml.text()?)?;
+                // Room for the entries that follow (S3 puts the count first), at most a
+                // page's worth whatever the server says.
+                contents.reserve(usize::try_from(count).unwrap_or(0).min(MAX_KEYS));
+                page.key_count(count)
+            }
             "MaxKeys" => page.max_keys(number(&xml.text()?)?),
             "Name" => page.name(xml.text()?),
             "Prefix" => page.prefix(xml.text()?),

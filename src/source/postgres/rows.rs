@@ -87,13 +87,10 @@ pub(super) fn found(plan: &Plan, row: &Row) -> Result<Found, SourceError> {
             .map(RawJson::new)
             .map_err(|e| SourceError::transient(format!("{}: cannot encode a row: {e}", plan.name)))
     };
-    let item = RowItem {
-        table: plan.name.clone(),
-        key: raw(&plan.key_fields)?,
-        cursor: raw(&plan.cursor_fields)?,
-        columns: raw(&plan.column_fields)?,
-        as_text,
-    };
+    let key = raw(&plan.key_fields)?;
+    // The cursor is often the key itself (`cursor: id` on a table keyed by `id`).
+    let cursor = if plan.cursor_fields == plan.key_fields { key.clone() } else { raw(&plan.cursor_fields)? };
+    let item = RowItem { table: plan.name.clone(), key, cursor, columns: raw(&plan.column_fields)?, as_text };
     Ok(Found { change: Change::Created, item: Item::Row(item), identity })
 }
 

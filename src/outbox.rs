@@ -140,8 +140,9 @@ const LZ4_MAX_RATIO: usize = 255;
 /// Encodes a pending batch into a buffer sized for it up front (its events are
 /// copied in as they are, and a buffer grown by doubling moved megabytes several
 /// times over, and touched fresh pages each time, for a batch of ten thousand);
-/// packed when its events come to [`PACK_FROM`] bytes or more.
-fn encode_batch(batch: &PendingBatch) -> Result<Json, String> {
+/// packed when its events come to [`PACK_FROM`] bytes or more. `events` is
+/// [`events_bytes`] of the batch, which the caller counted to decide where to encode it.
+fn encode_batch(batch: &PendingBatch, events: usize) -> Result<Json, String> {
     // The events, a comma each, and room for the rest of the record (ids, the time
     // and the change: a new head, or members put and removed).
     let change = batch.change.as_ref().map_or(0, |c| {
@@ -149,7 +150,6 @@ fn encode_batch(batch: &PendingBatch) -> Result<Json, String> {
             + c.put.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
             + c.remove.iter().map(|k| k.len() + 4).sum::<usize>()
     });
-    let events = events_bytes(batch);
     let mut buffer = Vec::with_capacity(events + change + 256);
     if events >= PACK_FROM {
         let body = BodyRef { change: &batch.change, events: Events(&batch.events) };
@@ -667,9 +667,10 @@ impl Outbox {
     pub async fn stage(&mut self, batch: PendingBatch) -> Result<Staged, OutboxError> {
         // A batch to pack is encoded on the blocking pool, off the loop's thread: a poll
         // reading ahead meanwhile (the same task) goes on instead of waiting for it.
-        let (batch, encoded) = if events_bytes(&batch) >= PACK_FROM {
+        let events = events_bytes(&batch);
+        let (batch, encoded) = if events >= PACK_FROM {
             match tokio::task::spawn_blocking(move || {
-                let encoded = encode_batch(&batch);
+                let encoded = encode_batch(&batch, events);
                 (batch, encoded)
             })
             .await
@@ -679,7 +680,7 @@ impl Outbox {
                 Err(e) => return Err(self.encode_error(PENDING, e.to_string())),
             }
         } else {
-            let encoded = encode_batch(&batch);
+            let encoded = encode_batch(&batch, events);
             (batch, encoded)
         };
         let value = encoded.map_err(|message| self.encode_error(PENDING, message))?;
@@ -1487,7 +1488,7 @@ mod tests {
     #[test]
     fn small_batches_stay_plain() {
         let small = batch(&["a", "b"], json!(1));
-        assert_eq!(encode_batch(&small).unwrap(), Json::encode(&small).unwrap());
+        assert_eq!(encode_batch(&small, events_bytes(&small)).unwrap(), Json::encode(&small).unwrap());
     }
 
     /// A packed batch that was damaged is reported as corrupt (naming the watcher and
@@ -1496,7 +1497,8 @@ mod tests {
     async fn a_damaged_packed_batch_is_reported_not_unpacked() {
         let (_dir, store) = open();
         let outbox = Outbox::new(Arc::clone(&store), "ns", "w");
-        let good: serde_json::Value = encode_batch(&large_batch(2000)).unwrap().decode().unwrap();
+        let large = large_batch(2000);
+        let good: serde_json::Value = encode_batch(&large, events_bytes(&large)).unwrap().decode().unwrap();
         let lz4 = good["lz4"].as_str().unwrap().to_string();
         let engine = base64::engine::general_purpose::STANDARD;
         let mut block = engine.decode(&lz4).unwrap();
